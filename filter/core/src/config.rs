@@ -1,0 +1,490 @@
+//! The plugin configuration document (DESIGN.md §2): its typed form, its
+//! validation, and its compiled form that the request path reads.
+//!
+//! Parse, validate, compile: [`parse`] turns bytes into a [`CompiledConfig`] or
+//! a [`ConfigError`] whose `path` names the offending field. Nothing half-valid
+//! is ever returned, so the host can keep serving the previous config.
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ratelimit::RateParams;
+
+/// The only document version this build understands.
+pub const CONFIG_VERSION: u32 = 1;
+/// The JSON Schema of the document (draft 4, so Kong can use it as `config_schema`).
+pub const CONFIG_SCHEMA: &str = include_str!("../../schema/tenant-guard.schema.json");
+
+const MAX_REQUESTS: u64 = 1_000_000_000;
+const MAX_PER_SECONDS: u64 = 31_536_000;
+const MAX_CAS_RETRIES: u32 = 1_000;
+const MAX_TENANT_ID_LEN: usize = 128;
+const MAX_REVISION_LEN: usize = 128;
+
+/// The plugin configuration as delivered by the sidecar (or written by hand).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    pub version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    #[serde(default)]
+    pub tenant: TenantConfig,
+    #[serde(default)]
+    pub correlation: CorrelationConfig,
+    #[serde(default)]
+    pub defaults: Defaults,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantSettings>,
+}
+
+/// Where the tenant identity comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantConfig {
+    /// Request header carrying the tenant id; forwarded upstream under this name.
+    pub header: String,
+    /// Without a tenant the request is rejected (400 problem+json).
+    pub required: bool,
+    /// Accept the tenant header as identity. Must be `true` until a JWT source is configured.
+    pub trust_header_without_jwt: bool,
+    /// What happens to a tenant that has no entry under `tenants`.
+    pub unknown: UnknownTenant,
+}
+
+impl Default for TenantConfig {
+    fn default() -> Self {
+        Self {
+            header: "x-tenant-id".to_owned(),
+            required: true,
+            trust_header_without_jwt: false,
+            unknown: UnknownTenant::Defaults,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownTenant {
+    /// Apply `defaults` (each unknown tenant still gets its own bucket).
+    Defaults,
+    /// Reject with 403.
+    Reject,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorrelationConfig {
+    pub header: String,
+    pub generate: IdGenerator,
+    /// Echo the id on every response (local replies always carry it).
+    pub echo: bool,
+}
+
+impl Default for CorrelationConfig {
+    fn default() -> Self {
+        Self {
+            header: "x-correlation-id".to_owned(),
+            generate: IdGenerator::Uuidv7,
+            echo: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdGenerator {
+    Uuidv7,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Defaults {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    pub mode: Mode,
+}
+
+/// `requests` per `per_seconds` sustained, at most `burst` back to back
+/// (a GCRA token bucket; `burst` defaults to `requests`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub requests: u64,
+    pub per_seconds: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    /// Count and report, never reject.
+    Shadow,
+}
+
+/// How the shared-data compare-and-swap loop behaves under contention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub max_cas_retries: u32,
+    /// Outcome when retries run out or the store fails.
+    pub on_exhausted: OnExhausted,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            max_cas_retries: 64,
+            on_exhausted: OnExhausted::Reject,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExhausted {
+    /// 503 problem+json with `Retry-After: 1`.
+    Reject,
+    /// Let the request through, logged and counted.
+    Allow,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantSettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteLimit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+}
+
+/// A limit for one path prefix (and optionally one method). The first matching
+/// route wins and replaces the tenant-wide limit for that request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteLimit {
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub rate_limit: RateLimit,
+}
+
+/// A rejected document, with the JSON path of the offending field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() || self.path == "." {
+            write!(f, "invalid plugin configuration: {}", self.message)
+        } else {
+            write!(
+                f,
+                "invalid plugin configuration at `{}`: {}",
+                self.path, self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// One limit as the request path uses it: a name (for headers and the storage key) and rate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitPolicy {
+    pub name: String,
+    pub rate: RateParams,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledRoute {
+    pub prefix: String,
+    pub method: Option<String>,
+    pub policy: LimitPolicy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledTenant {
+    pub tenant_wide: Option<LimitPolicy>,
+    pub routes: Vec<CompiledRoute>,
+    pub mode: Mode,
+}
+
+/// The validated configuration the request path reads; built once per `on_configure`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledConfig {
+    pub revision: String,
+    pub tenant: TenantConfig,
+    pub correlation: CorrelationConfig,
+    pub store: StoreConfig,
+    pub defaults: CompiledTenant,
+    pub tenants: HashMap<String, CompiledTenant>,
+}
+
+impl CompiledConfig {
+    /// The settings for a tenant, `None` when it is unknown and unknown tenants are rejected.
+    pub fn tenant_settings(&self, tenant: &str) -> Option<&CompiledTenant> {
+        match self.tenants.get(tenant) {
+            Some(settings) => Some(settings),
+            None => match self.tenant.unknown {
+                UnknownTenant::Defaults => Some(&self.defaults),
+                UnknownTenant::Reject => None,
+            },
+        }
+    }
+}
+
+impl CompiledTenant {
+    /// The one limit that applies to this request: first matching route, else tenant-wide.
+    pub fn policy_for(&self, method: &str, path: &str) -> Option<&LimitPolicy> {
+        self.routes
+            .iter()
+            .find(|route| {
+                path.starts_with(route.prefix.as_str())
+                    && route.method.as_deref().is_none_or(|m| m == method)
+            })
+            .map(|route| &route.policy)
+            .or(self.tenant_wide.as_ref())
+    }
+}
+
+/// Parse, validate and compile a configuration document.
+pub fn parse(bytes: &[u8]) -> Result<CompiledConfig, ConfigError> {
+    let document = parse_document(bytes)?;
+    compile(&document)
+}
+
+/// Parse into the typed document only (no semantic validation).
+pub fn parse_document(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
+    if bytes.is_empty() {
+        return Err(invalid("", "configuration is empty"));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let document: PluginConfig = serde_path_to_error::deserialize(&mut deserializer)
+        .map_err(|err| invalid(err.path().to_string(), err.inner().to_string()))?;
+    deserializer
+        .end()
+        .map_err(|err| invalid("", format!("trailing characters: {err}")))?;
+    Ok(document)
+}
+
+/// Validate a typed document and build its compiled form.
+pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
+    if document.version != CONFIG_VERSION {
+        return Err(invalid(
+            "version",
+            format!(
+                "unsupported version {}, this filter understands {CONFIG_VERSION}",
+                document.version
+            ),
+        ));
+    }
+    let revision = document.revision.clone().unwrap_or_default();
+    if revision.len() > MAX_REVISION_LEN || revision.chars().any(|c| c.is_control()) {
+        return Err(invalid(
+            "revision",
+            format!("must be at most {MAX_REVISION_LEN} printable characters"),
+        ));
+    }
+    validate_header_name("tenant.header", &document.tenant.header)?;
+    validate_header_name("correlation.header", &document.correlation.header)?;
+    if document.tenant.header == document.correlation.header {
+        return Err(invalid(
+            "correlation.header",
+            "must differ from tenant.header",
+        ));
+    }
+    if !document.tenant.trust_header_without_jwt {
+        return Err(invalid(
+            "tenant.trust_header_without_jwt",
+            "no tenant identity source is configured: set it to true to take the tenant from the header",
+        ));
+    }
+    if document.store.max_cas_retries == 0 || document.store.max_cas_retries > MAX_CAS_RETRIES {
+        return Err(invalid(
+            "store.max_cas_retries",
+            format!("must be between 1 and {MAX_CAS_RETRIES}"),
+        ));
+    }
+
+    let defaults = CompiledTenant {
+        tenant_wide: document
+            .defaults
+            .rate_limit
+            .map(|limit| compile_policy("defaults.rate_limit", "tenant", &limit))
+            .transpose()?,
+        routes: Vec::new(),
+        mode: document.defaults.mode,
+    };
+
+    let mut tenants = HashMap::with_capacity(document.tenants.len());
+    for (id, settings) in &document.tenants {
+        let base = format!("tenants.{id}");
+        if !is_valid_tenant_id(id) {
+            return Err(invalid(
+                base,
+                format!("tenant id must be 1-{MAX_TENANT_ID_LEN} characters of [A-Za-z0-9._-]"),
+            ));
+        }
+        tenants.insert(id.clone(), compile_tenant(&base, settings, &defaults)?);
+    }
+
+    Ok(CompiledConfig {
+        revision,
+        tenant: document.tenant.clone(),
+        correlation: document.correlation.clone(),
+        store: document.store,
+        defaults,
+        tenants,
+    })
+}
+
+fn compile_tenant(
+    base: &str,
+    settings: &TenantSettings,
+    defaults: &CompiledTenant,
+) -> Result<CompiledTenant, ConfigError> {
+    let tenant_wide = match &settings.rate_limit {
+        Some(limit) => Some(compile_policy(
+            &format!("{base}.rate_limit"),
+            "tenant",
+            limit,
+        )?),
+        None => defaults.tenant_wide.clone(),
+    };
+    let mut routes = Vec::with_capacity(settings.routes.len());
+    let mut names = Vec::with_capacity(settings.routes.len());
+    for (index, route) in settings.routes.iter().enumerate() {
+        let path = format!("{base}.routes.{index}");
+        if !route.prefix.starts_with('/') || route.prefix.chars().any(|c| c.is_ascii_control()) {
+            return Err(invalid(
+                format!("{path}.prefix"),
+                "must start with `/` and contain no control characters",
+            ));
+        }
+        if let Some(method) = &route.method {
+            if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+                return Err(invalid(
+                    format!("{path}.method"),
+                    "must be an upper-case HTTP method such as POST",
+                ));
+            }
+        }
+        let name = match &route.name {
+            Some(name) => {
+                if !is_valid_policy_name(name) {
+                    return Err(invalid(
+                        format!("{path}.name"),
+                        "must be 1-64 characters of [A-Za-z0-9._-]",
+                    ));
+                }
+                name.clone()
+            }
+            None => format!("route-{index}"),
+        };
+        if name == "tenant" || names.contains(&name) {
+            return Err(invalid(
+                format!("{path}.name"),
+                format!("limit name `{name}` is used twice"),
+            ));
+        }
+        names.push(name.clone());
+        routes.push(CompiledRoute {
+            prefix: route.prefix.clone(),
+            method: route.method.clone(),
+            policy: compile_policy(&format!("{path}.rate_limit"), &name, &route.rate_limit)?,
+        });
+    }
+    Ok(CompiledTenant {
+        tenant_wide,
+        routes,
+        mode: settings.mode.unwrap_or(defaults.mode),
+    })
+}
+
+fn compile_policy(path: &str, name: &str, limit: &RateLimit) -> Result<LimitPolicy, ConfigError> {
+    if limit.requests == 0 || limit.requests > MAX_REQUESTS {
+        return Err(invalid(
+            format!("{path}.requests"),
+            format!("must be between 1 and {MAX_REQUESTS}"),
+        ));
+    }
+    if limit.per_seconds == 0 || limit.per_seconds > MAX_PER_SECONDS {
+        return Err(invalid(
+            format!("{path}.per_seconds"),
+            format!("must be between 1 and {MAX_PER_SECONDS}"),
+        ));
+    }
+    if let Some(burst) = limit.burst {
+        if burst == 0 || burst > MAX_REQUESTS {
+            return Err(invalid(
+                format!("{path}.burst"),
+                format!("must be between 1 and {MAX_REQUESTS}"),
+            ));
+        }
+    }
+    Ok(LimitPolicy {
+        name: name.to_owned(),
+        rate: RateParams::new(
+            limit.requests,
+            limit.per_seconds,
+            limit.burst.unwrap_or(limit.requests),
+        ),
+    })
+}
+
+fn validate_header_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(':')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(invalid(
+            path,
+            "must be a lower-case header name of [a-z0-9_-], at most 64 characters",
+        ))
+    }
+}
+
+/// Tenant ids as they may appear in headers, storage keys and config.
+pub fn is_valid_tenant_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_TENANT_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn is_valid_policy_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}

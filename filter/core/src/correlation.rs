@@ -1,0 +1,46 @@
+//! Correlation ids: which incoming ids are kept, and UUIDv7 generation from
+//! time and randomness the host passes in.
+
+/// Longest incoming id that is kept.
+pub const MAX_ID_LEN: usize = 128;
+
+/// A kept id is 1–128 characters of `[A-Za-z0-9._:-]`.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// The id for this request: the incoming one when valid, else a fresh UUIDv7.
+pub fn choose_id(incoming: Option<&str>, unix_ms: u64, random: [u8; 10]) -> String {
+    match incoming {
+        Some(id) if is_valid_id(id) => id.to_owned(),
+        _ => uuid_v7(unix_ms, random),
+    }
+}
+
+/// RFC 9562 UUIDv7: 48-bit Unix milliseconds, version 7, 74 random bits, variant 10.
+pub fn uuid_v7(unix_ms: u64, random: [u8; 10]) -> String {
+    let mut bytes = [0u8; 16];
+    let ms = unix_ms.to_be_bytes();
+    bytes[..6].copy_from_slice(&ms[2..8]);
+    bytes[6..].copy_from_slice(&random);
+    bytes[6] = 0x70 | (bytes[6] & 0x0f);
+    bytes[8] = 0x80 | (bytes[8] & 0x3f);
+
+    let mut out = String::with_capacity(36);
+    for (index, byte) in bytes.iter().enumerate() {
+        if matches!(index, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        out.push(hex_digit(byte >> 4));
+        out.push(hex_digit(byte & 0x0f));
+    }
+    out
+}
+
+fn hex_digit(nibble: u8) -> char {
+    char::from_digit(u32::from(nibble), 16).unwrap_or('0')
+}

@@ -1,0 +1,14 @@
+//! tenant-guard policy core: every decision the filter makes, as plain Rust
+//! with no proxy-wasm dependency. Time, randomness and shared storage are
+//! passed in, so the same code runs natively, in wasm-bindgen tests and in the
+//! gateway.
+
+pub mod config;
+pub mod correlation;
+pub mod engine;
+pub mod problem;
+pub mod ratelimit;
+pub mod store;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,160 @@
+//! Per-tenant rate limiting: GCRA arithmetic on one compact value per
+//! tenant/limit, updated with compare-and-swap so the limit is exact across
+//! every worker sharing the store.
+//!
+//! The stored value is the theoretical arrival time (TAT) in nanoseconds since
+//! the Unix epoch, 8 bytes little-endian. Anything else is treated as absent.
+
+use crate::config::StoreConfig;
+use crate::store::{CasOutcome, SharedStore, StoreError, CREATE_IF_MISSING_CAS};
+
+const NANOS_PER_SECOND: u128 = 1_000_000_000;
+
+/// Precomputed GCRA parameters for one limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateParams {
+    pub requests: u64,
+    pub per_seconds: u64,
+    pub burst: u64,
+    /// Nanoseconds one request "costs": `per_seconds / requests`.
+    emission_ns: u64,
+    /// Bucket depth in nanoseconds: `burst * emission_ns`.
+    capacity_ns: u64,
+}
+
+impl RateParams {
+    /// `requests` and `per_seconds` must be non-zero (config validation guarantees it).
+    pub fn new(requests: u64, per_seconds: u64, burst: u64) -> Self {
+        let requests_nz = u128::from(requests.max(1));
+        let emission = (u128::from(per_seconds) * NANOS_PER_SECOND).div_ceil(requests_nz);
+        let emission_ns = u64::try_from(emission).unwrap_or(u64::MAX).max(1);
+        let capacity_ns = emission_ns.saturating_mul(burst.max(1));
+        Self {
+            requests,
+            per_seconds,
+            burst,
+            emission_ns,
+            capacity_ns,
+        }
+    }
+}
+
+/// What one check decided; carries what the RateLimit headers report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub allowed: bool,
+    /// Requests that could still pass right now.
+    pub remaining: u64,
+    /// Seconds until the bucket is full again (allowed) or the next request may pass (rejected).
+    pub reset_seconds: u64,
+    /// Seconds a rejected client should wait (`Retry-After`); 0 when allowed.
+    pub retry_after_seconds: u64,
+}
+
+/// Pure GCRA step: given the stored TAT, decide and return the new TAT to store.
+pub fn decide(params: &RateParams, stored_tat: Option<u64>, now_ns: u64) -> (Verdict, u64) {
+    let tat = stored_tat.unwrap_or(0).max(now_ns);
+    let new_tat = tat.saturating_add(params.emission_ns);
+    let backlog = new_tat - now_ns;
+    if backlog <= params.capacity_ns {
+        let remaining = (params.capacity_ns - backlog) / params.emission_ns;
+        let verdict = Verdict {
+            allowed: true,
+            remaining,
+            reset_seconds: ceil_seconds(backlog),
+            retry_after_seconds: 0,
+        };
+        (verdict, new_tat)
+    } else {
+        let wait = backlog - params.capacity_ns;
+        let verdict = Verdict {
+            allowed: false,
+            remaining: 0,
+            reset_seconds: ceil_seconds(wait),
+            retry_after_seconds: ceil_seconds(wait).max(1),
+        };
+        (verdict, tat)
+    }
+}
+
+fn ceil_seconds(ns: u64) -> u64 {
+    ns.div_ceil(1_000_000_000)
+}
+
+/// Decodes a stored value; corrupt or foreign values read as absent.
+pub fn decode_state(bytes: &[u8]) -> Option<u64> {
+    let array: [u8; 8] = bytes.try_into().ok()?;
+    Some(u64::from_le_bytes(array))
+}
+
+pub fn encode_state(tat: u64) -> [u8; 8] {
+    tat.to_le_bytes()
+}
+
+/// The storage key for one tenant's limit.
+pub fn state_key(tenant: &str, policy_name: &str) -> String {
+    format!("tg:rl:{tenant}:{policy_name}")
+}
+
+/// Why a check could not be completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckError {
+    /// Every CAS attempt lost to another writer.
+    Contention {
+        attempts: u32,
+    },
+    Store(StoreError),
+}
+
+impl std::fmt::Display for CheckError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Contention { attempts } => {
+                write!(
+                    f,
+                    "rate-limit state still contended after {attempts} attempts"
+                )
+            }
+            Self::Store(err) => err.fmt(f),
+        }
+    }
+}
+
+impl From<StoreError> for CheckError {
+    fn from(err: StoreError) -> Self {
+        Self::Store(err)
+    }
+}
+
+/// Checks and (when allowed) consumes one request against `key`, exactly,
+/// whatever other workers do concurrently.
+pub fn check_and_consume(
+    store: &dyn SharedStore,
+    key: &str,
+    params: &RateParams,
+    now_ns: u64,
+    options: &StoreConfig,
+) -> Result<Verdict, CheckError> {
+    for _ in 0..options.max_cas_retries {
+        let (stored, cas) = match store.get(key)? {
+            Some((bytes, cas)) => (decode_state(&bytes), cas),
+            None => {
+                // Create the key with a neutral value first, so every decision
+                // below is a real CAS on an existing key (a missing key ignores CAS).
+                store.set(key, &encode_state(0), Some(CREATE_IF_MISSING_CAS))?;
+                continue;
+            }
+        };
+        let (verdict, new_tat) = decide(params, stored, now_ns);
+        if !verdict.allowed && stored.is_some() {
+            return Ok(verdict);
+        }
+        match store.set(key, &encode_state(new_tat), Some(cas))? {
+            CasOutcome::Written => return Ok(verdict),
+            CasOutcome::Conflict => continue,
+        }
+    }
+    Err(CheckError::Contention {
+        attempts: options.max_cas_retries,
+    })
+}

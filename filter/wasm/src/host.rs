@@ -1,0 +1,179 @@
+//! Thin wrappers over `proxy_wasm::hostcalls`: shared data as a
+//! [`SharedStore`], header access, local replies, time, randomness, metrics and
+//! logging. Host errors become values (or are logged), never panics.
+
+use std::cell::Cell;
+use std::time::UNIX_EPOCH;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
+use tenant_guard_core::engine::{HostInputs, LocalReply, Outcome};
+use tenant_guard_core::store::{CasOutcome, SharedStore, StoreError};
+
+/// Logs, ignoring a host that cannot log.
+pub fn log(level: LogLevel, message: &str) {
+    let _ = hostcalls::log(level, message);
+}
+
+pub fn plugin_configuration() -> Result<Vec<u8>, String> {
+    match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+        Ok(Some(bytes)) => Ok(bytes),
+        Ok(None) => Err("rejected configuration: the plugin configuration is empty".to_owned()),
+        Err(status) => Err(format!(
+            "rejected configuration: cannot read it ({status:?})"
+        )),
+    }
+}
+
+pub fn request_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+}
+
+pub fn set_request_header(name: &str, value: &str) {
+    if let Err(status) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)) {
+        log(
+            LogLevel::Warn,
+            &format!("cannot set request header {name}: {status:?}"),
+        );
+    }
+}
+
+pub fn set_response_header(name: &str, value: &str) {
+    if let Err(status) = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value)) {
+        log(
+            LogLevel::Warn,
+            &format!("cannot set response header {name}: {status:?}"),
+        );
+    }
+}
+
+pub fn send_local_reply(reply: &LocalReply) {
+    let headers: Vec<(&str, &str)> = reply
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    if let Err(status) = hostcalls::send_http_response(reply.status, headers, Some(&reply.body)) {
+        log(
+            LogLevel::Error,
+            &format!("cannot send local reply: {status:?}"),
+        );
+    }
+}
+
+thread_local! {
+    static RNG_STATE: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Current time and fresh randomness for one request.
+pub fn inputs() -> HostInputs {
+    let now_unix_ns = hostcalls::get_current_time()
+        .ok()
+        .and_then(|time| time.duration_since(UNIX_EPOCH).ok())
+        .map(|elapsed| u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let mut random = [0u8; 10];
+    let first = next_random(now_unix_ns).to_le_bytes();
+    let second = next_random(now_unix_ns).to_le_bytes();
+    for (slot, byte) in random.iter_mut().zip(first.iter().chain(second.iter())) {
+        *slot = *byte;
+    }
+    HostInputs {
+        now_unix_ns,
+        random,
+    }
+}
+
+/// splitmix64 seeded once per VM from the host's entropy (WASI `random_get`):
+/// ids must be unique, not secret, and one host call per request is avoidable.
+fn next_random(now_ns: u64) -> u64 {
+    RNG_STATE.with(|state| {
+        let mut current = state.get();
+        if current == 0 {
+            let mut seed = [0u8; 8];
+            current = match getrandom::getrandom(&mut seed) {
+                Ok(()) => u64::from_le_bytes(seed),
+                Err(_) => now_ns,
+            } | 1;
+        }
+        current = current.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        state.set(current);
+        let mut z = current;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    })
+}
+
+/// Shared data of the VM, as the core's store.
+#[derive(Debug, Clone, Copy)]
+pub struct HostStore;
+
+impl SharedStore for HostStore {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        match hostcalls::get_shared_data(key) {
+            Ok((None, None)) => Ok(None),
+            // An existing key with an empty value: present, to be overwritten by CAS.
+            Ok((value, cas)) => Ok(Some((value.unwrap_or_default(), cas.unwrap_or(0)))),
+            Err(status) => Err(StoreError(format!("get_shared_data: {status:?}"))),
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<CasOutcome, StoreError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(CasOutcome::Written),
+            Err(Status::CasMismatch) => Ok(CasOutcome::Conflict),
+            Err(status) => Err(StoreError(format!("set_shared_data: {status:?}"))),
+        }
+    }
+}
+
+/// The filter's counters, exposed by Envoy under `wasmcustom.`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    allowed: Option<u32>,
+    rate_limited: Option<u32>,
+    shadow_over_limit: Option<u32>,
+    allowed_without_limit: Option<u32>,
+    rejected_other: Option<u32>,
+    config_rejected: Option<u32>,
+}
+
+impl Metrics {
+    pub fn define() -> Self {
+        let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).ok();
+        Self {
+            allowed: counter("tenant_guard_allowed"),
+            rate_limited: counter("tenant_guard_rate_limited"),
+            shadow_over_limit: counter("tenant_guard_shadow_over_limit"),
+            allowed_without_limit: counter("tenant_guard_allowed_without_limit"),
+            rejected_other: counter("tenant_guard_rejected"),
+            config_rejected: counter("tenant_guard_config_rejected"),
+        }
+    }
+
+    pub fn count(&self, outcome: Outcome) {
+        let metric = match outcome {
+            Outcome::Allowed => self.allowed,
+            Outcome::ShadowOverLimit => self.shadow_over_limit,
+            Outcome::AllowedWithoutLimit => self.allowed_without_limit,
+            Outcome::Rejected(tenant_guard_core::problem::ProblemKind::RateLimited) => {
+                self.rate_limited
+            }
+            Outcome::Rejected(_) => self.rejected_other,
+        };
+        increment(metric);
+    }
+
+    pub fn count_config_rejected(&self) {
+        increment(self.config_rejected);
+    }
+}
+
+fn increment(metric: Option<u32>) {
+    if let Some(id) = metric {
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+}

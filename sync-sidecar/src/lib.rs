@@ -1,0 +1,18 @@
+//! tenant-guard sync sidecar: Postgres settings → validated plugin config → gateways.
+//!
+//! - [`db`]: connection, migrations, settings rows, revision records.
+//! - [`settings`]: scope resolution into the plugin document and its validation.
+//! - [`sync`]: one sync (render → validate → diff → deliver → record), rollback, dry run.
+//! - [`envoy`]: the ECDS resource file and its atomic delivery.
+//! - [`daemon`]: the `run` loop (LISTEN/NOTIFY, timer, reconnect, shutdown).
+//! - [`admin`], [`metrics`]: `/live`, `/ready`, `/metrics`, `POST /sync`.
+//! - [`cli`]: the command line.
+
+pub mod admin;
+pub mod cli;
+pub mod daemon;
+pub mod db;
+pub mod envoy;
+pub mod metrics;
+pub mod settings;
+pub mod sync;

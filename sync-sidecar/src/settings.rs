@@ -1,0 +1,630 @@
+//! Effective settings: resolves the scoped rows of `tg_settings` (global →
+//! tenant → route) into the plugin configuration document of DESIGN.md §2, and
+//! validates the result twice — against the published JSON Schema (draft 4)
+//! and with the filter's own parser — mapping every error back to the settings
+//! row (scope, tenant, route, key) that produced the offending value.
+//!
+//! Keys (all under `gateway.`; rows with other keys are ignored):
+//!
+//! | scope  | key                                  | document path                          |
+//! |--------|--------------------------------------|----------------------------------------|
+//! | global | `gateway.tenant.header`              | `tenant.header`                        |
+//! | global | `gateway.tenant.required`            | `tenant.required`                      |
+//! | global | `gateway.tenant.trust_header_without_jwt` | `tenant.trust_header_without_jwt` (default `true`) |
+//! | global | `gateway.tenant.unknown`             | `tenant.unknown` (`defaults`/`reject`) |
+//! | global | `gateway.correlation.{header,generate,echo}` | `correlation.*`                |
+//! | global | `gateway.store.{max_cas_retries,on_exhausted}` | `store.*`                    |
+//! | global | `gateway.rate_limit`                 | `defaults.rate_limit`                  |
+//! | global | `gateway.mode`                       | `defaults.mode`                        |
+//! | tenant | `gateway.rate_limit`                 | `tenants.<t>.rate_limit`               |
+//! | tenant | `gateway.mode`                       | `tenants.<t>.mode`                     |
+//! | tenant | `gateway.enabled`                    | `false` drops the tenant (and its routes) |
+//! | route  | `gateway.route.prefix` (required)    | `tenants.<t>.routes[i].prefix`         |
+//! | route  | `gateway.route.method`               | `tenants.<t>.routes[i].method`         |
+//! | route  | `gateway.rate_limit`                 | `tenants.<t>.routes[i].rate_limit` (else the tenant's, else the global one) |
+//!
+//! A tenant appears in the document as soon as it has any tenant or route row.
+//! Routes are ordered most specific first: longer prefix, then with a method.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+/// Prefix of every key this sidecar owns.
+pub const KEY_PREFIX: &str = "gateway.";
+
+/// Scope of a settings row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Global,
+    Tenant,
+    Route,
+}
+
+impl Scope {
+    /// Parses the `scope` column.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "global" => Some(Self::Global),
+            "tenant" => Some(Self::Tenant),
+            "route" => Some(Self::Route),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Global => "global",
+            Self::Tenant => "tenant",
+            Self::Route => "route",
+        }
+    }
+}
+
+/// One row of `tg_settings` (`tenant`/`route` are empty when not applicable).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SettingRow {
+    pub scope: Scope,
+    pub tenant: String,
+    pub route: String,
+    pub key: String,
+    pub value: Value,
+    pub updated_by: String,
+    pub updated_at: String,
+}
+
+impl SettingRow {
+    /// Stable identity of the row, used in audit records: `gateway.mode`,
+    /// `acme/gateway.rate_limit`, `acme/orders/gateway.rate_limit`.
+    pub fn identity(&self) -> String {
+        match self.scope {
+            Scope::Global => self.key.clone(),
+            Scope::Tenant => format!("{}/{}", self.tenant, self.key),
+            Scope::Route => format!("{}/{}/{}", self.tenant, self.route, self.key),
+        }
+    }
+
+    fn origin(&self) -> Origin {
+        Origin {
+            scope: self.scope,
+            tenant: self.tenant.clone(),
+            route: self.route.clone(),
+            key: self.key.clone(),
+            updated_by: self.updated_by.clone(),
+        }
+    }
+}
+
+/// The settings row a value of the document came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub scope: Scope,
+    pub tenant: String,
+    pub route: String,
+    pub key: String,
+    pub updated_by: String,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.scope {
+            Scope::Global => write!(f, "global setting `{}`", self.key)?,
+            Scope::Tenant => write!(f, "tenant `{}` setting `{}`", self.tenant, self.key)?,
+            Scope::Route => write!(
+                f,
+                "tenant `{}` route `{}` setting `{}`",
+                self.tenant, self.route, self.key
+            )?,
+        }
+        if !self.updated_by.is_empty() {
+            write!(f, " (updated by {})", self.updated_by)?;
+        }
+        Ok(())
+    }
+}
+
+/// One validation finding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// The row responsible, when it can be named.
+    pub origin: Option<Origin>,
+    /// Path inside the plugin document (dotted).
+    pub path: String,
+    pub message: String,
+    /// `schema` (JSON Schema) or `filter` (the filter's parser) or `settings`.
+    pub check: &'static str,
+}
+
+impl fmt::Display for Issue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.origin {
+            Some(origin) => write!(f, "{origin}: ")?,
+            None => write!(f, "plugin configuration: ")?,
+        }
+        if !self.path.is_empty() {
+            write!(f, "`{}` ", self.path)?;
+        }
+        write!(f, "{} [{}]", self.message, self.check)
+    }
+}
+
+/// Settings that cannot become a plugin configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    #[error("invalid settings: {}", join_issues(.0))]
+    Invalid(Vec<Issue>),
+    #[error("the published JSON Schema does not compile: {0}")]
+    Schema(String),
+}
+
+fn join_issues(issues: &[Issue]) -> String {
+    issues
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl SettingsError {
+    fn one(origin: Option<Origin>, path: &str, message: impl Into<String>) -> Self {
+        Self::Invalid(vec![Issue {
+            origin,
+            path: path.to_owned(),
+            message: message.into(),
+            check: "settings",
+        }])
+    }
+}
+
+/// A rendered document (without `revision`) and where each of its values came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    pub document: Value,
+    provenance: Vec<(Vec<String>, Origin)>,
+}
+
+impl Rendered {
+    /// A document of unknown origin (e.g. a recorded revision being restored).
+    pub fn from_document(document: Value) -> Self {
+        Self {
+            document,
+            provenance: Vec::new(),
+        }
+    }
+
+    /// Hex sha256 of the canonical document bytes (keys sorted, no revision).
+    pub fn content_hash(&self) -> String {
+        crate::envoy::sha256_hex(self.document.to_string().as_bytes())
+    }
+
+    /// The document with `revision` set, as compact JSON text.
+    pub fn with_revision(&self, revision: &str) -> String {
+        let mut document = self.document.clone();
+        if let Value::Object(map) = &mut document {
+            map.insert("revision".to_owned(), Value::String(revision.to_owned()));
+        }
+        document.to_string()
+    }
+
+    /// The row that produced the value at `segments` (longest matching prefix),
+    /// or, for an error about a container, the single row below it.
+    fn origin_of(&self, segments: &[String]) -> Option<Origin> {
+        let best = self
+            .provenance
+            .iter()
+            .filter(|(path, _)| segments.starts_with(path))
+            .max_by_key(|(path, _)| path.len());
+        if let Some((_, origin)) = best {
+            return Some(origin.clone());
+        }
+        let mut below = self
+            .provenance
+            .iter()
+            .filter(|(path, _)| path.starts_with(segments));
+        let first = below.next()?;
+        below
+            .all(|(_, origin)| origin == &first.1)
+            .then(|| first.1.clone())
+    }
+
+    /// Like [`Self::origin_of`] for a dotted path as the filter's parser reports it.
+    fn origin_of_dotted(&self, dotted: &str) -> Option<Origin> {
+        let best = self
+            .provenance
+            .iter()
+            .filter(|(path, _)| {
+                let joined = path.join(".");
+                dotted == joined || dotted.starts_with(&format!("{joined}."))
+            })
+            .max_by_key(|(path, _)| path.len());
+        best.map(|(_, origin)| origin.clone())
+    }
+}
+
+fn seg(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|p| (*p).to_owned()).collect()
+}
+
+struct RouteDraft {
+    name: String,
+    prefix: Option<(Value, Origin)>,
+    method: Option<(Value, Origin)>,
+    rate_limit: Option<(Value, Origin)>,
+}
+
+#[derive(Default)]
+struct TenantDraft {
+    rate_limit: Option<(Value, Origin)>,
+    mode: Option<(Value, Origin)>,
+    enabled: bool,
+    routes: BTreeMap<String, RouteDraft>,
+}
+
+/// Resolves settings rows into the plugin document (without `revision`).
+pub fn render(rows: &[SettingRow]) -> Result<Rendered, SettingsError> {
+    let mut document = Map::new();
+    document.insert("version".to_owned(), json!(tenant_guard_core::config::CONFIG_VERSION));
+    let mut provenance = Vec::new();
+    let mut global_limit: Option<(Value, Origin)> = None;
+    let mut tenants: BTreeMap<String, TenantDraft> = BTreeMap::new();
+    let mut issues = Vec::new();
+
+    // No JWT source exists yet: the tenant header is the identity.
+    set_path(&mut document, &["tenant", "trust_header_without_jwt"], json!(true));
+
+    for row in rows.iter().filter(|r| r.key.starts_with(KEY_PREFIX)) {
+        let origin = row.origin();
+        let wrong_scope = |allowed: &str| Issue {
+            origin: Some(origin.clone()),
+            path: String::new(),
+            message: format!("key is not allowed at {} scope ({allowed})", row.scope.as_str()),
+            check: "settings",
+        };
+        match row.scope {
+            Scope::Global => {
+                let target: Option<&[&str]> = match row.key.as_str() {
+                    "gateway.tenant.header" => Some(&["tenant", "header"]),
+                    "gateway.tenant.required" => Some(&["tenant", "required"]),
+                    "gateway.tenant.trust_header_without_jwt" => {
+                        Some(&["tenant", "trust_header_without_jwt"])
+                    }
+                    "gateway.tenant.unknown" => Some(&["tenant", "unknown"]),
+                    "gateway.correlation.header" => Some(&["correlation", "header"]),
+                    "gateway.correlation.generate" => Some(&["correlation", "generate"]),
+                    "gateway.correlation.echo" => Some(&["correlation", "echo"]),
+                    "gateway.store.max_cas_retries" => Some(&["store", "max_cas_retries"]),
+                    "gateway.store.on_exhausted" => Some(&["store", "on_exhausted"]),
+                    "gateway.rate_limit" => Some(&["defaults", "rate_limit"]),
+                    "gateway.mode" => Some(&["defaults", "mode"]),
+                    _ => None,
+                };
+                match target {
+                    Some(path) => {
+                        set_path(&mut document, path, row.value.clone());
+                        provenance.push((seg(path), origin.clone()));
+                        if row.key == "gateway.rate_limit" {
+                            global_limit = Some((row.value.clone(), origin));
+                        }
+                    }
+                    None if is_known_key(&row.key) => {
+                        issues.push(wrong_scope("tenant or route scope only"));
+                    }
+                    None => issues.push(unknown_key(origin)),
+                }
+            }
+            Scope::Tenant | Scope::Route => {
+                if !tenant_guard_core::config::is_valid_tenant_id(&row.tenant) {
+                    issues.push(Issue {
+                        origin: Some(origin),
+                        path: String::new(),
+                        message: "tenant id must be 1-128 characters of [A-Za-z0-9._-]"
+                            .to_owned(),
+                        check: "settings",
+                    });
+                    continue;
+                }
+                let tenant = tenants.entry(row.tenant.clone()).or_insert_with(|| TenantDraft {
+                    enabled: true,
+                    ..TenantDraft::default()
+                });
+                let entry = Some((row.value.clone(), origin.clone()));
+                if row.scope == Scope::Tenant {
+                    match row.key.as_str() {
+                        "gateway.rate_limit" => tenant.rate_limit = entry,
+                        "gateway.mode" => tenant.mode = entry,
+                        "gateway.enabled" => match row.value {
+                            Value::Bool(enabled) => tenant.enabled = enabled,
+                            _ => issues.push(Issue {
+                                origin: Some(origin),
+                                path: String::new(),
+                                message: format!("must be true or false, got {}", row.value),
+                                check: "settings",
+                            }),
+                        },
+                        key if is_known_key(key) => {
+                            issues.push(wrong_scope("see the key table in the docs"));
+                        }
+                        _ => issues.push(unknown_key(origin)),
+                    }
+                } else {
+                    let route = tenant
+                        .routes
+                        .entry(row.route.clone())
+                        .or_insert_with(|| RouteDraft {
+                            name: row.route.clone(),
+                            prefix: None,
+                            method: None,
+                            rate_limit: None,
+                        });
+                    match row.key.as_str() {
+                        "gateway.route.prefix" => route.prefix = entry,
+                        "gateway.route.method" => route.method = entry,
+                        "gateway.rate_limit" => route.rate_limit = entry,
+                        key if is_known_key(key) => {
+                            issues.push(wrong_scope("see the key table in the docs"));
+                        }
+                        _ => issues.push(unknown_key(origin)),
+                    }
+                }
+            }
+        }
+    }
+
+    let mut tenants_json = Map::new();
+    for (id, tenant) in tenants.into_iter().filter(|(_, t)| t.enabled) {
+        let mut settings = Map::new();
+        let base = ["tenants", id.as_str()];
+        if let Some((value, origin)) = &tenant.rate_limit {
+            settings.insert("rate_limit".to_owned(), value.clone());
+            provenance.push((seg(&[base[0], base[1], "rate_limit"]), origin.clone()));
+        }
+        if let Some((value, origin)) = &tenant.mode {
+            settings.insert("mode".to_owned(), value.clone());
+            provenance.push((seg(&[base[0], base[1], "mode"]), origin.clone()));
+        }
+        let mut routes: Vec<&RouteDraft> = tenant.routes.values().collect();
+        routes.sort_by(|a, b| {
+            let len = |r: &RouteDraft| {
+                r.prefix
+                    .as_ref()
+                    .and_then(|(v, _)| v.as_str().map(str::len))
+                    .unwrap_or(0)
+            };
+            len(b)
+                .cmp(&len(a))
+                .then(b.method.is_some().cmp(&a.method.is_some()))
+                .then(a.name.cmp(&b.name))
+        });
+        let mut routes_json = Vec::new();
+        for (index, route) in routes.into_iter().enumerate() {
+            let index_text = index.to_string();
+            let path = |field: &str| {
+                seg(&[base[0], base[1], "routes", index_text.as_str(), field])
+            };
+            let mut route_json = Map::new();
+            route_json.insert("name".to_owned(), Value::String(route.name.clone()));
+            let Some((prefix, prefix_origin)) = &route.prefix else {
+                let origin = route
+                    .method
+                    .as_ref()
+                    .or(route.rate_limit.as_ref())
+                    .map(|(_, o)| o.clone());
+                issues.push(Issue {
+                    origin,
+                    path: String::new(),
+                    message: format!(
+                        "route `{}` of tenant `{id}` has no `gateway.route.prefix`",
+                        route.name
+                    ),
+                    check: "settings",
+                });
+                continue;
+            };
+            route_json.insert("prefix".to_owned(), prefix.clone());
+            provenance.push((path("prefix"), prefix_origin.clone()));
+            // The route's name is its `route` column: blame the prefix row.
+            provenance.push((path("name"), prefix_origin.clone()));
+            if let Some((method, origin)) = &route.method {
+                route_json.insert("method".to_owned(), method.clone());
+                provenance.push((path("method"), origin.clone()));
+            }
+            let limit = route
+                .rate_limit
+                .as_ref()
+                .or(tenant.rate_limit.as_ref())
+                .or(global_limit.as_ref());
+            match limit {
+                Some((value, origin)) => {
+                    route_json.insert("rate_limit".to_owned(), value.clone());
+                    provenance.push((path("rate_limit"), origin.clone()));
+                }
+                None => issues.push(Issue {
+                    origin: Some(prefix_origin.clone()),
+                    path: String::new(),
+                    message: format!(
+                        "route `{}` has no rate limit at route, tenant or global scope",
+                        route.name
+                    ),
+                    check: "settings",
+                }),
+            }
+            routes_json.push(Value::Object(route_json));
+        }
+        if !routes_json.is_empty() {
+            settings.insert("routes".to_owned(), Value::Array(routes_json));
+        }
+        tenants_json.insert(id, Value::Object(settings));
+    }
+    document.insert("tenants".to_owned(), Value::Object(tenants_json));
+
+    if issues.is_empty() {
+        Ok(Rendered {
+            document: Value::Object(document),
+            provenance,
+        })
+    } else {
+        Err(SettingsError::Invalid(issues))
+    }
+}
+
+fn unknown_key(origin: Origin) -> Issue {
+    Issue {
+        origin: Some(origin),
+        path: String::new(),
+        message: "unknown setting key".to_owned(),
+        check: "settings",
+    }
+}
+
+fn is_known_key(key: &str) -> bool {
+    matches!(
+        key,
+        "gateway.tenant.header"
+            | "gateway.tenant.required"
+            | "gateway.tenant.trust_header_without_jwt"
+            | "gateway.tenant.unknown"
+            | "gateway.correlation.header"
+            | "gateway.correlation.generate"
+            | "gateway.correlation.echo"
+            | "gateway.store.max_cas_retries"
+            | "gateway.store.on_exhausted"
+            | "gateway.rate_limit"
+            | "gateway.mode"
+            | "gateway.enabled"
+            | "gateway.route.prefix"
+            | "gateway.route.method"
+    )
+}
+
+fn set_path(document: &mut Map<String, Value>, path: &[&str], value: Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut current = document;
+    for part in parents {
+        let entry = current
+            .entry((*part).to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !entry.is_object() {
+            *entry = Value::Object(Map::new());
+        }
+        let Value::Object(next) = entry else {
+            return;
+        };
+        current = next;
+    }
+    current.insert((*last).to_owned(), value);
+}
+
+/// The compiled draft-4 validator of the filter's published schema.
+#[derive(Debug)]
+pub struct Validator {
+    schema: jsonschema::Validator,
+}
+
+impl Validator {
+    pub fn new() -> Result<Self, SettingsError> {
+        let schema: Value = serde_json::from_str(tenant_guard_core::config::CONFIG_SCHEMA)
+            .map_err(|e| SettingsError::Schema(e.to_string()))?;
+        let schema =
+            jsonschema::draft4::new(&schema).map_err(|e| SettingsError::Schema(e.to_string()))?;
+        Ok(Self { schema })
+    }
+
+    /// Validates `document_text` (the exact bytes to deliver) with the JSON
+    /// Schema and then with the filter's parser; issues name the settings rows.
+    pub fn validate(&self, rendered: &Rendered, document_text: &str) -> Result<(), SettingsError> {
+        let instance: Value = serde_json::from_str(document_text).map_err(|e| {
+            SettingsError::one(None, "", format!("rendered document is not JSON: {e}"))
+        })?;
+        let issues: Vec<Issue> = self
+            .schema
+            .iter_errors(&instance)
+            .map(|error| {
+                let segments = pointer_segments(error.instance_path.as_str());
+                Issue {
+                    origin: rendered.origin_of(&segments),
+                    path: segments.join("."),
+                    message: error.to_string(),
+                    check: "schema",
+                }
+            })
+            .collect();
+        if !issues.is_empty() {
+            return Err(SettingsError::Invalid(issues));
+        }
+        tenant_guard_core::config::parse(document_text.as_bytes()).map_err(|error| {
+            SettingsError::Invalid(vec![Issue {
+                origin: rendered.origin_of_dotted(&error.path),
+                path: error.path.clone(),
+                message: error.message.clone(),
+                check: "filter",
+            }])
+        })?;
+        Ok(())
+    }
+}
+
+fn pointer_segments(pointer: &str) -> Vec<String> {
+    pointer
+        .split('/')
+        .skip(1)
+        .map(|s| s.replace("~1", "/").replace("~0", "~"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(scope: Scope, tenant: &str, route: &str, key: &str, value: Value) -> SettingRow {
+        SettingRow {
+            scope,
+            tenant: tenant.to_owned(),
+            route: route.to_owned(),
+            key: key.to_owned(),
+            value,
+            updated_by: "alice".to_owned(),
+            updated_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn precedence_and_validation() -> Result<(), SettingsError> {
+        let rows = vec![
+            row(Scope::Global, "", "", "gateway.rate_limit", json!({"requests": 100, "per_seconds": 60})),
+            row(Scope::Tenant, "acme", "", "gateway.rate_limit", json!({"requests": 1000, "per_seconds": 60})),
+            row(Scope::Route, "acme", "orders", "gateway.route.prefix", json!("/orders")),
+            row(Scope::Route, "beta", "x", "gateway.route.prefix", json!("/x")),
+        ];
+        let rendered = render(&rows)?;
+        let doc = &rendered.document;
+        assert_eq!(doc["tenants"]["acme"]["routes"][0]["rate_limit"]["requests"], 1000);
+        assert_eq!(doc["tenants"]["beta"]["routes"][0]["rate_limit"]["requests"], 100);
+        Validator::new()?.validate(&rendered, &rendered.with_revision("r1-x"))?;
+        Ok(())
+    }
+
+    #[test]
+    fn schema_error_names_the_row() -> Result<(), SettingsError> {
+        let rows = vec![row(
+            Scope::Tenant,
+            "acme",
+            "",
+            "gateway.rate_limit",
+            json!({"requests": 0, "per_seconds": 60}),
+        )];
+        let rendered = render(&rows)?;
+        let err = Validator::new()?
+            .validate(&rendered, &rendered.with_revision("r1"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("tenant `acme` setting `gateway.rate_limit`"), "{err}");
+        assert!(err.contains("tenants.acme.rate_limit.requests"), "{err}");
+        Ok(())
+    }
+}

@@ -1,0 +1,539 @@
+//! One sync: load settings → resolve → validate → compare with the deployed
+//! revision → deliver the ECDS file → record the revision. Also the rollback,
+//! the dry-run diff and the history listing used by the CLI.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio_postgres::Client;
+
+use crate::db::{self, DbError, Revision, Status};
+use crate::envoy::{self, EnvoyDeliveryError};
+use crate::settings::{self, Rendered, SettingRow, SettingsError, Validator};
+
+/// The only delivery target so far.
+pub const TARGET_ENVOY: &str = "envoy";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// Settings rejected; `revision` is the failed revision recorded for it
+    /// (`None` when the same failure was already recorded).
+    #[error("{error}")]
+    Invalid {
+        revision: Option<i64>,
+        error: SettingsError,
+    },
+    #[error("delivery of revision {revision} failed: {source}")]
+    Delivery {
+        revision: i64,
+        #[source]
+        source: EnvoyDeliveryError,
+    },
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    #[error("revision {0} does not exist")]
+    NoSuchRevision(i64),
+    #[error("revision {id} cannot be rolled back to: {reason}")]
+    NotRollbackable { id: i64, reason: String },
+}
+
+/// Problems with the sidecar's own configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot read the wasm module {path}: {source}")]
+    ReadWasm {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot use the ECDS directory {path}: {message}")]
+    EcdsDir { path: PathBuf, message: String },
+    #[error(transparent)]
+    Publish(#[from] EnvoyDeliveryError),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+}
+
+/// Where and how the Envoy target is delivered.
+#[derive(Debug, Clone)]
+pub struct EnvoyTarget {
+    /// The directory Envoy watches; the ECDS file is [`envoy::ECDS_FILE_NAME`] in it.
+    pub ecds_dir: PathBuf,
+    /// The `.wasm` path referenced by the ECDS resource.
+    pub wasm_path: PathBuf,
+}
+
+impl EnvoyTarget {
+    /// `wasm` given: publish it content-addressed into `ecds_dir` and reference
+    /// that copy; otherwise reference `wasm_path` as is.
+    pub fn prepare(
+        ecds_dir: &Path,
+        wasm: Option<&Path>,
+        wasm_path: Option<&Path>,
+    ) -> Result<Self, SetupError> {
+        if !ecds_dir.is_dir() {
+            return Err(SetupError::EcdsDir {
+                path: ecds_dir.to_path_buf(),
+                message: "not a directory".to_owned(),
+            });
+        }
+        let wasm_path = match (wasm, wasm_path) {
+            (Some(module), _) => {
+                let bytes = std::fs::read(module).map_err(|source| SetupError::ReadWasm {
+                    path: module.to_path_buf(),
+                    source,
+                })?;
+                let published = envoy::publish_wasm(ecds_dir, &bytes)?;
+                tracing::info!(path = %published.display(), "published the filter module");
+                published
+            }
+            (None, Some(path)) => path.to_path_buf(),
+            (None, None) => {
+                return Err(SetupError::EcdsDir {
+                    path: ecds_dir.to_path_buf(),
+                    message: "give --wasm (a module to publish) or --wasm-path".to_owned(),
+                })
+            }
+        };
+        Ok(Self {
+            ecds_dir: ecds_dir.to_path_buf(),
+            wasm_path,
+        })
+    }
+
+    pub fn ecds_file(&self) -> PathBuf {
+        self.ecds_dir.join(envoy::ECDS_FILE_NAME)
+    }
+
+    fn render(&self, document: &str, revision: &str) -> Result<String, EnvoyDeliveryError> {
+        envoy::render_ecds_resource(document, &self.wasm_path, revision)
+    }
+
+    /// Writes the ECDS file unless it already holds exactly these bytes.
+    /// Returns whether it wrote.
+    fn deliver(&self, document: &str, revision: &str) -> Result<bool, EnvoyDeliveryError> {
+        let resource = self.render(document, revision)?;
+        let file = self.ecds_file();
+        if std::fs::read(&file).ok().as_deref() == Some(resource.as_bytes()) {
+            return Ok(false);
+        }
+        envoy::write_atomically(&file, resource.as_bytes())?;
+        Ok(true)
+    }
+}
+
+/// What a successful sync did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum SyncOutcome {
+    /// A new revision was delivered.
+    Delivered { revision_id: i64, revision: String },
+    /// The settings match the deployed revision; `rewrote_file` when the file
+    /// on disk was missing or stale and was written again (same revision).
+    Unchanged {
+        revision_id: i64,
+        revision: String,
+        rewrote_file: bool,
+    },
+}
+
+impl SyncOutcome {
+    pub fn revision_id(&self) -> i64 {
+        match self {
+            Self::Delivered { revision_id, .. } | Self::Unchanged { revision_id, .. } => {
+                *revision_id
+            }
+        }
+    }
+}
+
+/// Renders, validates and delivers; holds the compiled schema validator.
+#[derive(Debug)]
+pub struct Syncer {
+    pub schema: String,
+    pub target: EnvoyTarget,
+    validator: Validator,
+}
+
+impl Syncer {
+    pub fn new(schema: &str, target: EnvoyTarget) -> Result<Self, SetupError> {
+        Ok(Self {
+            schema: schema.to_owned(),
+            target,
+            validator: Validator::new()?,
+        })
+    }
+
+    /// One sync, serialised across processes by an advisory lock. `trigger`
+    /// (`startup`, `notify`, `timer`, `api`, `cli`, `reconnect`) is recorded.
+    pub async fn sync(&self, client: &Client, trigger: &str) -> Result<SyncOutcome, SyncError> {
+        db::lock_sync(client, &self.schema).await?;
+        let result = self.sync_locked(client, trigger).await;
+        let unlocked = db::unlock_sync(client, &self.schema).await;
+        let outcome = result?;
+        unlocked?;
+        Ok(outcome)
+    }
+
+    async fn sync_locked(&self, client: &Client, trigger: &str) -> Result<SyncOutcome, SyncError> {
+        let rows = db::load_settings(client).await?;
+        let deployed = db::latest_revision(client, TARGET_ENVOY, true).await?;
+        let rendered = settings::render(&rows);
+        let source_hash = source_hash(&rendered);
+
+        if let Some(deployed) = &deployed {
+            if deployed.source_sha256 == source_hash {
+                let document = deployed.document.as_deref().unwrap_or_default();
+                let rewrote = self
+                    .target
+                    .deliver(document, &deployed.revision)
+                    .map_err(|source| SyncError::Delivery {
+                        revision: deployed.id,
+                        source,
+                    })?;
+                if rewrote {
+                    tracing::warn!(revision = %deployed.revision, "ECDS file was missing or stale; wrote it again");
+                }
+                return Ok(SyncOutcome::Unchanged {
+                    revision_id: deployed.id,
+                    revision: deployed.revision.clone(),
+                    rewrote_file: rewrote,
+                });
+            }
+        }
+
+        let (changed_keys, actors) = changes(deployed.as_ref(), &rows);
+        let snapshot = serde_json::to_value(&rows).ok();
+        let validated = rendered.and_then(|rendered| {
+            self.validator
+                .validate(&rendered, &rendered.with_revision("r0"))
+                .map(|()| rendered)
+        });
+        let rendered = match validated {
+            Ok(rendered) => rendered,
+            Err(error) => {
+                let latest = db::latest_revision(client, TARGET_ENVOY, false).await?;
+                if latest.as_ref().is_some_and(|l| {
+                    l.status == Status::Failed.as_str() && l.source_sha256 == source_hash
+                }) {
+                    return Err(SyncError::Invalid {
+                        revision: None,
+                        error,
+                    });
+                }
+                let id = db::next_revision_id(client).await?;
+                let revision = format!("r{id}-{}", short(&source_hash));
+                db::insert_revision(
+                    client,
+                    &Revision {
+                        id,
+                        target: TARGET_ENVOY.to_owned(),
+                        status: Status::Failed.as_str().to_owned(),
+                        revision,
+                        sha256: source_hash.clone(),
+                        source_sha256: source_hash,
+                        document: None,
+                        error: Some(error.to_string()),
+                        actors,
+                        changed_keys,
+                        trigger: trigger.to_owned(),
+                        rollback_of: None,
+                        settings: snapshot,
+                        created_at: String::new(),
+                    },
+                )
+                .await?;
+                tracing::error!(revision = id, %error, "settings rejected; the last good revision keeps serving");
+                return Err(SyncError::Invalid {
+                    revision: Some(id),
+                    error,
+                });
+            }
+        };
+
+        let id = db::next_revision_id(client).await?;
+        let revision = format!("r{id}-{}", short(&source_hash));
+        let document = rendered.with_revision(&revision);
+        let mut record = Revision {
+            id,
+            target: TARGET_ENVOY.to_owned(),
+            status: Status::Delivered.as_str().to_owned(),
+            revision: revision.clone(),
+            sha256: source_hash.clone(),
+            source_sha256: source_hash,
+            document: Some(document.clone()),
+            error: None,
+            actors,
+            changed_keys,
+            trigger: trigger.to_owned(),
+            rollback_of: None,
+            settings: snapshot,
+            created_at: String::new(),
+        };
+        self.deliver_and_record(client, &mut record, &document).await?;
+        Ok(SyncOutcome::Delivered {
+            revision_id: id,
+            revision,
+        })
+    }
+
+    async fn deliver_and_record(
+        &self,
+        client: &Client,
+        record: &mut Revision,
+        document: &str,
+    ) -> Result<(), SyncError> {
+        match self.target.deliver(document, &record.revision) {
+            Ok(_) => {
+                db::insert_revision(client, record).await?;
+                tracing::info!(revision = %record.revision, changed = ?record.changed_keys, actors = ?record.actors, "delivered");
+                Ok(())
+            }
+            Err(source) => {
+                record.status = Status::Failed.as_str().to_owned();
+                record.error = Some(source.to_string());
+                db::insert_revision(client, record).await?;
+                Err(SyncError::Delivery {
+                    revision: record.id,
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Re-delivers the document of revision `to` as a new revision marked as
+    /// its rollback. It stays deployed until the settings change again.
+    pub async fn rollback(
+        &self,
+        client: &Client,
+        to: i64,
+        actor: &str,
+    ) -> Result<SyncOutcome, SyncError> {
+        db::lock_sync(client, &self.schema).await?;
+        let result = self.rollback_locked(client, to, actor).await;
+        let unlocked = db::unlock_sync(client, &self.schema).await;
+        let outcome = result?;
+        unlocked?;
+        Ok(outcome)
+    }
+
+    async fn rollback_locked(
+        &self,
+        client: &Client,
+        to: i64,
+        actor: &str,
+    ) -> Result<SyncOutcome, SyncError> {
+        let old = db::revision(client, to)
+            .await?
+            .ok_or(SyncError::NoSuchRevision(to))?;
+        let not_rollbackable = |reason: &str| SyncError::NotRollbackable {
+            id: to,
+            reason: reason.to_owned(),
+        };
+        if old.status != Status::Delivered.as_str() {
+            return Err(not_rollbackable(&format!(
+                "its status is `{}`, only delivered revisions can be restored",
+                old.status
+            )));
+        }
+        let old_document = old
+            .document
+            .as_deref()
+            .ok_or_else(|| not_rollbackable("it has no document"))?;
+        let mut document: Value = serde_json::from_str(old_document)
+            .map_err(|e| not_rollbackable(&format!("its document is not JSON: {e}")))?;
+        if let Value::Object(map) = &mut document {
+            map.remove("revision");
+        }
+        let rendered_old = Rendered::from_document(document);
+        // The filter may have become stricter since: validate again.
+        self.validator
+            .validate(&rendered_old, &rendered_old.with_revision("r0"))
+            .map_err(|error| SyncError::Invalid {
+                revision: None,
+                error,
+            })?;
+        let rows = db::load_settings(client).await?;
+        let source = source_hash(&settings::render(&rows));
+        let id = db::next_revision_id(client).await?;
+        let hash = rendered_old.content_hash();
+        let revision = format!("r{id}-{}", short(&hash));
+        let document = rendered_old.with_revision(&revision);
+        let mut record = Revision {
+            id,
+            target: TARGET_ENVOY.to_owned(),
+            status: Status::Delivered.as_str().to_owned(),
+            revision: revision.clone(),
+            sha256: hash,
+            source_sha256: source,
+            document: Some(document.clone()),
+            error: None,
+            actors: vec![actor.to_owned()],
+            changed_keys: vec![format!("rollback to r{to}")],
+            trigger: "rollback".to_owned(),
+            rollback_of: Some(to),
+            settings: serde_json::to_value(&rows).ok(),
+            created_at: String::new(),
+        };
+        self.deliver_and_record(client, &mut record, &document).await?;
+        Ok(SyncOutcome::Delivered {
+            revision_id: id,
+            revision,
+        })
+    }
+}
+
+/// Hash identifying what the settings render to (the error text when they do not).
+fn source_hash(rendered: &Result<Rendered, SettingsError>) -> String {
+    match rendered {
+        Ok(rendered) => rendered.content_hash(),
+        Err(error) => envoy::sha256_hex(format!("render-error:{error}").as_bytes()),
+    }
+}
+
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
+/// Keys changed since the deployed revision's settings snapshot, and who changed them.
+fn changes(deployed: Option<&Revision>, rows: &[SettingRow]) -> (Vec<String>, Vec<String>) {
+    let before: BTreeMap<String, SettingRow> = deployed
+        .and_then(|d| d.settings.clone())
+        .and_then(|s| serde_json::from_value::<Vec<SettingRow>>(s).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|row| (row.identity(), row))
+        .collect();
+    let mut changed = Vec::new();
+    let mut actors = BTreeSet::new();
+    let mut seen = BTreeSet::new();
+    for row in rows {
+        let identity = row.identity();
+        match before.get(&identity) {
+            Some(old) if old.value == row.value => {}
+            _ => {
+                changed.push(identity.clone());
+                actors.insert(row.updated_by.clone());
+            }
+        }
+        seen.insert(identity);
+    }
+    for identity in before.keys().filter(|k| !seen.contains(*k)) {
+        changed.push(format!("-{identity}"));
+    }
+    (changed, actors.into_iter().collect())
+}
+
+/// The `sync --dry-run` report: a unified diff of the deployed document
+/// against what the settings render to now, and the validation result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DryRun {
+    pub text: String,
+    pub changed: bool,
+    pub valid: bool,
+}
+
+pub async fn dry_run(client: &Client) -> Result<DryRun, SyncError> {
+    let validator = Validator::new().map_err(SetupError::from)?;
+    let rows = db::load_settings(client).await?;
+    let deployed = db::latest_revision(client, TARGET_ENVOY, true).await?;
+    let mut text = String::new();
+    let (old_text, old_label) = match &deployed {
+        Some(d) => {
+            let mut doc: Value = d
+                .document
+                .as_deref()
+                .and_then(|t| serde_json::from_str(t).ok())
+                .unwrap_or(Value::Null);
+            if let Value::Object(map) = &mut doc {
+                map.remove("revision");
+            }
+            (
+                pretty(&doc),
+                format!("deployed revision {} ({})", d.id, d.revision),
+            )
+        }
+        None => (String::new(), "deployed: nothing yet".to_owned()),
+    };
+    let (new_text, valid) = match settings::render(&rows) {
+        Ok(rendered) => {
+            let valid = validator.validate(&rendered, &rendered.with_revision("r0"));
+            let new_text = pretty(&rendered.document);
+            if let Err(error) = &valid {
+                text.push_str(&format!("INVALID: {error}\n"));
+            }
+            (new_text, valid.is_ok())
+        }
+        Err(error) => {
+            text.push_str(&format!("INVALID: {error}\n"));
+            (String::new(), false)
+        }
+    };
+    let changed = old_text != new_text;
+    if changed {
+        let diff = similar::TextDiff::from_lines(&old_text, &new_text);
+        text.push_str(
+            &diff
+                .unified_diff()
+                .context_radius(3)
+                .header(&old_label, "rendered from current settings")
+                .to_string(),
+        );
+    } else {
+        text.push_str(&format!("no changes: settings match {old_label}\n"));
+    }
+    Ok(DryRun {
+        text,
+        changed,
+        valid,
+    })
+}
+
+fn pretty(value: &Value) -> String {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// `history` as a text table, newest first.
+pub fn format_history(revisions: &[Revision]) -> String {
+    let mut out = format!(
+        "{:>5}  {:<22}  {:<7}  {:<10}  {:<18}  {:<16}  {}\n",
+        "REV", "CREATED", "TARGET", "STATUS", "REVISION", "ACTORS", "CHANGES / NOTE"
+    );
+    for rev in revisions {
+        let mut note = rev.changed_keys.join(", ");
+        if let Some(to) = rev.rollback_of {
+            note = format!("rollback to revision {to}");
+        }
+        if let Some(error) = &rev.error {
+            note = if note.is_empty() {
+                format!("error: {error}")
+            } else {
+                format!("{note}; error: {error}")
+            };
+        }
+        out.push_str(&format!(
+            "{:>5}  {:<22}  {:<7}  {:<10}  {:<18}  {:<16}  {}\n",
+            rev.id,
+            rev.created_at.get(..22).unwrap_or(&rev.created_at),
+            rev.target,
+            rev.status,
+            rev.revision,
+            rev.actors.join(","),
+            note
+        ));
+    }
+    out
+}
+
+/// Measures a future's duration.
+pub async fn timed<T>(future: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let start = Instant::now();
+    let output = future.await;
+    (output, start.elapsed())
+}

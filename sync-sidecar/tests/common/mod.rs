@@ -1,0 +1,221 @@
+//! Helpers for the tests against the real PostgreSQL given by `DATABASE_URL`
+//! (default `postgres://postgres@127.0.0.1:5432/postgres`): a fresh schema per
+//! test, settings upserts, a tiny HTTP client, polling with a deadline, and an
+//! in-process daemon with its admin server on port 0.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tenant_guard_sidecar::daemon::{self, RunConfig};
+use tenant_guard_sidecar::db::{self, DbConfig};
+use tenant_guard_sidecar::envoy::ECDS_FILE_NAME;
+use tenant_guard_sidecar::sync::{EnvoyTarget, Syncer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio_postgres::Client;
+
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh schema with the sidecar's tables, and a session on it.
+pub struct TestDb {
+    pub config: DbConfig,
+    pub client: Client,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let schema = format!(
+            "tgt_{}_{}_{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let config = DbConfig::new(&database_url(), &schema).unwrap();
+        let mut test_session = config.clone();
+        test_session.application_name = "tenant-guard-sidecar-tests".to_owned();
+        let mut client = test_session.connect_spawned().await.expect(
+            "PostgreSQL is not reachable: run `export DATABASE_URL=$(bash tests/postgres.sh)`",
+        );
+        db::migrate(&mut client, &schema).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        Self {
+            config,
+            client,
+            dir,
+        }
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.config.schema
+    }
+
+    pub fn ecds_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn ecds_file(&self) -> PathBuf {
+        self.dir.path().join(ECDS_FILE_NAME)
+    }
+
+    pub fn target(&self) -> EnvoyTarget {
+        EnvoyTarget::prepare(self.ecds_dir(), None, Some(Path::new("/opt/filter.wasm"))).unwrap()
+    }
+
+    pub fn syncer(&self) -> Syncer {
+        Syncer::new(self.schema(), self.target()).unwrap()
+    }
+
+    /// Upserts one setting (`tenant`/`route` empty when not applicable).
+    pub async fn set(&self, scope: &str, tenant: &str, route: &str, key: &str, value: Value, actor: &str) {
+        self.client
+            .execute(
+                "INSERT INTO tg_settings (scope, tenant, route, key, value, updated_by)
+                 VALUES ($1, $2, $3, $4, $5::text::jsonb, $6)
+                 ON CONFLICT (scope, tenant, route, key)
+                 DO UPDATE SET value = EXCLUDED.value, updated_by = EXCLUDED.updated_by",
+                &[&scope, &tenant, &route, &key, &value.to_string(), &actor],
+            )
+            .await
+            .unwrap();
+    }
+
+    pub async fn revision_count(&self) -> i64 {
+        self.client
+            .query_one("SELECT count(*) FROM tg_revisions", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    pub async fn drop_schema(self) {
+        let _ = self
+            .client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema()))
+            .await;
+    }
+}
+
+/// The plugin document inside the ECDS file, if the file exists.
+pub fn delivered_document(path: &Path) -> Option<Value> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let ecds: Value = serde_json::from_str(&text).ok()?;
+    let inner = ecds["resources"][0]["typed_config"]["config"]["configuration"]["value"].as_str()?;
+    serde_json::from_str(inner).ok()
+}
+
+/// Polls `check` every 20 ms until it returns `Some` or `timeout` passes.
+pub async fn poll<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Minimal HTTP/1.1 client: returns (status, body).
+pub async fn http(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A daemon running in this process.
+pub struct Daemon {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<Result<(), daemon::RunError>>,
+}
+
+impl Daemon {
+    pub async fn start(db: &TestDb, url: Option<&str>) -> Self {
+        let db_config = match url {
+            Some(url) => DbConfig::new(url, db.schema()).unwrap(),
+            None => db.config.clone(),
+        };
+        let mut config = RunConfig::new(db_config);
+        config.resync_interval = Duration::from_secs(3600);
+        config.debounce = Duration::from_millis(20);
+        config.backoff_max = Duration::from_millis(500);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(daemon::run(config, db.syncer(), listener, async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            stop: Some(stop),
+            handle,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http(self.addr, "GET", path).await.unwrap()
+    }
+
+    pub async fn post(&self, path: &str) -> (u16, String) {
+        http(self.addr, "POST", path).await.unwrap()
+    }
+
+    /// Value of a metric line `name value`.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics").await;
+        body.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    pub async fn wait_ready(&self) {
+        poll(Duration::from_secs(15), "/ready", || async {
+            (self.get("/ready").await.0 == 200).then_some(())
+        })
+        .await;
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let result = tokio::time::timeout(Duration::from_secs(10), self.handle)
+            .await
+            .expect("daemon did not stop within 10 s")
+            .unwrap();
+        result.unwrap();
+    }
+}

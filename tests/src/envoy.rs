@@ -1,0 +1,352 @@
+//! A real Envoy process started from the repository's bootstrap templates
+//! (`envoy/static.yaml` or `envoy/ecds.yaml`), with helpers for requests, admin
+//! stats and ECDS updates. Killed on drop; if the test is panicking, the Envoy
+//! log tail is printed to stderr.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tenant_guard_sidecar::envoy::{render_ecds_resource, write_atomically, ECDS_FILE_NAME};
+
+use crate::artifacts::{envoy_binary, repo_root, wasm_path};
+use crate::http::{self, Conn, Response};
+use crate::tempdir::TempDir;
+use crate::wait::wait_until;
+
+/// How long Envoy may take to become ready.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which bootstrap template to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvoyMode {
+    /// `envoy/static.yaml`: the plugin config is inline in the bootstrap.
+    Static,
+    /// `envoy/ecds.yaml`: the filter comes from a watched ECDS file.
+    Ecds,
+}
+
+/// A running Envoy.
+#[derive(Debug)]
+pub struct Envoy {
+    child: Child,
+    mode: EnvoyMode,
+    admin_port: u16,
+    listener_port: u16,
+    wasm: PathBuf,
+    log_path: PathBuf,
+    stdout_path: PathBuf,
+    ecds_dir: PathBuf,
+    // Declared last: removed after the paths above are no longer needed.
+    _dir: TempDir,
+}
+
+/// A free TCP port on 127.0.0.1 (bind to port 0 and release it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("cannot pick a free port")
+}
+
+/// Renders a template by plain string substitution of `__KEY__` placeholders and
+/// checks that none is left outside comments.
+pub fn render_template(template: &str, values: &[(&str, String)]) -> String {
+    let mut text = template.to_string();
+    for (key, value) in values {
+        text = text.replace(&format!("__{key}__"), value);
+    }
+    for line in text.lines() {
+        let code = line.trim_start();
+        if !code.starts_with('#') {
+            for key in [
+                "ADMIN_PORT",
+                "LISTENER_PORT",
+                "UPSTREAM_PORT",
+                "WASM_PATH",
+                "PLUGIN_CONFIG_JSON",
+                "ECDS_DIR",
+            ] {
+                assert!(
+                    !code.contains(&format!("__{key}__")),
+                    "unreplaced placeholder __{key}__ in: {line}"
+                );
+            }
+        }
+    }
+    text
+}
+
+/// Percent-encodes a query parameter value.
+fn encode_query(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Envoy {
+    /// Starts Envoy with `envoy/static.yaml`, the filter configured with `plugin_config` (JSON text).
+    pub fn start_static(plugin_config: &str, upstream_port: u16) -> Self {
+        Self::start(EnvoyMode::Static, plugin_config, upstream_port)
+    }
+
+    /// Starts Envoy with `envoy/ecds.yaml`; the initial ECDS file carries `plugin_config`.
+    pub fn start_ecds(plugin_config: &str, upstream_port: u16) -> Self {
+        Self::start(EnvoyMode::Ecds, plugin_config, upstream_port)
+    }
+
+    /// Starts Envoy in `mode`; retries with new ports if one was taken meanwhile.
+    pub fn start(mode: EnvoyMode, plugin_config: &str, upstream_port: u16) -> Self {
+        let mut last_error = String::new();
+        for _attempt in 0..3 {
+            match Self::try_start(mode, plugin_config, upstream_port) {
+                Ok(envoy) => return envoy,
+                Err(e) if e.contains("Address already in use") || e.contains("bind") => {
+                    last_error = e;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("Envoy could not bind its ports:\n{last_error}");
+    }
+
+    fn try_start(mode: EnvoyMode, plugin_config: &str, upstream_port: u16) -> Result<Self, String> {
+        let wasm = wasm_path();
+        let envoy = envoy_binary();
+        let dir = TempDir::new("envoy").map_err(|e| format!("temp dir: {e}"))?;
+        let admin_port = free_port();
+        let listener_port = free_port();
+        let ecds_dir = dir.path().join("ecds");
+        fs::create_dir_all(&ecds_dir).map_err(|e| format!("ecds dir: {e}"))?;
+
+        let mut values = vec![
+            ("ADMIN_PORT", admin_port.to_string()),
+            ("LISTENER_PORT", listener_port.to_string()),
+            ("UPSTREAM_PORT", upstream_port.to_string()),
+        ];
+        let template_name = match mode {
+            EnvoyMode::Static => {
+                values.push(("WASM_PATH", wasm.display().to_string()));
+                values.push((
+                    "PLUGIN_CONFIG_JSON",
+                    serde_json::to_string(plugin_config).map_err(|e| e.to_string())?,
+                ));
+                "static.yaml"
+            }
+            EnvoyMode::Ecds => {
+                values.push(("ECDS_DIR", ecds_dir.display().to_string()));
+                "ecds.yaml"
+            }
+        };
+        let template_path = repo_root().join("envoy").join(template_name);
+        let template = fs::read_to_string(&template_path)
+            .map_err(|e| format!("cannot read {}: {e}", template_path.display()))?;
+        let bootstrap = dir.path().join(template_name);
+        fs::write(&bootstrap, render_template(&template, &values))
+            .map_err(|e| format!("write bootstrap: {e}"))?;
+        if mode == EnvoyMode::Ecds {
+            write_ecds_file(&ecds_dir, plugin_config, &wasm, "initial")?;
+        }
+
+        let log_path = dir.path().join("envoy.log");
+        let stdout_path = dir.path().join("envoy.stdout");
+        let stdout = fs::File::create(&stdout_path).map_err(|e| e.to_string())?;
+        let stderr = stdout.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(&envoy)
+            .arg("-c")
+            .arg(&bootstrap)
+            .args([
+                "--concurrency",
+                "2",
+                "--disable-hot-restart",
+                "--log-level",
+                "info",
+                "--log-path",
+            ])
+            .arg(&log_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", envoy.display()))?;
+        let mut envoy = Self {
+            child,
+            mode,
+            admin_port,
+            listener_port,
+            wasm,
+            log_path,
+            stdout_path,
+            ecds_dir,
+            _dir: dir,
+        };
+
+        let mut exited = None;
+        let ready = wait_until(STARTUP_TIMEOUT, || {
+            if let Ok(Some(status)) = envoy.child.try_wait() {
+                exited = Some(status);
+                return true;
+            }
+            http::try_get(admin_port, "/ready").is_some_and(|r| r.status == 200)
+        });
+        if let Some(status) = exited {
+            return Err(format!(
+                "Envoy exited during startup ({status}):\n{}\n{}",
+                envoy.log_tail(40),
+                tail(&envoy.stdout_path, 20)
+            ));
+        }
+        if !ready {
+            let log = envoy.log_tail(60);
+            let _ = envoy.child.kill();
+            return Err(format!(
+                "Envoy not ready within {STARTUP_TIMEOUT:?}:\n{log}"
+            ));
+        }
+        Ok(envoy)
+    }
+
+    /// Which bootstrap this Envoy runs.
+    pub fn mode(&self) -> EnvoyMode {
+        self.mode
+    }
+
+    /// The HTTP listener port.
+    pub fn port(&self) -> u16 {
+        self.listener_port
+    }
+
+    /// The admin port.
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
+    /// The Envoy process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// A new keep-alive client connection to the listener.
+    pub fn conn(&self) -> Conn {
+        Conn::new(self.listener_port)
+    }
+
+    /// `GET path` through Envoy on a fresh connection.
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        http::get(self.listener_port, path, headers)
+    }
+
+    /// A request through Envoy on a fresh connection.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        http::request(self.listener_port, method, path, headers, body)
+    }
+
+    /// `GET path` on the admin port.
+    pub fn admin(&self, path: &str) -> Response {
+        http::get(self.admin_port, path, &[])
+    }
+
+    /// Counters and gauges whose name matches the regex `filter` (`/stats?filter=`).
+    pub fn stats(&self, filter: &str) -> Vec<(String, u64)> {
+        let response = self.admin(&format!("/stats?filter={}", encode_query(filter)));
+        assert_eq!(response.status, 200, "admin /stats: {}", response.text());
+        response
+            .text()
+            .lines()
+            .filter_map(|line| {
+                let (name, value) = line.split_once(": ")?;
+                Some((name.trim().to_string(), value.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// The value of the stat named exactly `name`, if it exists.
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        let filter = format!("^{}$", name.replace('.', "\\."));
+        self.stats(&filter)
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+    }
+
+    /// The sum of all stats whose name ends with `suffix` (custom Wasm metrics get
+    /// host-specific prefixes such as `wasmcustom.`).
+    pub fn stat_suffix_sum(&self, suffix: &str) -> u64 {
+        self.stats(&format!("{}$", suffix.replace('.', "\\.")))
+            .into_iter()
+            .filter(|(n, _)| n.ends_with(suffix))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// Replaces the ECDS resource file (atomically) with one carrying `plugin_config`.
+    pub fn write_ecds(&self, plugin_config: &str, version_info: &str) {
+        assert_eq!(self.mode, EnvoyMode::Ecds, "write_ecds needs the ECDS bootstrap");
+        write_ecds_file(&self.ecds_dir, plugin_config, &self.wasm, version_info)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// The last `lines` lines of the Envoy log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log_path, lines)
+    }
+
+    /// The whole Envoy log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+/// Renders the ECDS resource with the sidecar's renderer and writes it with the
+/// sidecar's atomic write (temp + rename), exactly as the sidecar delivers it.
+pub fn write_ecds_file(
+    ecds_dir: &Path,
+    plugin_config: &str,
+    wasm: &Path,
+    version_info: &str,
+) -> Result<(), String> {
+    let resource = render_ecds_resource(plugin_config, wasm, version_info)
+        .map_err(|e| format!("render ECDS resource: {e}"))?;
+    write_atomically(&ecds_dir.join(ECDS_FILE_NAME), resource.as_bytes())
+        .map_err(|e| format!("write ECDS resource: {e}"))
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- Envoy log tail ({}) ----\n{}\n---- Envoy stdout/stderr ----\n{}\n----",
+                self.log_path.display(),
+                self.log_tail(80),
+                tail(&self.stdout_path, 20)
+            );
+        }
+    }
+}

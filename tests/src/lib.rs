@@ -1,0 +1,19 @@
+//! End-to-end test harness for tenant-guard: builds the filter `.wasm`, finds or
+//! installs Envoy, renders the same bootstrap templates users run (`envoy/*.yaml`),
+//! starts a real Envoy in front of an in-process upstream, and offers small HTTP,
+//! admin-stats and ECDS helpers. Synchronisation is always by polling
+//! ([`wait::wait_until`]), never by fixed sleeps.
+
+pub mod artifacts;
+pub mod config;
+pub mod envoy;
+pub mod http;
+pub mod tempdir;
+pub mod upstream;
+pub mod wait;
+
+pub use artifacts::{envoy_binary, repo_root, wasm_path};
+pub use envoy::{Envoy, EnvoyMode};
+pub use http::{Conn, Response};
+pub use upstream::Upstream;
+pub use wait::wait_until;

@@ -1,0 +1,154 @@
+//! The upstream test server: answers every request with 200 and a JSON body
+//! `{"headers": {..}, "header_list": [[name, value], ..], "path": .., "method": ..}`
+//! (names lower-cased; repeated headers are joined with ", " in `headers` and kept
+//! separately in `header_list`), counts hits, and can be told to answer a given
+//! status for a path.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+#[derive(Debug, Default)]
+struct Shared {
+    hits: AtomicU64,
+    statuses: Mutex<HashMap<String, u16>>,
+    stop: AtomicBool,
+}
+
+/// A running upstream; stopped on drop.
+#[derive(Debug)]
+pub struct Upstream {
+    port: u16,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl Upstream {
+    /// Starts the server on `127.0.0.1:<free port>`.
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        let port = listener.local_addr().expect("upstream addr").port();
+        let shared = Arc::new(Shared::default());
+        let accept_shared = Arc::clone(&shared);
+        let acceptor = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if accept_shared.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let conn_shared = Arc::clone(&accept_shared);
+                std::thread::spawn(move || {
+                    let _ = serve(stream, &conn_shared);
+                });
+            }
+        });
+        Self {
+            port,
+            shared,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Requests received so far.
+    pub fn hits(&self) -> u64 {
+        self.shared.hits.load(Ordering::SeqCst)
+    }
+
+    /// Answer `status` for requests whose path (without query) equals `path`.
+    pub fn set_status(&self, path: &str, status: u16) {
+        self.shared
+            .statuses
+            .lock()
+            .expect("statuses lock")
+            .insert(path.to_string(), status);
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept() so the thread sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(handle) = self.acceptor.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn serve(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line)? == 0 {
+            return Ok(());
+        }
+        let request_line = request_line.trim_end().to_string();
+        if request_line.is_empty() {
+            continue;
+        }
+        let mut parts = request_line.split(' ');
+        let method = parts.next().unwrap_or_default().to_string();
+        let target = parts.next().unwrap_or_default().to_string();
+        let mut header_list: Vec<(String, String)> = Vec::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                header_list.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+            }
+        }
+        let content_length = header_list
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; content_length];
+        reader.read_exact(&mut body)?;
+        shared.hits.fetch_add(1, Ordering::SeqCst);
+
+        let path = target.split('?').next().unwrap_or_default().to_string();
+        let status = shared
+            .statuses
+            .lock()
+            .map(|s| s.get(&path).copied().unwrap_or(200))
+            .unwrap_or(200);
+        let mut headers = serde_json::Map::new();
+        for (name, value) in &header_list {
+            let joined = match headers.get(name).and_then(|v| v.as_str()) {
+                Some(previous) => format!("{previous}, {value}"),
+                None => value.clone(),
+            };
+            headers.insert(name.clone(), serde_json::Value::String(joined));
+        }
+        let response_body = serde_json::json!({
+            "headers": headers,
+            "header_list": header_list,
+            "path": target,
+            "method": method,
+            "body_len": body.len(),
+        })
+        .to_string();
+        let head = format!(
+            "HTTP/1.1 {status} Upstream\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            response_body.len()
+        );
+        writer.write_all(head.as_bytes())?;
+        writer.write_all(response_body.as_bytes())?;
+        writer.flush()?;
+    }
+}
