@@ -2,12 +2,16 @@
 #
 #   tg_repo_root                      the repository root
 #   tg_build_wasm                     builds the filter, prints the .wasm path
+#   tg_build_sidecar                  builds tenant-guard-sidecar (release), prints its path
+#   tg_free_port                      prints a free TCP port on 127.0.0.1
 #   tg_envoy_bin                      prints the Envoy binary path (install-envoy.sh)
 #   tg_render_static OUT CONFIG_JSON ADMIN LISTENER UPSTREAM WASM
 #   tg_render_ecds_bootstrap OUT ECDS_DIR ADMIN LISTENER UPSTREAM
 #   tg_write_ecds_resource ECDS_DIR CONFIG_JSON WASM VERSION
 #                                     writes <dir>/tenant-guard.ecds.json atomically
 #                                     (same shape as tenant_guard_sidecar::envoy::render_ecds_resource)
+#   tg_wait_http URL SECONDS          polls until URL answers 200
+#   tg_wait_for SECONDS DESC CMD...   polls CMD (quietly) until it succeeds
 
 TG_ENVOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 TG_REPO_ROOT="$(cd "$TG_ENVOY_DIR/.." && pwd)"
@@ -19,6 +23,16 @@ tg_build_wasm() {
   (cd "$TG_REPO_ROOT" && cargo build --quiet --release --target wasm32-wasip1 -p tenant-guard-filter) >&2
   local target_dir="${CARGO_TARGET_DIR:-$TG_REPO_ROOT/target}"
   echo "$target_dir/wasm32-wasip1/release/tenant_guard_filter.wasm"
+}
+
+tg_build_sidecar() {
+  (cd "$TG_REPO_ROOT" && cargo build --quiet --release -p tenant-guard-sidecar) >&2
+  local target_dir="${CARGO_TARGET_DIR:-$TG_REPO_ROOT/target}"
+  echo "$target_dir/release/tenant-guard-sidecar"
+}
+
+tg_free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
 tg_envoy_bin() { "$TG_ENVOY_DIR/install-envoy.sh"; }
@@ -106,5 +120,20 @@ tg_wait_http() {
       return 1
     fi
     sleep 0.1
+  done
+}
+
+# tg_wait_for SECONDS DESCRIPTION CMD...: polls CMD (output discarded) every
+# 50 ms until it succeeds; returns 1 with a message after SECONDS.
+tg_wait_for() {
+  local seconds="$1" what="$2"
+  shift 2
+  local deadline=$((SECONDS + seconds))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      echo "timed out after ${seconds}s waiting for $what" >&2
+      return 1
+    fi
+    sleep 0.05
   done
 }

@@ -114,7 +114,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        other => return Err(format!("unknown duration unit `{other}` (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` (use ms, s, m or h)"
+            ))
+        }
     };
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
 }
@@ -222,13 +226,24 @@ pub async fn execute(
             } else {
                 let syncer = Syncer::new(&db_config.schema, target(&args.delivery)?)?;
                 match syncer.sync(&client, "cli").await? {
-                    SyncOutcome::Delivered { revision_id, revision } => {
+                    SyncOutcome::Delivered {
+                        revision_id,
+                        revision,
+                    } => {
                         println!("delivered revision {revision_id} ({revision})");
                     }
-                    SyncOutcome::Unchanged { revision_id, revision, rewrote_file } => {
+                    SyncOutcome::Unchanged {
+                        revision_id,
+                        revision,
+                        rewrote_file,
+                    } => {
                         println!(
                             "unchanged: revision {revision_id} ({revision}) is deployed{}",
-                            if rewrote_file { "; rewrote the ECDS file" } else { "" }
+                            if rewrote_file {
+                                "; rewrote the ECDS file"
+                            } else {
+                                ""
+                            }
                         );
                     }
                 }

@@ -5,11 +5,12 @@
 //! is otherwise abandoned (the ECDS file is only ever replaced by a rename).
 
 use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tokio_postgres::{AsyncMessage, Client};
 
@@ -51,6 +52,10 @@ pub enum RunError {
     Admin(#[from] admin::AdminError),
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error("cannot start the sidecar: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the sidecar thread panicked")]
+    Panicked,
 }
 
 enum Event {
@@ -148,7 +153,11 @@ pub async fn run(
         };
         backoff.reset();
         metrics.set_db_connected(true);
-        let trigger = if first_connect { "startup" } else { "reconnect" };
+        let trigger = if first_connect {
+            "startup"
+        } else {
+            "reconnect"
+        };
         first_connect = false;
         tracing::info!(schema = %config.db.schema, trigger, "connected; listening for settings changes");
 
@@ -294,9 +303,7 @@ fn reply_from(outcome: &SyncOutcome) -> SyncReply {
 
 /// Connects, drives the connection in a task that forwards notifications for
 /// our schema, migrates and subscribes.
-async fn connect(
-    config: &DbConfig,
-) -> Result<(Client, mpsc::UnboundedReceiver<Event>), DbError> {
+async fn connect(config: &DbConfig) -> Result<(Client, mpsc::UnboundedReceiver<Event>), DbError> {
     let (mut client, mut connection) = config.connect().await?;
     let (events_tx, events) = mpsc::unbounded_channel();
     let schema = config.schema.clone();
@@ -310,7 +317,7 @@ async fn connect(
                 }
                 Some(Ok(_)) => {}
                 Some(Err(error)) => {
-                    let _ = events_tx.send(Event::Closed(error.to_string()));
+                    let _ = events_tx.send(Event::Closed(db::error_chain(&error)));
                     break;
                 }
                 None => {
@@ -325,4 +332,67 @@ async fn connect(
         .batch_execute(&format!("LISTEN {}", db::CHANNEL))
         .await?;
     Ok((client, events))
+}
+
+/// A sidecar running [`run`] on its own thread and runtime, for harnesses and
+/// benchmarks that have no async runtime. Stopped (gracefully) on drop.
+#[derive(Debug)]
+pub struct BackgroundSidecar {
+    admin_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), RunError>>>,
+}
+
+impl BackgroundSidecar {
+    /// Binds the admin API on `admin_addr` (port 0 picks one) and starts the loop.
+    pub fn start(
+        config: RunConfig,
+        syncer: Syncer,
+        admin_addr: SocketAddr,
+    ) -> Result<Self, RunError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let listener = runtime.block_on(TcpListener::bind(admin_addr))?;
+        let admin_addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("tenant-guard-sidecar".to_owned())
+            .spawn(move || {
+                runtime.block_on(run(config, syncer, listener, async move {
+                    let _ = stopped.await;
+                }))
+            })?;
+        Ok(Self {
+            admin_addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Where the admin API listens.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Requests shutdown and waits for the loop to finish.
+    pub fn stop(mut self) -> Result<(), RunError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), RunError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take() {
+            Some(thread) => thread.join().map_err(|_| RunError::Panicked)?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for BackgroundSidecar {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
 }

@@ -11,8 +11,8 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio_postgres::{Client, Config, Connection, NoTls, Socket};
 use tokio_postgres::tls::NoTlsStream;
+use tokio_postgres::{Client, Config, Connection, NoTls, Socket};
 
 use crate::settings::{Scope, SettingRow};
 
@@ -23,12 +23,39 @@ pub const CHANNEL: &str = "tenant_guard_settings";
 pub enum DbError {
     #[error("invalid database URL: {0}")]
     Url(#[source] tokio_postgres::Error),
-    #[error("invalid schema name `{0}`: use 1-63 characters of [a-z0-9_], not starting with a digit")]
+    #[error(
+        "invalid schema name `{0}`: use 1-63 characters of [a-z0-9_], not starting with a digit"
+    )]
     SchemaName(String),
-    #[error("database error: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
+    #[error("database error: {}", error_chain(.0))]
+    Postgres(tokio_postgres::Error),
     #[error("corrupt row in {table}: {message}")]
-    Corrupt { table: &'static str, message: String },
+    Corrupt {
+        table: &'static str,
+        message: String,
+    },
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        Self::Postgres(error)
+    }
+}
+
+/// `error: cause: cause…` — tokio-postgres keeps the useful part (the server's
+/// message, `Connection refused`) in the source chain.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 impl DbError {
@@ -59,9 +86,7 @@ impl DbConfig {
     }
 
     /// Opens a session with `search_path` set to the schema; the caller drives the connection.
-    pub async fn connect(
-        &self,
-    ) -> Result<(Client, Connection<Socket, NoTlsStream>), DbError> {
+    pub async fn connect(&self) -> Result<(Client, Connection<Socket, NoTlsStream>), DbError> {
         let mut config: Config = self.url.parse().map_err(DbError::Url)?;
         config
             .application_name(&self.application_name)
@@ -222,11 +247,10 @@ pub async fn load_settings(client: &Client) -> Result<Vec<SettingRow>, DbError> 
                 message: format!("unknown scope `{scope_text}`"),
             })?;
             let value_text: String = row.try_get(4)?;
-            let value: Value =
-                serde_json::from_str(&value_text).map_err(|e| DbError::Corrupt {
-                    table: "tg_settings",
-                    message: e.to_string(),
-                })?;
+            let value: Value = serde_json::from_str(&value_text).map_err(|e| DbError::Corrupt {
+                table: "tg_settings",
+                message: e.to_string(),
+            })?;
             Ok(SettingRow {
                 scope,
                 tenant: row.try_get(1)?,
@@ -279,7 +303,8 @@ pub struct Revision {
     pub created_at: String,
 }
 
-const REVISION_COLUMNS: &str = "id, target, status, revision, sha256, source_sha256, document, error, \
+const REVISION_COLUMNS: &str =
+    "id, target, status, revision, sha256, source_sha256, document, error, \
      actors, changed_keys, trigger, rollback_of, settings::text, created_at::text";
 
 fn revision_from_row(row: &tokio_postgres::Row) -> Result<Revision, DbError> {
@@ -380,6 +405,17 @@ pub async fn insert_revision(client: &Client, rev: &Revision) -> Result<(), DbEr
                 &rev.rollback_of,
                 &settings,
             ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Marks a recorded revision as failed (its delivery did not happen).
+pub async fn mark_failed(client: &Client, id: i64, error: &str) -> Result<(), DbError> {
+    client
+        .execute(
+            "UPDATE tg_revisions SET status = 'failed', error = $2 WHERE id = $1",
+            &[&id, &error],
         )
         .await?;
     Ok(())

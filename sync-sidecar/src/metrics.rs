@@ -72,7 +72,10 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "# HELP settings_sync_duration_seconds Duration of settings syncs.");
+        let _ = writeln!(
+            out,
+            "# HELP settings_sync_duration_seconds Duration of settings syncs."
+        );
         let _ = writeln!(out, "# TYPE settings_sync_duration_seconds histogram");
         if let Ok(h) = self.histogram.lock() {
             for (count, bound) in h.counts.iter().zip(BUCKETS) {
@@ -91,7 +94,11 @@ impl Metrics {
         }
         let gauge = |out: &mut String, name: &str, kind: &str, help: &str, value: String| {
             let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {} {kind}", name.split('{').next().unwrap_or(name));
+            let _ = writeln!(
+                out,
+                "# TYPE {} {kind}",
+                name.split('{').next().unwrap_or(name)
+            );
             let _ = writeln!(out, "{name} {value}");
         };
         gauge(

@@ -16,12 +16,19 @@
 //! | global | `gateway.store.{max_cas_retries,on_exhausted}` | `store.*`                    |
 //! | global | `gateway.rate_limit`                 | `defaults.rate_limit`                  |
 //! | global | `gateway.mode`                       | `defaults.mode`                        |
+//! | global | `gateway.idempotency`                | `defaults.idempotency`                 |
 //! | tenant | `gateway.rate_limit`                 | `tenants.<t>.rate_limit`               |
 //! | tenant | `gateway.mode`                       | `tenants.<t>.mode`                     |
+//! | tenant | `gateway.idempotency`                | `tenants.<t>.idempotency` (replaces the global one) |
 //! | tenant | `gateway.enabled`                    | `false` drops the tenant (and its routes) |
 //! | route  | `gateway.route.prefix` (required)    | `tenants.<t>.routes[i].prefix`         |
 //! | route  | `gateway.route.method`               | `tenants.<t>.routes[i].method`         |
 //! | route  | `gateway.rate_limit`                 | `tenants.<t>.routes[i].rate_limit` (else the tenant's, else the global one) |
+//!
+//! `gateway.idempotency` is the schema's `idempotency` object, e.g.
+//! `{"methods": ["POST"], "required": false, "ttl_seconds": 86400,
+//! "max_body_bytes": 65536, "in_flight_timeout_seconds": 60}` (omitted fields take
+//! the filter's defaults).
 //!
 //! A tenant appears in the document as soon as it has any tenant or route row.
 //! Routes are ordered most specific first: longer prefix, then with a method.
@@ -259,6 +266,7 @@ struct RouteDraft {
 struct TenantDraft {
     rate_limit: Option<(Value, Origin)>,
     mode: Option<(Value, Origin)>,
+    idempotency: Option<(Value, Origin)>,
     enabled: bool,
     routes: BTreeMap<String, RouteDraft>,
 }
@@ -266,21 +274,31 @@ struct TenantDraft {
 /// Resolves settings rows into the plugin document (without `revision`).
 pub fn render(rows: &[SettingRow]) -> Result<Rendered, SettingsError> {
     let mut document = Map::new();
-    document.insert("version".to_owned(), json!(tenant_guard_core::config::CONFIG_VERSION));
+    document.insert(
+        "version".to_owned(),
+        json!(tenant_guard_core::config::CONFIG_VERSION),
+    );
     let mut provenance = Vec::new();
     let mut global_limit: Option<(Value, Origin)> = None;
     let mut tenants: BTreeMap<String, TenantDraft> = BTreeMap::new();
     let mut issues = Vec::new();
 
     // No JWT source exists yet: the tenant header is the identity.
-    set_path(&mut document, &["tenant", "trust_header_without_jwt"], json!(true));
+    set_path(
+        &mut document,
+        &["tenant", "trust_header_without_jwt"],
+        json!(true),
+    );
 
     for row in rows.iter().filter(|r| r.key.starts_with(KEY_PREFIX)) {
         let origin = row.origin();
         let wrong_scope = |allowed: &str| Issue {
             origin: Some(origin.clone()),
             path: String::new(),
-            message: format!("key is not allowed at {} scope ({allowed})", row.scope.as_str()),
+            message: format!(
+                "key is not allowed at {} scope ({allowed})",
+                row.scope.as_str()
+            ),
             check: "settings",
         };
         match row.scope {
@@ -299,6 +317,7 @@ pub fn render(rows: &[SettingRow]) -> Result<Rendered, SettingsError> {
                     "gateway.store.on_exhausted" => Some(&["store", "on_exhausted"]),
                     "gateway.rate_limit" => Some(&["defaults", "rate_limit"]),
                     "gateway.mode" => Some(&["defaults", "mode"]),
+                    "gateway.idempotency" => Some(&["defaults", "idempotency"]),
                     _ => None,
                 };
                 match target {
@@ -320,21 +339,23 @@ pub fn render(rows: &[SettingRow]) -> Result<Rendered, SettingsError> {
                     issues.push(Issue {
                         origin: Some(origin),
                         path: String::new(),
-                        message: "tenant id must be 1-128 characters of [A-Za-z0-9._-]"
-                            .to_owned(),
+                        message: "tenant id must be 1-128 characters of [A-Za-z0-9._-]".to_owned(),
                         check: "settings",
                     });
                     continue;
                 }
-                let tenant = tenants.entry(row.tenant.clone()).or_insert_with(|| TenantDraft {
-                    enabled: true,
-                    ..TenantDraft::default()
-                });
+                let tenant = tenants
+                    .entry(row.tenant.clone())
+                    .or_insert_with(|| TenantDraft {
+                        enabled: true,
+                        ..TenantDraft::default()
+                    });
                 let entry = Some((row.value.clone(), origin.clone()));
                 if row.scope == Scope::Tenant {
                     match row.key.as_str() {
                         "gateway.rate_limit" => tenant.rate_limit = entry,
                         "gateway.mode" => tenant.mode = entry,
+                        "gateway.idempotency" => tenant.idempotency = entry,
                         "gateway.enabled" => match row.value {
                             Value::Bool(enabled) => tenant.enabled = enabled,
                             _ => issues.push(Issue {
@@ -350,15 +371,16 @@ pub fn render(rows: &[SettingRow]) -> Result<Rendered, SettingsError> {
                         _ => issues.push(unknown_key(origin)),
                     }
                 } else {
-                    let route = tenant
-                        .routes
-                        .entry(row.route.clone())
-                        .or_insert_with(|| RouteDraft {
-                            name: row.route.clone(),
-                            prefix: None,
-                            method: None,
-                            rate_limit: None,
-                        });
+                    let route =
+                        tenant
+                            .routes
+                            .entry(row.route.clone())
+                            .or_insert_with(|| RouteDraft {
+                                name: row.route.clone(),
+                                prefix: None,
+                                method: None,
+                                rate_limit: None,
+                            });
                     match row.key.as_str() {
                         "gateway.route.prefix" => route.prefix = entry,
                         "gateway.route.method" => route.method = entry,
@@ -385,6 +407,10 @@ pub fn render(rows: &[SettingRow]) -> Result<Rendered, SettingsError> {
             settings.insert("mode".to_owned(), value.clone());
             provenance.push((seg(&[base[0], base[1], "mode"]), origin.clone()));
         }
+        if let Some((value, origin)) = &tenant.idempotency {
+            settings.insert("idempotency".to_owned(), value.clone());
+            provenance.push((seg(&[base[0], base[1], "idempotency"]), origin.clone()));
+        }
         let mut routes: Vec<&RouteDraft> = tenant.routes.values().collect();
         routes.sort_by(|a, b| {
             let len = |r: &RouteDraft| {
@@ -401,9 +427,7 @@ pub fn render(rows: &[SettingRow]) -> Result<Rendered, SettingsError> {
         let mut routes_json = Vec::new();
         for (index, route) in routes.into_iter().enumerate() {
             let index_text = index.to_string();
-            let path = |field: &str| {
-                seg(&[base[0], base[1], "routes", index_text.as_str(), field])
-            };
+            let path = |field: &str| seg(&[base[0], base[1], "routes", index_text.as_str(), field]);
             let mut route_json = Map::new();
             route_json.insert("name".to_owned(), Value::String(route.name.clone()));
             let Some((prefix, prefix_origin)) = &route.prefix else {
@@ -493,6 +517,7 @@ fn is_known_key(key: &str) -> bool {
             | "gateway.store.on_exhausted"
             | "gateway.rate_limit"
             | "gateway.mode"
+            | "gateway.idempotency"
             | "gateway.enabled"
             | "gateway.route.prefix"
             | "gateway.route.method"
@@ -595,15 +620,45 @@ mod tests {
     #[test]
     fn precedence_and_validation() -> Result<(), SettingsError> {
         let rows = vec![
-            row(Scope::Global, "", "", "gateway.rate_limit", json!({"requests": 100, "per_seconds": 60})),
-            row(Scope::Tenant, "acme", "", "gateway.rate_limit", json!({"requests": 1000, "per_seconds": 60})),
-            row(Scope::Route, "acme", "orders", "gateway.route.prefix", json!("/orders")),
-            row(Scope::Route, "beta", "x", "gateway.route.prefix", json!("/x")),
+            row(
+                Scope::Global,
+                "",
+                "",
+                "gateway.rate_limit",
+                json!({"requests": 100, "per_seconds": 60}),
+            ),
+            row(
+                Scope::Tenant,
+                "acme",
+                "",
+                "gateway.rate_limit",
+                json!({"requests": 1000, "per_seconds": 60}),
+            ),
+            row(
+                Scope::Route,
+                "acme",
+                "orders",
+                "gateway.route.prefix",
+                json!("/orders"),
+            ),
+            row(
+                Scope::Route,
+                "beta",
+                "x",
+                "gateway.route.prefix",
+                json!("/x"),
+            ),
         ];
         let rendered = render(&rows)?;
         let doc = &rendered.document;
-        assert_eq!(doc["tenants"]["acme"]["routes"][0]["rate_limit"]["requests"], 1000);
-        assert_eq!(doc["tenants"]["beta"]["routes"][0]["rate_limit"]["requests"], 100);
+        assert_eq!(
+            doc["tenants"]["acme"]["routes"][0]["rate_limit"]["requests"],
+            1000
+        );
+        assert_eq!(
+            doc["tenants"]["beta"]["routes"][0]["rate_limit"]["requests"],
+            100
+        );
         Validator::new()?.validate(&rendered, &rendered.with_revision("r1-x"))?;
         Ok(())
     }
@@ -623,7 +678,10 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(err.contains("tenant `acme` setting `gateway.rate_limit`"), "{err}");
+        assert!(
+            err.contains("tenant `acme` setting `gateway.rate_limit`"),
+            "{err}"
+        );
         assert!(err.contains("tenants.acme.rate_limit.requests"), "{err}");
         Ok(())
     }

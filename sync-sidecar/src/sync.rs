@@ -188,13 +188,13 @@ impl Syncer {
         if let Some(deployed) = &deployed {
             if deployed.source_sha256 == source_hash {
                 let document = deployed.document.as_deref().unwrap_or_default();
-                let rewrote = self
-                    .target
-                    .deliver(document, &deployed.revision)
-                    .map_err(|source| SyncError::Delivery {
-                        revision: deployed.id,
-                        source,
-                    })?;
+                let rewrote =
+                    self.target
+                        .deliver(document, &deployed.revision)
+                        .map_err(|source| SyncError::Delivery {
+                            revision: deployed.id,
+                            source,
+                        })?;
                 if rewrote {
                     tracing::warn!(revision = %deployed.revision, "ECDS file was missing or stale; wrote it again");
                 }
@@ -274,29 +274,33 @@ impl Syncer {
             settings: snapshot,
             created_at: String::new(),
         };
-        self.deliver_and_record(client, &mut record, &document).await?;
+        self.deliver_and_record(client, &mut record, &document)
+            .await?;
         Ok(SyncOutcome::Delivered {
             revision_id: id,
             revision,
         })
     }
 
+    /// Records the revision, then writes the file: whoever sees a revision in
+    /// Envoy finds its record. A crash in between is repaired by the next sync
+    /// (same hash → the file is compared and written again).
     async fn deliver_and_record(
         &self,
         client: &Client,
         record: &mut Revision,
         document: &str,
     ) -> Result<(), SyncError> {
+        db::insert_revision(client, record).await?;
         match self.target.deliver(document, &record.revision) {
             Ok(_) => {
-                db::insert_revision(client, record).await?;
                 tracing::info!(revision = %record.revision, changed = ?record.changed_keys, actors = ?record.actors, "delivered");
                 Ok(())
             }
             Err(source) => {
                 record.status = Status::Failed.as_str().to_owned();
                 record.error = Some(source.to_string());
-                db::insert_revision(client, record).await?;
+                db::mark_failed(client, record.id, &source.to_string()).await?;
                 Err(SyncError::Delivery {
                     revision: record.id,
                     source,
@@ -379,7 +383,8 @@ impl Syncer {
             settings: serde_json::to_value(&rows).ok(),
             created_at: String::new(),
         };
-        self.deliver_and_record(client, &mut record, &document).await?;
+        self.deliver_and_record(client, &mut record, &document)
+            .await?;
         Ok(SyncOutcome::Delivered {
             revision_id: id,
             revision,

@@ -35,7 +35,11 @@ pub fn wasm_path() -> PathBuf {
     WASM.get_or_init(|| {
         if let Some(path) = std::env::var_os("TENANT_GUARD_WASM").filter(|p| !p.is_empty()) {
             let path = PathBuf::from(path);
-            assert!(path.is_file(), "TENANT_GUARD_WASM={} does not exist", path.display());
+            assert!(
+                path.is_file(),
+                "TENANT_GUARD_WASM={} does not exist",
+                path.display()
+            );
             return path;
         }
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());

@@ -38,7 +38,8 @@ impl PluginConfig {
 
     /// Sets the default rate limit.
     pub fn default_limit(mut self, requests: u64, per_seconds: u64) -> Self {
-        self.0["defaults"]["rate_limit"] = json!({ "requests": requests, "per_seconds": per_seconds });
+        self.0["defaults"]["rate_limit"] =
+            json!({ "requests": requests, "per_seconds": per_seconds });
         self
     }
 

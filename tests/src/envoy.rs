@@ -19,6 +19,11 @@ use crate::wait::wait_until;
 /// How long Envoy may take to become ready.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The admin stat holding the `version_info` of the ECDS resource Envoy applied
+/// (the sidecar puts the revision there), e.g. `"r3-1a2b3c4d5e6f"` with the quotes.
+pub const ECDS_VERSION_STAT: &str =
+    "extension_config_discovery.http_filter.tenant-guard.version_text";
+
 /// Which bootstrap template to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EnvoyMode {
@@ -39,6 +44,8 @@ pub struct Envoy {
     log_path: PathBuf,
     stdout_path: PathBuf,
     ecds_dir: PathBuf,
+    /// Whether `ecds_dir` was given by the caller (and is written by someone else).
+    external_ecds: bool,
     // Declared last: removed after the paths above are no longer needed.
     _dir: TempDir,
 }
@@ -92,9 +99,13 @@ fn encode_query(value: &str) -> String {
         .collect()
 }
 
+/// The last `lines` lines of a log file, without Envoy's long start-up inventory lines.
 fn tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
+    let all: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("server.cc:467]") && !l.contains("server.cc:547]"))
+        .collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
@@ -109,11 +120,28 @@ impl Envoy {
         Self::start(EnvoyMode::Ecds, plugin_config, upstream_port)
     }
 
+    /// Starts Envoy with `envoy/ecds.yaml` watching an existing directory whose
+    /// ECDS file ([`ECDS_FILE_NAME`]) someone else writes, e.g. the sync sidecar.
+    /// The file should exist before the call (Envoy waits for its first config).
+    /// [`Envoy::write_ecds`] still works (it writes into that directory).
+    pub fn start_ecds_watching(ecds_dir: &Path, upstream_port: u16) -> Self {
+        Self::start_with(EnvoyMode::Ecds, "", upstream_port, Some(ecds_dir))
+    }
+
     /// Starts Envoy in `mode`; retries with new ports if one was taken meanwhile.
     pub fn start(mode: EnvoyMode, plugin_config: &str, upstream_port: u16) -> Self {
+        Self::start_with(mode, plugin_config, upstream_port, None)
+    }
+
+    fn start_with(
+        mode: EnvoyMode,
+        plugin_config: &str,
+        upstream_port: u16,
+        external_ecds: Option<&Path>,
+    ) -> Self {
         let mut last_error = String::new();
         for _attempt in 0..3 {
-            match Self::try_start(mode, plugin_config, upstream_port) {
+            match Self::try_start(mode, plugin_config, upstream_port, external_ecds) {
                 Ok(envoy) => return envoy,
                 Err(e) if e.contains("Address already in use") || e.contains("bind") => {
                     last_error = e;
@@ -124,14 +152,30 @@ impl Envoy {
         panic!("Envoy could not bind its ports:\n{last_error}");
     }
 
-    fn try_start(mode: EnvoyMode, plugin_config: &str, upstream_port: u16) -> Result<Self, String> {
+    fn try_start(
+        mode: EnvoyMode,
+        plugin_config: &str,
+        upstream_port: u16,
+        external_ecds: Option<&Path>,
+    ) -> Result<Self, String> {
         let wasm = wasm_path();
         let envoy = envoy_binary();
         let dir = TempDir::new("envoy").map_err(|e| format!("temp dir: {e}"))?;
         let admin_port = free_port();
         let listener_port = free_port();
-        let ecds_dir = dir.path().join("ecds");
-        fs::create_dir_all(&ecds_dir).map_err(|e| format!("ecds dir: {e}"))?;
+        let ecds_dir = match external_ecds {
+            Some(path) => {
+                if !path.is_dir() {
+                    return Err(format!("ECDS directory {} does not exist", path.display()));
+                }
+                path.to_path_buf()
+            }
+            None => {
+                let path = dir.path().join("ecds");
+                fs::create_dir_all(&path).map_err(|e| format!("ecds dir: {e}"))?;
+                path
+            }
+        };
 
         let mut values = vec![
             ("ADMIN_PORT", admin_port.to_string()),
@@ -158,7 +202,7 @@ impl Envoy {
         let bootstrap = dir.path().join(template_name);
         fs::write(&bootstrap, render_template(&template, &values))
             .map_err(|e| format!("write bootstrap: {e}"))?;
-        if mode == EnvoyMode::Ecds {
+        if mode == EnvoyMode::Ecds && external_ecds.is_none() {
             write_ecds_file(&ecds_dir, plugin_config, &wasm, "initial")?;
         }
 
@@ -192,6 +236,7 @@ impl Envoy {
             log_path,
             stdout_path,
             ecds_dir,
+            external_ecds: external_ecds.is_some(),
             _dir: dir,
         };
 
@@ -223,6 +268,37 @@ impl Envoy {
     /// Which bootstrap this Envoy runs.
     pub fn mode(&self) -> EnvoyMode {
         self.mode
+    }
+
+    /// The directory Envoy watches for [`ECDS_FILE_NAME`] (ECDS bootstrap only):
+    /// a fresh one owned by this Envoy, or the one given to
+    /// [`Envoy::start_ecds_watching`].
+    pub fn ecds_dir(&self) -> Option<&Path> {
+        (self.mode == EnvoyMode::Ecds).then_some(self.ecds_dir.as_path())
+    }
+
+    /// The ECDS file Envoy watches (ECDS bootstrap only).
+    pub fn ecds_file(&self) -> Option<PathBuf> {
+        self.ecds_dir().map(|dir| dir.join(ECDS_FILE_NAME))
+    }
+
+    /// Whether the ECDS directory was supplied by the caller.
+    pub fn watches_external_ecds_dir(&self) -> bool {
+        self.external_ecds
+    }
+
+    /// The `version_info` of the ECDS resource Envoy has applied, unquoted
+    /// (the sidecar's revision, e.g. `r3-1a2b3c4d5e6f`); `None` before the
+    /// first one or on the static bootstrap.
+    pub fn ecds_version(&self) -> Option<String> {
+        let text = self.stat_text(ECDS_VERSION_STAT)?;
+        let version = text.trim_matches('"');
+        (!version.is_empty()).then(|| version.to_string())
+    }
+
+    /// Polls until Envoy has applied the ECDS resource with `version_info == version`.
+    pub fn wait_for_ecds_version(&self, version: &str, timeout: Duration) -> bool {
+        wait_until(timeout, || self.ecds_version().as_deref() == Some(version))
     }
 
     /// The HTTP listener port.
@@ -285,6 +361,16 @@ impl Envoy {
             .collect()
     }
 
+    /// The raw text value of the stat named exactly `name` (e.g. `version_text`).
+    pub fn stat_text(&self, name: &str) -> Option<String> {
+        let filter = format!("^{}$", name.replace('.', "\\."));
+        let response = self.admin(&format!("/stats?filter={}", encode_query(&filter)));
+        response.text().lines().find_map(|line| {
+            let (n, v) = line.split_once(": ")?;
+            (n.trim() == name).then(|| v.trim().to_string())
+        })
+    }
+
     /// The value of the stat named exactly `name`, if it exists.
     pub fn stat(&self, name: &str) -> Option<u64> {
         let filter = format!("^{}$", name.replace('.', "\\."));
@@ -306,7 +392,11 @@ impl Envoy {
 
     /// Replaces the ECDS resource file (atomically) with one carrying `plugin_config`.
     pub fn write_ecds(&self, plugin_config: &str, version_info: &str) {
-        assert_eq!(self.mode, EnvoyMode::Ecds, "write_ecds needs the ECDS bootstrap");
+        assert_eq!(
+            self.mode,
+            EnvoyMode::Ecds,
+            "write_ecds needs the ECDS bootstrap"
+        );
         write_ecds_file(&self.ecds_dir, plugin_config, &self.wasm, version_info)
             .unwrap_or_else(|e| panic!("{e}"));
     }

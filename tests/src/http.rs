@@ -1,7 +1,7 @@
 //! A tiny blocking HTTP/1.1 client on `std::net` (keep-alive capable) whose
 //! responses keep every header line, so tests can assert "present exactly once".
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use std::time::Duration;
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A parsed HTTP response.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Response {
     /// Status code.
     pub status: u16,
@@ -17,6 +17,16 @@ pub struct Response {
     pub headers: Vec<(String, String)>,
     /// The body (de-chunked).
     pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .field("body", &self.text())
+            .finish()
+    }
 }
 
 impl Response {

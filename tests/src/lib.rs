@@ -1,13 +1,15 @@
 //! End-to-end test harness for tenant-guard: builds the filter `.wasm`, finds or
 //! installs Envoy, renders the same bootstrap templates users run (`envoy/*.yaml`),
 //! starts a real Envoy in front of an in-process upstream, and offers small HTTP,
-//! admin-stats and ECDS helpers. Synchronisation is always by polling
+//! admin-stats and ECDS helpers, and ([`sidecar`]) the full PostgreSQL → sidecar →
+//! Envoy stack with the propagation measurement. Synchronisation is always by polling
 //! ([`wait::wait_until`]), never by fixed sleeps.
 
 pub mod artifacts;
 pub mod config;
 pub mod envoy;
 pub mod http;
+pub mod sidecar;
 pub mod tempdir;
 pub mod upstream;
 pub mod wait;
@@ -15,5 +17,6 @@ pub mod wait;
 pub use artifacts::{envoy_binary, repo_root, wasm_path};
 pub use envoy::{Envoy, EnvoyMode};
 pub use http::{Conn, Response};
+pub use sidecar::{SettingsDb, SidecarStack};
 pub use upstream::Upstream;
 pub use wait::wait_until;

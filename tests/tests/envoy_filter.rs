@@ -32,12 +32,16 @@ fn is_uuidv7(s: &str) -> bool {
 /// The upstream's JSON echo of a proxied request.
 fn upstream_echo(response: &Response) -> Value {
     assert_eq!(
-        response.status, 200,
+        response.status,
+        200,
         "expected an upstream 200, got {response:?} body {}",
         response.text()
     );
     let body = response.json();
-    assert!(body.get("headers").is_some(), "not an upstream echo: {body}");
+    assert!(
+        body.get("headers").is_some(),
+        "not an upstream echo: {body}"
+    );
     body
 }
 
@@ -88,7 +92,12 @@ fn assert_problem(response: &Response, status: u16, problem_type: &str) -> Value
 /// Parses `"name";r=1;t=2` / `"name";q=3;w=4` into (name, params).
 fn parse_structured(value: &str) -> (String, Vec<(String, String)>) {
     let mut parts = value.split(';');
-    let name = parts.next().unwrap_or_default().trim().trim_matches('"').to_string();
+    let name = parts
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .trim_matches('"')
+        .to_string();
     let params = parts
         .filter_map(|p| p.split_once('='))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
@@ -97,20 +106,37 @@ fn parse_structured(value: &str) -> (String, Vec<(String, String)>) {
 }
 
 fn param(params: &[(String, String)], key: &str) -> Option<u64> {
-    params.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.parse().ok())
+    params
+        .iter()
+        .find(|(k, _)| k == key)
+        .and_then(|(_, v)| v.parse().ok())
 }
 
 /// Asserts the RateLimit-Policy / RateLimit headers; returns (remaining, reset).
-fn assert_ratelimit_headers(response: &Response, name: &str, quota: u64, window: u64) -> (u64, u64) {
+fn assert_ratelimit_headers(
+    response: &Response,
+    name: &str,
+    quota: u64,
+    window: u64,
+) -> (u64, u64) {
     let policy = response.header_once("ratelimit-policy");
     let (policy_name, policy_params) = parse_structured(policy);
     assert_eq!(policy_name, name, "ratelimit-policy {policy:?}");
-    assert_eq!(param(&policy_params, "q"), Some(quota), "ratelimit-policy {policy:?}");
-    assert_eq!(param(&policy_params, "w"), Some(window), "ratelimit-policy {policy:?}");
+    assert_eq!(
+        param(&policy_params, "q"),
+        Some(quota),
+        "ratelimit-policy {policy:?}"
+    );
+    assert_eq!(
+        param(&policy_params, "w"),
+        Some(window),
+        "ratelimit-policy {policy:?}"
+    );
     let limit = response.header_once("ratelimit");
     let (limit_name, limit_params) = parse_structured(limit);
     assert_eq!(limit_name, name, "ratelimit {limit:?}");
-    let remaining = param(&limit_params, "r").unwrap_or_else(|| panic!("ratelimit {limit:?}: no r"));
+    let remaining =
+        param(&limit_params, "r").unwrap_or_else(|| panic!("ratelimit {limit:?}: no r"));
     let reset = param(&limit_params, "t").unwrap_or_else(|| panic!("ratelimit {limit:?}: no t"));
     (remaining, reset)
 }
@@ -127,7 +153,10 @@ fn correlation_id_is_kept_generated_forwarded_and_echoed_once() {
         let response = envoy.get("/corr", &[(TENANT, "globex"), (CORRELATION, valid)]);
         assert_eq!(response.header_once(CORRELATION), valid);
         let echo = upstream_echo(&response);
-        assert_eq!(upstream_header_values(&echo, CORRELATION), vec![valid.to_string()]);
+        assert_eq!(
+            upstream_header_values(&echo, CORRELATION),
+            vec![valid.to_string()]
+        );
     }
 
     // Invalid ids are replaced by a generated UUIDv7, forwarded and echoed once.
@@ -142,7 +171,10 @@ fn correlation_id_is_kept_generated_forwarded_and_echoed_once() {
     ] {
         let response = envoy.get("/corr", &[(TENANT, "globex"), (CORRELATION, invalid)]);
         let echoed = response.header_once(CORRELATION).to_string();
-        assert!(is_uuidv7(&echoed), "{invalid:?} replaced by {echoed:?}, not a UUIDv7");
+        assert!(
+            is_uuidv7(&echoed),
+            "{invalid:?} replaced by {echoed:?}, not a UUIDv7"
+        );
         let echo = upstream_echo(&response);
         assert_eq!(upstream_header_values(&echo, CORRELATION), vec![echoed]);
     }
@@ -154,8 +186,14 @@ fn correlation_id_is_kept_generated_forwarded_and_echoed_once() {
         let echoed = response.header_once(CORRELATION).to_string();
         assert!(is_uuidv7(&echoed), "generated {echoed:?} is not a UUIDv7");
         let echo = upstream_echo(&response);
-        assert_eq!(upstream_header_values(&echo, CORRELATION), vec![echoed.clone()]);
-        assert!(!generated.contains(&echoed), "duplicate generated id {echoed}");
+        assert_eq!(
+            upstream_header_values(&echo, CORRELATION),
+            vec![echoed.clone()]
+        );
+        assert!(
+            !generated.contains(&echoed),
+            "duplicate generated id {echoed}"
+        );
         generated.push(echoed);
     }
 
@@ -194,7 +232,10 @@ fn tenant_is_forwarded_required_and_unknown_rejected() {
     // Known tenant: forwarded upstream (once), with the config revision.
     let response = envoy.get("/orders/1?x=1", &[(TENANT, "acme")]);
     let echo = upstream_echo(&response);
-    assert_eq!(upstream_header_values(&echo, TENANT), vec!["acme".to_string()]);
+    assert_eq!(
+        upstream_header_values(&echo, TENANT),
+        vec!["acme".to_string()]
+    );
     assert_eq!(
         upstream_header_values(&echo, "x-tenant-guard-revision"),
         vec!["r-tenant-7".to_string()]
@@ -217,14 +258,21 @@ fn tenant_is_forwarded_required_and_unknown_rejected() {
     // Unknown tenant with `unknown: reject` → 403.
     let unknown = envoy.get("/orders", &[(TENANT, "initech")]);
     assert_problem(&unknown, 403, "urn:tenant-guard:problem:unknown-tenant");
-    assert_eq!(upstream.hits(), hits, "rejected requests must not reach upstream");
+    assert_eq!(
+        upstream.hits(),
+        hits,
+        "rejected requests must not reach upstream"
+    );
 
     // A POST with a body is forwarded too.
     let response = envoy.request("POST", "/orders", &[(TENANT, "globex")], b"{\"n\":1}");
     let echo = upstream_echo(&response);
     assert_eq!(echo["method"], "POST");
     assert_eq!(echo["body_len"], 7);
-    assert_eq!(upstream_header_values(&echo, TENANT), vec!["globex".to_string()]);
+    assert_eq!(
+        upstream_header_values(&echo, TENANT),
+        vec!["globex".to_string()]
+    );
 }
 
 #[test]
@@ -244,7 +292,11 @@ fn tenant_a_is_rate_limited_while_tenant_b_is_not() {
         assert!(t <= 3600, "reset {t} beyond the window");
         remaining.push(r);
     }
-    assert_eq!(remaining, vec![2, 1, 0], "remaining quota on allowed responses");
+    assert_eq!(
+        remaining,
+        vec![2, 1, 0],
+        "remaining quota on allowed responses"
+    );
 
     for _ in 0..2 {
         let limited = conn.get("/a", &[(TENANT, "alpha")]);
@@ -269,7 +321,11 @@ fn tenant_a_is_rate_limited_while_tenant_b_is_not() {
         assert!(r >= 990, "beta remaining {r}");
         upstream_echo(&envoy.get("/b", &[(TENANT, "beta")]));
     }
-    assert_eq!(upstream.hits(), 3 + 4, "only admitted requests reach upstream");
+    assert_eq!(
+        upstream.hits(),
+        3 + 4,
+        "only admitted requests reach upstream"
+    );
 }
 
 #[test]
@@ -308,16 +364,27 @@ fn limit_is_exact_under_concurrency() {
     let admitted = statuses.iter().filter(|s| **s == 200).count() as u64;
     let rejected = statuses.iter().filter(|s| **s == 429).count() as u64;
     println!("exactness: admitted {admitted} of limit {LIMIT} from {total} requests ({CLIENTS} concurrent clients, 2 Envoy workers)");
-    assert_eq!(admitted + rejected, total, "unexpected statuses: {statuses:?}");
+    assert_eq!(
+        admitted + rejected,
+        total,
+        "unexpected statuses: {statuses:?}"
+    );
     assert_eq!(admitted, LIMIT, "admitted must equal the limit exactly");
     assert_eq!(upstream.hits(), LIMIT, "upstream hits must equal the limit");
 
     // The filter's own counters agree (custom Wasm metrics, prefix varies by host).
     let allowed_metric = envoy.stat_suffix_sum("tenant_guard_allowed");
     let limited_metric = envoy.stat_suffix_sum("tenant_guard_rate_limited");
-    println!("metrics: tenant_guard_allowed={allowed_metric} tenant_guard_rate_limited={limited_metric}");
+    println!(
+        "metrics: tenant_guard_allowed={allowed_metric} tenant_guard_rate_limited={limited_metric}"
+    );
     assert_eq!(allowed_metric, LIMIT, "{:?}", envoy.stats("tenant_guard"));
-    assert_eq!(limited_metric, rejected, "{:?}", envoy.stats("tenant_guard"));
+    assert_eq!(
+        limited_metric,
+        rejected,
+        "{:?}",
+        envoy.stats("tenant_guard")
+    );
 }
 
 #[test]
@@ -332,7 +399,10 @@ fn shadow_mode_reports_but_never_rejects() {
     for _ in 0..5 {
         let response = envoy.get("/s", &[(TENANT, "shade")]);
         upstream_echo(&response);
-        assert!(response.header("retry-after").is_none(), "shadow mode must not send retry-after");
+        assert!(
+            response.header("retry-after").is_none(),
+            "shadow mode must not send retry-after"
+        );
         let (r, _) = assert_ratelimit_headers(&response, "tenant", 2, 3600);
         remaining.push(r);
     }
@@ -350,7 +420,10 @@ fn ecds_updates_apply_without_restart_and_invalid_updates_are_rejected() {
     let pid = envoy.pid();
     let uptime_before = envoy.stat("server.uptime").expect("server.uptime");
     let fail_before = envoy.stat(ECDS_FAIL_STAT).unwrap_or_else(|| {
-        panic!("no {ECDS_FAIL_STAT}; ECDS stats: {:?}", envoy.stats("extension_config_discovery"))
+        panic!(
+            "no {ECDS_FAIL_STAT}; ECDS stats: {:?}",
+            envoy.stats("extension_config_discovery")
+        )
     });
 
     // Revision 1 serves: acme is limited to 1, unknown tenants use the defaults.
@@ -361,7 +434,11 @@ fn ecds_updates_apply_without_restart_and_invalid_updates_are_rejected() {
         upstream_header_values(&echo, "x-tenant-guard-revision"),
         vec!["ecds-1".to_string()]
     );
-    assert_problem(&conn.get("/e", &[(TENANT, "acme")]), 429, "urn:tenant-guard:problem:rate-limited");
+    assert_problem(
+        &conn.get("/e", &[(TENANT, "acme")]),
+        429,
+        "urn:tenant-guard:problem:rate-limited",
+    );
     upstream_echo(&envoy.get("/e", &[(TENANT, "globex")]));
 
     // Revision 2 raises acme to 100 and rejects unknown tenants.
@@ -369,10 +446,19 @@ fn ecds_updates_apply_without_restart_and_invalid_updates_are_rejected() {
         .tenant_limit("acme", 100, 3600)
         .unknown_tenants("reject");
     envoy.write_ecds(&v2.to_json(), "2");
+    let mut last = None;
     let applied = wait_until(Duration::from_secs(10), || {
-        conn.get("/e", &[(TENANT, "acme")]).status == 200
+        let response = conn.get("/e", &[(TENANT, "acme")]);
+        let ok = response.status == 200;
+        last = Some(response);
+        ok
     });
-    assert!(applied, "acme never got 200 after the ECDS update");
+    assert!(
+        applied,
+        "acme never got 200 after the ECDS update raised its limit; last response: {:?} {}",
+        last.as_ref().map(|r| (&r.status, &r.headers)),
+        last.as_ref().map(|r| r.text()).unwrap_or_default()
+    );
     let response = conn.get("/e", &[(TENANT, "acme")]);
     let echo = upstream_echo(&response);
     assert_eq!(
@@ -380,8 +466,12 @@ fn ecds_updates_apply_without_restart_and_invalid_updates_are_rejected() {
         vec!["ecds-2".to_string()]
     );
     assert_ratelimit_headers(&response, "tenant", 100, 3600);
-    assert_problem(&envoy.get("/e", &[(TENANT, "globex")]), 403, "urn:tenant-guard:problem:unknown-tenant");
-    assert_eq!(envoy.stat(ECDS_VERSION_STAT), None.or(envoy.stat(ECDS_VERSION_STAT)));
+    assert_problem(
+        &envoy.get("/e", &[(TENANT, "globex")]),
+        403,
+        "urn:tenant-guard:problem:unknown-tenant",
+    );
+    assert_eq!(envoy.stat_text(ECDS_VERSION_STAT).as_deref(), Some("\"2\""));
 
     // An invalid config is rejected by Envoy (config_fail) and revision 2 keeps serving.
     let invalid = PluginConfig::new("ecds-bad")
@@ -399,10 +489,10 @@ fn ecds_updates_apply_without_restart_and_invalid_updates_are_rejected() {
     );
     // Also with negative requests.
     let fail_mid = envoy.stat(ECDS_FAIL_STAT).unwrap_or_default();
-    let negative = v2
-        .clone()
-        .set("revision", json!("ecds-negative"))
-        .set("tenants", json!({"acme": {"rate_limit": {"requests": -5, "per_seconds": 60}}}));
+    let negative = v2.clone().set("revision", json!("ecds-negative")).set(
+        "tenants",
+        json!({"acme": {"rate_limit": {"requests": -5, "per_seconds": 60}}}),
+    );
     envoy.write_ecds(&negative.to_json(), "4-invalid");
     assert!(
         wait_until(Duration::from_secs(10), || {
@@ -423,13 +513,24 @@ fn ecds_updates_apply_without_restart_and_invalid_updates_are_rejected() {
         let fresh = envoy.get("/e", &[(TENANT, "acme")]);
         upstream_echo(&fresh);
     }
-    assert_problem(&envoy.get("/e", &[(TENANT, "globex")]), 403, "urn:tenant-guard:problem:unknown-tenant");
+    assert_problem(
+        &envoy.get("/e", &[(TENANT, "globex")]),
+        403,
+        "urn:tenant-guard:problem:unknown-tenant",
+    );
+    assert_eq!(envoy.stat_text(ECDS_VERSION_STAT).as_deref(), Some("\"2\""));
 
     // Same Envoy process throughout: no restart happened.
     assert!(envoy.is_running(), "Envoy exited");
     assert_eq!(envoy.pid(), pid);
     let uptime_after = envoy.stat("server.uptime").expect("server.uptime");
-    assert!(uptime_after >= uptime_before, "uptime went back: {uptime_before} → {uptime_after}");
+    assert!(
+        uptime_after >= uptime_before,
+        "uptime went back: {uptime_before} → {uptime_after}"
+    );
     let reloads = envoy.stat("wasm.tenant-guard.vm_reload").unwrap_or(0);
-    println!("ecds: config_fail={:?} vm_reload={reloads}", envoy.stat(ECDS_FAIL_STAT));
+    println!(
+        "ecds: config_fail={:?} vm_reload={reloads}",
+        envoy.stat(ECDS_FAIL_STAT)
+    );
 }

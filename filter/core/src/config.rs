@@ -8,9 +8,12 @@
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use crate::idempotency::IdempotencyConfig;
+use crate::jwt::{self, CompiledJwt, JwtConfig, TokenCache};
 use crate::ratelimit::RateParams;
 
 /// The only document version this build understands.
@@ -23,6 +26,10 @@ const MAX_PER_SECONDS: u64 = 31_536_000;
 const MAX_CAS_RETRIES: u32 = 1_000;
 const MAX_TENANT_ID_LEN: usize = 128;
 const MAX_REVISION_LEN: usize = 128;
+const MAX_IDEMPOTENCY_BUCKETS: u32 = 65_536;
+const MAX_IDEMPOTENCY_TTL: u64 = 30 * 86_400;
+const MAX_IDEMPOTENCY_BODY: u64 = 16 * 1024 * 1024;
+const MAX_IN_FLIGHT_TIMEOUT: u64 = 3_600;
 
 /// The plugin configuration as delivered by the sidecar (or written by hand).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +48,22 @@ pub struct PluginConfig {
     pub store: StoreConfig,
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantSettings>,
+    /// Routes where a missing `If-Match` is answered 428.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub if_match: Vec<IfMatchRule>,
+}
+
+/// Requests matching `prefix` with one of `methods` must carry `If-Match`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IfMatchRule {
+    pub prefix: String,
+    #[serde(default = "default_if_match_methods")]
+    pub methods: Vec<String>,
+}
+
+fn default_if_match_methods() -> Vec<String> {
+    ["PUT", "PATCH", "DELETE"].map(str::to_owned).to_vec()
 }
 
 /// Where the tenant identity comes from.
@@ -51,10 +74,18 @@ pub struct TenantConfig {
     pub header: String,
     /// Without a tenant the request is rejected (400 problem+json).
     pub required: bool,
-    /// Accept the tenant header as identity. Must be `true` until a JWT source is configured.
+    /// Accept the tenant header as identity when no JWT identifies the caller.
+    /// Without `jwt` this must be `true` (there is no other identity source).
     pub trust_header_without_jwt: bool,
     /// What happens to a tenant that has no entry under `tenants`.
     pub unknown: UnknownTenant,
+    /// Verified-JWT identity: the tenant (and user/org) come from token claims.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtConfig>,
+    /// Upstream header for the token's user claim (overwritten, or removed when absent).
+    pub user_header: String,
+    /// Upstream header for the token's org claim (overwritten, or removed when absent).
+    pub org_header: String,
 }
 
 impl Default for TenantConfig {
@@ -64,6 +95,9 @@ impl Default for TenantConfig {
             required: true,
             trust_header_without_jwt: false,
             unknown: UnknownTenant::Defaults,
+            jwt: None,
+            user_header: "x-user-id".to_owned(),
+            org_header: "x-org-id".to_owned(),
         }
     }
 }
@@ -107,6 +141,8 @@ pub enum IdGenerator {
 pub struct Defaults {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<IdempotencyConfig>,
     pub mode: Mode,
 }
 
@@ -137,6 +173,8 @@ pub struct StoreConfig {
     pub max_cas_retries: u32,
     /// Outcome when retries run out or the store fails.
     pub on_exhausted: OnExhausted,
+    /// Idempotency buckets; each holds 8 records, so this bounds stored records and bytes.
+    pub idempotency_buckets: u32,
 }
 
 impl Default for StoreConfig {
@@ -144,6 +182,7 @@ impl Default for StoreConfig {
         Self {
             max_cas_retries: 64,
             on_exhausted: OnExhausted::Reject,
+            idempotency_buckets: 512,
         }
     }
 }
@@ -162,6 +201,8 @@ pub enum OnExhausted {
 pub struct TenantSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<IdempotencyConfig>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteLimit>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -230,17 +271,23 @@ pub struct CompiledTenant {
     pub tenant_wide: Option<LimitPolicy>,
     pub routes: Vec<CompiledRoute>,
     pub mode: Mode,
+    pub idempotency: Option<IdempotencyConfig>,
 }
 
 /// The validated configuration the request path reads; built once per `on_configure`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct CompiledConfig {
+    /// Keys decoded once; `None` when the tenant comes from the header only.
+    pub jwt: Option<Arc<CompiledJwt>>,
+    /// Verified tokens of this worker (one VM per worker, so uncontended).
+    pub token_cache: Arc<Mutex<TokenCache>>,
     pub revision: String,
     pub tenant: TenantConfig,
     pub correlation: CorrelationConfig,
     pub store: StoreConfig,
     pub defaults: CompiledTenant,
     pub tenants: HashMap<String, CompiledTenant>,
+    pub if_match: Vec<IfMatchRule>,
 }
 
 impl CompiledConfig {
@@ -253,6 +300,21 @@ impl CompiledConfig {
                 UnknownTenant::Reject => None,
             },
         }
+    }
+}
+
+impl CompiledConfig {
+    /// Whether this request must carry `If-Match`.
+    pub fn requires_if_match(&self, method: &str, path: &str) -> bool {
+        self.if_match.iter().any(|rule| {
+            path.starts_with(rule.prefix.as_str()) && rule.methods.iter().any(|m| m == method)
+        })
+    }
+
+    /// Whether any tenant uses idempotency (the host then runs the reclaim tick).
+    pub fn uses_idempotency(&self) -> bool {
+        self.defaults.idempotency.is_some()
+            || self.tenants.values().any(|t| t.idempotency.is_some())
     }
 }
 
@@ -316,17 +378,46 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
             "must differ from tenant.header",
         ));
     }
-    if !document.tenant.trust_header_without_jwt {
-        return Err(invalid(
-            "tenant.trust_header_without_jwt",
-            "no tenant identity source is configured: set it to true to take the tenant from the header",
-        ));
-    }
+    validate_header_name("tenant.user_header", &document.tenant.user_header)?;
+    validate_header_name("tenant.org_header", &document.tenant.org_header)?;
+    let compiled_jwt = match &document.tenant.jwt {
+        Some(config) => Some(Arc::new(jwt::compile(config).map_err(|err| {
+            invalid(format!("tenant.jwt.{}", err.path), err.message)
+        })?)),
+        None if !document.tenant.trust_header_without_jwt => {
+            return Err(invalid(
+                "tenant.trust_header_without_jwt",
+                "no tenant identity source is configured: configure tenant.jwt, or set this to true to take the tenant from the header",
+            ))
+        }
+        None => None,
+    };
     if document.store.max_cas_retries == 0 || document.store.max_cas_retries > MAX_CAS_RETRIES {
         return Err(invalid(
             "store.max_cas_retries",
             format!("must be between 1 and {MAX_CAS_RETRIES}"),
         ));
+    }
+    if !(1..=MAX_IDEMPOTENCY_BUCKETS).contains(&document.store.idempotency_buckets) {
+        return Err(invalid(
+            "store.idempotency_buckets",
+            format!("must be between 1 and {MAX_IDEMPOTENCY_BUCKETS}"),
+        ));
+    }
+    for (index, rule) in document.if_match.iter().enumerate() {
+        validate_prefix(&format!("if_match.{index}.prefix"), &rule.prefix)?;
+        if rule.methods.is_empty() {
+            return Err(invalid(
+                format!("if_match.{index}.methods"),
+                "must name at least one method",
+            ));
+        }
+        for (m, method) in rule.methods.iter().enumerate() {
+            validate_method(&format!("if_match.{index}.methods.{m}"), method)?;
+        }
+    }
+    if let Some(idempotency) = &document.defaults.idempotency {
+        validate_idempotency("defaults.idempotency", idempotency)?;
     }
 
     let defaults = CompiledTenant {
@@ -337,6 +428,7 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
             .transpose()?,
         routes: Vec::new(),
         mode: document.defaults.mode,
+        idempotency: document.defaults.idempotency.clone(),
     };
 
     let mut tenants = HashMap::with_capacity(document.tenants.len());
@@ -351,13 +443,21 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
         tenants.insert(id.clone(), compile_tenant(&base, settings, &defaults)?);
     }
 
+    let token_cache = TokenCache::new(
+        compiled_jwt
+            .as_ref()
+            .map_or(0, |compiled| compiled.cache_entries()),
+    );
     Ok(CompiledConfig {
+        jwt: compiled_jwt,
+        token_cache: Arc::new(Mutex::new(token_cache)),
         revision,
         tenant: document.tenant.clone(),
         correlation: document.correlation.clone(),
         store: document.store,
         defaults,
         tenants,
+        if_match: document.if_match.clone(),
     })
 }
 
@@ -378,19 +478,9 @@ fn compile_tenant(
     let mut names = Vec::with_capacity(settings.routes.len());
     for (index, route) in settings.routes.iter().enumerate() {
         let path = format!("{base}.routes.{index}");
-        if !route.prefix.starts_with('/') || route.prefix.chars().any(|c| c.is_ascii_control()) {
-            return Err(invalid(
-                format!("{path}.prefix"),
-                "must start with `/` and contain no control characters",
-            ));
-        }
+        validate_prefix(&format!("{path}.prefix"), &route.prefix)?;
         if let Some(method) = &route.method {
-            if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-                return Err(invalid(
-                    format!("{path}.method"),
-                    "must be an upper-case HTTP method such as POST",
-                ));
-            }
+            validate_method(&format!("{path}.method"), method)?;
         }
         let name = match &route.name {
             Some(name) => {
@@ -417,11 +507,75 @@ fn compile_tenant(
             policy: compile_policy(&format!("{path}.rate_limit"), &name, &route.rate_limit)?,
         });
     }
+    let idempotency = match &settings.idempotency {
+        Some(idempotency) => {
+            validate_idempotency(&format!("{base}.idempotency"), idempotency)?;
+            Some(idempotency.clone())
+        }
+        None => defaults.idempotency.clone(),
+    };
     Ok(CompiledTenant {
         tenant_wide,
         routes,
         mode: settings.mode.unwrap_or(defaults.mode),
+        idempotency,
     })
+}
+
+fn validate_prefix(path: &str, prefix: &str) -> Result<(), ConfigError> {
+    if prefix.starts_with('/') && !prefix.chars().any(|c| c.is_ascii_control()) {
+        Ok(())
+    } else {
+        Err(invalid(
+            path,
+            "must start with `/` and contain no control characters",
+        ))
+    }
+}
+
+fn validate_method(path: &str, method: &str) -> Result<(), ConfigError> {
+    if !method.is_empty() && method.len() <= 16 && method.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(())
+    } else {
+        Err(invalid(
+            path,
+            "must be an upper-case HTTP method such as POST",
+        ))
+    }
+}
+
+fn validate_idempotency(path: &str, config: &IdempotencyConfig) -> Result<(), ConfigError> {
+    if config.methods.is_empty() {
+        return Err(invalid(
+            format!("{path}.methods"),
+            "must name at least one method",
+        ));
+    }
+    for (index, method) in config.methods.iter().enumerate() {
+        validate_method(&format!("{path}.methods.{index}"), method)?;
+    }
+    let ranges = [
+        ("ttl_seconds", config.ttl_seconds, MAX_IDEMPOTENCY_TTL),
+        (
+            "max_body_bytes",
+            config.max_body_bytes,
+            MAX_IDEMPOTENCY_BODY,
+        ),
+        (
+            "in_flight_timeout_seconds",
+            config.in_flight_timeout_seconds,
+            MAX_IN_FLIGHT_TIMEOUT,
+        ),
+    ];
+    for (field, value, max) in ranges {
+        if value == 0 || value > max {
+            return Err(invalid(
+                format!("{path}.{field}"),
+                format!("must be between 1 and {max}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn compile_policy(path: &str, name: &str, limit: &RateLimit) -> Result<LimitPolicy, ConfigError> {

@@ -4,6 +4,10 @@
 
 use crate::config::{CompiledConfig, LimitPolicy, Mode, OnExhausted};
 use crate::correlation;
+use crate::idempotency::{
+    self, Begin, Claim, Fingerprint, IdempotencyConfig, StoreParams, StoredResponse,
+};
+use crate::jwt::{self, Identity, JwtError};
 use crate::problem::{Problem, ProblemKind, CONTENT_TYPE};
 use crate::ratelimit::{self, CheckError, Verdict};
 use crate::store::SharedStore;
@@ -19,6 +23,9 @@ pub struct RequestView<'a> {
     pub path: &'a str,
     pub tenant_header: Option<&'a str>,
     pub correlation_header: Option<&'a str>,
+    pub idempotency_key: Option<&'a str>,
+    pub if_match_present: bool,
+    pub authorization: Option<&'a str>,
 }
 
 /// What the host provides that the policy may not produce itself.
@@ -36,6 +43,8 @@ pub enum Outcome {
     ShadowOverLimit,
     /// Store contended or failed and `on_exhausted: allow` let it through.
     AllowedWithoutLimit,
+    /// A stored idempotent response was replayed.
+    Replayed,
     Rejected(ProblemKind),
 }
 
@@ -48,8 +57,20 @@ pub struct Forward {
     pub tenant: Option<String>,
     /// Set (replacing any incoming value) on the request sent upstream.
     pub upstream_headers: Headers,
+    /// Removed from the request sent upstream (identity headers the token did not vouch for).
+    pub removed_upstream_headers: Vec<String>,
     /// Set (replacing, never appending) on the response to the client.
     pub response_headers: Headers,
+    /// The request takes part in Idempotency-Key handling once its body is read.
+    pub idempotency: Option<PendingIdempotency>,
+}
+
+/// An idempotent request waiting for its body (the fingerprint needs it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingIdempotency {
+    pub tenant: String,
+    pub key: String,
+    pub settings: IdempotencyConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,17 +110,30 @@ pub fn evaluate(
     let mut response_headers = Vec::with_capacity(3);
     response_headers.push((config.correlation.header.clone(), correlation_id.clone()));
 
-    let tenant = match resolve_tenant(config, request) {
-        Ok(tenant) => tenant,
-        Err(problem) => return reject(config, problem, correlation_id, response_headers, None),
-    };
-
     let mut upstream_headers = vec![
         (config.correlation.header.clone(), correlation_id.clone()),
         (REVISION_HEADER.to_owned(), config.revision.clone()),
     ];
+    let mut removed_upstream_headers = Vec::new();
+    let tenant = match resolve_tenant(config, request, host) {
+        Ok(Identified::Token(identity)) => {
+            for (name, value) in [
+                (&config.tenant.user_header, identity.user),
+                (&config.tenant.org_header, identity.org),
+            ] {
+                match value {
+                    Some(value) => upstream_headers.push((name.clone(), value)),
+                    None => removed_upstream_headers.push(name.clone()),
+                }
+            }
+            Some(identity.tenant)
+        }
+        Ok(Identified::Header(tenant)) => tenant,
+        Err(problem) => return reject(config, problem, correlation_id, response_headers, None),
+    };
     let mut outcome = Outcome::Allowed;
     let mut log = None;
+    let mut idempotency_plan = None;
 
     if let Some(tenant) = tenant.as_deref() {
         upstream_headers.push((config.tenant.header.clone(), tenant.to_owned()));
@@ -112,6 +146,21 @@ pub fn evaluate(
             return reject(config, problem, correlation_id, response_headers, None);
         };
         let path = request.path.split('?').next().unwrap_or_default();
+        if config.requires_if_match(request.method, path) && !request.if_match_present {
+            let problem = Problem::new(
+                ProblemKind::PreconditionRequired,
+                format!(
+                    "{} {path} must be conditional: send If-Match with the ETag you last read",
+                    request.method
+                ),
+            )
+            .for_tenant(tenant);
+            return reject(config, problem, correlation_id, response_headers, None);
+        }
+        match pending_idempotency(tenant, settings.idempotency.as_ref(), request) {
+            Ok(pending) => idempotency_plan = pending,
+            Err(problem) => return reject(config, problem, correlation_id, response_headers, None),
+        }
         if let Some(policy) = settings.policy_for(request.method, path) {
             let key = ratelimit::state_key(tenant, &policy.name);
             match ratelimit::check_and_consume(
@@ -180,11 +229,362 @@ pub fn evaluate(
             correlation_id,
             tenant,
             upstream_headers,
+            removed_upstream_headers,
             response_headers,
+            idempotency: idempotency_plan,
         }),
         outcome,
         log,
     }
+}
+
+fn pending_idempotency(
+    tenant: &str,
+    settings: Option<&IdempotencyConfig>,
+    request: &RequestView<'_>,
+) -> Result<Option<PendingIdempotency>, Problem> {
+    let Some(settings) = settings else {
+        return Ok(None);
+    };
+    if !settings.methods.iter().any(|m| m == request.method) {
+        return Ok(None);
+    }
+    let key = match request.idempotency_key {
+        None if settings.required => {
+            return Err(Problem::new(
+                ProblemKind::IdempotencyKeyMissing,
+                format!(
+                    "{} requests need an Idempotency-Key header, e.g. Idempotency-Key: \"<uuid>\"",
+                    request.method
+                ),
+            )
+            .for_tenant(tenant))
+        }
+        None => return Ok(None),
+        Some(header) => idempotency::parse_key(header).map_err(|err| {
+            Problem::new(ProblemKind::IdempotencyKeyMalformed, err.to_string()).for_tenant(tenant)
+        })?,
+    };
+    Ok(Some(PendingIdempotency {
+        tenant: tenant.to_owned(),
+        key,
+        settings: settings.clone(),
+    }))
+}
+
+/// What to do with an idempotent request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyStep {
+    /// First use of the key: forward upstream (seal the body hash if the body
+    /// was still to come), then capture and complete.
+    Proceed(Claim),
+    /// The key is known for this route: the body decides (call again with it).
+    AwaitBody,
+    /// Replay, conflict or failure: answer locally.
+    Reply(LocalReply, Outcome),
+}
+
+fn store_params(config: &CompiledConfig) -> StoreParams {
+    StoreParams {
+        buckets: config.store.idempotency_buckets,
+        max_cas_retries: config.store.max_cas_retries,
+    }
+}
+
+/// Claims the key, or answers from what is stored under it. `body` is `None`
+/// while the body is still to come (called from the request headers).
+pub fn begin_idempotent(
+    config: &CompiledConfig,
+    pending: &PendingIdempotency,
+    request: &RequestView<'_>,
+    body: Option<&[u8]>,
+    forward: &Forward,
+    host: &HostInputs,
+    store: &dyn SharedStore,
+) -> IdempotencyStep {
+    let fingerprint = Fingerprint::of(request.method, request.path, body);
+    let [.., g0, g1, g2, g3] = host.random;
+    let generation = u32::from_le_bytes([g0, g1, g2, g3]) | 1;
+    let begun = idempotency::begin(
+        store,
+        &store_params(config),
+        &pending.tenant,
+        &pending.key,
+        fingerprint,
+        pending.settings.in_flight_timeout_seconds,
+        host.now_unix_ns,
+        generation,
+    );
+    let (problem, retry_after) = match begun {
+        Ok(Begin::Claimed(claim)) => return IdempotencyStep::Proceed(claim),
+        Ok(Begin::NeedBody) if body.is_none() => return IdempotencyStep::AwaitBody,
+        Ok(Begin::NeedBody) => (
+            Problem::new(
+                ProblemKind::IdempotencyUnavailable,
+                "the idempotency record could not be compared with this request",
+            ),
+            Some(1),
+        ),
+        Ok(Begin::Replay(stored)) => {
+            return IdempotencyStep::Reply(replay(config, stored, forward), Outcome::Replayed)
+        }
+        Ok(Begin::FingerprintMismatch) => (
+            Problem::new(
+                ProblemKind::IdempotencyKeyReused,
+                "this Idempotency-Key was used for a request with a different method, path or body",
+            ),
+            None,
+        ),
+        Ok(Begin::InFlight) => (
+            Problem::new(
+                ProblemKind::IdempotencyInFlight,
+                "a request with this Idempotency-Key is still being processed; retry later",
+            ),
+            Some(1),
+        ),
+        Ok(Begin::NotReplayable { status }) => (
+            Problem::new(
+                ProblemKind::IdempotencyNotReplayable,
+                format!(
+                    "the request with this Idempotency-Key completed with status {status}, but its response was larger than {} bytes and was not stored",
+                    pending.settings.max_body_bytes
+                ),
+            ),
+            None,
+        ),
+        Ok(Begin::Full {
+            retry_after_seconds,
+        }) => (
+            Problem::new(
+                ProblemKind::IdempotencyUnavailable,
+                "no free idempotency record for this key right now",
+            ),
+            Some(retry_after_seconds),
+        ),
+        Err(err) => (
+            Problem::new(
+                ProblemKind::IdempotencyUnavailable,
+                format!("the idempotency record could not be claimed: {err}"),
+            ),
+            Some(1),
+        ),
+    };
+    let problem = problem.for_tenant(&pending.tenant);
+    let kind = problem.kind;
+    let evaluation = reject(
+        config,
+        problem,
+        forward.correlation_id.clone(),
+        forward.response_headers.clone(),
+        retry_after,
+    );
+    match evaluation.decision {
+        Decision::Reject(reply) => IdempotencyStep::Reply(reply, Outcome::Rejected(kind)),
+        Decision::Forward(_) => IdempotencyStep::Reply(
+            LocalReply {
+                status: 500,
+                headers: Vec::new(),
+                body: Vec::new(),
+                correlation_id: forward.correlation_id.clone(),
+            },
+            Outcome::Rejected(kind),
+        ),
+    }
+}
+
+fn replay(config: &CompiledConfig, stored: StoredResponse, forward: &Forward) -> LocalReply {
+    let mut headers: Headers = stored
+        .headers
+        .into_iter()
+        .filter(|(name, _)| name != &config.correlation.header)
+        .collect();
+    headers.extend(forward.response_headers.iter().cloned());
+    headers.push((idempotency::REPLAYED_HEADER.to_owned(), "true".to_owned()));
+    if !headers
+        .iter()
+        .any(|(name, _)| name == &config.correlation.header)
+    {
+        headers.push((
+            config.correlation.header.clone(),
+            forward.correlation_id.clone(),
+        ));
+    }
+    LocalReply {
+        status: u32::from(stored.status),
+        headers,
+        body: stored.body,
+        correlation_id: forward.correlation_id.clone(),
+    }
+}
+
+/// 413 for a request body over the idempotency buffering limit.
+pub fn body_too_large(
+    config: &CompiledConfig,
+    pending: &PendingIdempotency,
+    forward: &Forward,
+) -> LocalReply {
+    let problem = Problem::new(
+        ProblemKind::BodyTooLarge,
+        format!(
+            "idempotent requests may carry at most {} bytes of body",
+            pending.settings.max_body_bytes
+        ),
+    )
+    .for_tenant(&pending.tenant);
+    match reject(
+        config,
+        problem,
+        forward.correlation_id.clone(),
+        forward.response_headers.clone(),
+        None,
+    )
+    .decision
+    {
+        Decision::Reject(reply) => reply,
+        Decision::Forward(_) => LocalReply {
+            status: 413,
+            headers: Vec::new(),
+            body: Vec::new(),
+            correlation_id: forward.correlation_id.clone(),
+        },
+    }
+}
+
+/// The upstream response of a claimed request, captured up to the replay limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseCapture {
+    status: u16,
+    headers: Headers,
+    body: Vec<u8>,
+    limit: usize,
+    replayable: bool,
+}
+
+impl ResponseCapture {
+    /// Starts a capture; `headers` are filtered to what may be replayed.
+    pub fn new(
+        config: &CompiledConfig,
+        pending: &PendingIdempotency,
+        status: u16,
+        headers: Headers,
+    ) -> Self {
+        let headers: Headers = headers
+            .into_iter()
+            .filter(|(name, _)| {
+                idempotency::is_stored_header(name) && name != &config.correlation.header
+            })
+            .collect();
+        let header_bytes: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+        Self {
+            status,
+            headers,
+            body: Vec::new(),
+            limit: usize::try_from(pending.settings.max_body_bytes).unwrap_or(usize::MAX),
+            replayable: header_bytes <= idempotency::MAX_STORED_HEADER_BYTES,
+        }
+    }
+
+    /// Upstream failed: 5xx responses release the key instead of recording it.
+    pub fn is_failure(&self) -> bool {
+        self.status >= 500
+    }
+
+    pub fn push_body(&mut self, chunk: &[u8]) {
+        if !self.replayable {
+            return;
+        }
+        if self.body.len().saturating_add(chunk.len()) > self.limit {
+            self.replayable = false;
+            self.body = Vec::new();
+        } else {
+            self.body.extend_from_slice(chunk);
+        }
+    }
+
+    /// How many more body bytes are worth reading.
+    pub fn wants_body(&self) -> bool {
+        self.replayable
+    }
+
+    fn into_stored(self) -> (u16, Option<StoredResponse>) {
+        let status = self.status;
+        let stored = self.replayable.then_some(StoredResponse {
+            status,
+            headers: self.headers,
+            body: self.body,
+        });
+        (status, stored)
+    }
+}
+
+/// Seals the claim's fingerprint with the now complete body.
+pub fn seal_idempotent(
+    config: &CompiledConfig,
+    claim: &Claim,
+    body: &[u8],
+    store: &dyn SharedStore,
+) -> Result<(), String> {
+    match idempotency::seal(store, &store_params(config), claim, body) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("idempotency claim lapsed before the request body was complete".into()),
+        Err(err) => Err(format!("idempotency fingerprint not sealed: {err}")),
+    }
+}
+
+/// Records the captured response under the claim (or releases it on failure).
+pub fn finish_idempotent(
+    config: &CompiledConfig,
+    pending: &PendingIdempotency,
+    claim: &Claim,
+    capture: ResponseCapture,
+    now_unix_ns: u64,
+    store: &dyn SharedStore,
+) -> Result<(), String> {
+    let params = store_params(config);
+    let recorded = if capture.is_failure() {
+        idempotency::release(store, &params, claim)
+    } else {
+        let (status, stored) = capture.into_stored();
+        idempotency::complete(
+            store,
+            &params,
+            claim,
+            stored.as_ref(),
+            status,
+            pending.settings.ttl_seconds,
+            now_unix_ns,
+        )
+    };
+    match recorded {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(format!(
+            "idempotency claim for tenant `{}` lapsed before the response arrived (in_flight_timeout_seconds = {})",
+            pending.tenant, pending.settings.in_flight_timeout_seconds
+        )),
+        Err(err) => Err(format!("idempotency record not updated: {err}")),
+    }
+}
+
+/// Gives the key back after a reset or a request that never got a response.
+pub fn abandon_idempotent(
+    config: &CompiledConfig,
+    claim: &Claim,
+    store: &dyn SharedStore,
+) -> Result<(), String> {
+    idempotency::release(store, &store_params(config), claim)
+        .map(|_| ())
+        .map_err(|err| format!("idempotency key not released: {err}"))
+}
+
+/// Frees expired idempotency records in `buckets` (run from the host's tick).
+pub fn reclaim_idempotency(
+    buckets: std::ops::Range<u32>,
+    now_unix_ns: u64,
+    store: &dyn SharedStore,
+) -> Result<u32, String> {
+    idempotency::reclaim(store, buckets, now_unix_ns)
+        .map(|stats| stats.reclaimed)
+        .map_err(|err| err.to_string())
 }
 
 fn rate_limit_unavailable_detail(err: &CheckError) -> String {
@@ -196,7 +596,54 @@ fn rate_limit_unavailable_detail(err: &CheckError) -> String {
     }
 }
 
+/// Where the tenant came from.
+enum Identified {
+    Token(Identity),
+    /// From the tenant header (trusted by config), or none where none is required.
+    Header(Option<String>),
+}
+
 fn resolve_tenant(
+    config: &CompiledConfig,
+    request: &RequestView<'_>,
+    host: &HostInputs,
+) -> Result<Identified, Problem> {
+    let Some(verifier) = &config.jwt else {
+        return tenant_from_header(config, request).map(Identified::Header);
+    };
+    let unauthenticated = |err: JwtError| {
+        Problem::new(ProblemKind::Unauthenticated, err.to_string())
+            .with_challenge(err.www_authenticate())
+    };
+    let token = jwt::bearer_token(request.authorization).map_err(unauthenticated)?;
+    let Some(token) = token else {
+        if verifier.required() || !config.tenant.trust_header_without_jwt {
+            return Err(unauthenticated(JwtError::Missing));
+        }
+        return tenant_from_header(config, request).map(Identified::Header);
+    };
+    let now_seconds = host.now_unix_ns / 1_000_000_000;
+    let verified = match config.token_cache.lock() {
+        Ok(mut cache) => verifier.verify_cached(&mut cache, token, now_seconds),
+        Err(_) => verifier.verify(token, now_seconds),
+    };
+    let identity = verified.map_err(unauthenticated)?;
+    if let Some(claimed) = request.tenant_header.map(str::trim) {
+        if !claimed.is_empty() && claimed != identity.tenant {
+            return Err(Problem::new(
+                ProblemKind::TenantMismatch,
+                format!(
+                    "the `{}` header names a different tenant than the token",
+                    config.tenant.header
+                ),
+            )
+            .for_tenant(&identity.tenant));
+        }
+    }
+    Ok(Identified::Token(identity))
+}
+
+fn tenant_from_header(
     config: &CompiledConfig,
     request: &RequestView<'_>,
 ) -> Result<Option<String>, Problem> {
@@ -228,6 +675,9 @@ fn reject(
     retry_after: Option<u64>,
 ) -> Evaluation {
     headers.push(("content-type".to_owned(), CONTENT_TYPE.to_owned()));
+    if let Some(challenge) = &problem.challenge {
+        headers.push(("www-authenticate".to_owned(), challenge.clone()));
+    }
     if let Some(seconds) = retry_after {
         headers.push(("retry-after".to_owned(), seconds.to_string()));
     }

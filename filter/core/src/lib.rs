@@ -6,9 +6,13 @@
 pub mod config;
 pub mod correlation;
 pub mod engine;
+pub mod idempotency;
+pub mod jwt;
 pub mod problem;
 pub mod ratelimit;
 pub mod store;
 
+#[cfg(test)]
+mod jwt_tests;
 #[cfg(test)]
 mod tests;

@@ -10,17 +10,35 @@ pub enum ProblemKind {
     TenantRequired,
     InvalidTenant,
     UnknownTenant,
+    Unauthenticated,
+    TenantMismatch,
     RateLimited,
     RateLimitUnavailable,
+    PreconditionRequired,
+    IdempotencyKeyMissing,
+    IdempotencyKeyMalformed,
+    IdempotencyKeyReused,
+    IdempotencyInFlight,
+    IdempotencyNotReplayable,
+    IdempotencyUnavailable,
+    BodyTooLarge,
 }
 
 impl ProblemKind {
     pub fn status(self) -> u32 {
         match self {
-            Self::TenantRequired | Self::InvalidTenant => 400,
-            Self::UnknownTenant => 403,
+            Self::TenantRequired
+            | Self::InvalidTenant
+            | Self::IdempotencyKeyMissing
+            | Self::IdempotencyKeyMalformed => 400,
+            Self::Unauthenticated => 401,
+            Self::UnknownTenant | Self::TenantMismatch => 403,
+            Self::IdempotencyInFlight | Self::IdempotencyNotReplayable => 409,
+            Self::BodyTooLarge => 413,
+            Self::IdempotencyKeyReused => 422,
+            Self::PreconditionRequired => 428,
             Self::RateLimited => 429,
-            Self::RateLimitUnavailable => 503,
+            Self::RateLimitUnavailable | Self::IdempotencyUnavailable => 503,
         }
     }
 
@@ -29,8 +47,18 @@ impl ProblemKind {
             Self::TenantRequired => "tenant-required",
             Self::InvalidTenant => "invalid-tenant",
             Self::UnknownTenant => "unknown-tenant",
+            Self::Unauthenticated => "unauthenticated",
+            Self::TenantMismatch => "tenant-mismatch",
             Self::RateLimited => "rate-limited",
             Self::RateLimitUnavailable => "rate-limit-unavailable",
+            Self::PreconditionRequired => "precondition-required",
+            Self::IdempotencyKeyMissing => "idempotency-key-missing",
+            Self::IdempotencyKeyMalformed => "idempotency-key-malformed",
+            Self::IdempotencyKeyReused => "idempotency-key-reused",
+            Self::IdempotencyInFlight => "idempotency-key-in-flight",
+            Self::IdempotencyNotReplayable => "idempotency-response-not-replayable",
+            Self::IdempotencyUnavailable => "idempotency-unavailable",
+            Self::BodyTooLarge => "body-too-large",
         }
     }
 
@@ -39,8 +67,18 @@ impl ProblemKind {
             Self::TenantRequired => "Tenant required",
             Self::InvalidTenant => "Invalid tenant",
             Self::UnknownTenant => "Unknown tenant",
+            Self::Unauthenticated => "Authentication required",
+            Self::TenantMismatch => "Tenant does not match the token",
             Self::RateLimited => "Too many requests",
             Self::RateLimitUnavailable => "Rate limit unavailable",
+            Self::PreconditionRequired => "Precondition required",
+            Self::IdempotencyKeyMissing => "Idempotency-Key required",
+            Self::IdempotencyKeyMalformed => "Malformed Idempotency-Key",
+            Self::IdempotencyKeyReused => "Idempotency-Key reused for a different request",
+            Self::IdempotencyInFlight => "Request with this Idempotency-Key in progress",
+            Self::IdempotencyNotReplayable => "Stored response cannot be replayed",
+            Self::IdempotencyUnavailable => "Idempotency store unavailable",
+            Self::BodyTooLarge => "Request body too large",
         }
     }
 }
@@ -51,6 +89,8 @@ pub struct Problem {
     pub kind: ProblemKind,
     pub detail: String,
     pub tenant: Option<String>,
+    /// `WWW-Authenticate` value for 401s.
+    pub challenge: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -71,7 +111,13 @@ impl Problem {
             kind,
             detail: detail.into(),
             tenant: None,
+            challenge: None,
         }
+    }
+
+    pub fn with_challenge(mut self, challenge: String) -> Self {
+        self.challenge = Some(challenge);
+        self
     }
 
     pub fn for_tenant(mut self, tenant: &str) -> Self {

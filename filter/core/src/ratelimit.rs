@@ -3,7 +3,10 @@
 //! every worker sharing the store.
 //!
 //! The stored value is the theoretical arrival time (TAT) in nanoseconds since
-//! the Unix epoch, 8 bytes little-endian. Anything else is treated as absent.
+//! the Unix epoch and the emission interval it was computed with, 16 bytes
+//! little-endian. When a config change alters the limit, the backlog is
+//! rescaled to the new interval (requests already admitted keep counting, in
+//! the new limit's units). Anything else is treated as absent.
 
 use crate::config::StoreConfig;
 use crate::store::{CasOutcome, SharedStore, StoreError, CREATE_IF_MISSING_CAS};
@@ -37,6 +40,11 @@ impl RateParams {
             capacity_ns,
         }
     }
+
+    /// Nanoseconds one request costs.
+    pub fn emission_ns(&self) -> u64 {
+        self.emission_ns
+    }
 }
 
 /// What one check decided; carries what the RateLimit headers report.
@@ -51,9 +59,29 @@ pub struct Verdict {
     pub retry_after_seconds: u64,
 }
 
-/// Pure GCRA step: given the stored TAT, decide and return the new TAT to store.
-pub fn decide(params: &RateParams, stored_tat: Option<u64>, now_ns: u64) -> (Verdict, u64) {
-    let tat = stored_tat.unwrap_or(0).max(now_ns);
+/// Stored limiter state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct State {
+    pub tat_ns: u64,
+    pub emission_ns: u64,
+}
+
+/// The TAT expressed in `params`' interval: the backlog of admitted requests is kept.
+fn rescaled_tat(params: &RateParams, state: State, now_ns: u64) -> u64 {
+    if state.emission_ns == params.emission_ns || state.emission_ns == 0 || state.tat_ns <= now_ns {
+        return state.tat_ns;
+    }
+    let backlog = u128::from(state.tat_ns - now_ns);
+    let scaled = backlog * u128::from(params.emission_ns) / u128::from(state.emission_ns);
+    now_ns.saturating_add(u64::try_from(scaled).unwrap_or(u64::MAX))
+}
+
+/// Pure GCRA step: given the stored state, decide and return the new TAT to store.
+pub fn decide(params: &RateParams, stored: Option<State>, now_ns: u64) -> (Verdict, u64) {
+    let tat = stored
+        .map(|state| rescaled_tat(params, state, now_ns))
+        .unwrap_or(0)
+        .max(now_ns);
     let new_tat = tat.saturating_add(params.emission_ns);
     let backlog = new_tat - now_ns;
     if backlog <= params.capacity_ns {
@@ -82,13 +110,21 @@ fn ceil_seconds(ns: u64) -> u64 {
 }
 
 /// Decodes a stored value; corrupt or foreign values read as absent.
-pub fn decode_state(bytes: &[u8]) -> Option<u64> {
-    let array: [u8; 8] = bytes.try_into().ok()?;
-    Some(u64::from_le_bytes(array))
+pub fn decode_state(bytes: &[u8]) -> Option<State> {
+    let array: [u8; 16] = bytes.try_into().ok()?;
+    let (tat, emission) = array.split_at(8);
+    Some(State {
+        tat_ns: u64::from_le_bytes(tat.try_into().ok()?),
+        emission_ns: u64::from_le_bytes(emission.try_into().ok()?),
+    })
 }
 
-pub fn encode_state(tat: u64) -> [u8; 8] {
-    tat.to_le_bytes()
+pub fn encode_state(state: State) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let (tat, emission) = out.split_at_mut(8);
+    tat.copy_from_slice(&state.tat_ns.to_le_bytes());
+    emission.copy_from_slice(&state.emission_ns.to_le_bytes());
+    out
 }
 
 /// The storage key for one tenant's limit.
@@ -141,7 +177,11 @@ pub fn check_and_consume(
             None => {
                 // Create the key with a neutral value first, so every decision
                 // below is a real CAS on an existing key (a missing key ignores CAS).
-                store.set(key, &encode_state(0), Some(CREATE_IF_MISSING_CAS))?;
+                let neutral = State {
+                    tat_ns: 0,
+                    emission_ns: params.emission_ns,
+                };
+                store.set(key, &encode_state(neutral), Some(CREATE_IF_MISSING_CAS))?;
                 continue;
             }
         };
@@ -149,7 +189,11 @@ pub fn check_and_consume(
         if !verdict.allowed && stored.is_some() {
             return Ok(verdict);
         }
-        match store.set(key, &encode_state(new_tat), Some(cas))? {
+        let state = State {
+            tat_ns: new_tat,
+            emission_ns: params.emission_ns,
+        };
+        match store.set(key, &encode_state(state), Some(cas))? {
             CasOutcome::Written => return Ok(verdict),
             CasOutcome::Conflict => continue,
         }

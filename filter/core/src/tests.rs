@@ -8,7 +8,7 @@ use crate::config::{self, Mode, OnExhausted, StoreConfig};
 use crate::correlation;
 use crate::engine::{self, Decision, HostInputs, Outcome, RequestView};
 use crate::problem::ProblemKind;
-use crate::ratelimit::{self, RateParams};
+use crate::ratelimit::{self, RateParams, State};
 use crate::store::{CasOutcome, MemoryStore, SharedStore, StoreError};
 
 const SECOND: u64 = 1_000_000_000;
@@ -43,7 +43,7 @@ fn request<'a>(tenant: Option<&'a str>, method: &'a str, path: &'a str) -> Reque
         method,
         path,
         tenant_header: tenant,
-        correlation_header: None,
+        ..RequestView::default()
     }
 }
 
@@ -175,9 +175,23 @@ fn schema_agrees_with_the_parser() {
         }
     }
     // What the parser accepts, re-serialised, the schema accepts too.
-    let document = config::parse_document(config_json("").as_bytes()).unwrap();
-    let reserialised = serde_json::to_value(&document).unwrap();
-    assert!(validator.is_valid(&reserialised));
+    let jwt_sample = r#"{"version":1,"tenant":{"jwt":{"user_claim":"sub","leeway_seconds":30,
+        "issuers":[{"iss":"https://idp","audiences":["api"],"jwks":{"keys":[
+          {"kty":"oct","kid":"hs","alg":"HS256","k":"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"}]}}]}}}"#;
+    let private = jwt_sample.replace(r#""alg":"HS256","#, r#""alg":"HS256","d":"secret","#);
+    assert!(!validator.is_valid(&serde_json::from_str(&private).unwrap()));
+    for sample in [
+        config_json(""),
+        IDEMPOTENT.to_owned(),
+        IF_MATCH.to_owned(),
+        jwt_sample.to_owned(),
+    ] {
+        let raw: serde_json::Value = serde_json::from_str(&sample).unwrap();
+        assert!(validator.is_valid(&raw), "{sample}");
+        let document = config::parse_document(sample.as_bytes()).unwrap();
+        let reserialised = serde_json::to_value(&document).unwrap();
+        assert!(validator.is_valid(&reserialised), "{reserialised}");
+    }
 }
 
 // ---- correlation ----
@@ -214,22 +228,23 @@ fn gcra_admits_burst_then_paces() {
     let mut tat = None;
     let mut admitted = 0;
     for _ in 0..5 {
-        let (verdict, new_tat) = ratelimit::decide(&params, tat, T0);
+        let (verdict, new_tat) = ratelimit::decide(&params, tat.map(|t| state(&params, t)), T0);
         if verdict.allowed {
             admitted += 1;
         }
         tat = Some(new_tat);
     }
     assert_eq!(admitted, 2);
-    let (rejected, _) = ratelimit::decide(&params, tat, T0);
+    let stored = tat.map(|t| state(&params, t));
+    let (rejected, _) = ratelimit::decide(&params, stored, T0);
     assert!(!rejected.allowed);
     assert_eq!(rejected.retry_after_seconds, 5);
     assert_eq!(rejected.remaining, 0);
     // One emission interval later exactly one more passes.
-    let (verdict, new_tat) = ratelimit::decide(&params, tat, T0 + 5 * SECOND);
+    let (verdict, new_tat) = ratelimit::decide(&params, stored, T0 + 5 * SECOND);
     assert!(verdict.allowed);
     assert_eq!(verdict.remaining, 0);
-    let (verdict, _) = ratelimit::decide(&params, Some(new_tat), T0 + 5 * SECOND);
+    let (verdict, _) = ratelimit::decide(&params, Some(state(&params, new_tat)), T0 + 5 * SECOND);
     assert!(!verdict.allowed);
 }
 
@@ -240,7 +255,7 @@ fn gcra_reports_remaining_and_reset() {
     assert!(first.allowed);
     assert_eq!(first.remaining, 9);
     assert_eq!(first.reset_seconds, 6);
-    let (second, _) = ratelimit::decide(&params, Some(tat), T0);
+    let (second, _) = ratelimit::decide(&params, Some(state(&params, tat)), T0);
     assert_eq!(second.remaining, 8);
     assert_eq!(second.reset_seconds, 12);
 }
@@ -251,7 +266,7 @@ fn burst_larger_than_rate() {
     let mut tat = None;
     let admitted = (0..10)
         .filter(|_| {
-            let (verdict, new_tat) = ratelimit::decide(&params, tat, T0);
+            let (verdict, new_tat) = ratelimit::decide(&params, tat.map(|t| state(&params, t)), T0);
             tat = Some(new_tat);
             verdict.allowed
         })
@@ -259,14 +274,46 @@ fn burst_larger_than_rate() {
     assert_eq!(admitted, 5);
 }
 
+fn state(params: &RateParams, tat_ns: u64) -> State {
+    State {
+        tat_ns,
+        emission_ns: params.emission_ns(),
+    }
+}
+
+#[test]
+fn raising_a_limit_rescales_the_backlog() {
+    let store = MemoryStore::new();
+    let key = ratelimit::state_key("acme", "tenant");
+    let options = StoreConfig::default();
+    let check = |params: &RateParams| {
+        ratelimit::check_and_consume(&store, &key, params, T0, &options)
+            .unwrap()
+            .allowed
+    };
+    let strict = RateParams::new(1, 3600, 1);
+    assert!(check(&strict));
+    assert!(!check(&strict));
+    // The new limit counts the one request already admitted: 99 more pass, then 429.
+    let generous = RateParams::new(100, 3600, 100);
+    assert_eq!((0..150).filter(|_| check(&generous)).count(), 99);
+    // Lowering it again keeps the tenant limited.
+    assert!(!check(&strict));
+}
+
 #[test]
 fn state_codec_rejects_garbage() {
+    let sample = State {
+        tat_ns: 42,
+        emission_ns: 7,
+    };
     assert_eq!(
-        ratelimit::decode_state(&ratelimit::encode_state(42)),
-        Some(42)
+        ratelimit::decode_state(&ratelimit::encode_state(sample)),
+        Some(sample)
     );
     assert_eq!(ratelimit::decode_state(b""), None);
     assert_eq!(ratelimit::decode_state(b"not-a-tat"), None);
+    assert_eq!(ratelimit::decode_state(&42u64.to_le_bytes()), None);
     assert_eq!(ratelimit::decode_state(&[1, 2, 3]), None);
 }
 
@@ -666,4 +713,632 @@ fn forward_sets_upstream_and_response_headers() {
         panic!("expected a reject")
     };
     assert!(header(&reply.headers, "x-correlation-id").is_some());
+}
+
+// ---- If-Match ----
+
+const IF_MATCH: &str = r#"{"version":1,"tenant":{"trust_header_without_jwt":true},
+        "if_match":[{"prefix":"/orders"}]}"#;
+
+#[test]
+fn if_match_required_on_configured_routes() {
+    let config = config::parse(IF_MATCH.as_bytes()).unwrap();
+    let store = MemoryStore::new();
+    let run = |method: &str, path: &str, if_match: bool| {
+        engine::evaluate(
+            &config,
+            &RequestView {
+                if_match_present: if_match,
+                ..request(Some("acme"), method, path)
+            },
+            &host(T0),
+            &store,
+        )
+    };
+    let evaluation = run("PUT", "/orders/1", false);
+    assert_eq!(status_of(&evaluation), 428);
+    let Decision::Reject(reply) = evaluation.decision else {
+        panic!("expected 428")
+    };
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(
+        body["type"],
+        "urn:tenant-guard:problem:precondition-required"
+    );
+    assert_eq!(status_of(&run("DELETE", "/orders/1", false)), 428);
+    assert_eq!(status_of(&run("PUT", "/orders/1", true)), 200);
+    assert_eq!(status_of(&run("GET", "/orders/1", false)), 200);
+    assert_eq!(status_of(&run("PUT", "/carts/1", false)), 200);
+    let bad = r#"{"version":1,"tenant":{"trust_header_without_jwt":true},"if_match":[{"prefix":"/o","methods":[]}]}"#;
+    assert_eq!(
+        config::parse(bad.as_bytes()).unwrap_err().path,
+        "if_match.0.methods"
+    );
+}
+
+// ---- Idempotency-Key ----
+
+use crate::engine::{IdempotencyStep, ResponseCapture};
+use crate::idempotency::{self, Begin, Fingerprint, StoreParams};
+
+const IDEMPOTENT: &str = r#"{"version":1,"tenant":{"trust_header_without_jwt":true},
+    "defaults":{"idempotency":{"ttl_seconds":60,"max_body_bytes":16}},
+    "tenants":{"lax":{"idempotency":{"required":false}}}}"#;
+
+#[test]
+fn idempotency_key_parsing() {
+    assert_eq!(idempotency::parse_key("\"abc-123\"").unwrap(), "abc-123");
+    assert_eq!(idempotency::parse_key(" \"a b\" ").unwrap(), "a b");
+    assert_eq!(idempotency::parse_key(r#""q\"\\x""#).unwrap(), "q\"\\x");
+    assert_eq!(
+        idempotency::parse_key("abc"),
+        Err(idempotency::KeyError::NotQuoted)
+    );
+    assert_eq!(
+        idempotency::parse_key("\"\""),
+        Err(idempotency::KeyError::Empty)
+    );
+    assert_eq!(
+        idempotency::parse_key("\"a\"b\""),
+        Err(idempotency::KeyError::NotQuoted)
+    );
+    assert_eq!(
+        idempotency::parse_key("\"a\\nb\""),
+        Err(idempotency::KeyError::BadCharacter)
+    );
+    assert_eq!(
+        idempotency::parse_key("\"é\""),
+        Err(idempotency::KeyError::BadCharacter)
+    );
+    assert_eq!(
+        idempotency::parse_key("\"a\tb\""),
+        Err(idempotency::KeyError::BadCharacter)
+    );
+    let long = format!("\"{}\"", "k".repeat(256));
+    assert_eq!(
+        idempotency::parse_key(&long),
+        Err(idempotency::KeyError::TooLong)
+    );
+    let max = format!("\"{}\"", "k".repeat(255));
+    assert!(idempotency::parse_key(&max).is_ok());
+}
+
+/// Runs one idempotent request through the engine like the host glue does.
+struct Exchange<'a> {
+    config: &'a config::CompiledConfig,
+    store: &'a MemoryStore,
+    now: u64,
+}
+
+impl Exchange<'_> {
+    fn headers(&self, key: Option<&str>, method: &str, path: &str) -> engine::Evaluation {
+        engine::evaluate(
+            self.config,
+            &RequestView {
+                idempotency_key: key,
+                ..request(Some("acme"), method, path)
+            },
+            &host(self.now),
+            self.store,
+        )
+    }
+
+    /// Returns the step after headers and (if needed) body.
+    fn send(&self, key: &str, method: &str, path: &str, body: &[u8]) -> IdempotencyStep {
+        let evaluation = self.headers(Some(key), method, path);
+        let Decision::Forward(forward) = evaluation.decision else {
+            panic!("rejected before idempotency: {evaluation:?}")
+        };
+        let pending = forward.idempotency.clone().expect("idempotent request");
+        let view = request(Some("acme"), method, path);
+        let first = engine::begin_idempotent(
+            self.config,
+            &pending,
+            &view,
+            body.is_empty().then_some(&[][..]),
+            &forward,
+            &host(self.now),
+            self.store,
+        );
+        match first {
+            IdempotencyStep::Proceed(claim) if !body.is_empty() => {
+                engine::seal_idempotent(self.config, &claim, body, self.store).unwrap();
+                IdempotencyStep::Proceed(claim)
+            }
+            IdempotencyStep::AwaitBody => engine::begin_idempotent(
+                self.config,
+                &pending,
+                &view,
+                Some(body),
+                &forward,
+                &host(self.now),
+                self.store,
+            ),
+            other => other,
+        }
+    }
+
+    fn respond(&self, key: &str, step: &IdempotencyStep, status: u16, body: &[u8]) {
+        let IdempotencyStep::Proceed(claim) = step else {
+            panic!("expected a claim, got {step:?}")
+        };
+        let evaluation = self.headers(Some(key), "POST", "/pay");
+        let pending = match evaluation.decision {
+            Decision::Forward(forward) => forward.idempotency.unwrap(),
+            Decision::Reject(_) => panic!("rejected"),
+        };
+        let mut capture = ResponseCapture::new(
+            self.config,
+            &pending,
+            status,
+            vec![
+                ("content-type".into(), "application/json".into()),
+                ("x-correlation-id".into(), "old".into()),
+                ("transfer-encoding".into(), "chunked".into()),
+                ("etag".into(), "\"v1\"".into()),
+            ],
+        );
+        capture.push_body(body);
+        engine::finish_idempotent(self.config, &pending, claim, capture, self.now, self.store)
+            .unwrap();
+    }
+}
+
+fn reply_of(step: IdempotencyStep) -> (engine::LocalReply, Outcome) {
+    match step {
+        IdempotencyStep::Reply(reply, outcome) => (reply, outcome),
+        other => panic!("expected a local reply, got {other:?}"),
+    }
+}
+
+fn problem_type(reply: &engine::LocalReply) -> String {
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    body["type"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn idempotency_header_rules() {
+    let config = config::parse(IDEMPOTENT.as_bytes()).unwrap();
+    let store = MemoryStore::new();
+    let exchange = Exchange {
+        config: &config,
+        store: &store,
+        now: T0,
+    };
+    assert_eq!(status_of(&exchange.headers(None, "POST", "/pay")), 400);
+    assert_eq!(
+        status_of(&exchange.headers(Some("unquoted"), "POST", "/pay")),
+        400
+    );
+    let Decision::Reject(reply) = exchange.headers(Some("unquoted"), "POST", "/pay").decision
+    else {
+        panic!()
+    };
+    assert_eq!(
+        problem_type(&reply),
+        "urn:tenant-guard:problem:idempotency-key-malformed"
+    );
+    // Methods outside the configured set are untouched.
+    let Decision::Forward(forward) = exchange.headers(None, "GET", "/pay").decision else {
+        panic!()
+    };
+    assert!(forward.idempotency.is_none());
+    // Tenants where the key is optional pass without one.
+    let optional = engine::evaluate(
+        &config,
+        &request(Some("lax"), "POST", "/pay"),
+        &host(T0),
+        &store,
+    );
+    assert_eq!(status_of(&optional), 200);
+}
+
+#[test]
+fn idempotent_replay_conflict_and_release() {
+    let config = config::parse(IDEMPOTENT.as_bytes()).unwrap();
+    let store = MemoryStore::new();
+    let exchange = Exchange {
+        config: &config,
+        store: &store,
+        now: T0,
+    };
+
+    let first = exchange.send("\"k1\"", "POST", "/pay", b"amount=1");
+    assert!(matches!(first, IdempotencyStep::Proceed(_)));
+    // While in flight: 409 from the headers alone, whatever the body.
+    let (reply, _) = reply_of(exchange.send("\"k1\"", "POST", "/pay", b"amount=1"));
+    assert_eq!(reply.status, 409);
+    assert_eq!(
+        problem_type(&reply),
+        "urn:tenant-guard:problem:idempotency-key-in-flight"
+    );
+
+    exchange.respond("\"k1\"", &first, 201, b"{\"id\":7}");
+    let (replayed, outcome) = reply_of(exchange.send("\"k1\"", "POST", "/pay", b"amount=1"));
+    assert_eq!(outcome, Outcome::Replayed);
+    assert_eq!(replayed.status, 201);
+    assert_eq!(replayed.body, b"{\"id\":7}");
+    assert_eq!(
+        header(&replayed.headers, "idempotent-replayed"),
+        Some("true")
+    );
+    assert_eq!(header(&replayed.headers, "etag"), Some("\"v1\""));
+    assert_eq!(header(&replayed.headers, "transfer-encoding"), None);
+    // The replay carries this request's correlation id, once.
+    let ids: Vec<_> = replayed
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "x-correlation-id")
+        .collect();
+    assert_eq!(ids.len(), 1);
+    assert_ne!(ids[0].1, "old");
+
+    // Same key, different body or path: 422.
+    let (reply, _) = reply_of(exchange.send("\"k1\"", "POST", "/pay", b"amount=2"));
+    assert_eq!(reply.status, 422);
+    let (reply, _) = reply_of(exchange.send("\"k1\"", "POST", "/other", b"amount=1"));
+    assert_eq!(reply.status, 422);
+
+    // Keys are scoped by tenant.
+    let other_tenant = engine::evaluate(
+        &config,
+        &RequestView {
+            idempotency_key: Some("\"k1\""),
+            ..request(Some("globex"), "POST", "/pay")
+        },
+        &host(T0),
+        &store,
+    );
+    let Decision::Forward(forward) = other_tenant.decision else {
+        panic!()
+    };
+    let step = engine::begin_idempotent(
+        &config,
+        forward.idempotency.as_ref().unwrap(),
+        &request(Some("globex"), "POST", "/pay"),
+        None,
+        &forward,
+        &host(T0),
+        &store,
+    );
+    assert!(matches!(step, IdempotencyStep::Proceed(_)));
+
+    // Upstream 5xx releases the key: the retry goes through.
+    let failing = exchange.send("\"k2\"", "POST", "/pay", b"x");
+    exchange.respond("\"k2\"", &failing, 503, b"down");
+    assert!(matches!(
+        exchange.send("\"k2\"", "POST", "/pay", b"x"),
+        IdempotencyStep::Proceed(_)
+    ));
+
+    // After the TTL the key is new again.
+    let later = Exchange {
+        now: T0 + 61 * SECOND,
+        ..exchange
+    };
+    assert!(matches!(
+        later.send("\"k1\"", "POST", "/pay", b"amount=2"),
+        IdempotencyStep::Proceed(_)
+    ));
+}
+
+#[test]
+fn oversized_responses_are_not_replayable() {
+    let config = config::parse(IDEMPOTENT.as_bytes()).unwrap();
+    let store = MemoryStore::new();
+    let exchange = Exchange {
+        config: &config,
+        store: &store,
+        now: T0,
+    };
+    let first = exchange.send("\"big\"", "POST", "/pay", b"");
+    exchange.respond("\"big\"", &first, 200, &[b'x'; 17]);
+    let (reply, _) = reply_of(exchange.send("\"big\"", "POST", "/pay", b""));
+    assert_eq!(reply.status, 409);
+    assert_eq!(
+        problem_type(&reply),
+        "urn:tenant-guard:problem:idempotency-response-not-replayable"
+    );
+}
+
+#[test]
+fn abandoned_claims_are_released_and_lapse() {
+    let config = config::parse(IDEMPOTENT.as_bytes()).unwrap();
+    let store = MemoryStore::new();
+    let exchange = Exchange {
+        config: &config,
+        store: &store,
+        now: T0,
+    };
+    let IdempotencyStep::Proceed(claim) = exchange.send("\"r\"", "POST", "/pay", b"") else {
+        panic!()
+    };
+    engine::abandon_idempotent(&config, &claim, &store).unwrap();
+    assert!(matches!(
+        exchange.send("\"r\"", "POST", "/pay", b""),
+        IdempotencyStep::Proceed(_)
+    ));
+    // A claim whose request never finishes lapses after the in-flight timeout (60 s).
+    let after = Exchange {
+        now: T0 + 61 * SECOND,
+        ..exchange
+    };
+    assert!(matches!(
+        after.send("\"r\"", "POST", "/pay", b""),
+        IdempotencyStep::Proceed(_)
+    ));
+}
+
+#[test]
+fn idempotency_store_is_bounded_and_reclaimed() {
+    let store = MemoryStore::new();
+    let params = StoreParams {
+        buckets: 2,
+        max_cas_retries: 64,
+    };
+    let fingerprint = Fingerprint::of("POST", "/", Some(b""));
+    let mut claimed = 0;
+    let mut full = 0;
+    for i in 0..64 {
+        match idempotency::begin(
+            &store,
+            &params,
+            "t",
+            &format!("k{i}"),
+            fingerprint,
+            60,
+            T0,
+            i + 1,
+        )
+        .unwrap()
+        {
+            Begin::Claimed(claim) => {
+                claimed += 1;
+                let response = idempotency::StoredResponse {
+                    status: 200,
+                    headers: vec![],
+                    body: vec![b'x'; 100],
+                };
+                idempotency::complete(&store, &params, &claim, Some(&response), 200, 10, T0)
+                    .unwrap();
+            }
+            Begin::Full {
+                retry_after_seconds,
+            } => {
+                full += 1;
+                assert_eq!(retry_after_seconds, 10);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(claimed, 2 * idempotency::SLOTS_PER_BUCKET);
+    assert_eq!(full, 64 - claimed);
+    let keys_after_fill = store.len();
+    assert!(keys_after_fill <= 2 + 2 * idempotency::SLOTS_PER_BUCKET);
+
+    // Expired: reclaim empties the stored responses and frees the slots.
+    let later = T0 + 11 * SECOND;
+    let freed = idempotency::reclaim(&store, 0..2, later).unwrap();
+    assert_eq!(freed.reclaimed, u32::try_from(claimed).unwrap());
+    for bucket in 0..2 {
+        for slot in 0..8u8 {
+            if let Some((value, _)) = store.get(&idempotency::response_key(bucket, slot)).unwrap() {
+                assert!(value.is_empty(), "response {bucket}/{slot} not emptied");
+            }
+        }
+    }
+    // New keys reuse the same storage keys: nothing grows.
+    for i in 100..116 {
+        let begun = idempotency::begin(
+            &store,
+            &params,
+            "t",
+            &format!("k{i}"),
+            fingerprint,
+            60,
+            later,
+            i,
+        )
+        .unwrap();
+        assert!(matches!(begun, Begin::Claimed(_) | Begin::Full { .. }));
+    }
+    assert_eq!(store.len(), keys_after_fill);
+    // Reclaim is idempotent.
+    assert_eq!(
+        idempotency::reclaim(&store, 0..2, later).unwrap().reclaimed,
+        0
+    );
+}
+
+#[test]
+fn corrupted_idempotency_records_read_as_empty() {
+    let store = MemoryStore::new();
+    let params = StoreParams {
+        buckets: 1,
+        max_cas_retries: 64,
+    };
+    store
+        .set(&idempotency::bucket_key(0), b"\xB1\x09garbage", None)
+        .unwrap();
+    let fingerprint = Fingerprint::of("POST", "/", Some(b""));
+    let begun = idempotency::begin(&store, &params, "t", "k", fingerprint, 60, T0, 5).unwrap();
+    assert!(matches!(begun, Begin::Claimed(_)));
+    store
+        .set(&idempotency::response_key(0, 0), b"\xB2\x01", None)
+        .unwrap();
+    // A completed entry whose response record is corrupt is reported as not replayable.
+    let Begin::Claimed(claim) =
+        idempotency::begin(&store, &params, "t", "k2", fingerprint, 60, T0, 9).unwrap()
+    else {
+        panic!()
+    };
+    idempotency::complete(&store, &params, &claim, None, 200, 60, T0).unwrap();
+    assert!(matches!(
+        idempotency::begin(&store, &params, "t", "k2", fingerprint, 60, T0, 11).unwrap(),
+        Begin::NotReplayable { status: 200 }
+    ));
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+fn one_claim_per_key_under_thread_contention() {
+    use std::sync::Arc;
+    let store = Arc::new(MemoryStore::new());
+    let params = StoreParams {
+        buckets: 4,
+        max_cas_retries: 1000,
+    };
+    let fingerprint = Fingerprint::of("POST", "/", Some(b"same"));
+    let claims: usize = (0..50)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                let begun =
+                    idempotency::begin(&*store, &params, "t", "storm", fingerprint, 60, T0, i + 1)
+                        .unwrap();
+                usize::from(matches!(begun, Begin::Claimed(_)))
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|handle| handle.join().unwrap())
+        .sum();
+    assert_eq!(claims, 1);
+}
+
+// ---- JWT identity in the request decision ----
+
+mod identity {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::{header, host, request, status_of, T0};
+    use crate::config;
+    use crate::engine::{self, Decision, RequestView};
+    use crate::store::MemoryStore;
+    use jwt_simple::prelude::*;
+    use jwt_simple::reexports::ct_codecs::Encoder;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-tenant-guard";
+
+    fn config(required: bool) -> config::CompiledConfig {
+        let k = jwt_simple::reexports::ct_codecs::Base64UrlSafeNoPadding::encode_to_string(SECRET)
+            .unwrap();
+        let document = format!(
+            r#"{{"version":1,"tenant":{{"jwt":{{"required":{required},"user_claim":"sub",
+                "issuers":[{{"iss":"https://idp.example","audiences":["api"],
+                "jwks":{{"keys":[{{"kty":"oct","kid":"hs","alg":"HS256","k":"{k}"}}]}}}}]}}}},
+              "tenants":{{"acme":{{"rate_limit":{{"requests":5,"per_seconds":60}}}}}}}}"#
+        );
+        config::parse(document.as_bytes()).unwrap()
+    }
+
+    fn token(tenant: &str, sub: Option<&str>) -> String {
+        let key = HS256Key::from_bytes(SECRET).with_key_id("hs");
+        let mut custom = serde_json::Map::new();
+        custom.insert("tenant_id".into(), tenant.into());
+        if let Some(sub) = sub {
+            custom.insert("sub".into(), sub.into());
+        }
+        let claims = Claims::with_custom_claims(custom, Duration::from_secs(600))
+            .with_issuer("https://idp.example")
+            .with_audience("api");
+        let mut claims = claims;
+        claims.issued_at = Some(UnixTimeStamp::from_secs(T0 / 1_000_000_000));
+        claims.expires_at = Some(UnixTimeStamp::from_secs(T0 / 1_000_000_000 + 600));
+        claims.invalid_before = None;
+        key.authenticate(claims).unwrap()
+    }
+
+    fn run(
+        config: &config::CompiledConfig,
+        authorization: Option<&str>,
+        tenant_header: Option<&str>,
+    ) -> engine::Evaluation {
+        engine::evaluate(
+            config,
+            &RequestView {
+                authorization,
+                ..request(tenant_header, "GET", "/")
+            },
+            &host(T0),
+            &MemoryStore::new(),
+        )
+    }
+
+    #[test]
+    fn tenant_comes_from_the_token() {
+        let config = config(true);
+        let bearer = format!("Bearer {}", token("acme", Some("alice")));
+        let evaluation = run(&config, Some(&bearer), None);
+        let Decision::Forward(forward) = evaluation.decision else {
+            panic!("token rejected: {evaluation:?}")
+        };
+        assert_eq!(forward.tenant.as_deref(), Some("acme"));
+        assert_eq!(
+            header(&forward.upstream_headers, "x-tenant-id"),
+            Some("acme")
+        );
+        assert_eq!(
+            header(&forward.upstream_headers, "x-user-id"),
+            Some("alice")
+        );
+        assert_eq!(forward.removed_upstream_headers, ["x-org-id"]);
+        // The matching tenant header is fine; a different one is refused.
+        assert_eq!(status_of(&run(&config, Some(&bearer), Some("acme"))), 200);
+        let mismatch = run(&config, Some(&bearer), Some("globex"));
+        assert_eq!(status_of(&mismatch), 403);
+        // Without a user claim, an incoming user header cannot survive.
+        let anonymous = format!("Bearer {}", token("acme", None));
+        let Decision::Forward(forward) = run(&config, Some(&anonymous), None).decision else {
+            panic!()
+        };
+        assert!(forward
+            .removed_upstream_headers
+            .contains(&"x-user-id".to_owned()));
+    }
+
+    #[test]
+    fn missing_or_bad_tokens_get_401_with_a_challenge() {
+        let config = config(true);
+        for (authorization, expect_error) in [
+            (None, false),
+            (Some("Basic abc"), true),
+            (Some("Bearer not.a.jwt"), true),
+        ] {
+            let evaluation = run(&config, authorization, Some("acme"));
+            let Decision::Reject(reply) = evaluation.decision else {
+                panic!("{authorization:?} accepted")
+            };
+            assert_eq!(reply.status, 401);
+            let challenge = header(&reply.headers, "www-authenticate").unwrap();
+            assert!(challenge.starts_with("Bearer realm=\"tenant-guard\""));
+            assert_eq!(
+                challenge.contains("error=\"invalid_token\""),
+                expect_error,
+                "{challenge}"
+            );
+            let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+            assert_eq!(body["type"], "urn:tenant-guard:problem:unauthenticated");
+        }
+    }
+
+    #[test]
+    fn optional_tokens_fall_back_to_the_trusted_header() {
+        let mut lax = config(false);
+        assert_eq!(status_of(&run(&lax, None, Some("acme"))), 401);
+        lax.tenant.trust_header_without_jwt = true;
+        assert_eq!(status_of(&run(&lax, None, Some("acme"))), 200);
+    }
+
+    #[test]
+    fn jwt_config_errors_carry_the_full_path() {
+        let document = r#"{"version":1,"tenant":{"jwt":{"issuers":[{"iss":"x","audiences":["a"],
+            "jwks":{"keys":[{"kty":"oct","k":"c2hvcnQ"}]}}]}}}"#;
+        let err = config::parse(document.as_bytes()).unwrap_err();
+        assert!(
+            err.path.starts_with("tenant.jwt.issuers.0.jwks.keys.0"),
+            "{err}"
+        );
+    }
 }

@@ -3,7 +3,7 @@
 //! logging. Host errors become values (or are logged), never panics.
 
 use std::cell::Cell;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
@@ -40,6 +40,15 @@ pub fn set_request_header(name: &str, value: &str) {
     }
 }
 
+pub fn remove_request_header(name: &str) {
+    if let Err(status) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None) {
+        log(
+            LogLevel::Warn,
+            &format!("cannot remove request header {name}: {status:?}"),
+        );
+    }
+}
+
 pub fn set_response_header(name: &str, value: &str) {
     if let Err(status) = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value)) {
         log(
@@ -63,17 +72,63 @@ pub fn send_local_reply(reply: &LocalReply) {
     }
 }
 
+pub fn request_body(size: usize) -> Vec<u8> {
+    body(BufferType::HttpRequestBody, size)
+}
+
+pub fn response_body(size: usize) -> Vec<u8> {
+    body(BufferType::HttpResponseBody, size)
+}
+
+fn body(buffer: BufferType, size: usize) -> Vec<u8> {
+    match hostcalls::get_buffer(buffer, 0, size) {
+        Ok(bytes) => bytes.unwrap_or_default(),
+        Err(status) => {
+            log(
+                LogLevel::Warn,
+                &format!("cannot read body buffer: {status:?}"),
+            );
+            Vec::new()
+        }
+    }
+}
+
+pub fn response_status() -> u16 {
+    hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .and_then(|status| status.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn response_headers() -> Vec<(String, String)> {
+    hostcalls::get_map(MapType::HttpResponseHeaders).unwrap_or_default()
+}
+
+pub fn set_tick_period(period: Duration) {
+    if let Err(status) = hostcalls::set_tick_period(period) {
+        log(
+            LogLevel::Warn,
+            &format!("cannot set tick period: {status:?}"),
+        );
+    }
+}
+
+pub fn now_unix_ns() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|time| time.duration_since(UNIX_EPOCH).ok())
+        .map(|elapsed| u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 thread_local! {
     static RNG_STATE: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Current time and fresh randomness for one request.
 pub fn inputs() -> HostInputs {
-    let now_unix_ns = hostcalls::get_current_time()
-        .ok()
-        .and_then(|time| time.duration_since(UNIX_EPOCH).ok())
-        .map(|elapsed| u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0);
+    let now_unix_ns = now_unix_ns();
     let mut random = [0u8; 10];
     let first = next_random(now_unix_ns).to_le_bytes();
     let second = next_random(now_unix_ns).to_le_bytes();
@@ -139,6 +194,8 @@ pub struct Metrics {
     allowed_without_limit: Option<u32>,
     rejected_other: Option<u32>,
     config_rejected: Option<u32>,
+    replayed: Option<u32>,
+    reclaimed: Option<u32>,
 }
 
 impl Metrics {
@@ -151,6 +208,8 @@ impl Metrics {
             allowed_without_limit: counter("tenant_guard_allowed_without_limit"),
             rejected_other: counter("tenant_guard_rejected"),
             config_rejected: counter("tenant_guard_config_rejected"),
+            replayed: counter("tenant_guard_idempotent_replayed"),
+            reclaimed: counter("tenant_guard_idempotency_reclaimed"),
         }
     }
 
@@ -159,21 +218,26 @@ impl Metrics {
             Outcome::Allowed => self.allowed,
             Outcome::ShadowOverLimit => self.shadow_over_limit,
             Outcome::AllowedWithoutLimit => self.allowed_without_limit,
+            Outcome::Replayed => self.replayed,
             Outcome::Rejected(tenant_guard_core::problem::ProblemKind::RateLimited) => {
                 self.rate_limited
             }
             Outcome::Rejected(_) => self.rejected_other,
         };
-        increment(metric);
+        increment(metric, 1);
     }
 
     pub fn count_config_rejected(&self) {
-        increment(self.config_rejected);
+        increment(self.config_rejected, 1);
+    }
+
+    pub fn count_reclaimed(&self, count: u32) {
+        increment(self.reclaimed, i64::from(count));
     }
 }
 
-fn increment(metric: Option<u32>) {
+fn increment(metric: Option<u32>, by: i64) {
     if let Some(id) = metric {
-        let _ = hostcalls::increment_metric(id, 1);
+        let _ = hostcalls::increment_metric(id, by);
     }
 }

@@ -6,11 +6,20 @@
 mod host;
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use tenant_guard_core::config::{self, CompiledConfig};
-use tenant_guard_core::engine::{self, Decision, Headers, Outcome, RequestView};
+use tenant_guard_core::engine::{
+    self, Decision, Forward, Headers, IdempotencyStep, LocalReply, Outcome, PendingIdempotency,
+    RequestView, ResponseCapture,
+};
+use tenant_guard_core::idempotency::{Claim, KEY_HEADER};
+
+/// Idempotency buckets each worker's tick sweeps for expired records.
+const RECLAIM_BUCKETS_PER_TICK: u32 = 64;
+const RECLAIM_TICK: Duration = Duration::from_secs(1);
 
 use host::{HostStore, Metrics};
 
@@ -28,6 +37,7 @@ mod entry {
 struct Root {
     config: Option<Rc<CompiledConfig>>,
     metrics: Rc<Metrics>,
+    reclaim_cursor: u32,
 }
 
 impl Context for Root {}
@@ -38,7 +48,7 @@ impl RootContext for Root {
         let bytes = match host::plugin_configuration() {
             Ok(bytes) => bytes,
             Err(message) => {
-                host::log(LogLevel::Error, message);
+                host::log(LogLevel::Error, &message);
                 self.metrics.count_config_rejected();
                 return false;
             }
@@ -53,19 +63,42 @@ impl RootContext for Root {
                         compiled.tenants.len()
                     ),
                 );
+                let period = if compiled.uses_idempotency() {
+                    RECLAIM_TICK
+                } else {
+                    Duration::ZERO
+                };
+                host::set_tick_period(period);
                 self.config = Some(Rc::new(compiled));
                 true
             }
             Err(err) => {
                 host::log(
                     LogLevel::Error,
-                    &format!(
-                        "rejected configuration, keeping the previous one: {err}"
-                    ),
+                    &format!("rejected configuration, keeping the previous one: {err}"),
                 );
                 self.metrics.count_config_rejected();
                 false
             }
+        }
+    }
+
+    /// Ticks fire on every worker: reclaiming is idempotent, so each sweeps its own cursor.
+    fn on_tick(&mut self) {
+        let Some(config) = &self.config else {
+            return;
+        };
+        let buckets = config.store.idempotency_buckets;
+        let start = self.reclaim_cursor % buckets;
+        let end = start.saturating_add(RECLAIM_BUCKETS_PER_TICK).min(buckets);
+        self.reclaim_cursor = if end >= buckets { 0 } else { end };
+        match engine::reclaim_idempotency(start..end, host::now_unix_ns(), &HostStore) {
+            Ok(0) => {}
+            Ok(count) => self.metrics.count_reclaimed(count),
+            Err(message) => host::log(
+                LogLevel::Warn,
+                &format!("idempotency reclaim failed: {message}"),
+            ),
         }
     }
 
@@ -75,6 +108,7 @@ impl RootContext for Root {
             config,
             metrics: Rc::clone(&self.metrics),
             response_headers: Vec::new(),
+            idempotent: None,
         }))
     }
 
@@ -89,22 +123,126 @@ struct Request {
     metrics: Rc<Metrics>,
     /// Set on the response, local replies included (replace, so never duplicated).
     response_headers: Headers,
+    idempotent: Option<Idempotent>,
+}
+
+/// Where an idempotent request is in its life.
+struct Idempotent {
+    pending: PendingIdempotency,
+    forward: Forward,
+    method: String,
+    path: String,
+    claim: Option<Claim>,
+    /// The request body is being buffered: to seal the claim's fingerprint, or
+    /// (no claim) to decide between replay and 422.
+    reading_body: bool,
+    capture: Option<ResponseCapture>,
+    /// Recorded or released: nothing left to do at the end of the stream.
+    settled: bool,
+}
+
+impl Request {
+    fn reply_locally(&mut self, reply: &LocalReply) -> Action {
+        // Kong runs response hooks on local replies: keep only what is safe to set twice.
+        self.response_headers = reply
+            .headers
+            .iter()
+            .filter(|(name, _)| name != "content-type" && name != "content-length")
+            .cloned()
+            .collect();
+        host::send_local_reply(reply);
+        Action::Pause
+    }
+
+    /// Claims the key or answers from the record; `body` is `None` while it is still to come.
+    ///
+    /// Request headers always continue when a body follows: proxy-wasm hosts turn a
+    /// pause in request headers into "stop all iteration", which would withhold the
+    /// body from this filter too. New keys are therefore claimed from the headers,
+    /// so concurrent duplicates are refused before they reach upstream.
+    fn begin_idempotent(&mut self, body: Option<&[u8]>) -> Action {
+        let Some(state) = self.idempotent.as_mut() else {
+            return Action::Continue;
+        };
+        let request = RequestView {
+            method: &state.method,
+            path: &state.path,
+            ..RequestView::default()
+        };
+        let step = engine::begin_idempotent(
+            &self.config,
+            &state.pending,
+            &request,
+            body,
+            &state.forward,
+            &host::inputs(),
+            &HostStore,
+        );
+        match step {
+            IdempotencyStep::Proceed(claim) => {
+                state.claim = Some(claim);
+                state.reading_body = body.is_none();
+                Action::Continue
+            }
+            IdempotencyStep::AwaitBody => {
+                state.reading_body = true;
+                Action::Continue
+            }
+            IdempotencyStep::Reply(reply, outcome) => {
+                state.settled = true;
+                self.metrics.count(outcome);
+                self.reply_locally(&reply)
+            }
+        }
+    }
+
+    /// Records (or, on upstream failure, releases) the claim once.
+    fn finish_idempotent(&mut self) {
+        let Some(state) = self.idempotent.as_mut() else {
+            return;
+        };
+        if state.settled {
+            return;
+        }
+        let (Some(claim), Some(capture)) = (state.claim, state.capture.take()) else {
+            return;
+        };
+        state.settled = true;
+        if let Err(message) = engine::finish_idempotent(
+            &self.config,
+            &state.pending,
+            &claim,
+            capture,
+            host::now_unix_ns(),
+            &HostStore,
+        ) {
+            host::log(LogLevel::Warn, &message);
+        }
+    }
 }
 
 impl Context for Request {}
 
 impl HttpContext for Request {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let config = Rc::clone(&self.config);
         let method = host::request_header(":method").unwrap_or_default();
         let path = host::request_header(":path").unwrap_or_default();
         let tenant_header = host::request_header(&config.tenant.header);
         let correlation_header = host::request_header(&config.correlation.header);
+        let idempotency_key = host::request_header(KEY_HEADER);
+        let authorization = config
+            .jwt
+            .as_ref()
+            .and_then(|_| host::request_header("authorization"));
         let request = RequestView {
             method: &method,
             path: &path,
             tenant_header: tenant_header.as_deref(),
             correlation_header: correlation_header.as_deref(),
+            idempotency_key: idempotency_key.as_deref(),
+            if_match_present: host::request_header("if-match").is_some(),
+            authorization: authorization.as_deref(),
         };
         let evaluation = engine::evaluate(&config, &request, &host::inputs(), &HostStore);
         if let Some(message) = &evaluation.log {
@@ -118,31 +256,133 @@ impl HttpContext for Request {
             );
         }
         match evaluation.decision {
-            Decision::Forward(forward) => {
+            Decision::Forward(mut forward) => {
                 for (name, value) in &forward.upstream_headers {
                     host::set_request_header(name, value);
                 }
-                self.response_headers = forward.response_headers;
-                Action::Continue
+                for name in &forward.removed_upstream_headers {
+                    host::remove_request_header(name);
+                }
+                self.response_headers = forward.response_headers.clone();
+                let Some(pending) = forward.idempotency.take() else {
+                    return Action::Continue;
+                };
+                self.idempotent = Some(Idempotent {
+                    pending,
+                    forward,
+                    method,
+                    path,
+                    claim: None,
+                    reading_body: false,
+                    capture: None,
+                    settled: false,
+                });
+                let empty: &[u8] = &[];
+                self.begin_idempotent(end_of_stream.then_some(empty))
             }
-            Decision::Reject(reply) => {
-                // Kong runs response hooks on local replies: keep only what is safe to set twice.
-                self.response_headers = reply
-                    .headers
-                    .iter()
-                    .filter(|(name, _)| name != "content-type")
-                    .cloned()
-                    .collect();
-                host::send_local_reply(&reply);
-                Action::Pause
-            }
+            Decision::Reject(reply) => self.reply_locally(&reply),
         }
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(state) = self.idempotent.as_mut() else {
+            return Action::Continue;
+        };
+        if !state.reading_body || state.settled {
+            return Action::Continue;
+        }
+        let limit = usize::try_from(state.pending.settings.max_body_bytes).unwrap_or(usize::MAX);
+        if body_size > limit {
+            state.settled = true;
+            let reply = engine::body_too_large(&self.config, &state.pending, &state.forward);
+            if let Some(claim) = state.claim {
+                if let Err(message) = engine::abandon_idempotent(&self.config, &claim, &HostStore) {
+                    host::log(LogLevel::Warn, &message);
+                }
+            }
+            self.metrics.count(Outcome::Rejected(
+                tenant_guard_core::problem::ProblemKind::BodyTooLarge,
+            ));
+            return self.reply_locally(&reply);
+        }
+        if !end_of_stream {
+            // Buffer (bounded above) until the body is complete.
+            return Action::Pause;
+        }
+        state.reading_body = false;
+        let body = host::request_body(body_size);
+        match state.claim {
+            Some(claim) => {
+                if let Err(message) =
+                    engine::seal_idempotent(&self.config, &claim, &body, &HostStore)
+                {
+                    host::log(LogLevel::Warn, &message);
+                }
+                Action::Continue
+            }
+            None => self.begin_idempotent(Some(&body)),
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         for (name, value) in &self.response_headers {
             host::set_response_header(name, value);
         }
+        if let Some(state) = self.idempotent.as_mut() {
+            if state.claim.is_some() && !state.settled && state.capture.is_none() {
+                let status = host::response_status();
+                state.capture = Some(ResponseCapture::new(
+                    &self.config,
+                    &state.pending,
+                    status,
+                    host::response_headers(),
+                ));
+                let failed = state
+                    .capture
+                    .as_ref()
+                    .is_some_and(ResponseCapture::is_failure);
+                if failed || end_of_stream {
+                    self.finish_idempotent();
+                }
+            }
+        }
         Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if let Some(capture) = self
+            .idempotent
+            .as_mut()
+            .and_then(|state| state.capture.as_mut())
+        {
+            if capture.wants_body() {
+                capture.push_body(&host::response_body(body_size));
+            }
+            if end_of_stream {
+                self.finish_idempotent();
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.finish_idempotent();
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        // Reset, timeout or a stream that never completed: give the key back.
+        let Some(state) = self.idempotent.as_mut() else {
+            return;
+        };
+        if state.settled {
+            return;
+        }
+        state.settled = true;
+        if let Some(claim) = state.claim {
+            if let Err(message) = engine::abandon_idempotent(&self.config, &claim, &HostStore) {
+                host::log(LogLevel::Warn, &message);
+            }
+        }
     }
 }

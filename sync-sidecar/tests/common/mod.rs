@@ -51,6 +51,7 @@ impl TestDb {
         let mut client = test_session.connect_spawned().await.expect(
             "PostgreSQL is not reachable: run `export DATABASE_URL=$(bash tests/postgres.sh)`",
         );
+        sweep_stale_schemas(&client).await;
         db::migrate(&mut client, &schema).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         Self {
@@ -81,7 +82,15 @@ impl TestDb {
     }
 
     /// Upserts one setting (`tenant`/`route` empty when not applicable).
-    pub async fn set(&self, scope: &str, tenant: &str, route: &str, key: &str, value: Value, actor: &str) {
+    pub async fn set(
+        &self,
+        scope: &str,
+        tenant: &str,
+        route: &str,
+        key: &str,
+        value: Value,
+        actor: &str,
+    ) {
         self.client
             .execute(
                 "INSERT INTO tg_settings (scope, tenant, route, key, value, updated_by)
@@ -105,8 +114,37 @@ impl TestDb {
     pub async fn drop_schema(self) {
         let _ = self
             .client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema()))
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+                self.schema()
+            ))
             .await;
+    }
+}
+
+/// Drops schemas left behind by failed runs: `tgt_<pid>_…` of processes that are gone.
+async fn sweep_stale_schemas(client: &Client) {
+    static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if SWEPT.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let Ok(rows) = client
+        .query(
+            "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'tgt\\_%'",
+            &[],
+        )
+        .await
+    else {
+        return;
+    };
+    for row in rows {
+        let name: String = row.get(0);
+        let pid = name.split('_').nth(1).unwrap_or_default();
+        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+            let _ = client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
+                .await;
+        }
     }
 }
 
@@ -114,7 +152,8 @@ impl TestDb {
 pub fn delivered_document(path: &Path) -> Option<Value> {
     let text = std::fs::read_to_string(path).ok()?;
     let ecds: Value = serde_json::from_str(&text).ok()?;
-    let inner = ecds["resources"][0]["typed_config"]["config"]["configuration"]["value"].as_str()?;
+    let inner =
+        ecds["resources"][0]["typed_config"]["config"]["configuration"]["value"].as_str()?;
     serde_json::from_str(inner).ok()
 }
 
@@ -129,7 +168,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -197,8 +239,13 @@ impl Daemon {
     /// Value of a metric line `name value`.
     pub async fn metric(&self, name: &str) -> Option<f64> {
         let (_, body) = self.get("/metrics").await;
-        body.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        body.lines().find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
     }
 
     pub async fn wait_ready(&self) {
