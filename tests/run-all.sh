@@ -26,3 +26,6 @@ CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
 
 step "all native tests: core, sidecar (real PostgreSQL), e2e (real Envoy)"
 cargo test --workspace
+
+step "fuzz smoke: ${FUZZ_SECONDS:-30}s per target (bash filter/core/fuzz/run.sh SECONDS for long runs)"
+bash filter/core/fuzz/run.sh "${FUZZ_SECONDS:-30}"
