@@ -288,6 +288,8 @@ pub struct CompiledConfig {
     pub defaults: CompiledTenant,
     pub tenants: HashMap<String, CompiledTenant>,
     pub if_match: Vec<IfMatchRule>,
+    /// Any tenant (or the defaults) uses Idempotency-Key; computed once.
+    pub idempotency_enabled: bool,
 }
 
 impl CompiledConfig {
@@ -311,10 +313,9 @@ impl CompiledConfig {
         })
     }
 
-    /// Whether any tenant uses idempotency (the host then runs the reclaim tick).
+    /// Whether any tenant uses idempotency (the host then reads the header and runs the reclaim tick).
     pub fn uses_idempotency(&self) -> bool {
-        self.defaults.idempotency.is_some()
-            || self.tenants.values().any(|t| t.idempotency.is_some())
+        self.idempotency_enabled
     }
 }
 
@@ -443,6 +444,8 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
         tenants.insert(id.clone(), compile_tenant(&base, settings, &defaults)?);
     }
 
+    let idempotency_enabled = defaults.idempotency.is_some()
+        || tenants.values().any(|tenant| tenant.idempotency.is_some());
     let token_cache = TokenCache::new(
         compiled_jwt
             .as_ref()
@@ -458,6 +461,7 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
         defaults,
         tenants,
         if_match: document.if_match.clone(),
+        idempotency_enabled,
     })
 }
 

@@ -370,26 +370,14 @@ pub fn begin_idempotent(
         ),
     };
     let problem = problem.for_tenant(&pending.tenant);
-    let kind = problem.kind;
-    let evaluation = reject(
+    let reply = local_reply(
         config,
-        problem,
+        &problem,
         forward.correlation_id.clone(),
         forward.response_headers.clone(),
         retry_after,
     );
-    match evaluation.decision {
-        Decision::Reject(reply) => IdempotencyStep::Reply(reply, Outcome::Rejected(kind)),
-        Decision::Forward(_) => IdempotencyStep::Reply(
-            LocalReply {
-                status: 500,
-                headers: Vec::new(),
-                body: Vec::new(),
-                correlation_id: forward.correlation_id.clone(),
-            },
-            Outcome::Rejected(kind),
-        ),
-    }
+    IdempotencyStep::Reply(reply, Outcome::Rejected(problem.kind))
 }
 
 fn replay(config: &CompiledConfig, stored: StoredResponse, forward: &Forward) -> LocalReply {
@@ -431,23 +419,13 @@ pub fn body_too_large(
         ),
     )
     .for_tenant(&pending.tenant);
-    match reject(
+    local_reply(
         config,
-        problem,
+        &problem,
         forward.correlation_id.clone(),
         forward.response_headers.clone(),
         None,
     )
-    .decision
-    {
-        Decision::Reject(reply) => reply,
-        Decision::Forward(_) => LocalReply {
-            status: 413,
-            headers: Vec::new(),
-            body: Vec::new(),
-            correlation_id: forward.correlation_id.clone(),
-        },
-    }
 }
 
 /// The upstream response of a claimed request, captured up to the replay limit.
@@ -671,9 +649,31 @@ fn reject(
     config: &CompiledConfig,
     problem: Problem,
     correlation_id: String,
-    mut headers: Headers,
+    headers: Headers,
     retry_after: Option<u64>,
 ) -> Evaluation {
+    let kind = problem.kind;
+    Evaluation {
+        outcome: Outcome::Rejected(kind),
+        decision: Decision::Reject(local_reply(
+            config,
+            &problem,
+            correlation_id,
+            headers,
+            retry_after,
+        )),
+        log: None,
+    }
+}
+
+/// A problem+json local reply carrying `headers` (correlation, rate limit) and the id.
+fn local_reply(
+    config: &CompiledConfig,
+    problem: &Problem,
+    correlation_id: String,
+    mut headers: Headers,
+    retry_after: Option<u64>,
+) -> LocalReply {
     headers.push(("content-type".to_owned(), CONTENT_TYPE.to_owned()));
     if let Some(challenge) = &problem.challenge {
         headers.push(("www-authenticate".to_owned(), challenge.clone()));
@@ -688,15 +688,11 @@ fn reject(
     {
         headers.push((config.correlation.header.clone(), correlation_id.clone()));
     }
-    Evaluation {
-        outcome: Outcome::Rejected(problem.kind),
-        decision: Decision::Reject(LocalReply {
-            status: problem.kind.status(),
-            body: problem.body(&correlation_id),
-            headers,
-            correlation_id,
-        }),
-        log: None,
+    LocalReply {
+        status: problem.kind.status(),
+        body: problem.body(&correlation_id),
+        headers,
+        correlation_id,
     }
 }
 

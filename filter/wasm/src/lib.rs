@@ -3,6 +3,8 @@
 //! and maps host failures to defined outcomes. Every host call goes through
 //! `proxy_wasm::hostcalls` functions that return `Result`; nothing here unwraps.
 
+#[cfg(feature = "fault-injection")]
+mod fault;
 mod host;
 
 use std::rc::Rc;
@@ -225,12 +227,20 @@ impl Context for Request {}
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        #[cfg(feature = "fault-injection")]
+        if let Some(command) = host::request_header(fault::FAULT_HEADER) {
+            fault::inject(&command);
+        }
         let config = Rc::clone(&self.config);
         let method = host::request_header(":method").unwrap_or_default();
         let path = host::request_header(":path").unwrap_or_default();
         let tenant_header = host::request_header(&config.tenant.header);
         let correlation_header = host::request_header(&config.correlation.header);
-        let idempotency_key = host::request_header(KEY_HEADER);
+        // Headers nothing in this config looks at are not read (each read is a host call).
+        let idempotency_key = config
+            .uses_idempotency()
+            .then(|| host::request_header(KEY_HEADER))
+            .flatten();
         let authorization = config
             .jwt
             .as_ref()
@@ -241,7 +251,8 @@ impl HttpContext for Request {
             tenant_header: tenant_header.as_deref(),
             correlation_header: correlation_header.as_deref(),
             idempotency_key: idempotency_key.as_deref(),
-            if_match_present: host::request_header("if-match").is_some(),
+            if_match_present: !config.if_match.is_empty()
+                && host::request_header("if-match").is_some(),
             authorization: authorization.as_deref(),
         };
         let evaluation = engine::evaluate(&config, &request, &host::inputs(), &HostStore);
