@@ -9,7 +9,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::daemon::{self, RunConfig, RunError};
 use crate::db::{self, DbConfig, DbError};
-use crate::sync::{self, EnvoyTarget, SetupError, SyncError, SyncOutcome, Syncer};
+use crate::kong::{KongForm, KongLayout, KongMode, KongTarget};
+use crate::sync::{self, EnvoyTarget, SetupError, SyncError, SyncOutcome, Syncer, Target};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,8 +41,62 @@ pub enum Command {
     Rollback(RollbackArgs),
 }
 
+/// The gateway one sidecar process delivers to (run one sidecar per gateway;
+/// they share the schema and record revisions per target).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Gateway {
+    /// Envoy: the ECDS file in --ecds-dir.
+    Envoy,
+    /// Kong 3.4–3.10: the Admin API (--kong-admin-url, --kong-mode) and --kong-yml.
+    Kong,
+}
+
 #[derive(Debug, Args)]
 pub struct DeliveryArgs {
+    /// Gateway to deliver to.
+    #[arg(long, env = "TG_GATEWAY", value_enum, default_value = "envoy")]
+    pub gateway: Gateway,
+    /// Kong Admin API base URL (http; keep it on a trusted listener).
+    #[arg(
+        long,
+        env = "TG_KONG_ADMIN_URL",
+        default_value = "http://127.0.0.1:8001"
+    )]
+    pub kong_admin_url: String,
+    /// Kong without a database (`POST /config`) or with one (`filter_chains` entity).
+    #[arg(long, env = "TG_KONG_MODE", value_enum, default_value = "dbless")]
+    pub kong_mode: KongMode,
+    /// Also write the rendered declarative kong.yml here (atomically; for decK
+    /// and for Kong's `declarative_config`).
+    #[arg(long, env = "TG_KONG_YML")]
+    pub kong_yml: Option<PathBuf>,
+    /// How the filter is attached to the route in kong.yml (`plugin`: Kong 3.9+, DB-less only).
+    #[arg(long, env = "TG_KONG_FORM", value_enum, default_value = "filter-chain")]
+    pub kong_form: KongForm,
+    /// Kong route carrying the filter (must exist in --kong-mode db).
+    #[arg(long, env = "TG_KONG_ROUTE", default_value = "tenant-guard")]
+    pub kong_route: String,
+    /// Paths of the rendered route (comma-separated).
+    #[arg(
+        long,
+        env = "TG_KONG_ROUTE_PATHS",
+        default_value = "/",
+        value_delimiter = ','
+    )]
+    pub kong_route_paths: Vec<String>,
+    /// Name of the rendered Kong service.
+    #[arg(long, env = "TG_KONG_SERVICE", default_value = "tenant-guard-upstream")]
+    pub kong_service: String,
+    /// Upstream URL of the rendered Kong service.
+    #[arg(
+        long,
+        env = "TG_KONG_SERVICE_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub kong_service_url: String,
+    /// Name of the filter chain entity.
+    #[arg(long, env = "TG_KONG_FILTER_CHAIN", default_value = "tenant-guard")]
+    pub kong_filter_chain: String,
     /// Directory Envoy watches for the ECDS resource file.
     #[arg(long, env = "TG_ECDS_DIR")]
     pub ecds_dir: Option<PathBuf>,
@@ -170,7 +225,35 @@ impl Cli {
     }
 }
 
-fn target(args: &DeliveryArgs) -> Result<EnvoyTarget, CliError> {
+fn target(args: &DeliveryArgs) -> Result<Target, CliError> {
+    match args.gateway {
+        Gateway::Envoy => Ok(envoy_target(args)?.into()),
+        Gateway::Kong => Ok(kong_target(args)?.into()),
+    }
+}
+
+fn kong_target(args: &DeliveryArgs) -> Result<KongTarget, CliError> {
+    if args.kong_mode == KongMode::Db && args.kong_form == KongForm::Plugin {
+        return Err(CliError::Usage(
+            "--kong-form plugin is only rendered for DB-less Kong; use --kong-form filter-chain with --kong-mode db"
+                .to_owned(),
+        ));
+    }
+    let mut target =
+        KongTarget::new(&args.kong_admin_url, args.kong_mode).map_err(CliError::Usage)?;
+    target.kong_yml = args.kong_yml.clone();
+    target.layout = KongLayout {
+        service_name: args.kong_service.clone(),
+        service_url: args.kong_service_url.clone(),
+        route_name: args.kong_route.clone(),
+        route_paths: args.kong_route_paths.clone(),
+        chain_name: args.kong_filter_chain.clone(),
+        form: args.kong_form,
+    };
+    Ok(target)
+}
+
+fn envoy_target(args: &DeliveryArgs) -> Result<EnvoyTarget, CliError> {
     let dir = args.ecds_dir.as_deref().ok_or_else(|| {
         CliError::Usage("no ECDS directory: pass --ecds-dir or set TG_ECDS_DIR".to_owned())
     })?;
@@ -218,7 +301,11 @@ pub async fn execute(
             let mut client = db_config.connect_spawned().await?;
             db::migrate(&mut client, &db_config.schema).await?;
             if args.dry_run {
-                let report = sync::dry_run(&client).await?;
+                let gateway = match args.delivery.gateway {
+                    Gateway::Envoy => sync::TARGET_ENVOY,
+                    Gateway::Kong => sync::TARGET_KONG,
+                };
+                let report = sync::dry_run_for(&client, gateway).await?;
                 print!("{}", report.text);
                 if !report.valid {
                     return Err(CliError::DryRunInvalid);
@@ -240,7 +327,7 @@ pub async fn execute(
                         println!(
                             "unchanged: revision {revision_id} ({revision}) is deployed{}",
                             if rewrote_file {
-                                "; rewrote the ECDS file"
+                                "; delivered it again (the gateway's copy was missing or stale)"
                             } else {
                                 ""
                             }

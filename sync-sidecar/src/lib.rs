@@ -4,6 +4,7 @@
 //! - [`settings`]: scope resolution into the plugin document and its validation.
 //! - [`sync`]: one sync (render → validate → diff → deliver → record), rollback, dry run.
 //! - [`envoy`]: the ECDS resource file and its atomic delivery.
+//! - [`kong`]: the declarative `kong.yml`, `tenant_guard.meta.json` and the Kong Admin API client.
 //! - [`daemon`]: the `run` loop (LISTEN/NOTIFY, timer, reconnect, shutdown).
 //! - [`admin`], [`metrics`]: `/live`, `/ready`, `/metrics`, `POST /sync`.
 //! - [`cli`]: the command line.
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod daemon;
 pub mod db;
 pub mod envoy;
+pub mod kong;
 pub mod metrics;
 pub mod settings;
 pub mod sync;

@@ -1,5 +1,6 @@
 //! One sync: load settings → resolve → validate → compare with the deployed
-//! revision → deliver the ECDS file → record the revision. Also the rollback,
+//! revision → deliver (Envoy: the ECDS file; Kong: kong.yml + Admin API, see
+//! [`crate::kong`]) → record the revision per target. Also the rollback,
 //! the dry-run diff and the history listing used by the CLI.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,10 +12,13 @@ use tokio_postgres::Client;
 
 use crate::db::{self, DbError, Revision, Status};
 use crate::envoy::{self, EnvoyDeliveryError};
+use crate::kong::{KongDeliveryError, KongOutcome, KongTarget};
 use crate::settings::{self, Rendered, SettingRow, SettingsError, Validator};
 
-/// The only delivery target so far.
+/// `tg_revisions.target` of Envoy deliveries.
 pub const TARGET_ENVOY: &str = "envoy";
+/// `tg_revisions.target` of Kong deliveries.
+pub const TARGET_KONG: &str = "kong";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -31,7 +35,7 @@ pub enum SyncError {
     Delivery {
         revision: i64,
         #[source]
-        source: EnvoyDeliveryError,
+        source: DeliveryError,
     },
     #[error(transparent)]
     Setup(#[from] SetupError),
@@ -126,6 +130,68 @@ impl EnvoyTarget {
     }
 }
 
+/// Why delivering to a gateway failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error(transparent)]
+    Envoy(#[from] EnvoyDeliveryError),
+    #[error(transparent)]
+    Kong(#[from] KongDeliveryError),
+}
+
+/// The gateway a [`Syncer`] delivers to; revisions are recorded per target
+/// (`tg_revisions.target`), so one sidecar per gateway can share a schema.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Envoy(EnvoyTarget),
+    Kong(Box<KongTarget>),
+}
+
+impl From<EnvoyTarget> for Target {
+    fn from(target: EnvoyTarget) -> Self {
+        Self::Envoy(target)
+    }
+}
+
+impl From<KongTarget> for Target {
+    fn from(target: KongTarget) -> Self {
+        Self::Kong(Box::new(target))
+    }
+}
+
+impl Target {
+    /// The `tg_revisions.target` value.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Envoy(_) => TARGET_ENVOY,
+            Self::Kong(_) => TARGET_KONG,
+        }
+    }
+
+    /// Delivers `document`; returns whether the gateway (or its file) changed.
+    /// Envoy: writes the ECDS file unless identical. Kong: writes kong.yml
+    /// unless identical and pushes through the Admin API (DB-less: Kong answers
+    /// 304 to an identical configuration).
+    async fn deliver(&self, document: &str, revision: &str) -> Result<bool, DeliveryError> {
+        match self {
+            Self::Envoy(envoy) => Ok(envoy.deliver(document, revision)?),
+            Self::Kong(kong) => Ok(kong.deliver(document, revision).await? == KongOutcome::Applied),
+        }
+    }
+
+    /// Re-delivers the deployed revision when the gateway may have lost it:
+    /// Envoy and Kong DB-less as [`Target::deliver`]; Kong with a database
+    /// only rewrites kong.yml (the entity lives in Kong's database).
+    async fn ensure(&self, document: &str, revision: &str) -> Result<bool, DeliveryError> {
+        match self {
+            Self::Kong(kong) if kong.mode == crate::kong::KongMode::Db => {
+                Ok(kong.write_kong_yml(document)?)
+            }
+            other => other.deliver(document, revision).await,
+        }
+    }
+}
+
 /// What a successful sync did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
@@ -155,15 +221,16 @@ impl SyncOutcome {
 #[derive(Debug)]
 pub struct Syncer {
     pub schema: String,
-    pub target: EnvoyTarget,
+    pub target: Target,
     validator: Validator,
 }
 
 impl Syncer {
-    pub fn new(schema: &str, target: EnvoyTarget) -> Result<Self, SetupError> {
+    /// `target`: an [`EnvoyTarget`], a [`KongTarget`] or a [`Target`].
+    pub fn new(schema: &str, target: impl Into<Target>) -> Result<Self, SetupError> {
         Ok(Self {
             schema: schema.to_owned(),
-            target,
+            target: target.into(),
             validator: Validator::new()?,
         })
     }
@@ -181,22 +248,23 @@ impl Syncer {
 
     async fn sync_locked(&self, client: &Client, trigger: &str) -> Result<SyncOutcome, SyncError> {
         let rows = db::load_settings(client).await?;
-        let deployed = db::latest_revision(client, TARGET_ENVOY, true).await?;
+        let deployed = db::latest_revision(client, self.target.name(), true).await?;
         let rendered = settings::render(&rows);
         let source_hash = source_hash(&rendered);
 
         if let Some(deployed) = &deployed {
             if deployed.source_sha256 == source_hash {
                 let document = deployed.document.as_deref().unwrap_or_default();
-                let rewrote =
-                    self.target
-                        .deliver(document, &deployed.revision)
-                        .map_err(|source| SyncError::Delivery {
-                            revision: deployed.id,
-                            source,
-                        })?;
+                let rewrote = self
+                    .target
+                    .ensure(document, &deployed.revision)
+                    .await
+                    .map_err(|source| SyncError::Delivery {
+                        revision: deployed.id,
+                        source,
+                    })?;
                 if rewrote {
-                    tracing::warn!(revision = %deployed.revision, "ECDS file was missing or stale; wrote it again");
+                    tracing::warn!(revision = %deployed.revision, target = self.target.name(), "the gateway's copy was missing or stale; delivered it again");
                 }
                 return Ok(SyncOutcome::Unchanged {
                     revision_id: deployed.id,
@@ -216,7 +284,7 @@ impl Syncer {
         let rendered = match validated {
             Ok(rendered) => rendered,
             Err(error) => {
-                let latest = db::latest_revision(client, TARGET_ENVOY, false).await?;
+                let latest = db::latest_revision(client, self.target.name(), false).await?;
                 if latest.as_ref().is_some_and(|l| {
                     l.status == Status::Failed.as_str() && l.source_sha256 == source_hash
                 }) {
@@ -231,7 +299,7 @@ impl Syncer {
                     client,
                     &Revision {
                         id,
-                        target: TARGET_ENVOY.to_owned(),
+                        target: self.target.name().to_owned(),
                         status: Status::Failed.as_str().to_owned(),
                         revision,
                         sha256: source_hash.clone(),
@@ -260,7 +328,7 @@ impl Syncer {
         let document = rendered.with_revision(&revision);
         let mut record = Revision {
             id,
-            target: TARGET_ENVOY.to_owned(),
+            target: self.target.name().to_owned(),
             status: Status::Delivered.as_str().to_owned(),
             revision: revision.clone(),
             sha256: source_hash.clone(),
@@ -292,7 +360,7 @@ impl Syncer {
         document: &str,
     ) -> Result<(), SyncError> {
         db::insert_revision(client, record).await?;
-        match self.target.deliver(document, &record.revision) {
+        match self.target.deliver(document, &record.revision).await {
             Ok(_) => {
                 tracing::info!(revision = %record.revision, changed = ?record.changed_keys, actors = ?record.actors, "delivered");
                 Ok(())
@@ -369,7 +437,7 @@ impl Syncer {
         let document = rendered_old.with_revision(&revision);
         let mut record = Revision {
             id,
-            target: TARGET_ENVOY.to_owned(),
+            target: self.target.name().to_owned(),
             status: Status::Delivered.as_str().to_owned(),
             revision: revision.clone(),
             sha256: hash,
@@ -443,9 +511,14 @@ pub struct DryRun {
 }
 
 pub async fn dry_run(client: &Client) -> Result<DryRun, SyncError> {
+    dry_run_for(client, TARGET_ENVOY).await
+}
+
+/// [`dry_run`] against the revision deployed to `target` (`envoy`, `kong`).
+pub async fn dry_run_for(client: &Client, target: &str) -> Result<DryRun, SyncError> {
     let validator = Validator::new().map_err(SetupError::from)?;
     let rows = db::load_settings(client).await?;
-    let deployed = db::latest_revision(client, TARGET_ENVOY, true).await?;
+    let deployed = db::latest_revision(client, target, true).await?;
     let mut text = String::new();
     let (old_text, old_label) = match &deployed {
         Some(d) => {

@@ -51,6 +51,14 @@ pub struct PluginConfig {
     /// Routes where a missing `If-Match` is answered 428.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub if_match: Vec<IfMatchRule>,
+    /// Define and count the `tenant_guard_*` metrics. Kong before 3.9 traps on
+    /// the proxy-wasm metric calls: set `false` there.
+    #[serde(default = "default_true")]
+    pub metrics: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Requests matching `prefix` with one of `methods` must carry `If-Match`.
@@ -167,7 +175,7 @@ pub enum Mode {
 }
 
 /// How the shared-data compare-and-swap loop behaves under contention.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub max_cas_retries: u32,
@@ -175,6 +183,11 @@ pub struct StoreConfig {
     pub on_exhausted: OnExhausted,
     /// Idempotency buckets; each holds 8 records, so this bounds stored records and bytes.
     pub idempotency_buckets: u32,
+    /// Prefix `<namespace>/` on every shared-data key. Kong stores such keys in
+    /// the `nginx_wasm_shm_kv_<namespace>` zone (needed before Kong 3.7, which
+    /// has no default zone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 impl Default for StoreConfig {
@@ -183,6 +196,7 @@ impl Default for StoreConfig {
             max_cas_retries: 64,
             on_exhausted: OnExhausted::Reject,
             idempotency_buckets: 512,
+            namespace: None,
         }
     }
 }
@@ -290,6 +304,7 @@ pub struct CompiledConfig {
     pub if_match: Vec<IfMatchRule>,
     /// Any tenant (or the defaults) uses Idempotency-Key; computed once.
     pub idempotency_enabled: bool,
+    pub metrics: bool,
 }
 
 impl CompiledConfig {
@@ -337,6 +352,15 @@ impl CompiledTenant {
 pub fn parse(bytes: &[u8]) -> Result<CompiledConfig, ConfigError> {
     let document = parse_document(bytes)?;
     compile(&document)
+}
+
+/// Whether a (possibly invalid) document leaves metrics on, so a rejected
+/// config can still be counted without touching metric calls it switched off.
+pub fn metrics_requested(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|document| document.get("metrics").and_then(serde_json::Value::as_bool))
+        .unwrap_or(true)
 }
 
 /// Parse into the typed document only (no semantic validation).
@@ -399,6 +423,19 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
             format!("must be between 1 and {MAX_CAS_RETRIES}"),
         ));
     }
+    if let Some(namespace) = &document.store.namespace {
+        let valid = !namespace.is_empty()
+            && namespace.len() <= 32
+            && namespace
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid {
+            return Err(invalid(
+                "store.namespace",
+                "must be 1-32 characters of [a-z0-9_]",
+            ));
+        }
+    }
     if !(1..=MAX_IDEMPOTENCY_BUCKETS).contains(&document.store.idempotency_buckets) {
         return Err(invalid(
             "store.idempotency_buckets",
@@ -457,11 +494,12 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
         revision,
         tenant: document.tenant.clone(),
         correlation: document.correlation.clone(),
-        store: document.store,
+        store: document.store.clone(),
         defaults,
         tenants,
         if_match: document.if_match.clone(),
         idempotency_enabled,
+        metrics: document.metrics,
     })
 }
 

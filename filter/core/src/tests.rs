@@ -443,6 +443,7 @@ fn exact_under_thread_contention() {
     let admitted: usize = (0..64)
         .map(|_| {
             let store = Arc::clone(&store);
+            let options = options.clone();
             std::thread::spawn(move || {
                 (0..8)
                     .filter(|_| {
@@ -1341,4 +1342,26 @@ mod identity {
             "{err}"
         );
     }
+}
+
+#[test]
+fn metrics_switch_and_store_namespace() {
+    let on = config::parse(config_json("").as_bytes()).unwrap();
+    assert!(on.metrics);
+    let document = r#"{"version":1,"metrics":false,"tenant":{"trust_header_without_jwt":true},
+        "store":{"namespace":"tenant_guard"}}"#;
+    let off = config::parse(document.as_bytes()).unwrap();
+    assert!(!off.metrics);
+    assert_eq!(off.store.namespace.as_deref(), Some("tenant_guard"));
+    // A rejected document still says whether metrics may be touched.
+    assert!(!config::metrics_requested(
+        br#"{"version":9,"metrics":false}"#
+    ));
+    assert!(config::metrics_requested(br#"{"version":9}"#));
+    assert!(config::metrics_requested(b"garbage"));
+    let bad = r#"{"version":1,"tenant":{"trust_header_without_jwt":true},"store":{"namespace":"Bad/Zone"}}"#;
+    assert_eq!(
+        config::parse(bad.as_bytes()).unwrap_err().path,
+        "store.namespace"
+    );
 }

@@ -162,13 +162,24 @@ fn next_random(now_ns: u64) -> u64 {
     })
 }
 
-/// Shared data of the VM, as the core's store.
+/// Shared data of the VM, as the core's store; keys get `<namespace>/` when configured.
 #[derive(Debug, Clone, Copy)]
-pub struct HostStore;
+pub struct HostStore<'a> {
+    pub namespace: Option<&'a str>,
+}
 
-impl SharedStore for HostStore {
+impl HostStore<'_> {
+    fn key<'k>(&self, key: &'k str) -> std::borrow::Cow<'k, str> {
+        match self.namespace {
+            Some(namespace) => format!("{namespace}/{key}").into(),
+            None => key.into(),
+        }
+    }
+}
+
+impl SharedStore for HostStore<'_> {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-        match hostcalls::get_shared_data(key) {
+        match hostcalls::get_shared_data(&self.key(key)) {
             Ok((None, None)) => Ok(None),
             // An existing key with an empty value: present, to be overwritten by CAS.
             Ok((value, cas)) => Ok(Some((value.unwrap_or_default(), cas.unwrap_or(0)))),
@@ -177,7 +188,7 @@ impl SharedStore for HostStore {
     }
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<CasOutcome, StoreError> {
-        match hostcalls::set_shared_data(key, Some(value), cas) {
+        match hostcalls::set_shared_data(&self.key(key), Some(value), cas) {
             Ok(()) => Ok(CasOutcome::Written),
             Err(Status::CasMismatch) => Ok(CasOutcome::Conflict),
             Err(status) => Err(StoreError(format!("set_shared_data: {status:?}"))),
@@ -199,7 +210,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn define() -> Self {
+    /// Defines the counters; `enabled: false` (Kong before 3.9) makes every count a no-op.
+    pub fn define(enabled: bool) -> Self {
+        if !enabled {
+            return Self::default();
+        }
         let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).ok();
         Self {
             allowed: counter("tenant_guard_allowed"),

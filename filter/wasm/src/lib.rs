@@ -34,6 +34,12 @@ mod entry {
     }}
 }
 
+fn host_store(config: &CompiledConfig) -> HostStore<'_> {
+    HostStore {
+        namespace: config.store.namespace.as_deref(),
+    }
+}
+
 /// One plugin instance: holds the config that `on_configure` accepted last.
 #[derive(Default)]
 struct Root {
@@ -46,7 +52,6 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        self.metrics = Rc::new(Metrics::define());
         let bytes = match host::plugin_configuration() {
             Ok(bytes) => bytes,
             Err(message) => {
@@ -57,6 +62,7 @@ impl RootContext for Root {
         };
         match config::parse(&bytes) {
             Ok(compiled) => {
+                self.metrics = Rc::new(Metrics::define(compiled.metrics));
                 host::log(
                     LogLevel::Info,
                     &format!(
@@ -75,6 +81,7 @@ impl RootContext for Root {
                 true
             }
             Err(err) => {
+                self.metrics = Rc::new(Metrics::define(config::metrics_requested(&bytes)));
                 host::log(
                     LogLevel::Error,
                     &format!("rejected configuration, keeping the previous one: {err}"),
@@ -94,7 +101,8 @@ impl RootContext for Root {
         let start = self.reclaim_cursor % buckets;
         let end = start.saturating_add(RECLAIM_BUCKETS_PER_TICK).min(buckets);
         self.reclaim_cursor = if end >= buckets { 0 } else { end };
-        match engine::reclaim_idempotency(start..end, host::now_unix_ns(), &HostStore) {
+        let store = host_store(config);
+        match engine::reclaim_idempotency(start..end, host::now_unix_ns(), &store) {
             Ok(0) => {}
             Ok(count) => self.metrics.count_reclaimed(count),
             Err(message) => host::log(
@@ -178,7 +186,7 @@ impl Request {
             body,
             &state.forward,
             &host::inputs(),
-            &HostStore,
+            &host_store(&self.config),
         );
         match step {
             IdempotencyStep::Proceed(claim) => {
@@ -216,7 +224,7 @@ impl Request {
             &claim,
             capture,
             host::now_unix_ns(),
-            &HostStore,
+            &host_store(&self.config),
         ) {
             host::log(LogLevel::Warn, &message);
         }
@@ -255,7 +263,12 @@ impl HttpContext for Request {
                 && host::request_header("if-match").is_some(),
             authorization: authorization.as_deref(),
         };
-        let evaluation = engine::evaluate(&config, &request, &host::inputs(), &HostStore);
+        let evaluation = engine::evaluate(
+            &config,
+            &request,
+            &host::inputs(),
+            &host_store(&self.config),
+        );
         if let Some(message) = &evaluation.log {
             host::log(LogLevel::Warn, message);
         }
@@ -307,7 +320,9 @@ impl HttpContext for Request {
             state.settled = true;
             let reply = engine::body_too_large(&self.config, &state.pending, &state.forward);
             if let Some(claim) = state.claim {
-                if let Err(message) = engine::abandon_idempotent(&self.config, &claim, &HostStore) {
+                if let Err(message) =
+                    engine::abandon_idempotent(&self.config, &claim, &host_store(&self.config))
+                {
                     host::log(LogLevel::Warn, &message);
                 }
             }
@@ -325,7 +340,7 @@ impl HttpContext for Request {
         match state.claim {
             Some(claim) => {
                 if let Err(message) =
-                    engine::seal_idempotent(&self.config, &claim, &body, &HostStore)
+                    engine::seal_idempotent(&self.config, &claim, &body, &host_store(&self.config))
                 {
                     host::log(LogLevel::Warn, &message);
                 }
@@ -391,7 +406,9 @@ impl HttpContext for Request {
         }
         state.settled = true;
         if let Some(claim) = state.claim {
-            if let Err(message) = engine::abandon_idempotent(&self.config, &claim, &HostStore) {
+            if let Err(message) =
+                engine::abandon_idempotent(&self.config, &claim, &host_store(&self.config))
+            {
                 host::log(LogLevel::Warn, &message);
             }
         }
