@@ -12,8 +12,12 @@
 //! | global | `gateway.tenant.required`            | `tenant.required`                      |
 //! | global | `gateway.tenant.trust_header_without_jwt` | `tenant.trust_header_without_jwt` (default `true`) |
 //! | global | `gateway.tenant.unknown`             | `tenant.unknown` (`defaults`/`reject`) |
+//! | global | `gateway.tenant.jwt`                 | `tenant.jwt` (issuers, JWKS, claims)   |
+//! | global | `gateway.tenant.{user_header,org_header}` | `tenant.*`                        |
 //! | global | `gateway.correlation.{header,generate,echo}` | `correlation.*`                |
-//! | global | `gateway.store.{max_cas_retries,on_exhausted}` | `store.*`                    |
+//! | global | `gateway.store.{max_cas_retries,on_exhausted,idempotency_buckets,namespace}` | `store.*` |
+//! | global | `gateway.if_match`                   | `if_match` (routes needing If-Match)   |
+//! | global | `gateway.metrics`                    | `metrics` (`false` for Kong < 3.9)     |
 //! | global | `gateway.rate_limit`                 | `defaults.rate_limit`                  |
 //! | global | `gateway.mode`                       | `defaults.mode`                        |
 //! | global | `gateway.idempotency`                | `defaults.idempotency`                 |
@@ -303,23 +307,10 @@ pub fn render(rows: &[SettingRow]) -> Result<Rendered, SettingsError> {
         };
         match row.scope {
             Scope::Global => {
-                let target: Option<&[&str]> = match row.key.as_str() {
-                    "gateway.tenant.header" => Some(&["tenant", "header"]),
-                    "gateway.tenant.required" => Some(&["tenant", "required"]),
-                    "gateway.tenant.trust_header_without_jwt" => {
-                        Some(&["tenant", "trust_header_without_jwt"])
-                    }
-                    "gateway.tenant.unknown" => Some(&["tenant", "unknown"]),
-                    "gateway.correlation.header" => Some(&["correlation", "header"]),
-                    "gateway.correlation.generate" => Some(&["correlation", "generate"]),
-                    "gateway.correlation.echo" => Some(&["correlation", "echo"]),
-                    "gateway.store.max_cas_retries" => Some(&["store", "max_cas_retries"]),
-                    "gateway.store.on_exhausted" => Some(&["store", "on_exhausted"]),
-                    "gateway.rate_limit" => Some(&["defaults", "rate_limit"]),
-                    "gateway.mode" => Some(&["defaults", "mode"]),
-                    "gateway.idempotency" => Some(&["defaults", "idempotency"]),
-                    _ => None,
-                };
+                let target = GLOBAL_KEYS
+                    .iter()
+                    .find(|(key, _)| *key == row.key)
+                    .map(|(_, path)| *path);
                 match target {
                     Some(path) => {
                         set_path(&mut document, path, row.value.clone());
@@ -503,25 +494,47 @@ fn unknown_key(origin: Origin) -> Issue {
     }
 }
 
+/// Global keys and the document path each one sets.
+const GLOBAL_KEYS: &[(&str, &[&str])] = &[
+    ("gateway.tenant.header", &["tenant", "header"]),
+    ("gateway.tenant.required", &["tenant", "required"]),
+    (
+        "gateway.tenant.trust_header_without_jwt",
+        &["tenant", "trust_header_without_jwt"],
+    ),
+    ("gateway.tenant.unknown", &["tenant", "unknown"]),
+    ("gateway.tenant.jwt", &["tenant", "jwt"]),
+    ("gateway.tenant.user_header", &["tenant", "user_header"]),
+    ("gateway.tenant.org_header", &["tenant", "org_header"]),
+    ("gateway.correlation.header", &["correlation", "header"]),
+    ("gateway.correlation.generate", &["correlation", "generate"]),
+    ("gateway.correlation.echo", &["correlation", "echo"]),
+    (
+        "gateway.store.max_cas_retries",
+        &["store", "max_cas_retries"],
+    ),
+    ("gateway.store.on_exhausted", &["store", "on_exhausted"]),
+    (
+        "gateway.store.idempotency_buckets",
+        &["store", "idempotency_buckets"],
+    ),
+    ("gateway.store.namespace", &["store", "namespace"]),
+    ("gateway.rate_limit", &["defaults", "rate_limit"]),
+    ("gateway.mode", &["defaults", "mode"]),
+    ("gateway.idempotency", &["defaults", "idempotency"]),
+    ("gateway.if_match", &["if_match"]),
+    ("gateway.metrics", &["metrics"]),
+];
+
+/// Keys valid only at tenant or route scope.
+const SCOPED_KEYS: &[&str] = &[
+    "gateway.enabled",
+    "gateway.route.prefix",
+    "gateway.route.method",
+];
+
 fn is_known_key(key: &str) -> bool {
-    matches!(
-        key,
-        "gateway.tenant.header"
-            | "gateway.tenant.required"
-            | "gateway.tenant.trust_header_without_jwt"
-            | "gateway.tenant.unknown"
-            | "gateway.correlation.header"
-            | "gateway.correlation.generate"
-            | "gateway.correlation.echo"
-            | "gateway.store.max_cas_retries"
-            | "gateway.store.on_exhausted"
-            | "gateway.rate_limit"
-            | "gateway.mode"
-            | "gateway.idempotency"
-            | "gateway.enabled"
-            | "gateway.route.prefix"
-            | "gateway.route.method"
-    )
+    GLOBAL_KEYS.iter().any(|(known, _)| *known == key) || SCOPED_KEYS.contains(&key)
 }
 
 fn set_path(document: &mut Map<String, Value>, path: &[&str], value: Value) {

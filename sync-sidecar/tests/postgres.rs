@@ -801,3 +801,72 @@ async fn backends(client: &tokio_postgres::Client, app: &str) -> Vec<i32> {
         .map(|row| row.get::<_, i32>(0))
         .collect()
 }
+
+#[tokio::test]
+async fn jwt_if_match_and_kong_switches_are_global_settings() {
+    let db = TestDb::new().await;
+    let syncer = db.syncer();
+    let jwt = json!({
+        "issuers": [{"iss": "https://idp.example", "audiences": ["api"],
+                     "jwks": {"keys": [{"kty": "oct", "kid": "hs", "alg": "HS256",
+                                        "k": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"}]}}],
+        "user_claim": "sub"
+    });
+    db.set("global", "", "", "gateway.tenant.jwt", jwt, "alice")
+        .await;
+    db.set(
+        "global",
+        "",
+        "",
+        "gateway.if_match",
+        json!([{"prefix": "/orders", "methods": ["PUT", "DELETE"]}]),
+        "alice",
+    )
+    .await;
+    db.set("global", "", "", "gateway.metrics", json!(false), "alice")
+        .await;
+    db.set(
+        "global",
+        "",
+        "",
+        "gateway.store.namespace",
+        json!("tenant_guard"),
+        "alice",
+    )
+    .await;
+    db.set("tenant", "acme", "", "gateway.rate_limit", limit(10), "bob")
+        .await;
+    syncer.sync(&db.client, "test").await.unwrap();
+
+    let document = delivered_document(&db.ecds_file()).expect("ECDS file with a document");
+    let compiled = tenant_guard_core::config::parse(document.to_string().as_bytes()).unwrap();
+    assert!(compiled.jwt.is_some(), "{document}");
+    assert!(compiled.requires_if_match("PUT", "/orders/1"));
+    assert!(!compiled.requires_if_match("PATCH", "/orders/1"));
+    assert!(!compiled.metrics);
+    assert_eq!(compiled.store.namespace.as_deref(), Some("tenant_guard"));
+
+    // A JWKS the filter would refuse (private key material) never reaches the gateway.
+    db.set(
+        "global",
+        "",
+        "",
+        "gateway.tenant.jwt",
+        json!({"issuers": [{"iss": "x", "audiences": ["a"],
+               "jwks": {"keys": [{"kty": "oct", "k": "c2VjcmV0", "d": "private"}]}}]}),
+        "mallory",
+    )
+    .await;
+    let message = syncer
+        .sync(&db.client, "test")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("setting `gateway.tenant.jwt` (updated by mallory)"),
+        "{message}"
+    );
+    let still = delivered_document(&db.ecds_file()).unwrap();
+    assert_eq!(still["tenant"]["jwt"]["user_claim"], "sub");
+    db.drop_schema().await;
+}
