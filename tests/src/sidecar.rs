@@ -90,7 +90,8 @@ impl SettingsDb {
 
     /// Runs `sql` with this schema first on the search path; panics on failure.
     pub fn psql(&self, sql: &str) -> String {
-        psql(&format!("SET search_path TO {}; {sql}", self.schema)).unwrap_or_else(|e| panic!("{e}"))
+        psql(&format!("SET search_path TO {}; {sql}", self.schema))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Upserts the tenant-scope `gateway.rate_limit` of `tenant` (one committed
@@ -347,7 +348,13 @@ pub struct PropagationReport {
 impl PropagationReport {
     /// Percentiles of commit → enforced.
     pub fn enforced(&self) -> Percentiles {
-        Percentiles::of(&self.samples.iter().map(|s| s.to_enforced).collect::<Vec<_>>())
+        Percentiles::of(
+            &self
+                .samples
+                .iter()
+                .map(|s| s.to_enforced)
+                .collect::<Vec<_>>(),
+        )
     }
 
     /// Percentiles of commit → ECDS file written.
@@ -357,7 +364,13 @@ impl PropagationReport {
 
     /// Percentiles of client start → enforced.
     pub fn with_client(&self) -> Percentiles {
-        Percentiles::of(&self.samples.iter().map(|s| s.with_client).collect::<Vec<_>>())
+        Percentiles::of(
+            &self
+                .samples
+                .iter()
+                .map(|s| s.with_client)
+                .collect::<Vec<_>>(),
+        )
     }
 
     /// A one-paragraph summary.
@@ -408,23 +421,25 @@ pub fn measure_propagation(
         let marker = format!("\\\"requests\\\":{requests}");
         let deadline = start + timeout;
         let mut to_file = None;
+        let enforced = |r: &Response| has_policy(r, requests, WINDOW);
         let to_enforced = loop {
             if to_file.is_none()
                 && fs::read_to_string(&ecds_file).is_ok_and(|t| t.contains(&marker))
             {
                 to_file = Some(start.elapsed());
             }
-            if stack
-                .get(tenant)
-                .is_some_and(|r| has_policy(&r, requests, WINDOW))
-            {
+            if stack.get(tenant).is_some_and(|r| enforced(&r)) {
                 break start.elapsed();
             }
             if Instant::now() >= deadline {
+                let file = if to_file.is_some() {
+                    "written"
+                } else {
+                    "not written"
+                };
                 return Err(format!(
-                    "change {i} ({tenant}: {requests}/{WINDOW}s) not enforced within {timeout:?} \
-                     (ECDS file {})",
-                    if to_file.is_some() { "written" } else { "not written" }
+                    "change {i} ({tenant}: {requests}/{WINDOW}s) not enforced within \
+                     {timeout:?} (ECDS file {file})"
                 ));
             }
             std::thread::sleep(Duration::from_millis(1));

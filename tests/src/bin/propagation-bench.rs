@@ -15,7 +15,9 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tenant_guard_e2e::sidecar::{database_url, measure_propagation, ms, SidecarStack, StackOptions};
+use tenant_guard_e2e::sidecar::{
+    database_url, measure_propagation, ms, SidecarStack, StackOptions,
+};
 
 const GOAL: Duration = Duration::from_secs(1);
 
