@@ -1,8 +1,9 @@
 //! The `run` loop: connect (retrying with exponential backoff and jitter),
 //! migrate, `LISTEN`, full sync; then sync on debounced NOTIFY, on a timer, on
-//! `POST /sync`; after losing the connection, reconnect and resync. One sync
-//! at a time. On shutdown the in-flight sync gets a grace period to finish and
-//! is otherwise abandoned (the ECDS file is only ever replaced by a rename).
+//! `POST /sync`; after losing the connection, reconnect and resync; retry a
+//! failed sync (delivery or database error) with backoff. One sync at a time.
+//! On shutdown the in-flight sync gets a grace period to finish and is
+//! otherwise abandoned (the ECDS file is only ever replaced by a rename).
 
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
@@ -164,6 +165,10 @@ pub async fn run(
         let mut pending: Option<(&str, Option<SyncRequest>)> = Some((trigger, None));
         let mut notify_due: Option<Instant> = None;
         let mut resync_due = Instant::now() + config.resync_interval;
+        // A failed sync (delivery or database error, not invalid settings) is
+        // retried with backoff until one succeeds; any successful sync clears it.
+        let mut retry_due: Option<Instant> = None;
+        let mut retry_backoff = Backoff::new(config.backoff_initial, config.backoff_max);
         loop {
             if let Some((trigger, request)) = pending.take() {
                 let Some(reply) =
@@ -172,6 +177,22 @@ pub async fn run(
                     tracing::info!("shutdown: abandoned the in-flight sync");
                     break 'connect;
                 };
+                match reply.result.as_str() {
+                    "delivered" | "unchanged" => {
+                        retry_due = None;
+                        retry_backoff.reset();
+                    }
+                    // The same settings would be rejected again: wait for a change.
+                    "invalid" => retry_due = None,
+                    _ => {
+                        let delay = retry_backoff.next_delay();
+                        tracing::warn!(
+                            retry_in_ms = delay.as_millis() as u64,
+                            "will retry the failed sync"
+                        );
+                        retry_due = Some(Instant::now() + delay);
+                    }
+                }
                 if let Some(request) = request {
                     let _ = request.reply.send(reply);
                 }
@@ -197,6 +218,10 @@ pub async fn run(
                 () = sleep_until(notify_due.unwrap_or_else(Instant::now)), if notify_due.is_some() => {
                     notify_due = None;
                     pending = Some(("notify", None));
+                }
+                () = sleep_until(retry_due.unwrap_or_else(Instant::now)), if retry_due.is_some() => {
+                    retry_due = None;
+                    pending = Some(("retry", None));
                 }
                 () = sleep_until(resync_due) => pending = Some(("timer", None)),
                 Some(request) = requests.recv() => pending = Some(("api", Some(request))),

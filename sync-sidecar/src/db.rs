@@ -421,6 +421,17 @@ pub async fn mark_failed(client: &Client, id: i64, error: &str) -> Result<(), Db
     Ok(())
 }
 
+/// A failed revision delivered on a later attempt; `note` says what it overcame.
+pub async fn mark_delivered(client: &Client, id: i64, note: &str) -> Result<(), DbError> {
+    client
+        .execute(
+            "UPDATE tg_revisions SET status = 'delivered', error = $2 WHERE id = $1",
+            &[&id, &note],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Session advisory lock: one sync at a time per schema, across processes.
 pub async fn lock_sync(client: &Client, schema: &str) -> Result<(), DbError> {
     client

@@ -236,7 +236,7 @@ impl Syncer {
     }
 
     /// One sync, serialised across processes by an advisory lock. `trigger`
-    /// (`startup`, `notify`, `timer`, `api`, `cli`, `reconnect`) is recorded.
+    /// (`startup`, `notify`, `timer`, `api`, `cli`, `reconnect`, `retry`) is recorded; a retry of a failed delivery re-delivers the same revision.
     pub async fn sync(&self, client: &Client, trigger: &str) -> Result<SyncOutcome, SyncError> {
         db::lock_sync(client, &self.schema).await?;
         let result = self.sync_locked(client, trigger).await;
@@ -323,6 +323,17 @@ impl Syncer {
             }
         };
 
+        // A delivery that failed for these very settings is retried as the same
+        // revision, so retries during an outage do not multiply audit rows.
+        let latest = db::latest_revision(client, self.target.name(), false).await?;
+        if let Some(failed) = latest.filter(|l| {
+            l.status == Status::Failed.as_str()
+                && l.source_sha256 == source_hash
+                && l.document.is_some()
+        }) {
+            return self.redeliver_failed(client, failed).await;
+        }
+
         let id = db::next_revision_id(client).await?;
         let revision = format!("r{id}-{}", short(&source_hash));
         let document = rendered.with_revision(&revision);
@@ -371,6 +382,39 @@ impl Syncer {
                 db::mark_failed(client, record.id, &source.to_string()).await?;
                 Err(SyncError::Delivery {
                     revision: record.id,
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Delivers a recorded revision whose delivery failed again; on success it
+    /// becomes `delivered`, keeping the last error it overcame in `error`.
+    async fn redeliver_failed(
+        &self,
+        client: &Client,
+        failed: Revision,
+    ) -> Result<SyncOutcome, SyncError> {
+        let document = failed.document.clone().unwrap_or_default();
+        match self.target.deliver(&document, &failed.revision).await {
+            Ok(_) => {
+                let overcame = failed.error.as_deref().unwrap_or("unknown error");
+                db::mark_delivered(
+                    client,
+                    failed.id,
+                    &format!("delivered on retry after: {overcame}"),
+                )
+                .await?;
+                tracing::info!(revision = %failed.revision, "delivered on retry");
+                Ok(SyncOutcome::Delivered {
+                    revision_id: failed.id,
+                    revision: failed.revision,
+                })
+            }
+            Err(source) => {
+                db::mark_failed(client, failed.id, &source.to_string()).await?;
+                Err(SyncError::Delivery {
+                    revision: failed.id,
                     source,
                 })
             }

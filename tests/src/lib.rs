@@ -8,7 +8,9 @@
 pub mod artifacts;
 pub mod config;
 pub mod envoy;
+pub mod fault;
 pub mod http;
+pub mod pg;
 pub mod sidecar;
 pub mod tempdir;
 pub mod upstream;
@@ -17,6 +19,7 @@ pub mod wait;
 pub use artifacts::{envoy_binary, repo_root, wasm_path};
 pub use envoy::{Envoy, EnvoyMode};
 pub use http::{Conn, Response};
+pub use pg::PrivatePostgres;
 pub use sidecar::{SettingsDb, SidecarStack};
 pub use upstream::Upstream;
 pub use wait::wait_until;
