@@ -264,6 +264,27 @@ fn tenant_is_forwarded_required_and_unknown_rejected() {
         "rejected requests must not reach upstream"
     );
 
+    // A duplicated tenant or correlation header cannot smuggle a second value
+    // upstream: the filter replaces the header with the one value it decided on.
+    let response = envoy.get(
+        "/orders",
+        &[
+            (TENANT, "acme"),
+            (TENANT, "globex"),
+            (CORRELATION, "first-id"),
+            (CORRELATION, "second-id"),
+        ],
+    );
+    let echo = upstream_echo(&response);
+    assert_eq!(
+        upstream_header_values(&echo, TENANT),
+        vec!["acme".to_string()]
+    );
+    assert_eq!(
+        upstream_header_values(&echo, CORRELATION),
+        vec!["first-id".to_string()]
+    );
+
     // A POST with a body is forwarded too.
     let response = envoy.request("POST", "/orders", &[(TENANT, "globex")], b"{\"n\":1}");
     let echo = upstream_echo(&response);

@@ -271,6 +271,8 @@ fn invalid(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
 pub struct LimitPolicy {
     pub name: String,
     pub rate: RateParams,
+    /// The `RateLimit-Policy` value, built once.
+    pub policy_header: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -304,6 +306,9 @@ pub struct CompiledConfig {
     pub if_match: Vec<IfMatchRule>,
     /// Any tenant (or the defaults) uses Idempotency-Key; computed once.
     pub idempotency_enabled: bool,
+    /// Some rule looks at the method or path (routes, If-Match, idempotency);
+    /// otherwise the host need not read them.
+    pub reads_method_and_path: bool,
     pub metrics: bool,
 }
 
@@ -483,6 +488,9 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
 
     let idempotency_enabled = defaults.idempotency.is_some()
         || tenants.values().any(|tenant| tenant.idempotency.is_some());
+    let reads_method_and_path = idempotency_enabled
+        || !document.if_match.is_empty()
+        || tenants.values().any(|tenant| !tenant.routes.is_empty());
     let token_cache = TokenCache::new(
         compiled_jwt
             .as_ref()
@@ -499,6 +507,7 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
         tenants,
         if_match: document.if_match.clone(),
         idempotency_enabled,
+        reads_method_and_path,
         metrics: document.metrics,
     })
 }
@@ -641,13 +650,15 @@ fn compile_policy(path: &str, name: &str, limit: &RateLimit) -> Result<LimitPoli
             ));
         }
     }
+    let burst = limit.burst.unwrap_or(limit.requests);
+    let mut policy_header = format!("\"{name}\";q={};w={}", limit.requests, limit.per_seconds);
+    if burst != limit.requests {
+        policy_header.push_str(&format!(";burst={burst}"));
+    }
     Ok(LimitPolicy {
         name: name.to_owned(),
-        rate: RateParams::new(
-            limit.requests,
-            limit.per_seconds,
-            limit.burst.unwrap_or(limit.requests),
-        ),
+        rate: RateParams::new(limit.requests, limit.per_seconds, burst),
+        policy_header,
     })
 }
 

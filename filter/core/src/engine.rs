@@ -110,6 +110,8 @@ pub fn evaluate(
     let mut response_headers = Vec::with_capacity(3);
     response_headers.push((config.correlation.header.clone(), correlation_id.clone()));
 
+    // Always replaced, even when unchanged: a request may carry the header
+    // twice, and the host only shows the filter the first value.
     let mut upstream_headers = vec![
         (config.correlation.header.clone(), correlation_id.clone()),
         (REVISION_HEADER.to_owned(), config.revision.clone()),
@@ -698,16 +700,8 @@ fn local_reply(
 
 /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
 pub fn rate_limit_headers(policy: &LimitPolicy, verdict: &Verdict) -> [(String, String); 2] {
-    let rate = &policy.rate;
-    let mut policy_value = format!(
-        "\"{}\";q={};w={}",
-        policy.name, rate.requests, rate.per_seconds
-    );
-    if rate.burst != rate.requests {
-        policy_value.push_str(&format!(";burst={}", rate.burst));
-    }
     [
-        ("ratelimit-policy".to_owned(), policy_value),
+        ("ratelimit-policy".to_owned(), policy.policy_header.clone()),
         (
             "ratelimit".to_owned(),
             format!(

@@ -240,8 +240,14 @@ impl HttpContext for Request {
             fault::inject(&command);
         }
         let config = Rc::clone(&self.config);
-        let method = host::request_header(":method").unwrap_or_default();
-        let path = host::request_header(":path").unwrap_or_default();
+        let (method, path) = if config.reads_method_and_path {
+            (
+                host::request_header(":method").unwrap_or_default(),
+                host::request_header(":path").unwrap_or_default(),
+            )
+        } else {
+            (String::new(), String::new())
+        };
         let tenant_header = host::request_header(&config.tenant.header);
         let correlation_header = host::request_header(&config.correlation.header);
         // Headers nothing in this config looks at are not read (each read is a host call).
