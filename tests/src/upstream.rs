@@ -39,6 +39,9 @@ impl Upstream {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
+                // Head and body go out in one segment; without this, Nagle +
+                // delayed ACK hold keep-alive responses for ~40 ms.
+                let _ = stream.set_nodelay(true);
                 let conn_shared = Arc::clone(&accept_shared);
                 std::thread::spawn(move || {
                     let _ = serve(stream, &conn_shared);
@@ -147,8 +150,9 @@ fn serve(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             "HTTP/1.1 {status} Upstream\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
             response_body.len()
         );
-        writer.write_all(head.as_bytes())?;
-        writer.write_all(response_body.as_bytes())?;
+        let mut response = head.into_bytes();
+        response.extend_from_slice(response_body.as_bytes());
+        writer.write_all(&response)?;
         writer.flush()?;
     }
 }
