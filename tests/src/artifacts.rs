@@ -32,46 +32,69 @@ fn target_dir() -> PathBuf {
 /// uses that file instead (e.g. a CI artifact).
 pub fn wasm_path() -> PathBuf {
     static WASM: OnceLock<PathBuf> = OnceLock::new();
-    WASM.get_or_init(|| {
-        if let Some(path) = std::env::var_os("TENANT_GUARD_WASM").filter(|p| !p.is_empty()) {
-            let path = PathBuf::from(path);
-            assert!(
-                path.is_file(),
-                "TENANT_GUARD_WASM={} does not exist",
-                path.display()
-            );
-            return path;
-        }
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let output = Command::new(cargo)
-            .current_dir(repo_root())
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip1",
-                "-p",
-                "tenant-guard-filter",
-            ])
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run cargo to build the filter: {e}"));
-        if !output.status.success() {
-            panic!(
-                "building the filter failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                output.status,
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let path = target_dir().join("wasm32-wasip1/release/tenant_guard_filter.wasm");
+    WASM.get_or_init(|| build_filter("TENANT_GUARD_WASM", None))
+        .clone()
+}
+
+/// Builds the filter with `--features fault-injection` (test-only: the
+/// `x-tenant-guard-fault` header can panic it or corrupt shared data) into
+/// `<target>/fault`, once per test process. `TENANT_GUARD_FAULT_WASM` skips the build.
+pub fn fault_wasm_path() -> PathBuf {
+    static WASM: OnceLock<PathBuf> = OnceLock::new();
+    WASM.get_or_init(|| build_filter("TENANT_GUARD_FAULT_WASM", Some("fault-injection")))
+        .clone()
+}
+
+/// `$override_var` when set, else a release wasm32 build of the filter with
+/// `feature` (in its own target subdirectory so builds do not clobber each other).
+fn build_filter(override_var: &str, feature: Option<&str>) -> PathBuf {
+    if let Some(path) = std::env::var_os(override_var).filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
         assert!(
             path.is_file(),
-            "cargo succeeded but {} does not exist",
+            "{override_var}={} does not exist",
             path.display()
         );
-        path
-    })
-    .clone()
+        return path;
+    }
+    let target = match feature {
+        Some(feature) => target_dir().join(feature),
+        None => target_dir(),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(repo_root())
+        .env("CARGO_TARGET_DIR", &target)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip1",
+            "-p",
+            "tenant-guard-filter",
+        ]);
+    if let Some(feature) = feature {
+        command.args(["--features", feature]);
+    }
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build the filter: {e}"));
+    if !output.status.success() {
+        panic!(
+            "building the filter ({feature:?}) failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let path = target.join("wasm32-wasip1/release/tenant_guard_filter.wasm");
+    assert!(
+        path.is_file(),
+        "cargo succeeded but {} does not exist",
+        path.display()
+    );
+    path
 }
 
 /// The Envoy binary: `$ENVOY_BIN`, else `<repo>/.tools/venv/bin/envoy`, else

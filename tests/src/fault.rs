@@ -14,76 +14,25 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tenant_guard_sidecar::daemon::{BackgroundSidecar, RunConfig};
 use tenant_guard_sidecar::db::DbConfig;
 use tenant_guard_sidecar::envoy::ECDS_FILE_NAME;
 use tenant_guard_sidecar::sync::{EnvoyTarget, Syncer};
 
-use crate::artifacts::{repo_root, wasm_path};
+pub use crate::artifacts::fault_wasm_path;
+use crate::artifacts::wasm_path;
 use crate::envoy::{write_ecds_file, Envoy};
 use crate::http::{self, Response};
 use crate::pg::PrivatePostgres;
-use crate::sidecar::{database_url, has_policy, SettingsDb, TENANT_HEADER};
+use crate::sidecar::{self, database_url, SettingsDb};
 use crate::tempdir::TempDir;
 use crate::upstream::Upstream;
 use crate::wait::wait_until;
 
 /// The request header the fault-injection build obeys (`panic`, `corrupt <key>`).
 pub const FAULT_HEADER: &str = "x-tenant-guard-fault";
-
-/// Builds the filter with `--features fault-injection` once per test process
-/// into `<repo>/target/fault` and returns the `.wasm`.
-/// `TENANT_GUARD_FAULT_WASM=<path>` skips the build.
-pub fn fault_wasm_path() -> PathBuf {
-    static WASM: OnceLock<PathBuf> = OnceLock::new();
-    WASM.get_or_init(|| {
-        if let Some(path) = std::env::var_os("TENANT_GUARD_FAULT_WASM").filter(|p| !p.is_empty()) {
-            let path = PathBuf::from(path);
-            assert!(
-                path.is_file(),
-                "TENANT_GUARD_FAULT_WASM={} does not exist",
-                path.display()
-            );
-            return path;
-        }
-        let target_dir = repo_root().join("target").join("fault");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let output = Command::new(cargo)
-            .current_dir(repo_root())
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip1",
-                "-p",
-                "tenant-guard-filter",
-                "--features",
-                "fault-injection",
-            ])
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("cannot run cargo to build the fault-injection filter: {e}")
-            });
-        assert!(
-            output.status.success(),
-            "building the fault-injection filter failed ({}):\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let path = target_dir.join("wasm32-wasip1/release/tenant_guard_filter.wasm");
-        assert!(
-            path.is_file(),
-            "cargo succeeded but {} does not exist",
-            path.display()
-        );
-        path
-    })
-    .clone()
-}
 
 /// An Envoy on the ECDS bootstrap whose filter is the fault-injection build,
 /// configured with a plugin config written into its own ECDS directory.
@@ -339,9 +288,7 @@ impl FaultStack {
 
     /// `GET /e2e` as `tenant` on a fresh connection (`None` on a transport error).
     pub fn get(&self, tenant: &str) -> Option<Response> {
-        http::Conn::new(self.envoy().port())
-            .request("GET", "/e2e", &[(TENANT_HEADER, tenant)], b"")
-            .ok()
+        sidecar::get_as(self.envoy().port(), tenant)
     }
 
     /// Polls until Envoy answers `tenant` under a `requests`/`per_seconds` policy.
@@ -352,18 +299,7 @@ impl FaultStack {
         per_seconds: u64,
         timeout: Duration,
     ) -> Option<Response> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(response) = self.get(tenant) {
-                if has_policy(&response, requests, per_seconds) {
-                    return Some(response);
-                }
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        sidecar::wait_for_limit(self.envoy().port(), tenant, requests, per_seconds, timeout)
     }
 }
 

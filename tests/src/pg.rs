@@ -141,18 +141,7 @@ impl PrivatePostgres {
 
     /// Runs `sql` with `psql` as `postgres`; returns trimmed unaligned output.
     pub fn psql(&self, sql: &str) -> Result<String, String> {
-        let output = Command::new("psql")
-            .arg(self.url())
-            .args(["-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql])
-            .output()
-            .map_err(|e| format!("cannot run psql (Debian: postgresql-client): {e}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "psql failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        crate::sidecar::psql_at(&self.url(), sql)
     }
 
     /// The last `lines` lines of the server log.

@@ -42,10 +42,45 @@ pub fn database_url() -> String {
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
+/// `GET /e2e` as `tenant` on a fresh connection to Envoy on `port` (`None` on a transport error).
+pub fn get_as(port: u16, tenant: &str) -> Option<Response> {
+    http::Conn::new(port)
+        .request("GET", "/e2e", &[(TENANT_HEADER, tenant)], b"")
+        .ok()
+}
+
+/// Polls (every 2 ms) until Envoy on `port` answers `tenant` with a policy of
+/// `requests`/`per_seconds`; returns that response.
+pub fn wait_for_limit(
+    port: u16,
+    tenant: &str,
+    requests: u64,
+    per_seconds: u64,
+    timeout: Duration,
+) -> Option<Response> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(response) = get_as(port, tenant) {
+            if has_policy(&response, requests, per_seconds) {
+                return Some(response);
+            }
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// Runs `sql` with `psql` against [`database_url`]; returns trimmed unaligned output.
 pub fn psql(sql: &str) -> Result<String, String> {
+    psql_at(&database_url(), sql)
+}
+
+/// Runs `sql` with `psql` against `url`; returns trimmed unaligned output.
+pub fn psql_at(url: &str, sql: &str) -> Result<String, String> {
     let output = Command::new("psql")
-        .arg(database_url())
+        .arg(url)
         .args(["-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql])
         .output()
         .map_err(|e| format!("cannot run psql (Debian: postgresql-client): {e}"))?;
@@ -245,13 +280,10 @@ impl SidecarStack {
 
     /// `GET /e2e` as `tenant` on a fresh connection (`None` on a transport error).
     pub fn get(&self, tenant: &str) -> Option<Response> {
-        http::Conn::new(self.envoy.port())
-            .request("GET", "/e2e", &[(TENANT_HEADER, tenant)], b"")
-            .ok()
+        get_as(self.envoy.port(), tenant)
     }
 
-    /// Polls (every 2 ms) until Envoy answers `tenant` with a policy of
-    /// `requests`/`per_seconds`; returns that response.
+    /// Polls until Envoy answers `tenant` with a policy of `requests`/`per_seconds`.
     pub fn wait_for_limit(
         &self,
         tenant: &str,
@@ -259,18 +291,7 @@ impl SidecarStack {
         per_seconds: u64,
         timeout: Duration,
     ) -> Option<Response> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(response) = self.get(tenant) {
-                if has_policy(&response, requests, per_seconds) {
-                    return Some(response);
-                }
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        wait_for_limit(self.envoy.port(), tenant, requests, per_seconds, timeout)
     }
 
     /// Stops the sidecar (gracefully); Envoy keeps serving its last config.
