@@ -3,9 +3,11 @@
 //! starts a real Envoy in front of an in-process upstream, and offers small HTTP,
 //! admin-stats and ECDS helpers, and ([`sidecar`]) the full PostgreSQL → sidecar →
 //! Envoy stack with the propagation measurement. Synchronisation is always by polling
-//! ([`wait::wait_until`]), never by fixed sleeps.
+//! ([`wait::wait_until`]), never by fixed sleeps. [`bench`] holds what the
+//! benchmark binaries (`src/bin/*`) share.
 
 pub mod artifacts;
+pub mod bench;
 pub mod config;
 pub mod envoy;
 pub mod fault;

@@ -15,6 +15,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use tenant_guard_e2e::bench::{self, Flags};
 use tenant_guard_e2e::sidecar::{
     database_url, measure_propagation, ms, SidecarStack, StackOptions,
 };
@@ -26,22 +27,15 @@ struct Args {
     debounce: Duration,
 }
 
-fn parse_args() -> Result<Args, String> {
+fn parse_args(flags: &mut Flags) -> Result<Args, String> {
     let mut args = Args {
         changes: 20,
         debounce: Duration::from_millis(100),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = |name: &str| -> Result<u64, String> {
-            it.next()
-                .ok_or_else(|| format!("{name} needs a value"))?
-                .parse()
-                .map_err(|e| format!("{name}: {e}"))
-        };
+    while let Some(flag) = flags.next_flag() {
         match flag.as_str() {
-            "--changes" => args.changes = value("--changes")?.max(1),
-            "--debounce-ms" => args.debounce = Duration::from_millis(value("--debounce-ms")?),
+            "--changes" => args.changes = flags.value::<u64>()?.max(1),
+            "--debounce-ms" => args.debounce = Duration::from_millis(flags.value()?),
             "-h" | "--help" => {
                 return Err(
                     "usage: propagation-bench [--changes N (default 20)] [--debounce-ms MS (default 100)]"
@@ -55,12 +49,8 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
+    let Some(args) = bench::parse_command_line(parse_args) else {
+        return ExitCode::from(2);
     };
     let url = database_url();
     let shown = url.split('@').next_back().unwrap_or(&url);
