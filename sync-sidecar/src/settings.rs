@@ -18,6 +18,7 @@
 //! | global | `gateway.store.{max_cas_retries,on_exhausted,idempotency_buckets,namespace}` | `store.*` |
 //! | global | `gateway.if_match`                   | `if_match` (routes needing If-Match)   |
 //! | global | `gateway.metrics`                    | `metrics` (`false` for Kong < 3.9)     |
+//! | global | `gateway.headers.{revision,rate_limit}` | `headers.*` (informational headers)  |
 //! | global | `gateway.rate_limit`                 | `defaults.rate_limit`                  |
 //! | global | `gateway.mode`                       | `defaults.mode`                        |
 //! | global | `gateway.idempotency`                | `defaults.idempotency`                 |
@@ -523,6 +524,8 @@ const GLOBAL_KEYS: &[(&str, &[&str])] = &[
     ("gateway.mode", &["defaults", "mode"]),
     ("gateway.idempotency", &["defaults", "idempotency"]),
     ("gateway.if_match", &["if_match"]),
+    ("gateway.headers.revision", &["headers", "revision"]),
+    ("gateway.headers.rate_limit", &["headers", "rate_limit"]),
     ("gateway.metrics", &["metrics"]),
 ];
 

@@ -803,7 +803,7 @@ async fn backends(client: &tokio_postgres::Client, app: &str) -> Vec<i32> {
 }
 
 #[tokio::test]
-async fn jwt_if_match_and_kong_switches_are_global_settings() {
+async fn jwt_if_match_headers_and_kong_switches_are_global_settings() {
     let db = TestDb::new().await;
     let syncer = db.syncer();
     let jwt = json!({
@@ -834,6 +834,24 @@ async fn jwt_if_match_and_kong_switches_are_global_settings() {
         "alice",
     )
     .await;
+    db.set(
+        "global",
+        "",
+        "",
+        "gateway.headers.revision",
+        json!(false),
+        "alice",
+    )
+    .await;
+    db.set(
+        "global",
+        "",
+        "",
+        "gateway.headers.rate_limit",
+        json!("on_reject"),
+        "alice",
+    )
+    .await;
     db.set("tenant", "acme", "", "gateway.rate_limit", limit(10), "bob")
         .await;
     syncer.sync(&db.client, "test").await.unwrap();
@@ -841,6 +859,11 @@ async fn jwt_if_match_and_kong_switches_are_global_settings() {
     let document = delivered_document(&db.ecds_file()).expect("ECDS file with a document");
     let compiled = tenant_guard_core::config::parse(document.to_string().as_bytes()).unwrap();
     assert!(compiled.jwt.is_some(), "{document}");
+    assert!(!compiled.headers.revision);
+    assert_eq!(
+        compiled.headers.rate_limit,
+        tenant_guard_core::config::RateLimitHeaders::OnReject
+    );
     assert!(compiled.requires_if_match("PUT", "/orders/1"));
     assert!(!compiled.requires_if_match("PATCH", "/orders/1"));
     assert!(!compiled.metrics);

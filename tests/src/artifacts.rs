@@ -36,6 +36,14 @@ pub fn wasm_path() -> PathBuf {
         .clone()
 }
 
+/// Builds the benchmark-only minimal probe filter (`bench/probe-filter`) once
+/// per process; `TENANT_GUARD_PROBE_WASM` skips the build.
+pub fn probe_wasm_path() -> PathBuf {
+    static WASM: OnceLock<PathBuf> = OnceLock::new();
+    WASM.get_or_init(|| build_wasm("TENANT_GUARD_PROBE_WASM", "tenant-guard-probe-filter", None))
+        .clone()
+}
+
 /// Builds the filter with `--features fault-injection` (test-only: the
 /// `x-tenant-guard-fault` header can panic it or corrupt shared data) into
 /// `<target>/fault`, once per test process. `TENANT_GUARD_FAULT_WASM` skips the build.
@@ -45,9 +53,13 @@ pub fn fault_wasm_path() -> PathBuf {
         .clone()
 }
 
-/// `$override_var` when set, else a release wasm32 build of the filter with
-/// `feature` (in its own target subdirectory so builds do not clobber each other).
 fn build_filter(override_var: &str, feature: Option<&str>) -> PathBuf {
+    build_wasm(override_var, "tenant-guard-filter", feature)
+}
+
+/// `$override_var` when set, else a release wasm32 build of `package` with
+/// `feature` (in its own target subdirectory so builds do not clobber each other).
+fn build_wasm(override_var: &str, package: &str, feature: Option<&str>) -> PathBuf {
     if let Some(path) = std::env::var_os(override_var).filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
         assert!(
@@ -72,23 +84,26 @@ fn build_filter(override_var: &str, feature: Option<&str>) -> PathBuf {
             "--target",
             "wasm32-wasip1",
             "-p",
-            "tenant-guard-filter",
+            package,
         ]);
     if let Some(feature) = feature {
         command.args(["--features", feature]);
     }
     let output = command
         .output()
-        .unwrap_or_else(|e| panic!("cannot run cargo to build the filter: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run cargo to build {package}: {e}"));
     if !output.status.success() {
         panic!(
-            "building the filter ({feature:?}) failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            "building {package} ({feature:?}) failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
             output.status,
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let path = target.join("wasm32-wasip1/release/tenant_guard_filter.wasm");
+    let path = target.join(format!(
+        "wasm32-wasip1/release/{}.wasm",
+        package.replace('-', "_")
+    ));
     assert!(
         path.is_file(),
         "cargo succeeded but {} does not exist",

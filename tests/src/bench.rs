@@ -12,7 +12,7 @@ use std::fmt::Display;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -150,6 +150,9 @@ pub enum Bootstrap {
     Plain,
     /// `envoy/static.yaml` with this plugin config (JSON text).
     Filter(String),
+    /// `envoy/static.yaml` loading another `.wasm` (the probe, or a build to
+    /// compare) with this plugin config.
+    OtherWasm { wasm: PathBuf, config: String },
     /// `envoy/baseline-lua.yaml` (native `local_ratelimit` + Lua correlation id):
     /// `tenant` gets `tokens` per `fill_seconds`.
     Lua {
@@ -157,6 +160,11 @@ pub enum Bootstrap {
         tokens: u64,
         fill_seconds: u64,
     },
+}
+
+/// `text` as a JSON string literal (the bootstrap embeds the plugin config as a string).
+fn json_string(text: &str) -> Result<String, String> {
+    serde_json::to_string(text).map_err(|e| e.to_string())
 }
 
 /// A bench Envoy in front of an upstream port; killed on drop.
@@ -223,10 +231,12 @@ impl BenchEnvoy {
             Bootstrap::Plain => without_filter(&read_template("static.yaml")?)?,
             Bootstrap::Filter(config) => {
                 values.push(("WASM_PATH", wasm_path().display().to_string()));
-                values.push((
-                    "PLUGIN_CONFIG_JSON",
-                    serde_json::to_string(config).map_err(|e| e.to_string())?,
-                ));
+                values.push(("PLUGIN_CONFIG_JSON", json_string(config)?));
+                read_template("static.yaml")?
+            }
+            Bootstrap::OtherWasm { wasm, config } => {
+                values.push(("WASM_PATH", wasm.display().to_string()));
+                values.push(("PLUGIN_CONFIG_JSON", json_string(config)?));
                 read_template("static.yaml")?
             }
             Bootstrap::Lua {

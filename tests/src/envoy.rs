@@ -390,6 +390,18 @@ impl Envoy {
             .sum()
     }
 
+    /// Polls [`Envoy::stat_suffix_sum`] until it reaches `expected` (the filter
+    /// hands its counters to the host once a second per worker), then returns the
+    /// last value read, which may exceed `expected` or, at the deadline, fall short.
+    pub fn wait_for_stat_suffix_sum(&self, suffix: &str, expected: u64) -> u64 {
+        let mut last = 0;
+        crate::wait_until(Duration::from_secs(10), || {
+            last = self.stat_suffix_sum(suffix);
+            last >= expected
+        });
+        last
+    }
+
     /// Replaces the ECDS resource file (atomically) with one carrying `plugin_config`.
     pub fn write_ecds(&self, plugin_config: &str, version_info: &str) {
         assert_eq!(

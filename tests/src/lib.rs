@@ -18,7 +18,7 @@ pub mod tempdir;
 pub mod upstream;
 pub mod wait;
 
-pub use artifacts::{envoy_binary, repo_root, wasm_path};
+pub use artifacts::{envoy_binary, probe_wasm_path, repo_root, wasm_path};
 pub use envoy::{Envoy, EnvoyMode};
 pub use http::{Conn, Response};
 pub use pg::PrivatePostgres;

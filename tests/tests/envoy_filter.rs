@@ -394,8 +394,8 @@ fn limit_is_exact_under_concurrency() {
     assert_eq!(upstream.hits(), LIMIT, "upstream hits must equal the limit");
 
     // The filter's own counters agree (custom Wasm metrics, prefix varies by host).
-    let allowed_metric = envoy.stat_suffix_sum("tenant_guard_allowed");
-    let limited_metric = envoy.stat_suffix_sum("tenant_guard_rate_limited");
+    let allowed_metric = envoy.wait_for_stat_suffix_sum("tenant_guard_allowed", LIMIT);
+    let limited_metric = envoy.wait_for_stat_suffix_sum("tenant_guard_rate_limited", rejected);
     println!(
         "metrics: tenant_guard_allowed={allowed_metric} tenant_guard_rate_limited={limited_metric}"
     );
@@ -429,8 +429,39 @@ fn shadow_mode_reports_but_never_rejects() {
     }
     assert_eq!(remaining, vec![1, 0, 0, 0, 0], "ratelimit r in shadow mode");
     assert_eq!(upstream.hits(), 5);
-    let over = envoy.stat_suffix_sum("tenant_guard_shadow_over_limit");
+    let over = envoy.wait_for_stat_suffix_sum("tenant_guard_shadow_over_limit", 3);
     assert_eq!(over, 3, "{:?}", envoy.stats("tenant_guard"));
+}
+
+#[test]
+fn informational_headers_can_be_turned_off() {
+    let upstream = Upstream::start();
+    let config = PluginConfig::new("r-lean")
+        .tenant_limit("acme", 1, 3600)
+        .set(
+            "headers",
+            json!({ "revision": false, "rate_limit": "on_reject" }),
+        );
+    let envoy = Envoy::start_static(&config.to_json(), upstream.port());
+
+    let allowed = envoy.get("/lean", &[(TENANT, "acme")]);
+    let echo = upstream_echo(&allowed);
+    assert!(upstream_header_values(&echo, "x-tenant-guard-revision").is_empty());
+    assert_eq!(
+        upstream_header_values(&echo, TENANT),
+        vec!["acme".to_string()]
+    );
+    assert!(is_uuidv7(allowed.header_once(CORRELATION)));
+    assert_eq!(allowed.header("ratelimit"), None);
+    assert_eq!(allowed.header("ratelimit-policy"), None);
+
+    // The 429 keeps the whole contract.
+    let limited = envoy.get("/lean", &[(TENANT, "acme")]);
+    assert_problem(&limited, 429, "urn:tenant-guard:problem:rate-limited");
+    let (remaining, _) = assert_ratelimit_headers(&limited, "tenant", 1, 3600);
+    assert_eq!(remaining, 0);
+    assert!(limited.header("retry-after").is_some());
+    assert_eq!(upstream.hits(), 1);
 }
 
 #[test]

@@ -55,10 +55,42 @@ pub struct PluginConfig {
     /// the proxy-wasm metric calls: set `false` there.
     #[serde(default = "default_true")]
     pub metrics: bool,
+    /// Informational headers the filter adds (both on by default).
+    #[serde(default)]
+    pub headers: HeadersConfig,
 }
 
 fn default_true() -> bool {
     true
+}
+
+/// Informational headers: each costs a host call per request, so operators who
+/// do not read them can turn them off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeadersConfig {
+    /// Send `x-tenant-guard-revision` (the serving config revision) upstream.
+    pub revision: bool,
+    /// Which responses carry `RateLimit-Policy` and `RateLimit`.
+    pub rate_limit: RateLimitHeaders,
+}
+
+impl Default for HeadersConfig {
+    fn default() -> Self {
+        Self {
+            revision: true,
+            rate_limit: RateLimitHeaders::Always,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitHeaders {
+    /// Every response to a rate-limited request (allowed, shadowed and 429).
+    Always,
+    /// Only the 429 (with `Retry-After`).
+    OnReject,
 }
 
 /// Requests matching `prefix` with one of `methods` must carry `If-Match`.
@@ -310,6 +342,7 @@ pub struct CompiledConfig {
     /// otherwise the host need not read them.
     pub reads_method_and_path: bool,
     pub metrics: bool,
+    pub headers: HeadersConfig,
 }
 
 impl CompiledConfig {
@@ -509,6 +542,7 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
         idempotency_enabled,
         reads_method_and_path,
         metrics: document.metrics,
+        headers: document.headers,
     })
 }
 

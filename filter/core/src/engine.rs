@@ -2,7 +2,7 @@
 //! function of the compiled config, the request, time, randomness and the store.
 //! The host glue applies the [`Decision`]; it decides nothing itself.
 
-use crate::config::{CompiledConfig, LimitPolicy, Mode, OnExhausted};
+use crate::config::{CompiledConfig, LimitPolicy, Mode, OnExhausted, RateLimitHeaders};
 use crate::correlation;
 use crate::idempotency::{
     self, Begin, Claim, Fingerprint, IdempotencyConfig, StoreParams, StoredResponse,
@@ -112,10 +112,11 @@ pub fn evaluate(
 
     // Always replaced, even when unchanged: a request may carry the header
     // twice, and the host only shows the filter the first value.
-    let mut upstream_headers = vec![
-        (config.correlation.header.clone(), correlation_id.clone()),
-        (REVISION_HEADER.to_owned(), config.revision.clone()),
-    ];
+    let mut upstream_headers = Vec::with_capacity(3);
+    upstream_headers.push((config.correlation.header.clone(), correlation_id.clone()));
+    if config.headers.revision {
+        upstream_headers.push((REVISION_HEADER.to_owned(), config.revision.clone()));
+    }
     let mut removed_upstream_headers = Vec::new();
     let tenant = match resolve_tenant(config, request, host) {
         Ok(Identified::Token(identity)) => {
@@ -173,7 +174,10 @@ pub fn evaluate(
                 &config.store,
             ) {
                 Ok(verdict) => {
-                    response_headers.extend(rate_limit_headers(policy, &verdict));
+                    let rejects = !verdict.allowed && settings.mode == Mode::Enforce;
+                    if rejects || config.headers.rate_limit == RateLimitHeaders::Always {
+                        response_headers.extend(rate_limit_headers(policy, &verdict));
+                    }
                     if !verdict.allowed {
                         if settings.mode == Mode::Shadow {
                             outcome = Outcome::ShadowOverLimit;

@@ -157,6 +157,7 @@ fn schema_agrees_with_the_parser() {
     for invalid in [
         r#"{"version":1,"tenants":{"a":{"rate_limit":{"requests":0,"per_seconds":1}}}}"#,
         r#"{"version":1,"surprise":true}"#,
+        r#"{"version":1,"headers":{"rate_limit":"sometimes"}}"#,
         r#"{"version":1,"tenant":{"header":"X-Up"}}"#,
         r#"{"version":1,"tenants":{"a":{"routes":[{"prefix":"x","rate_limit":{"requests":1,"per_seconds":1}}]}}}"#,
     ] {
@@ -182,6 +183,11 @@ fn schema_agrees_with_the_parser() {
     assert!(!validator.is_valid(&serde_json::from_str(&private).unwrap()));
     for sample in [
         config_json(""),
+        config_json("").replacen(
+            r#"{"version":1,"#,
+            r#"{"version":1,"headers":{"revision":false,"rate_limit":"on_reject"},"#,
+            1,
+        ),
         IDEMPOTENT.to_owned(),
         IF_MATCH.to_owned(),
         jwt_sample.to_owned(),
@@ -714,6 +720,58 @@ fn forward_sets_upstream_and_response_headers() {
         panic!("expected a reject")
     };
     assert!(header(&reply.headers, "x-correlation-id").is_some());
+}
+
+#[test]
+fn informational_headers_can_be_trimmed() {
+    let lean = config::parse(
+        config_json("")
+            .replacen(
+                r#"{"version":1,"#,
+                r#"{"version":1,"headers":{"revision":false,"rate_limit":"on_reject"},"#,
+                1,
+            )
+            .as_bytes(),
+    )
+    .unwrap();
+    let store = MemoryStore::new();
+    let mut responses = Vec::new();
+    for tenant in ["acme", "acme", "acme", "acme", "quiet", "quiet", "quiet"] {
+        responses.push(engine::evaluate(
+            &lean,
+            &request(Some(tenant), "GET", "/"),
+            &host(T0),
+            &store,
+        ));
+    }
+    for (index, evaluation) in responses.iter().enumerate() {
+        match &evaluation.decision {
+            Decision::Forward(forward) => {
+                assert_eq!(
+                    header(&forward.upstream_headers, engine::REVISION_HEADER),
+                    None
+                );
+                assert!(header(&forward.upstream_headers, "x-correlation-id").is_some());
+                // Allowed and shadowed-over-limit responses carry no RateLimit headers.
+                assert_eq!(header(&forward.response_headers, "ratelimit"), None);
+                assert_eq!(header(&forward.response_headers, "ratelimit-policy"), None);
+                assert!(index != 3, "the 4th acme request must be rejected");
+            }
+            Decision::Reject(reply) => {
+                assert_eq!((index, reply.status), (3, 429));
+                assert_eq!(
+                    header(&reply.headers, "ratelimit-policy"),
+                    Some("\"tenant\";q=3;w=3600")
+                );
+                assert_eq!(
+                    header(&reply.headers, "ratelimit"),
+                    Some("\"tenant\";r=0;t=1200")
+                );
+            }
+        }
+    }
+    assert_eq!(responses[6].outcome, Outcome::ShadowOverLimit);
+    assert!(config::parse(br#"{"version":1,"headers":{"rate_limit":"sometimes"}}"#).is_err());
 }
 
 // ---- If-Match ----

@@ -196,16 +196,26 @@ impl SharedStore for HostStore<'_> {
     }
 }
 
+/// Per-request outcomes, in the order of [`Metrics`]' counter names.
+const OUTCOME_COUNTERS: [&str; 6] = [
+    "tenant_guard_allowed",
+    "tenant_guard_rate_limited",
+    "tenant_guard_shadow_over_limit",
+    "tenant_guard_allowed_without_limit",
+    "tenant_guard_rejected",
+    "tenant_guard_idempotent_replayed",
+];
+
 /// The filter's counters, exposed by Envoy under `wasmcustom.`.
+///
+/// Request outcomes are counted in the VM and handed to the host by [`Metrics::flush`]
+/// (from the root context's tick), not per request: a host call per request costs
+/// more than the counter is worth, and a scrape a second late loses nothing.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    allowed: Option<u32>,
-    rate_limited: Option<u32>,
-    shadow_over_limit: Option<u32>,
-    allowed_without_limit: Option<u32>,
-    rejected_other: Option<u32>,
+    outcomes: [Option<u32>; OUTCOME_COUNTERS.len()],
+    pending: [Cell<u32>; OUTCOME_COUNTERS.len()],
     config_rejected: Option<u32>,
-    replayed: Option<u32>,
     reclaimed: Option<u32>,
 }
 
@@ -217,29 +227,40 @@ impl Metrics {
         }
         let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).ok();
         Self {
-            allowed: counter("tenant_guard_allowed"),
-            rate_limited: counter("tenant_guard_rate_limited"),
-            shadow_over_limit: counter("tenant_guard_shadow_over_limit"),
-            allowed_without_limit: counter("tenant_guard_allowed_without_limit"),
-            rejected_other: counter("tenant_guard_rejected"),
+            outcomes: OUTCOME_COUNTERS.map(counter),
+            pending: Default::default(),
             config_rejected: counter("tenant_guard_config_rejected"),
-            replayed: counter("tenant_guard_idempotent_replayed"),
             reclaimed: counter("tenant_guard_idempotency_reclaimed"),
         }
     }
 
+    pub fn enabled(&self) -> bool {
+        self.outcomes.iter().any(Option::is_some)
+    }
+
+    /// Counts one request outcome; the host sees it at the next [`Metrics::flush`].
     pub fn count(&self, outcome: Outcome) {
-        let metric = match outcome {
-            Outcome::Allowed => self.allowed,
-            Outcome::ShadowOverLimit => self.shadow_over_limit,
-            Outcome::AllowedWithoutLimit => self.allowed_without_limit,
-            Outcome::Replayed => self.replayed,
-            Outcome::Rejected(tenant_guard_core::problem::ProblemKind::RateLimited) => {
-                self.rate_limited
-            }
-            Outcome::Rejected(_) => self.rejected_other,
+        let slot = match outcome {
+            Outcome::Allowed => 0,
+            Outcome::Rejected(tenant_guard_core::problem::ProblemKind::RateLimited) => 1,
+            Outcome::ShadowOverLimit => 2,
+            Outcome::AllowedWithoutLimit => 3,
+            Outcome::Rejected(_) => 4,
+            Outcome::Replayed => 5,
         };
-        increment(metric, 1);
+        if let Some(pending) = self.pending.get(slot) {
+            pending.set(pending.get().saturating_add(1));
+        }
+    }
+
+    /// Hands the outcomes counted since the last flush to the host.
+    pub fn flush(&self) {
+        for (metric, pending) in self.outcomes.iter().zip(&self.pending) {
+            let count = pending.replace(0);
+            if count > 0 {
+                increment(*metric, i64::from(count));
+            }
+        }
     }
 
     pub fn count_config_rejected(&self) {

@@ -21,7 +21,8 @@ use tenant_guard_core::idempotency::{Claim, KEY_HEADER};
 
 /// Idempotency buckets each worker's tick sweeps for expired records.
 const RECLAIM_BUCKETS_PER_TICK: u32 = 64;
-const RECLAIM_TICK: Duration = Duration::from_secs(1);
+/// How often each worker flushes its counters and sweeps idempotency records.
+const TICK: Duration = Duration::from_secs(1);
 
 use host::{HostStore, Metrics};
 
@@ -48,7 +49,28 @@ struct Root {
     reclaim_cursor: u32,
 }
 
-impl Context for Root {}
+impl Root {
+    /// Ticks only when there is something to flush or sweep.
+    fn schedule_tick(&self) {
+        let sweeps = self
+            .config
+            .as_ref()
+            .is_some_and(|config| config.uses_idempotency());
+        let period = if sweeps || self.metrics.enabled() {
+            TICK
+        } else {
+            Duration::ZERO
+        };
+        host::set_tick_period(period);
+    }
+}
+
+impl Context for Root {
+    fn on_done(&mut self) -> bool {
+        self.metrics.flush();
+        true
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
@@ -62,6 +84,7 @@ impl RootContext for Root {
         };
         match config::parse(&bytes) {
             Ok(compiled) => {
+                self.metrics.flush();
                 self.metrics = Rc::new(Metrics::define(compiled.metrics));
                 host::log(
                     LogLevel::Info,
@@ -71,22 +94,19 @@ impl RootContext for Root {
                         compiled.tenants.len()
                     ),
                 );
-                let period = if compiled.uses_idempotency() {
-                    RECLAIM_TICK
-                } else {
-                    Duration::ZERO
-                };
-                host::set_tick_period(period);
                 self.config = Some(Rc::new(compiled));
+                self.schedule_tick();
                 true
             }
             Err(err) => {
+                self.metrics.flush();
                 self.metrics = Rc::new(Metrics::define(config::metrics_requested(&bytes)));
                 host::log(
                     LogLevel::Error,
                     &format!("rejected configuration, keeping the previous one: {err}"),
                 );
                 self.metrics.count_config_rejected();
+                self.schedule_tick();
                 false
             }
         }
@@ -94,7 +114,8 @@ impl RootContext for Root {
 
     /// Ticks fire on every worker: reclaiming is idempotent, so each sweeps its own cursor.
     fn on_tick(&mut self) {
-        let Some(config) = &self.config else {
+        self.metrics.flush();
+        let Some(config) = self.config.as_ref().filter(|c| c.uses_idempotency()) else {
             return;
         };
         let buckets = config.store.idempotency_buckets;

@@ -2,7 +2,7 @@
 //! each filter feature, as a ratio against plain Envoy (no filter) in the same run.
 //!
 //! ```text
-//! cargo run --release -p tenant-guard-e2e --bin filter-bench -- [--requests N] [--connections C] [--rounds R]
+//! cargo run --release -p tenant-guard-e2e --bin filter-bench -- [--requests N] [--connections C] [--rounds R] [--compare-wasm FILE]...
 //! ```
 //!
 //! One Envoy (`--concurrency 1`, so one worker does all the work) per scenario,
@@ -22,14 +22,18 @@
 //!
 //! Scenarios (each adds to the previous ones):
 //! - plain Envoy;
+//! - the minimal probe filter (`bench/probe-filter`: correlation id + one CAS
+//!   counter, nothing else), the floor any proxy-wasm filter pays;
 //! - correlation id + header tenant, no limit;
-//! - rate limit;
+//! - rate limit (and the same config on each `--compare-wasm` build, e.g. a
+//!   different optimisation level or an older commit's filter);
 //! - JWT ES256 / RS256 with the verified-token cache;
 //! - JWT cold (`cache_entries: 0`);
 //! - idempotency replay (same key, same request; without a body it is answered
 //!   from the request headers, with a body after the body was read, which resets
 //!   the upstream request Envoy had started).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -38,7 +42,7 @@ use tenant_guard_e2e::bench::{
     self, clock_ticks_per_second, file_size, filter_config, median, min_max, with_jwt, BenchEnvoy,
     Bootstrap, CpuTime, Flags,
 };
-use tenant_guard_e2e::{envoy_binary, wasm_path, Conn};
+use tenant_guard_e2e::{envoy_binary, probe_wasm_path, wasm_path, Conn};
 
 const TENANT: &str = "x-tenant-id";
 const WARMUP: usize = 200;
@@ -47,6 +51,8 @@ struct Args {
     requests: usize,
     connections: usize,
     rounds: usize,
+    /// Other builds of the filter, each measured with the "+ rate limit" config.
+    compare_wasm: Vec<PathBuf>,
 }
 
 fn parse_args(flags: &mut Flags) -> Result<Args, String> {
@@ -54,14 +60,22 @@ fn parse_args(flags: &mut Flags) -> Result<Args, String> {
         requests: 10_000,
         connections: 1,
         rounds: 5,
+        compare_wasm: Vec::new(),
     };
     while let Some(flag) = flags.next_flag() {
         match flag.as_str() {
             "--requests" => args.requests = flags.value::<usize>()?.max(100),
             "--connections" => args.connections = flags.value::<usize>()?.clamp(1, 64),
             "--rounds" => args.rounds = flags.value::<usize>()?.clamp(1, 100),
+            "--compare-wasm" => {
+                let path = flags.value::<PathBuf>()?;
+                if !path.is_file() {
+                    return Err(format!("--compare-wasm: {} is not a file", path.display()));
+                }
+                args.compare_wasm.push(path);
+            }
             "-h" | "--help" => return Err(
-                "usage: filter-bench [--requests N (default 10000)] [--connections C (default 1)] [--rounds R (default 5)]"
+                "usage: filter-bench [--requests N (default 10000)] [--connections C (default 1)] [--rounds R (default 5)] [--compare-wasm FILE]..."
                     .to_owned(),
             ),
             other => return Err(format!("unknown argument `{other}` (see --help)")),
@@ -86,6 +100,8 @@ struct Scenario {
     name: String,
     /// `None`: plain Envoy without the filter.
     config: Option<Value>,
+    /// Load this `.wasm` instead of the filter.
+    wasm: Option<PathBuf>,
     request: Request,
     /// Sent once before the warm-up (e.g. the request whose response is replayed).
     prime: Option<Request>,
@@ -125,7 +141,7 @@ fn jwt_config(jwk: Value, cache_entries: u64) -> Value {
     with_jwt(base_config("bench-jwt", true), jwk, cache_entries)
 }
 
-fn scenarios() -> Result<Vec<Scenario>, String> {
+fn scenarios(compare_wasm: &[PathBuf]) -> Result<Vec<Scenario>, String> {
     let es = bench::es256_token("acme")?;
     let rsa = bench::rs256_token("acme")?;
 
@@ -152,62 +168,95 @@ fn scenarios() -> Result<Vec<Scenario>, String> {
     let replay_body = replay("bench-body", br#"{"order":"bench","qty":1}"#);
 
     let tenant = [(TENANT, "acme")];
-    Ok(vec![
+    let mut scenarios = vec![
         Scenario {
             name: "plain Envoy (no filter)".into(),
             config: None,
+            wasm: None,
+            request: get(&tenant),
+            prime: None,
+        },
+        Scenario {
+            name: "minimal probe filter (bench/probe-filter)".into(),
+            config: Some(json!({})),
+            wasm: Some(probe_wasm_path()),
             request: get(&tenant),
             prime: None,
         },
         Scenario {
             name: "correlation + tenant header, no limit".into(),
             config: Some(base_config("bench-corr", false)),
+            wasm: None,
             request: get(&tenant),
             prime: None,
         },
         Scenario {
             name: "+ rate limit".into(),
             config: Some(base_config("bench-rl", true)),
+            wasm: None,
             request: get(&tenant),
             prime: None,
         },
         Scenario {
             name: "+ JWT ES256, cached".into(),
             config: Some(jwt_config(es.jwk.clone(), 1024)),
+            wasm: None,
             request: get(&[("authorization", &es.authorization)]),
             prime: None,
         },
         Scenario {
             name: "+ JWT RS256, cached".into(),
             config: Some(jwt_config(rsa.jwk.clone(), 1024)),
+            wasm: None,
             request: get(&[("authorization", &rsa.authorization)]),
             prime: None,
         },
         Scenario {
             name: "+ JWT ES256, cold (cache 0)".into(),
             config: Some(jwt_config(es.jwk, 0)),
+            wasm: None,
             request: get(&[("authorization", &es.authorization)]),
             prime: None,
         },
         Scenario {
             name: "+ JWT RS256, cold (cache 0)".into(),
             config: Some(jwt_config(rsa.jwk, 0)),
+            wasm: None,
             request: get(&[("authorization", &rsa.authorization)]),
             prime: None,
         },
         Scenario {
             name: "+ idempotency replay, POST no body".into(),
             config: Some(idempotent.clone()),
+            wasm: None,
             prime: Some(prime(&replay_empty)),
             request: replay_empty,
         },
         Scenario {
             name: "+ idempotency replay, POST with body".into(),
             config: Some(idempotent),
+            wasm: None,
             prime: Some(prime(&replay_body)),
             request: replay_body,
         },
-    ])
+    ];
+    for (position, wasm) in (4..).zip(compare_wasm) {
+        let name = wasm.file_name().map_or_else(
+            || wasm.display().to_string(),
+            |name| name.to_string_lossy().into_owned(),
+        );
+        scenarios.insert(
+            position,
+            Scenario {
+                name: format!("+ rate limit, --compare-wasm {name}"),
+                config: Some(base_config("bench-rl", true)),
+                wasm: Some(wasm.clone()),
+                request: get(&tenant),
+                prime: None,
+            },
+        );
+    }
+    Ok(scenarios)
 }
 
 /// Sends one request; `Err` describes a failed or unexpected response.
@@ -255,9 +304,13 @@ struct Prepared {
 }
 
 fn prepare(scenario: &Scenario, upstream_port: u16, args: &Args) -> Result<Prepared, String> {
-    let bootstrap = match &scenario.config {
-        Some(config) => Bootstrap::Filter(config.to_string()),
-        None => Bootstrap::Plain,
+    let bootstrap = match (&scenario.config, &scenario.wasm) {
+        (Some(config), None) => Bootstrap::Filter(config.to_string()),
+        (Some(config), Some(wasm)) => Bootstrap::OtherWasm {
+            wasm: wasm.clone(),
+            config: config.to_string(),
+        },
+        (None, _) => Bootstrap::Plain,
     };
     // `--concurrency 1`: one worker does all the work.
     let envoy = BenchEnvoy::start(&bootstrap, 1, upstream_port)?;
@@ -382,7 +435,7 @@ fn main() -> ExitCode {
          time of all Envoy threads, min over rounds (least disturbed by other load)\n",
         args.requests, args.rounds, args.connections
     );
-    let scenarios = match scenarios() {
+    let scenarios = match scenarios(&args.compare_wasm) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");

@@ -40,7 +40,7 @@ use tenant_guard_e2e::bench::{
 };
 use tenant_guard_e2e::sidecar::ms;
 use tenant_guard_e2e::tempdir::TempDir;
-use tenant_guard_e2e::{envoy_binary, wasm_path};
+use tenant_guard_e2e::{envoy_binary, probe_wasm_path, wait_until, wasm_path};
 use tenant_guard_sidecar::settings::{render, Scope, SettingRow, Validator};
 
 const TENANT: &str = "acme";
@@ -248,10 +248,22 @@ fn scenarios() -> Res<Vec<Scenario>> {
         1024,
     );
     let tenant = vec![("x-tenant-id".to_owned(), TENANT.to_owned())];
+    // No upstream revision header, RateLimit headers only on the 429.
+    let mut lean = filter_config("load-lean", Some((1_000_000_000, 60)));
+    lean["headers"] = json!({ "revision": false, "rate_limit": "on_reject" });
     Ok(vec![
         Scenario {
             name: "plain Envoy (no filter)",
             bootstrap: Bootstrap::Plain,
+            headers: tenant.clone(),
+            rejects: false,
+        },
+        Scenario {
+            name: "minimal probe filter (bench/probe-filter)",
+            bootstrap: Bootstrap::OtherWasm {
+                wasm: probe_wasm_path(),
+                config: "{}".to_owned(),
+            },
             headers: tenant.clone(),
             rejects: false,
         },
@@ -266,6 +278,12 @@ fn scenarios() -> Res<Vec<Scenario>> {
             bootstrap: Bootstrap::Filter(
                 filter_config("load-rl", Some((1_000_000_000, 60))).to_string(),
             ),
+            headers: tenant.clone(),
+            rejects: false,
+        },
+        Scenario {
+            name: "filter: + rate limit, lean headers",
+            bootstrap: Bootstrap::Filter(lean.to_string()),
             headers: tenant.clone(),
             rejects: false,
         },
@@ -504,11 +522,21 @@ fn exactness(args: &Args, upstream: u16, script: &Path, out: &mut String) -> Res
         let other = total - admitted - limited;
         let allowed = n + (elapsed / emission_s).floor() as u64;
         let stats = match bootstrap {
-            Bootstrap::Filter(_) => format!(
-                "{} / {}",
-                envoy.stat_suffix_sum("tenant_guard_allowed"),
-                envoy.stat_suffix_sum("tenant_guard_rate_limited")
-            ),
+            Bootstrap::Filter(_) => {
+                // Each worker hands its counters to Envoy once a second.
+                let counted = || {
+                    (
+                        envoy.stat_suffix_sum("tenant_guard_allowed"),
+                        envoy.stat_suffix_sum("tenant_guard_rate_limited"),
+                    )
+                };
+                wait_until(Duration::from_secs(5), || {
+                    let (allowed, rejected) = counted();
+                    allowed >= admitted && rejected >= limited
+                });
+                let (allowed, rejected) = counted();
+                format!("{allowed} / {rejected}")
+            }
             _ => format!(
                 "(native: ok {} / limited {})",
                 envoy.stat_suffix_sum("tenant_rate_limit.http_local_rate_limit.ok"),
