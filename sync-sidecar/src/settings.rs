@@ -89,6 +89,32 @@ pub struct SettingRow {
 }
 
 impl SettingRow {
+    /// A row as `updated_by` would write it (no `updated_at`: rows built in
+    /// code, for tools and tests, have not been stored yet).
+    pub fn new(
+        scope: Scope,
+        tenant: &str,
+        route: &str,
+        key: &str,
+        value: Value,
+        updated_by: &str,
+    ) -> Self {
+        Self {
+            scope,
+            tenant: tenant.to_owned(),
+            route: route.to_owned(),
+            key: key.to_owned(),
+            value,
+            updated_by: updated_by.to_owned(),
+            updated_at: String::new(),
+        }
+    }
+
+    /// A global-scope row.
+    pub fn global(key: &str, value: Value, updated_by: &str) -> Self {
+        Self::new(Scope::Global, "", "", key, value, updated_by)
+    }
+
     /// Stable identity of the row, used in audit records: `gateway.mode`,
     /// `acme/gateway.rate_limit`, `acme/orders/gateway.rate_limit`.
     pub fn identity(&self) -> String {
@@ -622,26 +648,16 @@ mod tests {
     use super::*;
 
     fn row(scope: Scope, tenant: &str, route: &str, key: &str, value: Value) -> SettingRow {
-        SettingRow {
-            scope,
-            tenant: tenant.to_owned(),
-            route: route.to_owned(),
-            key: key.to_owned(),
-            value,
-            updated_by: "alice".to_owned(),
-            updated_at: String::new(),
-        }
+        SettingRow::new(scope, tenant, route, key, value, "alice")
     }
 
     #[test]
     fn precedence_and_validation() -> Result<(), SettingsError> {
         let rows = vec![
-            row(
-                Scope::Global,
-                "",
-                "",
+            SettingRow::global(
                 "gateway.rate_limit",
                 json!({"requests": 100, "per_seconds": 60}),
+                "alice",
             ),
             row(
                 Scope::Tenant,

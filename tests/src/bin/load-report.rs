@@ -13,7 +13,7 @@
 //! Every configuration is served by its own Envoy (one set with
 //! `--concurrency 1`, one with `--concurrency 2`), all started and warmed up
 //! first, in front of one in-process keep-alive upstream that answers a fixed
-//! 37-byte JSON body (so every scenario is a real proxied request). Then R
+//! 36-byte JSON body (so every scenario is a real proxied request). Then R
 //! repetitions: each repetition runs `wrk -t1 -cC -dS --latency` once against
 //! every Envoy, in a rotating order, so that noise from other processes on a
 //! shared machine is spread over all scenarios. Per run: req/s and p50/p99
@@ -557,40 +557,20 @@ fn exactness(args: &Args, upstream: u16, script: &Path, out: &mut String) -> Res
 
 // ------------------------------------------------------------------ 10k tenants
 
+const ACTOR: &str = "load-report";
+
 fn row(scope: Scope, tenant: &str, route: &str, key: &str, value: Value) -> SettingRow {
-    SettingRow {
-        scope,
-        tenant: tenant.to_owned(),
-        route: route.to_owned(),
-        key: key.to_owned(),
-        value,
-        updated_by: "load-report".to_owned(),
-        updated_at: "2026-11-23T00:00:00Z".to_owned(),
-    }
+    SettingRow::new(scope, tenant, route, key, value, ACTOR)
 }
 
 fn settings_rows(tenants: usize) -> Vec<SettingRow> {
     let mut rows = vec![
-        row(
-            Scope::Global,
-            "",
-            "",
-            "gateway.tenant.header",
-            json!("x-tenant-id"),
-        ),
-        row(
-            Scope::Global,
-            "",
-            "",
-            "gateway.tenant.unknown",
-            json!("reject"),
-        ),
-        row(
-            Scope::Global,
-            "",
-            "",
+        SettingRow::global("gateway.tenant.header", json!("x-tenant-id"), ACTOR),
+        SettingRow::global("gateway.tenant.unknown", json!("reject"), ACTOR),
+        SettingRow::global(
             "gateway.rate_limit",
             json!({"requests": 100, "per_seconds": 60}),
+            ACTOR,
         ),
     ];
     for i in 0..tenants {
@@ -792,7 +772,7 @@ fn run(args: &Args) -> Res<bool> {
     let _ = writeln!(out, "## load-report");
     let _ = writeln!(
         out,
-        "\n- date: {}\n- machine: {} CPUs (`nproc`), {}\n- Envoy: {}\n- filter: `{}`, {}; git {}{}\n- load: `wrk -t1 -c{} -d{}s --latency` per run, {} repetitions (rotating order), {WARMUP_SECONDS} s warm-up per Envoy\n- upstream: in-process Rust keep-alive server, fixed 37-byte JSON body (all scenarios proxy to it)\n- CPU: Envoy `utime+stime` ({ticks_per_second} ticks/s) over the run ÷ requests completed; median (min–max) over repetitions\n",
+        "\n- date: {}\n- machine: {} CPUs (`nproc`), {}\n- Envoy: {}\n- filter: `{}`, {}; git {}{}\n- load: `wrk -t1 -c{} -d{}s --latency` per run, {} repetitions (rotating order), {WARMUP_SECONDS} s warm-up per Envoy\n- upstream: in-process Rust keep-alive server, fixed 36-byte JSON body (all scenarios proxy to it)\n- CPU: Envoy `utime+stime` ({ticks_per_second} ticks/s) over the run ÷ requests completed; median (min–max) over repetitions\n",
         command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         std::thread::available_parallelism().map_or(0, usize::from),
         command_output("uname", &["-r"]),
