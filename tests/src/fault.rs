@@ -193,12 +193,10 @@ impl FaultStack {
 
     /// Upserts the tenant-scope `gateway.rate_limit` of `tenant` (NOTIFYs the sidecar).
     pub fn set_tenant_limit(&self, tenant: &str, requests: u64, per_seconds: u64) {
-        self.psql_ok(&format!(
-            "INSERT INTO tg_settings (scope, tenant, key, value, updated_by)
-             VALUES ('tenant', '{tenant}', 'gateway.rate_limit',
-                     '{{\"requests\": {requests}, \"per_seconds\": {per_seconds}}}', 'e2e')
-             ON CONFLICT (scope, tenant, route, key)
-             DO UPDATE SET value = EXCLUDED.value, updated_by = EXCLUDED.updated_by"
+        self.psql_ok(&crate::sidecar::upsert_tenant_limit_sql(
+            tenant,
+            requests,
+            per_seconds,
         ));
     }
 

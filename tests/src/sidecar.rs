@@ -132,13 +132,7 @@ impl SettingsDb {
     /// Upserts the tenant-scope `gateway.rate_limit` of `tenant` (one committed
     /// transaction, whose trigger NOTIFYs the sidecar).
     pub fn set_tenant_limit(&self, tenant: &str, requests: u64, per_seconds: u64) {
-        self.psql(&format!(
-            "INSERT INTO tg_settings (scope, tenant, key, value, updated_by)
-             VALUES ('tenant', '{tenant}', 'gateway.rate_limit',
-                     '{{\"requests\": {requests}, \"per_seconds\": {per_seconds}}}', 'e2e')
-             ON CONFLICT (scope, tenant, route, key)
-             DO UPDATE SET value = EXCLUDED.value, updated_by = EXCLUDED.updated_by"
-        ));
+        self.psql(&upsert_tenant_limit_sql(tenant, requests, per_seconds));
     }
 
     /// The `revision` of the newest delivered revision (empty if none).
@@ -474,4 +468,15 @@ pub fn measure_propagation(
         samples.push(sample);
     }
     Ok(PropagationReport { samples })
+}
+
+/// SQL that upserts the tenant-scope `gateway.rate_limit` of `tenant` as actor `e2e`.
+pub(crate) fn upsert_tenant_limit_sql(tenant: &str, requests: u64, per_seconds: u64) -> String {
+    format!(
+        "INSERT INTO tg_settings (scope, tenant, key, value, updated_by)
+         VALUES ('tenant', '{tenant}', 'gateway.rate_limit',
+                 '{{\"requests\": {requests}, \"per_seconds\": {per_seconds}}}', 'e2e')
+         ON CONFLICT (scope, tenant, route, key)
+         DO UPDATE SET value = EXCLUDED.value, updated_by = EXCLUDED.updated_by"
+    )
 }

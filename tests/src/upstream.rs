@@ -15,34 +15,36 @@ use std::thread::JoinHandle;
 struct Shared {
     hits: AtomicU64,
     statuses: Mutex<HashMap<String, u16>>,
-    stop: AtomicBool,
 }
 
-/// A running upstream; stopped on drop.
+/// A test server's accept loop on `127.0.0.1:<free port>`: every connection is
+/// served by `serve` on its own thread; stops (and joins) on drop.
 #[derive(Debug)]
-pub struct Upstream {
+pub struct Acceptor {
     port: u16,
-    shared: Arc<Shared>,
-    acceptor: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
 }
 
-impl Upstream {
-    /// Starts the server on `127.0.0.1:<free port>`.
-    pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
-        let port = listener.local_addr().expect("upstream addr").port();
-        let shared = Arc::new(Shared::default());
-        let accept_shared = Arc::clone(&shared);
-        let acceptor = std::thread::spawn(move || {
+impl Acceptor {
+    pub fn start<S: Send + Sync + 'static>(
+        shared: Arc<S>,
+        serve: fn(TcpStream, &S) -> std::io::Result<()>,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind test server");
+        let port = listener.local_addr().expect("test server addr").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let handle = std::thread::spawn(move || {
             for stream in listener.incoming() {
-                if accept_shared.stop.load(Ordering::SeqCst) {
+                if stopped.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
                 // Head and body go out in one segment; without this, Nagle +
                 // delayed ACK hold keep-alive responses for ~40 ms.
                 let _ = stream.set_nodelay(true);
-                let conn_shared = Arc::clone(&accept_shared);
+                let conn_shared = Arc::clone(&shared);
                 std::thread::spawn(move || {
                     let _ = serve(stream, &conn_shared);
                 });
@@ -50,14 +52,48 @@ impl Upstream {
         });
         Self {
             port,
-            shared,
-            acceptor: Some(acceptor),
+            stop,
+            handle: Some(handle),
         }
     }
 
     /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+}
+
+impl Drop for Acceptor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept() so the thread sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// A running upstream; stopped on drop.
+#[derive(Debug)]
+pub struct Upstream {
+    shared: Arc<Shared>,
+    acceptor: Acceptor,
+}
+
+impl Upstream {
+    /// Starts the server on `127.0.0.1:<free port>`.
+    pub fn start() -> Self {
+        let shared = Arc::new(Shared::default());
+        Self {
+            acceptor: Acceptor::start(Arc::clone(&shared), serve),
+            shared,
+        }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.acceptor.port()
     }
 
     /// Requests received so far.
@@ -72,17 +108,6 @@ impl Upstream {
             .lock()
             .expect("statuses lock")
             .insert(path.to_string(), status);
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept() so the thread sees the flag.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(handle) = self.acceptor.take() {
-            let _ = handle.join();
-        }
     }
 }
 

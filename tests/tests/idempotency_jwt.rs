@@ -19,10 +19,8 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Barrier, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jwt_simple::prelude::*;
@@ -30,6 +28,7 @@ use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Encoder};
 use serde_json::{json, Value};
 use tenant_guard_e2e::config::PluginConfig;
 use tenant_guard_e2e::http::Response;
+use tenant_guard_e2e::upstream::Acceptor;
 use tenant_guard_e2e::wait::{wait_for, wait_until};
 use tenant_guard_e2e::{Conn, Envoy};
 
@@ -79,7 +78,6 @@ struct BackendState {
 #[derive(Debug, Default)]
 struct BackendShared {
     state: Mutex<BackendState>,
-    stop: AtomicBool,
 }
 
 /// The test upstream: counts started and completed requests per path and answers
@@ -87,38 +85,21 @@ struct BackendShared {
 /// a `x-upstream-marker: <path>#<n>` header (`n` = completed requests on the path).
 #[derive(Debug)]
 struct Backend {
-    port: u16,
     shared: Arc<BackendShared>,
-    acceptor: Option<JoinHandle<()>>,
+    acceptor: Acceptor,
 }
 
 impl Backend {
     fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
-        let port = listener.local_addr().expect("backend addr").port();
         let shared = Arc::new(BackendShared::default());
-        let accept_shared = Arc::clone(&shared);
-        let acceptor = std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if accept_shared.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(stream) = stream else { continue };
-                let conn_shared = Arc::clone(&accept_shared);
-                std::thread::spawn(move || {
-                    let _ = serve(stream, &conn_shared);
-                });
-            }
-        });
         Self {
-            port,
+            acceptor: Acceptor::start(Arc::clone(&shared), serve),
             shared,
-            acceptor: Some(acceptor),
         }
     }
 
     fn port(&self) -> u16 {
-        self.port
+        self.acceptor.port()
     }
 
     fn route(&self, path: &str, route: Route) {
@@ -151,16 +132,6 @@ impl Backend {
             .get(path)
             .cloned()
             .unwrap_or_default()
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(handle) = self.acceptor.take() {
-            let _ = handle.join();
-        }
     }
 }
 
