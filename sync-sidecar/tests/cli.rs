@@ -11,96 +11,100 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{delivered_document, http, poll, TestDb};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tenant-guard-sidecar");
 
-fn sidecar(db: &TestDb, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
+/// The binary with the test's database and schema in its environment.
+fn sidecar_command(db: &TestDb) -> Command {
+    let mut command = Command::new(BIN);
+    command
         .env("DATABASE_URL", common::database_url())
-        .env("TG_SCHEMA", db.schema())
+        .env("TG_SCHEMA", db.schema());
+    command
+}
+
+fn sidecar(db: &TestDb, args: &[&str]) -> Output {
+    sidecar_command(db)
+        .args(args)
         .env("RUST_LOG", "warn")
         .output()
         .unwrap()
+}
+
+/// `sidecar` with `args` followed by the options that deliver to the test's ECDS directory.
+fn sidecar_delivering(db: &TestDb, args: &[&str]) -> Output {
+    let dir = db.ecds_dir().to_str().unwrap();
+    let deliver = ["--ecds-dir", dir, "--wasm-path", "/opt/filter.wasm"];
+    sidecar(db, &[args, &deliver[..]].concat())
 }
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+fn assert_success(out: &Output) {
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+fn assert_contains(output: &str, expected: &str) {
+    assert!(
+        output.contains(expected),
+        "{expected:?} missing in\n{output}"
+    );
+}
+
+/// Exit code `code` with `expected` in stderr.
+fn assert_fails_with(out: &Output, code: i32, expected: &str) {
+    assert_eq!(out.status.code(), Some(code), "{}", text(&out.stderr));
+    assert_contains(&text(&out.stderr), expected);
+}
+
+/// Names of the files in `dir` that satisfy `keep`.
+fn file_names(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| keep(n))
+        .collect()
+}
+
 #[tokio::test]
 async fn sync_dry_run_history_and_rollback() {
     let db = TestDb::new().await;
-    let dir = db.ecds_dir().to_str().unwrap().to_owned();
-    let deliver = [
-        "--ecds-dir",
-        dir.as_str(),
-        "--wasm-path",
-        "/opt/filter.wasm",
-    ];
-    db.set(
-        "tenant",
-        "acme",
-        "",
-        "gateway.rate_limit",
-        json!({"requests": 100, "per_seconds": 60}),
-        "alice",
-    )
-    .await;
+    db.set_tenant_limit("acme", 100, "alice").await;
 
-    let out = sidecar(&db, &[&["sync"][..], &deliver].concat());
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).contains("delivered revision 1"),
-        "{}",
-        text(&out.stdout)
-    );
-    let out = sidecar(&db, &[&["sync"][..], &deliver].concat());
-    assert!(
-        text(&out.stdout).contains("unchanged: revision 1"),
-        "{}",
-        text(&out.stdout)
-    );
+    let out = sidecar_delivering(&db, &["sync"]);
+    assert_success(&out);
+    assert_contains(&text(&out.stdout), "delivered revision 1");
+    let out = sidecar_delivering(&db, &["sync"]);
+    assert_contains(&text(&out.stdout), "unchanged: revision 1");
 
     // Dry run: a readable diff, nothing delivered or recorded.
-    db.set(
-        "tenant",
-        "acme",
-        "",
-        "gateway.rate_limit",
-        json!({"requests": 250, "per_seconds": 60}),
-        "bob",
-    )
-    .await;
+    db.set_tenant_limit("acme", 250, "bob").await;
     let before = std::fs::read(db.ecds_file()).unwrap();
     let out = sidecar(&db, &["sync", "--dry-run"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_success(&out);
     let diff = text(&out.stdout);
-    assert!(diff.contains("--- deployed revision 1 (r1-"), "{diff}");
-    assert!(
-        diff.contains("+++ rendered from current settings"),
-        "{diff}"
-    );
-    assert!(diff.contains("-        \"requests\": 100"), "{diff}");
-    assert!(diff.contains("+        \"requests\": 250"), "{diff}");
+    for expected in [
+        "--- deployed revision 1 (r1-",
+        "+++ rendered from current settings",
+        "-        \"requests\": 100",
+        "+        \"requests\": 250",
+    ] {
+        assert_contains(&diff, expected);
+    }
     assert_eq!(std::fs::read(db.ecds_file()).unwrap(), before);
     assert_eq!(db.revision_count().await, 1);
 
     // Invalid settings: the dry run says why and exits 1.
-    db.set(
-        "tenant",
-        "acme",
-        "",
-        "gateway.mode",
-        json!("loud"),
-        "mallory",
-    )
-    .await;
+    db.set_tenant("acme", "gateway.mode", json!("loud"), "mallory")
+        .await;
     let out = sidecar(&db, &["sync", "--dry-run"]);
     assert_eq!(out.status.code(), Some(1));
     let report = text(&out.stdout);
@@ -108,41 +112,18 @@ async fn sync_dry_run_history_and_rollback() {
         report.contains("INVALID") && report.contains("tenant `acme` setting `gateway.mode`"),
         "{report}"
     );
-    let out = sidecar(&db, &[&["sync"][..], &deliver].concat());
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("gateway.mode"),
-        "{}",
-        text(&out.stderr)
-    );
+    let out = sidecar_delivering(&db, &["sync"]);
+    assert_fails_with(&out, 1, "gateway.mode");
 
-    db.set(
-        "tenant",
-        "acme",
-        "",
-        "gateway.mode",
-        json!("shadow"),
-        "alice",
-    )
-    .await;
-    let out = sidecar(&db, &[&["sync"][..], &deliver].concat());
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = sidecar(
-        &db,
-        &[
-            &["rollback", "--to", "1", "--actor", "oncall"][..],
-            &deliver,
-        ]
-        .concat(),
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(
-        delivered_document(&db.ecds_file()).unwrap()["tenants"]["acme"]["rate_limit"]["requests"],
-        100
-    );
+    db.set_tenant("acme", "gateway.mode", json!("shadow"), "alice")
+        .await;
+    assert_success(&sidecar_delivering(&db, &["sync"]));
+    let rollback = ["rollback", "--to", "1", "--actor", "oncall"];
+    assert_success(&sidecar_delivering(&db, &rollback));
+    assert_eq!(db.delivered_limit("acme"), 100);
 
     let out = sidecar(&db, &["history"]);
-    assert!(out.status.success());
+    assert_success(&out);
     let history = text(&out.stdout);
     let lines: Vec<&str> = history.lines().collect();
     assert_eq!(lines.len(), 5, "header + 4 revisions:\n{history}");
@@ -171,26 +152,11 @@ async fn usage_and_configuration_errors_exit_2() {
         .env_remove("DATABASE_URL")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("DATABASE_URL"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_fails_with(&out, 2, "DATABASE_URL");
     let out = sidecar(&db, &["sync"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("--ecds-dir"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_fails_with(&out, 2, "--ecds-dir");
     let out = sidecar(&db, &["--schema", "Bad-Name", "history"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("invalid schema name"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_fails_with(&out, 2, "invalid schema name");
     let out = sidecar(&db, &["run", "--resync-interval", "soon"]);
     assert_eq!(out.status.code(), Some(2));
     let out = sidecar(
@@ -210,22 +176,14 @@ async fn usage_and_configuration_errors_exit_2() {
 #[tokio::test]
 async fn run_publishes_wasm_and_stops_cleanly_on_sigterm() {
     let db = TestDb::new().await;
-    db.set(
-        "tenant",
-        "acme",
-        "",
-        "gateway.rate_limit",
-        json!({"requests": 100, "per_seconds": 60}),
-        "alice",
-    )
-    .await;
+    db.set_tenant_limit("acme", 100, "alice").await;
     let wasm = db
         .ecds_dir()
         .parent()
         .unwrap()
         .join(format!("{}.wasm", db.schema()));
     std::fs::write(&wasm, b"\0asm\x01\0\0\0").unwrap();
-    let mut child = Command::new(BIN)
+    let mut child = sidecar_command(&db)
         .args([
             "run",
             "--admin-addr",
@@ -237,8 +195,6 @@ async fn run_publishes_wasm_and_stops_cleanly_on_sigterm() {
         .arg(db.ecds_dir())
         .arg("--wasm")
         .arg(&wasm)
-        .env("DATABASE_URL", common::database_url())
-        .env("TG_SCHEMA", db.schema())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -252,18 +208,11 @@ async fn run_publishes_wasm_and_stops_cleanly_on_sigterm() {
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .parse()
         .unwrap();
-    poll(Duration::from_secs(15), "/ready", || async {
-        (http(addr, "GET", "/ready").await.ok()?.0 == 200).then_some(())
-    })
-    .await;
+    common::wait_ready(addr).await;
 
     // The module was published content-addressed and the ECDS resource names it.
     let ecds = std::fs::read_to_string(db.ecds_file()).unwrap();
-    let published: Vec<String> = std::fs::read_dir(db.ecds_dir())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".wasm"))
-        .collect();
+    let published = file_names(db.ecds_dir(), |n| n.ends_with(".wasm"));
     assert_eq!(published.len(), 1, "{published:?}");
     assert!(ecds.contains(&published[0]), "{ecds}");
     let _ = std::fs::remove_file(&wasm);
@@ -276,20 +225,12 @@ async fn run_publishes_wasm_and_stops_cleanly_on_sigterm() {
         .status()
         .unwrap();
     assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "no exit within 10 s of SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = poll(Duration::from_secs(10), "an exit after SIGTERM", || {
+        std::future::ready(child.try_wait().unwrap())
+    })
+    .await;
     assert_eq!(status.code(), Some(0), "clean exit on SIGTERM");
-    let leftovers: Vec<String> = std::fs::read_dir(db.ecds_dir())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".tmp"))
-        .collect();
+    let leftovers = file_names(db.ecds_dir(), |n| n.contains(".tmp"));
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
     assert!(
         delivered_document(&db.ecds_file()).is_some(),

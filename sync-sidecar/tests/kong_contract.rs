@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use common::TestDb;
+use common::{limit, TestDb};
 use serde_json::{json, Value};
 use tenant_guard_sidecar::cli::{Cli, Command, Gateway};
 use tenant_guard_sidecar::db;
@@ -143,6 +143,14 @@ struct FakeKong {
 }
 
 impl FakeKong {
+    fn new(addr: SocketAddr, answers: Vec<Answer>) -> Self {
+        Self {
+            addr,
+            requests: Arc::default(),
+            answers: Arc::new(Mutex::new(answers.into())),
+        }
+    }
+
     async fn start(answers: Vec<Answer>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         Self::serve(listener, answers)
@@ -150,11 +158,7 @@ impl FakeKong {
 
     /// Serves on `addr` once `delay` has passed (connections before are refused).
     async fn start_later(addr: SocketAddr, delay: Duration, answers: Vec<Answer>) -> Self {
-        let fake = Self {
-            addr,
-            requests: Arc::default(),
-            answers: Arc::new(Mutex::new(answers.into())),
-        };
+        let fake = Self::new(addr, answers);
         let clone = fake.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -165,11 +169,7 @@ impl FakeKong {
     }
 
     fn serve(listener: TcpListener, answers: Vec<Answer>) -> Self {
-        let fake = Self {
-            addr: listener.local_addr().unwrap(),
-            requests: Arc::default(),
-            answers: Arc::new(Mutex::new(answers.into())),
-        };
+        let fake = Self::new(listener.local_addr().unwrap(), answers);
         let clone = fake.clone();
         tokio::spawn(async move { clone.accept_loop(listener).await });
         fake
@@ -275,22 +275,41 @@ fn kong_target(url: &str, mode: KongMode, kong_yml: Option<PathBuf>) -> KongTarg
 }
 
 async fn seed(db: &TestDb, requests: u64) {
-    db.set(
-        "global",
-        "",
-        "",
-        "gateway.rate_limit",
-        json!({"requests": requests, "per_seconds": 60}),
-        "alice",
-    )
-    .await;
+    db.set_global("gateway.rate_limit", limit(requests), "alice")
+        .await;
 }
 
-/// Checks a `POST /config` request against Kong's documented form and returns
-/// the declarative configuration it carries.
-fn assert_post_config(request: &Recorded) -> Value {
-    assert_eq!(request.method, "POST");
-    assert_eq!(request.target, "/config?check_hash=1&flatten_errors=1");
+/// A fresh schema seeded with a global limit of 100.
+async fn seeded_db() -> TestDb {
+    let db = TestDb::new().await;
+    seed(&db, 100).await;
+    db
+}
+
+fn syncer(db: &TestDb, target: KongTarget) -> Syncer {
+    Syncer::new(db.schema(), target).unwrap()
+}
+
+/// A syncer that POSTs to `fake` in DB-less mode.
+fn dbless_syncer(db: &TestDb, fake: &FakeKong) -> Syncer {
+    syncer(db, kong_target(&fake.url(), KongMode::Dbless, None))
+}
+
+/// The first sync through `fake` delivers after Kong saw `requests` requests.
+async fn assert_delivered_after(db: &TestDb, fake: &FakeKong, requests: usize, why: &str) {
+    let outcome = dbless_syncer(db, fake)
+        .sync(&db.client, "cli")
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, SyncOutcome::Delivered { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(fake.requests().len(), requests, "{why}");
+    assert_eq!(kong_revisions(db).await[0].status, "delivered");
+}
+
+fn assert_json_content_type(request: &Recorded) {
     assert!(
         request
             .header("content-type")
@@ -298,6 +317,14 @@ fn assert_post_config(request: &Recorded) -> Value {
         "content type: {:?}",
         request.header("content-type")
     );
+}
+
+/// Checks a `POST /config` request against Kong's documented form and returns
+/// the declarative configuration it carries.
+fn assert_post_config(request: &Recorded) -> Value {
+    assert_eq!(request.method, "POST");
+    assert_eq!(request.target, "/config?check_hash=1&flatten_errors=1");
+    assert_json_content_type(request);
     let body = request.json();
     let object = body.as_object().expect("body is an object");
     assert_eq!(
@@ -365,15 +392,13 @@ fn repo_root() -> PathBuf {
 
 #[tokio::test]
 async fn contract_dbless_post_config_then_304_when_unchanged() {
-    let db = TestDb::new().await;
-    seed(&db, 100).await;
+    let db = seeded_db().await;
     let fake = FakeKong::start(vec![created_entities(), Answer::empty(304)]).await;
     let kong_yml = db.dir.path().join("kong.yml");
-    let syncer = Syncer::new(
-        db.schema(),
+    let syncer = syncer(
+        &db,
         kong_target(&fake.url(), KongMode::Dbless, Some(kong_yml.clone())),
-    )
-    .unwrap();
+    );
 
     let outcome = syncer.sync(&db.client, "cli").await.unwrap();
     let SyncOutcome::Delivered {
@@ -469,14 +494,9 @@ fn assert_yaml_equals(yaml: &str, expected: &Value) {
 
 #[tokio::test]
 async fn contract_dbless_400_is_a_failed_revision_with_kongs_message_and_no_retry() {
-    let db = TestDb::new().await;
-    seed(&db, 100).await;
+    let db = seeded_db().await;
     let fake = FakeKong::start(vec![invalid_declarative_config()]).await;
-    let syncer = Syncer::new(
-        db.schema(),
-        kong_target(&fake.url(), KongMode::Dbless, None),
-    )
-    .unwrap();
+    let syncer = dbless_syncer(&db, &fake);
 
     let error = syncer.sync(&db.client, "cli").await.unwrap_err();
     let SyncError::Delivery { revision, source } = &error else {
@@ -505,14 +525,9 @@ async fn contract_dbless_400_is_a_failed_revision_with_kongs_message_and_no_retr
 
 #[tokio::test]
 async fn contract_dbless_429_honours_retry_after_then_201() {
-    let db = TestDb::new().await;
-    seed(&db, 100).await;
+    let db = seeded_db().await;
     let fake = FakeKong::start(vec![busy("1"), created_entities()]).await;
-    let syncer = Syncer::new(
-        db.schema(),
-        kong_target(&fake.url(), KongMode::Dbless, None),
-    )
-    .unwrap();
+    let syncer = dbless_syncer(&db, &fake);
 
     let started = Instant::now();
     let outcome = syncer.sync(&db.client, "cli").await.unwrap();
@@ -535,60 +550,33 @@ async fn contract_dbless_429_honours_retry_after_then_201() {
 
 #[tokio::test]
 async fn contract_dbless_500_then_success() {
-    let db = TestDb::new().await;
-    seed(&db, 100).await;
+    let db = seeded_db().await;
     let fake = FakeKong::start(vec![unexpected_error(), created_entities()]).await;
-    let syncer = Syncer::new(
-        db.schema(),
-        kong_target(&fake.url(), KongMode::Dbless, None),
-    )
-    .unwrap();
-
-    syncer.sync(&db.client, "cli").await.unwrap();
-    assert_eq!(fake.requests().len(), 2);
-    assert_eq!(kong_revisions(&db).await[0].status, "delivered");
+    assert_delivered_after(&db, &fake, 2, "one 500, then the retry").await;
     db.drop_schema().await;
 }
 
 #[tokio::test]
 async fn contract_connection_refused_then_success() {
-    let db = TestDb::new().await;
-    seed(&db, 100).await;
+    let db = seeded_db().await;
     let addr = {
         let probe = TcpListener::bind("127.0.0.1:0").await.unwrap();
         probe.local_addr().unwrap()
     };
     let fake =
         FakeKong::start_later(addr, Duration::from_millis(300), vec![created_entities()]).await;
-    let syncer = Syncer::new(
-        db.schema(),
-        kong_target(&fake.url(), KongMode::Dbless, None),
-    )
-    .unwrap();
-
-    syncer.sync(&db.client, "cli").await.unwrap();
-    assert_eq!(
-        fake.requests().len(),
-        1,
-        "refused attempts never reached Kong"
-    );
-    assert_eq!(kong_revisions(&db).await[0].status, "delivered");
+    assert_delivered_after(&db, &fake, 1, "refused attempts never reached Kong").await;
     db.drop_schema().await;
 }
 
 #[tokio::test]
 async fn contract_gives_up_after_the_retry_budget() {
-    let db = TestDb::new().await;
-    seed(&db, 100).await;
+    let db = seeded_db().await;
     let answers = (0..10)
         .map(|_| Answer::json(503, json!({"message": "Kong currently exiting"})))
         .collect();
     let fake = FakeKong::start(answers).await;
-    let syncer = Syncer::new(
-        db.schema(),
-        kong_target(&fake.url(), KongMode::Dbless, None),
-    )
-    .unwrap();
+    let syncer = dbless_syncer(&db, &fake);
 
     let error = syncer.sync(&db.client, "cli").await.unwrap_err();
     assert!(matches!(
@@ -615,8 +603,7 @@ async fn contract_gives_up_after_the_retry_budget() {
 
 #[tokio::test]
 async fn contract_db_mode_puts_the_filter_chain_on_the_route() {
-    let db = TestDb::new().await;
-    seed(&db, 100).await;
+    let db = seeded_db().await;
     let entity = json!({
         "id": "c1a2f1a0-6d6e-4a53-9e0c-3f0d2e9b6a11",
         "name": "tenant-guard",
@@ -640,7 +627,7 @@ async fn contract_db_mode_puts_the_filter_chain_on_the_route() {
     let fake = FakeKong::start(vec![Answer::json(200, entity), schema_violation]).await;
     let mut target = kong_target(&fake.url(), KongMode::Db, None);
     target.layout.route_name = "orders api".to_owned();
-    let syncer = Syncer::new(db.schema(), target).unwrap();
+    let syncer = syncer(&db, target);
 
     let SyncOutcome::Delivered { revision, .. } = syncer.sync(&db.client, "cli").await.unwrap()
     else {
@@ -652,9 +639,7 @@ async fn contract_db_mode_puts_the_filter_chain_on_the_route() {
         request.target,
         "/routes/orders%20api/filter-chains/tenant-guard"
     );
-    assert!(request
-        .header("content-type")
-        .is_some_and(|v| v.starts_with("application/json")));
+    assert_json_content_type(request);
     let body = request.json();
     assert_eq!(body["name"], "tenant-guard");
     assert_eq!(body["enabled"], true);
@@ -691,19 +676,14 @@ async fn contract_db_mode_puts_the_filter_chain_on_the_route() {
 
 #[tokio::test]
 async fn contract_rollback_redelivers_to_kong_and_is_audited() {
-    let db = TestDb::new().await;
-    seed(&db, 100).await;
+    let db = seeded_db().await;
     let fake = FakeKong::start(vec![
         created_entities(),
         created_entities(),
         created_entities(),
     ])
     .await;
-    let syncer = Syncer::new(
-        db.schema(),
-        kong_target(&fake.url(), KongMode::Dbless, None),
-    )
-    .unwrap();
+    let syncer = dbless_syncer(&db, &fake);
 
     let first = syncer.sync(&db.client, "cli").await.unwrap().revision_id();
     seed(&db, 7).await;

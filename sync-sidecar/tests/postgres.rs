@@ -10,107 +10,75 @@
 
 mod common;
 
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
 
-use common::{delivered_document, poll, Daemon, TestDb};
+use common::{limit, poll, Daemon, TestDb};
 use serde_json::{json, Value};
-use tenant_guard_sidecar::db;
-use tenant_guard_sidecar::sync::{SyncError, SyncOutcome, TARGET_ENVOY};
+use tenant_guard_core::config::CompiledConfig;
+use tenant_guard_sidecar::db::{self, Revision};
+use tenant_guard_sidecar::sync::{SyncError, SyncOutcome, Syncer, TARGET_ENVOY};
 
-fn limit(requests: u64) -> Value {
-    json!({"requests": requests, "per_seconds": 60})
+/// The filter's own parser over a delivered document.
+fn compile(document: &Value) -> CompiledConfig {
+    tenant_guard_core::config::parse(document.to_string().as_bytes()).unwrap()
+}
+
+/// The revision Envoy has now (the last delivered one), if any.
+async fn deployed_revision(db: &TestDb) -> Option<Revision> {
+    db::latest_revision(&db.client, TARGET_ENVOY, true)
+        .await
+        .unwrap()
+}
+
+fn assert_mentions(message: &str, expected: &[&str]) {
+    for part in expected {
+        assert!(message.contains(part), "{part:?} missing in\n{message}");
+    }
+}
+
+/// Syncs, expecting a failure whose message names every one of `expected`.
+async fn assert_sync_fails(syncer: &Syncer, db: &TestDb, expected: &[&str]) {
+    let error = syncer.sync(&db.client, "test").await.unwrap_err();
+    assert_mentions(&error.to_string(), expected);
+}
+
+fn modified(path: &Path) -> SystemTime {
+    std::fs::metadata(path).unwrap().modified().unwrap()
 }
 
 #[tokio::test]
 async fn resolution_precedence_global_tenant_route() {
     let db = TestDb::new().await;
-    db.set("global", "", "", "gateway.rate_limit", limit(100), "alice")
+    for (key, value) in [
+        ("gateway.rate_limit", limit(100)),
+        ("gateway.mode", json!("shadow")),
+        ("gateway.tenant.unknown", json!("reject")),
+    ] {
+        db.set_global(key, value, "alice").await;
+    }
+    for (key, value) in [
+        (
+            "gateway.rate_limit",
+            json!({"requests": 1000, "per_seconds": 60, "burst": 50}),
+        ),
+        ("gateway.mode", json!("enforce")),
+    ] {
+        db.set_tenant("acme", key, value, "bob").await;
+    }
+    for (route, key, value) in [
+        ("orders", "gateway.route.prefix", json!("/orders")),
+        ("orders", "gateway.route.method", json!("POST")),
+        ("orders", "gateway.rate_limit", limit(5)),
+        ("search", "gateway.route.prefix", json!("/search")),
+    ] {
+        db.set_route("acme", route, key, value, "carol").await;
+    }
+    db.set_route("beta", "x", "gateway.route.prefix", json!("/x"), "dave")
         .await;
-    db.set("global", "", "", "gateway.mode", json!("shadow"), "alice")
+    db.set_tenant_limit("gone", 7, "erin").await;
+    db.set_tenant("gone", "gateway.enabled", json!(false), "erin")
         .await;
-    db.set(
-        "global",
-        "",
-        "",
-        "gateway.tenant.unknown",
-        json!("reject"),
-        "alice",
-    )
-    .await;
-    db.set(
-        "tenant",
-        "acme",
-        "",
-        "gateway.rate_limit",
-        json!({"requests": 1000, "per_seconds": 60, "burst": 50}),
-        "bob",
-    )
-    .await;
-    db.set(
-        "tenant",
-        "acme",
-        "",
-        "gateway.mode",
-        json!("enforce"),
-        "bob",
-    )
-    .await;
-    db.set(
-        "route",
-        "acme",
-        "orders",
-        "gateway.route.prefix",
-        json!("/orders"),
-        "carol",
-    )
-    .await;
-    db.set(
-        "route",
-        "acme",
-        "orders",
-        "gateway.route.method",
-        json!("POST"),
-        "carol",
-    )
-    .await;
-    db.set(
-        "route",
-        "acme",
-        "orders",
-        "gateway.rate_limit",
-        limit(5),
-        "carol",
-    )
-    .await;
-    db.set(
-        "route",
-        "acme",
-        "search",
-        "gateway.route.prefix",
-        json!("/search"),
-        "carol",
-    )
-    .await;
-    db.set(
-        "route",
-        "beta",
-        "x",
-        "gateway.route.prefix",
-        json!("/x"),
-        "dave",
-    )
-    .await;
-    db.set("tenant", "gone", "", "gateway.rate_limit", limit(7), "erin")
-        .await;
-    db.set(
-        "tenant",
-        "gone",
-        "",
-        "gateway.enabled",
-        json!(false),
-        "erin",
-    )
-    .await;
 
     let outcome = db.syncer().sync(&db.client, "test").await.unwrap();
     assert!(
@@ -118,10 +86,10 @@ async fn resolution_precedence_global_tenant_route() {
         "{outcome:?}"
     );
 
-    let document = delivered_document(&db.ecds_file()).expect("ECDS file with a document");
+    let document = db.document();
     assert!(document["revision"].as_str().unwrap().starts_with("r1-"));
     // The filter's own parser accepts it and resolves the precedence.
-    let compiled = tenant_guard_core::config::parse(document.to_string().as_bytes()).unwrap();
+    let compiled = compile(&document);
     let acme = compiled.tenants.get("acme").expect("acme");
     assert_eq!(
         acme.mode,
@@ -170,10 +138,7 @@ async fn resolution_precedence_global_tenant_route() {
     );
     assert!(compiled.tenant.trust_header_without_jwt);
 
-    let record = db::latest_revision(&db.client, TARGET_ENVOY, true)
-        .await
-        .unwrap()
-        .unwrap();
+    let record = deployed_revision(&db).await.expect("a deployed revision");
     assert_eq!(record.actors, vec!["alice", "bob", "carol", "dave", "erin"]);
     assert!(record
         .changed_keys
@@ -185,36 +150,30 @@ async fn resolution_precedence_global_tenant_route() {
 async fn idempotency_settings_global_and_per_tenant() {
     let db = TestDb::new().await;
     let syncer = db.syncer();
-    db.set(
-        "global",
-        "",
-        "",
+    db.set_global(
         "gateway.idempotency",
         json!({"methods": ["POST"], "required": false, "ttl_seconds": 600,
                "max_body_bytes": 4096, "in_flight_timeout_seconds": 30}),
         "alice",
     )
     .await;
-    db.set(
-        "tenant",
+    db.set_tenant(
         "acme",
-        "",
         "gateway.idempotency",
         json!({"methods": ["POST", "PATCH"], "required": true}),
         "bob",
     )
     .await;
-    db.set("tenant", "beta", "", "gateway.rate_limit", limit(10), "bob")
-        .await;
+    db.set_tenant_limit("beta", 10, "bob").await;
     syncer.sync(&db.client, "test").await.unwrap();
 
-    let document = delivered_document(&db.ecds_file()).expect("ECDS file with a document");
+    let document = db.document();
     assert_eq!(document["defaults"]["idempotency"]["ttl_seconds"], 600);
     assert_eq!(
         document["tenants"]["acme"]["idempotency"]["methods"],
         json!(["POST", "PATCH"])
     );
-    let compiled = tenant_guard_core::config::parse(document.to_string().as_bytes()).unwrap();
+    let compiled = compile(&document);
     let acme = compiled.tenants["acme"].idempotency.as_ref().expect("acme");
     assert!(acme.required, "the tenant object replaces the global one");
     assert_eq!(acme.methods, ["POST", "PATCH"]);
@@ -232,40 +191,34 @@ async fn idempotency_settings_global_and_per_tenant() {
     assert_eq!(defaults.in_flight_timeout_seconds, 30);
 
     // An invalid object is rejected with the row named; nothing is delivered.
-    db.set(
-        "tenant",
+    db.set_tenant(
         "acme",
-        "",
         "gateway.idempotency",
         json!({"methods": ["POST"], "ttl_seconds": 0}),
         "mallory",
     )
     .await;
-    let error = syncer.sync(&db.client, "test").await.unwrap_err();
-    let message = error.to_string();
-    assert!(
-        message.contains("tenant `acme` setting `gateway.idempotency` (updated by mallory)"),
-        "{message}"
-    );
-    assert!(
-        message.contains("tenants.acme.idempotency.ttl_seconds"),
-        "{message}"
-    );
-    let still = delivered_document(&db.ecds_file()).unwrap();
+    assert_sync_fails(
+        &syncer,
+        &db,
+        &[
+            "tenant `acme` setting `gateway.idempotency` (updated by mallory)",
+            "tenants.acme.idempotency.ttl_seconds",
+        ],
+    )
+    .await;
+    let still = db.document();
     assert_eq!(still["tenants"]["acme"]["idempotency"]["required"], true);
 
     // Not a route-scope key.
-    db.set(
-        "tenant",
+    db.set_tenant(
         "acme",
-        "",
         "gateway.idempotency",
         json!({"methods": ["POST"]}),
         "bob",
     )
     .await;
-    db.set(
-        "route",
+    db.set_route(
         "acme",
         "orders",
         "gateway.idempotency",
@@ -273,16 +226,15 @@ async fn idempotency_settings_global_and_per_tenant() {
         "bob",
     )
     .await;
-    let message = syncer
-        .sync(&db.client, "test")
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        message.contains("route `orders` setting `gateway.idempotency`")
-            && message.contains("not allowed at route scope"),
-        "{message}"
-    );
+    assert_sync_fails(
+        &syncer,
+        &db,
+        &[
+            "route `orders` setting `gateway.idempotency`",
+            "not allowed at route scope",
+        ],
+    )
+    .await;
     db.drop_schema().await;
 }
 
@@ -292,15 +244,7 @@ async fn invalid_settings_are_recorded_and_never_delivered() {
     let syncer = db.syncer();
 
     // Invalid from the start: nothing is written at all.
-    db.set(
-        "tenant",
-        "acme",
-        "",
-        "gateway.rate_limit",
-        limit(0),
-        "mallory",
-    )
-    .await;
+    db.set_tenant_limit("acme", 0, "mallory").await;
     let error = syncer.sync(&db.client, "test").await.unwrap_err();
     let SyncError::Invalid {
         revision: Some(failed),
@@ -309,15 +253,13 @@ async fn invalid_settings_are_recorded_and_never_delivered() {
     else {
         panic!("expected a recorded invalid revision, got {error:?}");
     };
-    let message = error.to_string();
-    assert!(
-        message.contains("tenant `acme` setting `gateway.rate_limit`"),
-        "{message}"
-    );
-    assert!(message.contains("updated by mallory"), "{message}");
-    assert!(
-        message.contains("tenants.acme.rate_limit.requests"),
-        "{message}"
+    assert_mentions(
+        &error.to_string(),
+        &[
+            "tenant `acme` setting `gateway.rate_limit`",
+            "updated by mallory",
+            "tenants.acme.rate_limit.requests",
+        ],
     );
     assert!(
         !db.ecds_file().exists(),
@@ -334,47 +276,24 @@ async fn invalid_settings_are_recorded_and_never_delivered() {
     assert_eq!(db.revision_count().await, 1);
 
     // Fix it: delivered.
-    db.set(
-        "tenant",
-        "acme",
-        "",
-        "gateway.rate_limit",
-        limit(10),
-        "alice",
-    )
-    .await;
+    db.set_tenant_limit("acme", 10, "alice").await;
     let good = syncer.sync(&db.client, "test").await.unwrap();
     let before = std::fs::read(db.ecds_file()).unwrap();
 
     // Schema-valid but rejected by the filter's parser (same header twice).
-    db.set(
-        "global",
-        "",
-        "",
-        "gateway.tenant.header",
-        json!("x-id"),
-        "alice",
+    db.set_global("gateway.tenant.header", json!("x-id"), "alice")
+        .await;
+    db.set_global("gateway.correlation.header", json!("x-id"), "bob")
+        .await;
+    assert_sync_fails(
+        &syncer,
+        &db,
+        &[
+            "global setting `gateway.correlation.header` (updated by bob)",
+            "[filter]",
+        ],
     )
     .await;
-    db.set(
-        "global",
-        "",
-        "",
-        "gateway.correlation.header",
-        json!("x-id"),
-        "bob",
-    )
-    .await;
-    let error = syncer
-        .sync(&db.client, "test")
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        error.contains("global setting `gateway.correlation.header` (updated by bob)"),
-        "{error}"
-    );
-    assert!(error.contains("[filter]"), "{error}");
     assert_eq!(
         std::fs::read(db.ecds_file()).unwrap(),
         before,
@@ -382,33 +301,26 @@ async fn invalid_settings_are_recorded_and_never_delivered() {
     );
 
     // Unknown keys and wrong scopes name the row too.
-    db.set(
-        "global",
-        "",
-        "",
+    db.set_global(
         "gateway.correlation.header",
         json!("x-correlation-id"),
         "bob",
     )
     .await;
-    db.set("tenant", "acme", "", "gateway.rate_limt", limit(1), "typo")
+    db.set_tenant("acme", "gateway.rate_limt", limit(1), "typo")
         .await;
-    let error = syncer
-        .sync(&db.client, "test")
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        error.contains("tenant `acme` setting `gateway.rate_limt`")
-            && error.contains("unknown setting key"),
-        "{error}"
-    );
+    assert_sync_fails(
+        &syncer,
+        &db,
+        &[
+            "tenant `acme` setting `gateway.rate_limt`",
+            "unknown setting key",
+        ],
+    )
+    .await;
     assert_eq!(std::fs::read(db.ecds_file()).unwrap(), before);
 
-    let deployed = db::latest_revision(&db.client, TARGET_ENVOY, true)
-        .await
-        .unwrap()
-        .unwrap();
+    let deployed = deployed_revision(&db).await.expect("a deployed revision");
     assert_eq!(
         deployed.id,
         good.revision_id(),
@@ -421,17 +333,13 @@ async fn invalid_settings_are_recorded_and_never_delivered() {
 async fn unchanged_settings_deliver_nothing() {
     let db = TestDb::new().await;
     let syncer = db.syncer();
-    db.set("global", "", "", "gateway.rate_limit", limit(100), "alice")
+    db.set_global("gateway.rate_limit", limit(100), "alice")
         .await;
     let first = syncer.sync(&db.client, "test").await.unwrap();
-    let modified = std::fs::metadata(db.ecds_file())
-        .unwrap()
-        .modified()
-        .unwrap();
+    let written = modified(&db.ecds_file());
 
     // Rewriting a row with the same value changes nothing.
-    db.set("global", "", "", "gateway.rate_limit", limit(100), "bob")
-        .await;
+    db.set_global("gateway.rate_limit", limit(100), "bob").await;
     let second = syncer.sync(&db.client, "test").await.unwrap();
     assert!(
         matches!(
@@ -445,13 +353,7 @@ async fn unchanged_settings_deliver_nothing() {
     );
     assert_eq!(second.revision_id(), first.revision_id());
     assert_eq!(db.revision_count().await, 1);
-    assert_eq!(
-        std::fs::metadata(db.ecds_file())
-            .unwrap()
-            .modified()
-            .unwrap(),
-        modified
-    );
+    assert_eq!(modified(&db.ecds_file()), written);
 
     // A lost file is written again, without a new revision.
     std::fs::remove_file(db.ecds_file()).unwrap();
@@ -466,10 +368,7 @@ async fn unchanged_settings_deliver_nothing() {
         ),
         "{third:?}"
     );
-    assert_eq!(
-        delivered_document(&db.ecds_file()).unwrap()["defaults"]["rate_limit"]["requests"],
-        100
-    );
+    assert_eq!(db.document()["defaults"]["rate_limit"]["requests"], 100);
     assert_eq!(db.revision_count().await, 1);
     db.drop_schema().await;
 }
@@ -478,33 +377,14 @@ async fn unchanged_settings_deliver_nothing() {
 async fn rollback_redelivers_a_recorded_revision() {
     let db = TestDb::new().await;
     let syncer = db.syncer();
-    db.set(
-        "tenant",
-        "acme",
-        "",
-        "gateway.rate_limit",
-        limit(100),
-        "alice",
-    )
-    .await;
+    db.set_tenant_limit("acme", 100, "alice").await;
     let one = syncer.sync(&db.client, "test").await.unwrap().revision_id();
-    db.set(
-        "tenant",
-        "acme",
-        "",
-        "gateway.rate_limit",
-        limit(200),
-        "bob",
-    )
-    .await;
+    db.set_tenant_limit("acme", 200, "bob").await;
     syncer.sync(&db.client, "test").await.unwrap();
-    assert_eq!(
-        delivered_document(&db.ecds_file()).unwrap()["tenants"]["acme"]["rate_limit"]["requests"],
-        200
-    );
+    assert_eq!(db.delivered_limit("acme"), 200);
 
     let rolled = syncer.rollback(&db.client, one, "oncall").await.unwrap();
-    let document = delivered_document(&db.ecds_file()).unwrap();
+    let document = db.document();
     assert_eq!(document["tenants"]["acme"]["rate_limit"]["requests"], 100);
     assert!(document["revision"]
         .as_str()
@@ -522,34 +402,15 @@ async fn rollback_redelivers_a_recorded_revision() {
         syncer.sync(&db.client, "test").await.unwrap(),
         SyncOutcome::Unchanged { .. }
     ));
-    db.set(
-        "tenant",
-        "acme",
-        "",
-        "gateway.rate_limit",
-        limit(300),
-        "carol",
-    )
-    .await;
+    db.set_tenant_limit("acme", 300, "carol").await;
     assert!(matches!(
         syncer.sync(&db.client, "test").await.unwrap(),
         SyncOutcome::Delivered { .. }
     ));
-    assert_eq!(
-        delivered_document(&db.ecds_file()).unwrap()["tenants"]["acme"]["rate_limit"]["requests"],
-        300
-    );
+    assert_eq!(db.delivered_limit("acme"), 300);
 
     // Failed or unknown revisions cannot be restored.
-    db.set(
-        "tenant",
-        "acme",
-        "",
-        "gateway.rate_limit",
-        limit(0),
-        "mallory",
-    )
-    .await;
+    db.set_tenant_limit("acme", 0, "mallory").await;
     let Err(SyncError::Invalid {
         revision: Some(failed),
         ..
@@ -587,48 +448,18 @@ async fn migrations_are_idempotent() {
 #[tokio::test]
 async fn notify_delivers_and_admin_endpoints_report() {
     let db = TestDb::new().await;
-    db.set(
-        "tenant",
-        "acme",
-        "",
-        "gateway.rate_limit",
-        limit(100),
-        "alice",
-    )
-    .await;
+    db.set_tenant_limit("acme", 100, "alice").await;
     let daemon = Daemon::start(&db, None).await;
     daemon.wait_ready().await;
     assert_eq!(daemon.get("/live").await.0, 200);
 
     // A change reaches the file through NOTIFY (the periodic resync is an hour away).
-    db.set(
-        "tenant",
-        "acme",
-        "",
-        "gateway.rate_limit",
-        limit(250),
-        "bob",
-    )
-    .await;
-    let file = db.ecds_file();
-    poll(
-        Duration::from_secs(10),
-        "the new limit in the ECDS file",
-        || {
-            let file = file.clone();
-            async move {
-                let document = delivered_document(&file)?;
-                (document["tenants"]["acme"]["rate_limit"]["requests"] == 250).then_some(())
-            }
-        },
-    )
-    .await;
+    db.set_tenant_limit("acme", 250, "bob").await;
+    db.wait_for_tenant_limit("acme", 250, Duration::from_secs(10))
+        .await;
     // The file is renamed into place just before the revision is recorded.
     let latest = poll(Duration::from_secs(10), "the revision record", || async {
-        db::latest_revision(&db.client, TARGET_ENVOY, true)
-            .await
-            .unwrap()
-            .filter(|r| r.id >= 2)
+        deployed_revision(&db).await.filter(|r| r.id >= 2)
     })
     .await;
     assert_eq!(latest.trigger, "notify");
@@ -643,15 +474,16 @@ async fn notify_delivers_and_admin_endpoints_report() {
 
     let (status, metrics) = daemon.get("/metrics").await;
     assert_eq!(status, 200);
-    for name in [
-        "settings_sync_duration_seconds_count",
-        "settings_sync_success_total",
-        "settings_sync_errors_total 0",
-        "gateway_deployment_status{gateway=\"envoy\"} 1",
-        "settings_database_connected 1",
-    ] {
-        assert!(metrics.contains(name), "{name} missing in\n{metrics}");
-    }
+    assert_mentions(
+        &metrics,
+        &[
+            "settings_sync_duration_seconds_count",
+            "settings_sync_success_total",
+            "settings_sync_errors_total 0",
+            "gateway_deployment_status{gateway=\"envoy\"} 1",
+            "settings_database_connected 1",
+        ],
+    );
     assert_eq!(
         daemon.metric("settings_current_revision").await,
         Some(latest.id as f64)
@@ -664,15 +496,7 @@ async fn notify_delivers_and_admin_endpoints_report() {
 #[tokio::test]
 async fn ready_only_after_a_successful_delivery() {
     let db = TestDb::new().await;
-    db.set(
-        "tenant",
-        "acme",
-        "",
-        "gateway.rate_limit",
-        limit(0),
-        "mallory",
-    )
-    .await;
+    db.set_tenant_limit("acme", 0, "mallory").await;
     let daemon = Daemon::start(&db, None).await;
     poll(Duration::from_secs(10), "a failed sync", || async {
         (daemon.metric("settings_sync_errors_total").await? >= 1.0).then_some(())
@@ -687,21 +511,10 @@ async fn ready_only_after_a_successful_delivery() {
         .contains("gateway_deployment_status{gateway=\"envoy\"} 0"));
     let (status, body) = daemon.post("/sync").await;
     assert_eq!(status, 422, "{body}");
-    assert!(
-        body.contains("tenant `acme` setting `gateway.rate_limit`"),
-        "{body}"
-    );
+    assert_mentions(&body, &["tenant `acme` setting `gateway.rate_limit`"]);
     assert!(!db.ecds_file().exists());
 
-    db.set(
-        "tenant",
-        "acme",
-        "",
-        "gateway.rate_limit",
-        limit(5),
-        "alice",
-    )
-    .await;
+    db.set_tenant_limit("acme", 5, "alice").await;
     daemon.wait_ready().await;
     assert!(db.ecds_file().exists());
     daemon.stop().await;
@@ -711,15 +524,7 @@ async fn ready_only_after_a_successful_delivery() {
 #[tokio::test]
 async fn reconnects_and_resyncs_after_losing_the_database() {
     let db = TestDb::new().await;
-    db.set(
-        "tenant",
-        "acme",
-        "",
-        "gateway.rate_limit",
-        limit(100),
-        "alice",
-    )
-    .await;
+    db.set_tenant_limit("acme", 100, "alice").await;
     let daemon = Daemon::start(&db, None).await;
     daemon.wait_ready().await;
     let app = format!("tenant-guard-sidecar/{}", db.schema());
@@ -733,29 +538,11 @@ async fn reconnects_and_resyncs_after_losing_the_database() {
         .unwrap()
         .get(0);
     assert!(terminated);
-    db.set(
-        "tenant",
-        "acme",
-        "",
-        "gateway.rate_limit",
-        limit(333),
-        "bob",
-    )
-    .await;
+    db.set_tenant_limit("acme", 333, "bob").await;
 
-    let file = db.ecds_file();
-    poll(
-        Duration::from_secs(15),
-        "the change after reconnecting",
-        || {
-            let file = file.clone();
-            async move {
-                let document = delivered_document(&file)?;
-                (document["tenants"]["acme"]["rate_limit"]["requests"] == 333).then_some(())
-            }
-        },
-    )
-    .await;
+    // The change arrives after reconnecting.
+    db.wait_for_tenant_limit("acme", 333, Duration::from_secs(15))
+        .await;
     let sessions = backends(&db.client, &app).await;
     assert!(
         sessions.iter().any(|pid| *pid != old_pid),
@@ -780,7 +567,7 @@ async fn unreachable_database_is_retried_and_reported() {
     assert_eq!(daemon.get("/ready").await.0, 503);
     let (status, body) = daemon.post("/sync").await;
     assert_eq!(status, 503, "{body}");
-    assert!(body.contains("database unavailable"), "{body}");
+    assert_mentions(&body, &["database unavailable"]);
     assert_eq!(
         daemon.metric("settings_database_connected").await,
         Some(0.0)
@@ -812,52 +599,24 @@ async fn jwt_if_match_headers_and_kong_switches_are_global_settings() {
                                         "k": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"}]}}],
         "user_claim": "sub"
     });
-    db.set("global", "", "", "gateway.tenant.jwt", jwt, "alice")
-        .await;
-    db.set(
-        "global",
-        "",
-        "",
-        "gateway.if_match",
-        json!([{"prefix": "/orders", "methods": ["PUT", "DELETE"]}]),
-        "alice",
-    )
-    .await;
-    db.set("global", "", "", "gateway.metrics", json!(false), "alice")
-        .await;
-    db.set(
-        "global",
-        "",
-        "",
-        "gateway.store.namespace",
-        json!("tenant_guard"),
-        "alice",
-    )
-    .await;
-    db.set(
-        "global",
-        "",
-        "",
-        "gateway.headers.revision",
-        json!(false),
-        "alice",
-    )
-    .await;
-    db.set(
-        "global",
-        "",
-        "",
-        "gateway.headers.rate_limit",
-        json!("on_reject"),
-        "alice",
-    )
-    .await;
-    db.set("tenant", "acme", "", "gateway.rate_limit", limit(10), "bob")
-        .await;
+    for (key, value) in [
+        ("gateway.tenant.jwt", jwt),
+        (
+            "gateway.if_match",
+            json!([{"prefix": "/orders", "methods": ["PUT", "DELETE"]}]),
+        ),
+        ("gateway.metrics", json!(false)),
+        ("gateway.store.namespace", json!("tenant_guard")),
+        ("gateway.headers.revision", json!(false)),
+        ("gateway.headers.rate_limit", json!("on_reject")),
+    ] {
+        db.set_global(key, value, "alice").await;
+    }
+    db.set_tenant_limit("acme", 10, "bob").await;
     syncer.sync(&db.client, "test").await.unwrap();
 
-    let document = delivered_document(&db.ecds_file()).expect("ECDS file with a document");
-    let compiled = tenant_guard_core::config::parse(document.to_string().as_bytes()).unwrap();
+    let document = db.document();
+    let compiled = compile(&document);
     assert!(compiled.jwt.is_some(), "{document}");
     assert!(!compiled.headers.revision);
     assert_eq!(
@@ -870,26 +629,20 @@ async fn jwt_if_match_headers_and_kong_switches_are_global_settings() {
     assert_eq!(compiled.store.namespace.as_deref(), Some("tenant_guard"));
 
     // A JWKS the filter would refuse (private key material) never reaches the gateway.
-    db.set(
-        "global",
-        "",
-        "",
+    db.set_global(
         "gateway.tenant.jwt",
         json!({"issuers": [{"iss": "x", "audiences": ["a"],
                "jwks": {"keys": [{"kty": "oct", "k": "c2VjcmV0", "d": "private"}]}}]}),
         "mallory",
     )
     .await;
-    let message = syncer
-        .sync(&db.client, "test")
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        message.contains("setting `gateway.tenant.jwt` (updated by mallory)"),
-        "{message}"
-    );
-    let still = delivered_document(&db.ecds_file()).unwrap();
+    assert_sync_fails(
+        &syncer,
+        &db,
+        &["setting `gateway.tenant.jwt` (updated by mallory)"],
+    )
+    .await;
+    let still = db.document();
     assert_eq!(still["tenant"]["jwt"]["user_claim"], "sub");
     db.drop_schema().await;
 }

@@ -103,6 +103,46 @@ impl TestDb {
             .unwrap();
     }
 
+    pub async fn set_global(&self, key: &str, value: Value, actor: &str) {
+        self.set("global", "", "", key, value, actor).await;
+    }
+
+    pub async fn set_tenant(&self, tenant: &str, key: &str, value: Value, actor: &str) {
+        self.set("tenant", tenant, "", key, value, actor).await;
+    }
+
+    pub async fn set_route(&self, tenant: &str, route: &str, key: &str, value: Value, actor: &str) {
+        self.set("route", tenant, route, key, value, actor).await;
+    }
+
+    /// `gateway.rate_limit` of `tenant` set to `requests` per minute.
+    pub async fn set_tenant_limit(&self, tenant: &str, requests: u64, actor: &str) {
+        self.set_tenant(tenant, "gateway.rate_limit", limit(requests), actor)
+            .await;
+    }
+
+    /// The plugin document in the ECDS file; panics when there is none.
+    pub fn document(&self) -> Value {
+        delivered_document(&self.ecds_file()).expect("ECDS file with a document")
+    }
+
+    /// The requests of `tenant`'s rate limit in the ECDS file.
+    pub fn delivered_limit(&self, tenant: &str) -> Value {
+        tenant_limit(&self.document(), tenant).clone()
+    }
+
+    /// Polls until the ECDS file delivers `requests` as the rate limit of `tenant`.
+    pub async fn wait_for_tenant_limit(&self, tenant: &str, requests: u64, timeout: Duration) {
+        let file = self.ecds_file();
+        let what = format!("rate limit {requests} for `{tenant}` in the ECDS file");
+        poll(timeout, &what, || {
+            let delivered = delivered_document(&file)
+                .is_some_and(|document| *tenant_limit(&document, tenant) == requests);
+            std::future::ready(delivered.then_some(()))
+        })
+        .await;
+    }
+
     pub async fn revision_count(&self) -> i64 {
         self.client
             .query_one("SELECT count(*) FROM tg_revisions", &[])
@@ -146,6 +186,16 @@ async fn sweep_stale_schemas(client: &Client) {
                 .await;
         }
     }
+}
+
+/// `{"requests": requests, "per_seconds": 60}`.
+pub fn limit(requests: u64) -> Value {
+    serde_json::json!({"requests": requests, "per_seconds": 60})
+}
+
+/// The requests of `tenant`'s rate limit in a plugin document (`Null` when absent).
+pub fn tenant_limit<'a>(document: &'a Value, tenant: &str) -> &'a Value {
+    &document["tenants"][tenant]["rate_limit"]["requests"]
 }
 
 /// The plugin document inside the ECDS file, if the file exists.
@@ -196,6 +246,14 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str) -> std::io::Result
         .map(|(_, body)| body.to_owned())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// Polls `GET /ready` on an admin server until it answers 200 (15 s at most).
+pub async fn wait_ready(addr: SocketAddr) {
+    poll(Duration::from_secs(15), "/ready", || async {
+        (http(addr, "GET", "/ready").await.ok()?.0 == 200).then_some(())
+    })
+    .await;
 }
 
 /// A daemon running in this process.
@@ -249,10 +307,7 @@ impl Daemon {
     }
 
     pub async fn wait_ready(&self) {
-        poll(Duration::from_secs(15), "/ready", || async {
-            (self.get("/ready").await.0 == 200).then_some(())
-        })
-        .await;
+        wait_ready(self.addr).await;
     }
 
     pub async fn stop(mut self) {
