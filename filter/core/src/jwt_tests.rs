@@ -37,6 +37,20 @@ fn keys() -> Keys {
     }
 }
 
+impl Keys {
+    fn es_token(&self, claims: JWTClaims<Value>) -> String {
+        self.es.sign(claims).unwrap()
+    }
+
+    fn ed_token(&self, claims: JWTClaims<Value>) -> String {
+        self.ed.sign(claims).unwrap()
+    }
+
+    fn hs_token(&self, claims: JWTClaims<Value>) -> String {
+        self.hs.authenticate(claims).unwrap()
+    }
+}
+
 fn es_jwk(key: &ES256KeyPair, kid: &str) -> Value {
     let point = key.public_key().public_key().to_bytes_uncompressed();
     json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
@@ -66,21 +80,43 @@ fn config_with(keys: Vec<Value>, extra: Value) -> JwtConfig {
     serde_json::from_value(doc).unwrap()
 }
 
+fn compile_with(keys: Vec<Value>, extra: Value) -> CompiledJwt {
+    jwt::compile(&config_with(keys, extra)).unwrap()
+}
+
+fn compile_error(keys: Vec<Value>, extra: Value) -> JwtConfigError {
+    jwt::compile(&config_with(keys, extra)).unwrap_err()
+}
+
+/// A verifier trusting all three of `k`'s keys.
 fn compiled(k: &Keys) -> CompiledJwt {
-    jwt::compile(&config_with(
+    compile_with(
         vec![
             es_jwk(&k.es, "es-1"),
             ed_jwk(&k.ed, "ed-1"),
             hs_jwk(HS_SECRET, "hs-1"),
         ],
         json!({}),
-    ))
-    .unwrap()
+    )
+}
+
+/// Fresh [`keys`] and the verifier [`compiled`] from them.
+fn keys_and_verifier() -> (Keys, CompiledJwt) {
+    let k = keys();
+    let c = compiled(&k);
+    (k, c)
 }
 
 /// Claims valid at [`NOW`] for ISS/AUD with tenant/user/org.
 fn claims() -> JWTClaims<Value> {
     claims_with(json!({"tenant_id": "acme", "org_id": "acme-eu"}))
+}
+
+/// [`claims`] as changed by `edit`.
+fn claims_where(edit: impl FnOnce(&mut JWTClaims<Value>)) -> JWTClaims<Value> {
+    let mut edited = claims();
+    edit(&mut edited);
+    edited
 }
 
 fn claims_with(custom: Value) -> JWTClaims<Value> {
@@ -106,6 +142,16 @@ fn acme(exp: u64) -> Identity {
     }
 }
 
+/// An HS256 token for `claims` keyed with `secret` (naming `kid`, if any).
+fn hs256_token(secret: &[u8], kid: Option<&str>, claims: JWTClaims<Value>) -> String {
+    let key = HS256Key::from_bytes(secret);
+    let key = match kid {
+        Some(kid) => key.with_key_id(kid),
+        None => key,
+    };
+    key.authenticate(claims).unwrap()
+}
+
 fn encode_part(value: &Value) -> String {
     b64(serde_json::to_string(value).unwrap().as_bytes())
 }
@@ -114,12 +160,11 @@ fn encode_part(value: &Value) -> String {
 
 #[test]
 fn valid_es256_eddsa_hs256_tokens_are_accepted() {
-    let k = keys();
-    let c = compiled(&k);
+    let (k, c) = keys_and_verifier();
     for token in [
-        k.es.sign(claims()).unwrap(),
-        k.ed.sign(claims()).unwrap(),
-        k.hs.authenticate(claims()).unwrap(),
+        k.es_token(claims()),
+        k.ed_token(claims()),
+        k.hs_token(claims()),
     ] {
         assert_eq!(c.verify(&token, NOW), Ok(acme(NOW + 300)));
     }
@@ -127,8 +172,7 @@ fn valid_es256_eddsa_hs256_tokens_are_accepted() {
 
 #[test]
 fn tokens_without_kid_try_keys_of_the_matching_type() {
-    let k = keys();
-    let c = compiled(&k);
+    let (k, c) = keys_and_verifier();
     let es = ES256KeyPair::from_bytes(&k.es.to_bytes()).unwrap();
     let token = es.sign(claims()).unwrap();
     assert!(Token::decode_metadata(&token).unwrap().key_id().is_none());
@@ -136,27 +180,25 @@ fn tokens_without_kid_try_keys_of_the_matching_type() {
 
     // Another EC key first in the set: the second one still verifies.
     let other = ES256KeyPair::generate();
-    let c = jwt::compile(&config_with(
+    let c = compile_with(
         vec![es_jwk(&other, "other"), es_jwk(&k.es, "es-1")],
         json!({}),
-    ))
-    .unwrap();
+    );
     assert_eq!(c.verify(&token, NOW), Ok(acme(NOW + 300)));
     assert_eq!(c.signature_verifications(), 2);
 }
 
 #[test]
 fn audience_sets_are_accepted() {
-    let k = keys();
-    let c = compiled(&k);
-    let mut cl = claims();
-    cl.audiences = Some(Audiences::AsSet(
-        ["someone-else", "other-api"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-    ));
-    let token = k.ed.sign(cl).unwrap();
+    let (k, c) = keys_and_verifier();
+    let token = k.ed_token(claims_where(|cl| {
+        cl.audiences = Some(Audiences::AsSet(
+            ["someone-else", "other-api"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        ));
+    }));
     assert_eq!(c.verify(&token, NOW), Ok(acme(NOW + 300)));
 }
 
@@ -172,7 +214,7 @@ fn claim_names_are_configurable() {
     let mut cl = claims_with(json!({"https://example.com/tenant": "globex",
                                     "email": "ann@globex.test"}));
     cl.jwt_id = Some("org-from-jti".to_string());
-    let id = c.verify(&k.es.sign(cl).unwrap(), NOW).unwrap();
+    let id = c.verify(&k.es_token(cl), NOW).unwrap();
     assert_eq!(id.tenant, "globex");
     assert_eq!(id.user.as_deref(), Some("ann@globex.test"));
     assert_eq!(id.org.as_deref(), Some("org-from-jti"));
@@ -180,9 +222,7 @@ fn claim_names_are_configurable() {
     // Optional claims may be absent.
     let id = c
         .verify(
-            &k.es
-                .sign(claims_with(json!({"https://example.com/tenant": "g"})))
-                .unwrap(),
+            &k.es_token(claims_with(json!({"https://example.com/tenant": "g"}))),
             NOW,
         )
         .unwrap();
@@ -194,54 +234,45 @@ fn jwt_simple_exported_jwks_are_accepted() {
     let k = keys();
     let es: Value = serde_json::from_str(&k.es.public_key().to_jwk()).unwrap();
     let ed: Value = serde_json::from_str(&k.ed.public_key().to_jwk()).unwrap();
-    let c = jwt::compile(&config_with(vec![es, ed], json!({}))).unwrap();
-    assert!(c.verify(&k.es.sign(claims()).unwrap(), NOW).is_ok());
-    assert!(c.verify(&k.ed.sign(claims()).unwrap(), NOW).is_ok());
+    let c = compile_with(vec![es, ed], json!({}));
+    assert!(c.verify(&k.es_token(claims()), NOW).is_ok());
+    assert!(c.verify(&k.ed_token(claims()), NOW).is_ok());
 }
 
 // ---------------------------------------------------------------- time
 
 #[test]
 fn expiry_honours_the_leeway() {
-    let k = keys();
-    let c = compiled(&k); // leeway 60 by default
-    let token = k.es.sign(claims()).unwrap(); // exp = NOW + 300
+    let (k, c) = keys_and_verifier(); // leeway 60 by default
+    let token = k.es_token(claims()); // exp = NOW + 300
     assert!(c.verify(&token, NOW + 299).is_ok());
     assert!(c.verify(&token, NOW + 300 + 60).is_ok());
     assert_eq!(c.verify(&token, NOW + 300 + 61), Err(JwtError::Expired));
 
-    let strict = jwt::compile(&config_with(
-        vec![es_jwk(&k.es, "es-1")],
-        json!({"leeway_seconds": 0}),
-    ))
-    .unwrap();
+    let strict = compile_with(vec![es_jwk(&k.es, "es-1")], json!({"leeway_seconds": 0}));
     assert!(strict.verify(&token, NOW + 300).is_ok());
     assert_eq!(strict.verify(&token, NOW + 301), Err(JwtError::Expired));
 }
 
 #[test]
 fn not_before_and_issued_at_in_the_future_are_rejected() {
-    let k = keys();
-    let c = compiled(&k);
-    let mut cl = claims();
-    cl.invalid_before = Some(UnixTimeStamp::from_secs(NOW + 120));
-    let token = k.es.sign(cl).unwrap();
+    let (k, c) = keys_and_verifier();
+    let token = k.es_token(claims_where(|cl| {
+        cl.invalid_before = Some(UnixTimeStamp::from_secs(NOW + 120));
+    }));
     assert_eq!(c.verify(&token, NOW), Err(JwtError::NotYetValid));
     assert!(c.verify(&token, NOW + 60).is_ok(), "within the leeway");
 
-    let mut cl = claims();
-    cl.issued_at = Some(UnixTimeStamp::from_secs(NOW + 3600));
-    let token = k.es.sign(cl).unwrap();
+    let token = k.es_token(claims_where(|cl| {
+        cl.issued_at = Some(UnixTimeStamp::from_secs(NOW + 3600));
+    }));
     assert_eq!(c.verify(&token, NOW), Err(JwtError::NotYetValid));
 }
 
 #[test]
 fn a_token_without_exp_is_rejected() {
-    let k = keys();
-    let c = compiled(&k);
-    let mut cl = claims();
-    cl.expires_at = None;
-    let token = k.hs.authenticate(cl).unwrap();
+    let (k, c) = keys_and_verifier();
+    let token = k.hs_token(claims_where(|cl| cl.expires_at = None));
     assert_eq!(
         c.verify(&token, NOW),
         Err(JwtError::MissingClaim("exp".to_string()))
@@ -250,19 +281,18 @@ fn a_token_without_exp_is_rejected() {
 
 #[test]
 fn absurd_times_do_not_panic() {
-    let k = keys();
-    let c = compiled(&k);
-    let mut cl = claims();
-    cl.expires_at = Some(UnixTimeStamp::from_secs(u64::MAX));
-    cl.invalid_before = Some(UnixTimeStamp::from_secs(u64::MAX));
-    let token = k.es.sign(cl).unwrap();
+    let (k, c) = keys_and_verifier();
+    let token = k.es_token(claims_where(|cl| {
+        cl.expires_at = Some(UnixTimeStamp::from_secs(u64::MAX));
+        cl.invalid_before = Some(UnixTimeStamp::from_secs(u64::MAX));
+    }));
     assert_eq!(c.verify(&token, u64::MAX), Err(JwtError::NotYetValid));
     assert_eq!(
-        c.verify(&k.es.sign(claims()).unwrap(), u64::MAX),
+        c.verify(&k.es_token(claims()), u64::MAX),
         Err(JwtError::Expired)
     );
     assert_eq!(
-        c.verify(&k.es.sign(claims()).unwrap(), 0),
+        c.verify(&k.es_token(claims()), 0),
         Err(JwtError::NotYetValid)
     );
 }
@@ -271,18 +301,12 @@ fn absurd_times_do_not_panic() {
 
 #[test]
 fn wrong_or_missing_issuer_is_rejected() {
-    let k = keys();
-    let c = compiled(&k);
-    let mut cl = claims();
-    cl.issuer = Some("https://evil.example.com/".to_string());
+    let (k, c) = keys_and_verifier();
+    let evil = claims_where(|cl| cl.issuer = Some("https://evil.example.com/".to_string()));
+    assert_eq!(c.verify(&k.es_token(evil), NOW), Err(JwtError::WrongIssuer));
+    let anonymous = claims_where(|cl| cl.issuer = None);
     assert_eq!(
-        c.verify(&k.es.sign(cl).unwrap(), NOW),
-        Err(JwtError::WrongIssuer)
-    );
-    let mut cl = claims();
-    cl.issuer = None;
-    assert_eq!(
-        c.verify(&k.es.sign(cl).unwrap(), NOW),
+        c.verify(&k.es_token(anonymous), NOW),
         Err(JwtError::MissingClaim("iss".to_string()))
     );
 }
@@ -298,8 +322,7 @@ fn the_issuer_must_be_the_one_owning_the_key() {
     ]}))
     .unwrap();
     let c = jwt::compile(&cfg).unwrap();
-    let mut cl = claims();
-    cl.issuer = Some("A".to_string());
+    let cl = claims_where(|cl| cl.issuer = Some("A".to_string()));
     assert_eq!(
         c.verify(&a.sign(cl.clone()).unwrap(), NOW).unwrap().tenant,
         "acme"
@@ -312,18 +335,17 @@ fn the_issuer_must_be_the_one_owning_the_key() {
 
 #[test]
 fn wrong_or_missing_audience_is_rejected() {
-    let k = keys();
-    let c = compiled(&k);
-    let mut cl = claims();
-    cl.audiences = Some(Audiences::AsString("billing-api".to_string()));
+    let (k, c) = keys_and_verifier();
+    let billing = claims_where(|cl| {
+        cl.audiences = Some(Audiences::AsString("billing-api".to_string()));
+    });
     assert_eq!(
-        c.verify(&k.ed.sign(cl).unwrap(), NOW),
+        c.verify(&k.ed_token(billing), NOW),
         Err(JwtError::WrongAudience)
     );
-    let mut cl = claims();
-    cl.audiences = None;
+    let unaddressed = claims_where(|cl| cl.audiences = None);
     assert_eq!(
-        c.verify(&k.ed.sign(cl).unwrap(), NOW),
+        c.verify(&k.ed_token(unaddressed), NOW),
         Err(JwtError::MissingClaim("aud".to_string()))
     );
 }
@@ -332,23 +354,20 @@ fn wrong_or_missing_audience_is_rejected() {
 
 #[test]
 fn a_signature_by_another_key_with_the_same_kid_is_rejected() {
-    let k = keys();
-    let c = compiled(&k);
+    let (k, c) = keys_and_verifier();
     let impostor_es = ES256KeyPair::generate().with_key_id("es-1");
     let impostor_ed = Ed25519KeyPair::generate().with_key_id("ed-1");
-    let impostor_hs = HS256Key::from_bytes(&[9u8; 32]).with_key_id("hs-1");
     for token in [
         impostor_es.sign(claims()).unwrap(),
         impostor_ed.sign(claims()).unwrap(),
-        impostor_hs.authenticate(claims()).unwrap(),
+        hs256_token(&[9u8; 32], Some("hs-1"), claims()),
     ] {
         assert_eq!(c.verify(&token, NOW), Err(JwtError::BadSignature));
     }
     // Tampered payload under a genuine signature.
-    let token = k.es.sign(claims()).unwrap();
+    let token = k.es_token(claims());
     let parts: Vec<&str> = token.split('.').collect();
-    let mut tampered = claims();
-    tampered.custom = json!({"tenant_id": "victim"});
+    let tampered = claims_where(|cl| cl.custom = json!({"tenant_id": "victim"}));
     let forged = format!(
         "{}.{}.{}",
         parts[0],
@@ -360,8 +379,7 @@ fn a_signature_by_another_key_with_the_same_kid_is_rejected() {
 
 #[test]
 fn an_unknown_kid_is_rejected() {
-    let k = keys();
-    let c = compiled(&k);
+    let c = compiled(&keys());
     let stranger = ES256KeyPair::generate().with_key_id("rotated-away");
     assert_eq!(
         c.verify(&stranger.sign(claims()).unwrap(), NOW),
@@ -372,7 +390,7 @@ fn an_unknown_kid_is_rejected() {
 #[test]
 fn a_token_without_kid_and_no_key_of_its_type_is_rejected() {
     let k = keys();
-    let c = jwt::compile(&config_with(vec![es_jwk(&k.es, "es-1")], json!({}))).unwrap();
+    let c = compile_with(vec![es_jwk(&k.es, "es-1")], json!({}));
     let ed = Ed25519KeyPair::from_bytes(&k.ed.to_bytes()).unwrap();
     assert!(matches!(
         c.verify(&ed.sign(claims()).unwrap(), NOW),
@@ -382,8 +400,7 @@ fn a_token_without_kid_and_no_key_of_its_type_is_rejected() {
 
 #[test]
 fn alg_none_and_other_algorithms_are_rejected() {
-    let k = keys();
-    let c = compiled(&k);
+    let c = compiled(&keys());
     let payload = encode_part(&serde_json::to_value(claims()).unwrap());
     for alg in ["none", "None", "HS512", "RS384", "PS256", "ES384", ""] {
         for header in [
@@ -407,12 +424,8 @@ fn alg_none_and_other_algorithms_are_rejected() {
 fn a_token_alg_that_does_not_fit_the_kid_key_is_rejected() {
     // An HS256 token that names the Ed25519 key's kid, "signed" with its
     // public key bytes.
-    let k = keys();
-    let c = compiled(&k);
-    let forged = HS256Key::from_bytes(&k.ed.public_key().to_bytes())
-        .with_key_id("ed-1")
-        .authenticate(claims())
-        .unwrap();
+    let (k, c) = keys_and_verifier();
+    let forged = hs256_token(&k.ed.public_key().to_bytes(), Some("ed-1"), claims());
     assert_eq!(
         c.verify(&forged, NOW),
         Err(JwtError::UnsupportedAlgorithm(
@@ -424,9 +437,8 @@ fn a_token_alg_that_does_not_fit_the_kid_key_is_rejected() {
 
 #[test]
 fn malformed_tokens_are_rejected() {
-    let k = keys();
-    let c = compiled(&k);
-    let good = k.es.sign(claims()).unwrap();
+    let (k, c) = keys_and_verifier();
+    let good = k.es_token(claims());
     let too_long = format!("{good}{}", "A".repeat(jwt::MAX_TOKEN_BYTES));
     for token in [
         "",
@@ -443,21 +455,19 @@ fn malformed_tokens_are_rejected() {
         );
     }
     // Signed, but the tenant claim is of the wrong type / user not a string.
-    let token = k.es.sign(claims_with(json!({"tenant_id": 42}))).unwrap();
+    let token = k.es_token(claims_with(json!({"tenant_id": 42})));
     assert!(matches!(
         c.verify(&token, NOW),
         Err(JwtError::InvalidTenant(_))
     ));
-    let mut cl = claims();
-    cl.custom = json!({"tenant_id": "acme", "org_id": ["x"]});
+    let org_list = claims_where(|cl| cl.custom = json!({"tenant_id": "acme", "org_id": ["x"]}));
     assert!(matches!(
-        c.verify(&k.es.sign(cl).unwrap(), NOW),
+        c.verify(&k.es_token(org_list), NOW),
         Err(JwtError::Malformed(_))
     ));
-    let mut cl = claims();
-    cl.subject = Some("ann\r\nx-tenant-id: victim".to_string());
+    let injected = claims_where(|cl| cl.subject = Some("ann\r\nx-tenant-id: victim".to_string()));
     assert!(matches!(
-        c.verify(&k.es.sign(cl).unwrap(), NOW),
+        c.verify(&k.es_token(injected), NOW),
         Err(JwtError::Malformed(_))
     ));
 }
@@ -466,10 +476,9 @@ fn malformed_tokens_are_rejected() {
 
 #[test]
 fn tenant_claim_missing_or_invalid_is_rejected() {
-    let k = keys();
-    let c = compiled(&k);
+    let (k, c) = keys_and_verifier();
     assert_eq!(
-        c.verify(&k.hs.authenticate(claims_with(json!({}))).unwrap(), NOW),
+        c.verify(&k.hs_token(claims_with(json!({}))), NOW),
         Err(JwtError::MissingClaim("tenant_id".to_string()))
     );
     for bad in [
@@ -479,18 +488,14 @@ fn tenant_claim_missing_or_invalid_is_rejected() {
         json!("x".repeat(129)),
         json!(null),
     ] {
-        let token =
-            k.hs.authenticate(claims_with(json!({"tenant_id": bad})))
-                .unwrap();
+        let token = k.hs_token(claims_with(json!({"tenant_id": bad})));
         assert!(
             matches!(c.verify(&token, NOW), Err(JwtError::InvalidTenant(_))),
             "{bad}"
         );
     }
     let ok = "A-z_0.9".to_string() + &"x".repeat(121);
-    let token =
-        k.hs.authenticate(claims_with(json!({"tenant_id": ok})))
-            .unwrap();
+    let token = k.hs_token(claims_with(json!({"tenant_id": ok})));
     assert_eq!(c.verify(&token, NOW).unwrap().tenant, ok);
 }
 
@@ -568,8 +573,7 @@ fn www_authenticate_values() {
 
 #[test]
 fn error_text_does_not_echo_long_untrusted_input() {
-    let k = keys();
-    let c = compiled(&k);
+    let c = compiled(&keys());
     let kid = "k".repeat(500);
     let stranger = ES256KeyPair::generate().with_key_id(&kid);
     let err = c
@@ -582,11 +586,10 @@ fn error_text_does_not_echo_long_untrusted_input() {
 
 #[test]
 fn cache_hits_skip_signature_verification() {
-    let k = keys();
-    let c = compiled(&k);
+    let (k, c) = keys_and_verifier();
     let mut cache = c.new_cache();
     assert_eq!(cache.capacity(), 1024);
-    let token = k.es.sign(claims()).unwrap();
+    let token = k.es_token(claims());
     assert_eq!(
         c.verify_cached(&mut cache, &token, NOW),
         Ok(acme(NOW + 300))
@@ -604,10 +607,9 @@ fn cache_hits_skip_signature_verification() {
 
 #[test]
 fn cache_entries_never_outlive_the_token() {
-    let k = keys();
-    let c = compiled(&k);
+    let (k, c) = keys_and_verifier();
     let mut cache = c.new_cache();
-    let token = k.es.sign(claims()).unwrap(); // exp = NOW + 300
+    let token = k.es_token(claims()); // exp = NOW + 300
     c.verify_cached(&mut cache, &token, NOW).unwrap();
     assert!(cache.get(&token, NOW + 299).is_some());
     assert!(cache.get(&token, NOW + 300).is_none(), "expired at exp");
@@ -624,12 +626,9 @@ fn cache_entries_never_outlive_the_token() {
 
 #[test]
 fn failures_are_not_cached() {
-    let k = keys();
-    let c = compiled(&k);
+    let (k, c) = keys_and_verifier();
     let mut cache = c.new_cache();
-    let token =
-        k.es.sign(claims_with(json!({"tenant_id": "bad tenant"})))
-            .unwrap();
+    let token = k.es_token(claims_with(json!({"tenant_id": "bad tenant"})));
     for _ in 0..3 {
         assert!(matches!(
             c.verify_cached(&mut cache, &token, NOW),
@@ -643,17 +642,10 @@ fn failures_are_not_cached() {
 #[test]
 fn the_cache_is_bounded_and_evicts_oldest_first() {
     let k = keys();
-    let c = jwt::compile(&config_with(
-        vec![hs_jwk(HS_SECRET, "hs-1")],
-        json!({"cache_entries": 3}),
-    ))
-    .unwrap();
+    let c = compile_with(vec![hs_jwk(HS_SECRET, "hs-1")], json!({"cache_entries": 3}));
     let mut cache = c.new_cache();
     let tokens: Vec<String> = (0..5)
-        .map(|i| {
-            k.hs.authenticate(claims_with(json!({"tenant_id": format!("t{i}")})))
-                .unwrap()
-        })
+        .map(|i| k.hs_token(claims_with(json!({"tenant_id": format!("t{i}")}))))
         .collect();
     for token in &tokens {
         c.verify_cached(&mut cache, token, NOW).unwrap();
@@ -666,9 +658,7 @@ fn the_cache_is_bounded_and_evicts_oldest_first() {
     }
     // Many more inserts keep it bounded (and its bookkeeping too).
     for i in 0..200 {
-        let token =
-            k.hs.authenticate(claims_with(json!({"tenant_id": format!("u{i}")})))
-                .unwrap();
+        let token = k.hs_token(claims_with(json!({"tenant_id": format!("u{i}")})));
         c.verify_cached(&mut cache, &token, NOW).unwrap();
         c.verify_cached(&mut cache, &token, NOW).unwrap();
     }
@@ -684,10 +674,10 @@ fn a_cache_is_emptied_when_used_with_a_new_config() {
     let k = keys();
     let old = compiled(&k);
     let mut cache = old.new_cache();
-    let token = k.es.sign(claims()).unwrap();
+    let token = k.es_token(claims());
     old.verify_cached(&mut cache, &token, NOW).unwrap();
     // The key was removed from the config: the cached identity must go.
-    let new = jwt::compile(&config_with(vec![ed_jwk(&k.ed, "ed-1")], json!({}))).unwrap();
+    let new = compile_with(vec![ed_jwk(&k.ed, "ed-1")], json!({}));
     assert!(matches!(
         new.verify_cached(&mut cache, &token, NOW),
         Err(JwtError::UnknownKey(_))
@@ -716,10 +706,6 @@ fn cache_insert_and_get_directly() {
 }
 
 // ---------------------------------------------------------------- config
-
-fn compile_error(keys: Vec<Value>, extra: Value) -> JwtConfigError {
-    jwt::compile(&config_with(keys, extra)).unwrap_err()
-}
 
 #[test]
 fn config_defaults() {
@@ -763,7 +749,6 @@ fn config_errors_name_the_offending_field() {
     let k = keys();
     let es = es_jwk(&k.es, "es-1");
     let ed = ed_jwk(&k.ed, "ed-1");
-    let path = |keys: Vec<Value>| compile_error(keys, json!({})).path;
     let with = |base: &Value, key: &str, value: Value| {
         let mut jwk = base.clone();
         if value.is_null() {
@@ -774,134 +759,129 @@ fn config_errors_name_the_offending_field() {
         jwk
     };
 
-    assert_eq!(
-        path(vec![
-            es.clone(),
-            with(&with(&es, "kid", json!("es-2")), "x", json!("***"))
-        ]),
-        "issuers.0.jwks.keys.1.x"
-    );
-    assert_eq!(
-        path(vec![with(&es, "crv", json!("P-384"))]),
-        "issuers.0.jwks.keys.0.crv"
-    );
-    assert_eq!(
-        path(vec![with(&es, "y", Value::Null)]),
-        "issuers.0.jwks.keys.0.y"
-    );
-    assert_eq!(
-        path(vec![with(&es, "y", json!(b64(&[1u8; 31])))]),
-        "issuers.0.jwks.keys.0.y"
-    );
-    assert_eq!(
-        path(vec![with(&es, "y", json!(b64(&[1u8; 32])))]),
-        "issuers.0.jwks.keys.0.x"
-    );
-    assert_eq!(
-        path(vec![with(&es, "alg", json!("HS256"))]),
-        "issuers.0.jwks.keys.0.alg"
-    );
-    assert_eq!(
-        path(vec![with(&es, "use", json!("enc"))]),
-        "issuers.0.jwks.keys.0.use"
-    );
-    assert_eq!(
-        path(vec![with(&es, "key_ops", json!(["sign"]))]),
-        "issuers.0.jwks.keys.0.key_ops"
-    );
-    assert_eq!(
-        path(vec![with(&es, "d", json!("AAAA"))]),
-        "issuers.0.jwks.keys.0.d"
-    );
-    assert_eq!(
-        path(vec![with(&es, "k", json!("AAAA"))]),
-        "issuers.0.jwks.keys.0.k"
-    );
-    assert_eq!(
-        path(vec![with(&es, "kty", json!("PS"))]),
-        "issuers.0.jwks.keys.0.kty"
-    );
-    assert_eq!(
-        path(vec![with(&es, "kid", json!(""))]),
-        "issuers.0.jwks.keys.0.kid"
-    );
-    assert_eq!(
-        path(vec![es.clone(), with(&ed, "kid", json!("es-1"))]),
-        "issuers.0.jwks.keys.1.kid"
-    );
-    assert_eq!(
-        path(vec![with(&ed, "crv", json!("X25519"))]),
-        "issuers.0.jwks.keys.0.crv"
-    );
-    assert_eq!(
-        path(vec![with(&ed, "x", json!(b64(&[0u8; 16])))]),
-        "issuers.0.jwks.keys.0.x"
-    );
-    assert_eq!(
-        path(vec![with(&ed, "alg", json!("ES256"))]),
-        "issuers.0.jwks.keys.0.alg"
-    );
-    assert_eq!(
-        path(vec![hs_jwk(&[1u8; 16], "h")]),
-        "issuers.0.jwks.keys.0.k"
-    );
-    assert_eq!(path(vec![json!({"kty": "oct"})]), "issuers.0.jwks.keys.0.k");
-    assert_eq!(
-        path(vec![json!({"kty": "RSA", "n": "AQAB", "e": "AQAB"})]),
-        "issuers.0.jwks.keys.0.n"
-    );
-    assert_eq!(
-        path(vec![
-            json!({"kty": "RSA", "n": b64(&[0xffu8; 256]), "e": "Aw"})
-        ]),
-        "issuers.0.jwks.keys.0.e"
-    );
-    assert_eq!(
-        path(vec![json!({"kty": "RSA", "e": "AQAB"})]),
-        "issuers.0.jwks.keys.0.n"
-    );
-    assert_eq!(path(vec![]), "issuers.0.jwks.keys");
-
-    let e = compile_error(vec![es.clone()], json!({"leeway_seconds": 86_400}));
-    assert_eq!(e.path, "leeway_seconds");
-    assert_eq!(
-        compile_error(vec![es.clone()], json!({"tenant_claim": ""})).path,
-        "tenant_claim"
-    );
-    assert_eq!(
-        compile_error(vec![es.clone()], json!({"user_claim": ""})).path,
-        "user_claim"
-    );
-    assert_eq!(
-        compile_error(vec![es.clone()], json!({"cache_entries": 1_000_000})).path,
-        "cache_entries"
-    );
-
-    let cfg = |issuers: Value| {
-        jwt::compile(&serde_json::from_value(json!({"issuers": issuers})).unwrap())
-            .unwrap_err()
-            .path
-    };
-    assert_eq!(cfg(json!([])), "issuers");
-    assert_eq!(
-        cfg(json!([{"iss": "", "audiences": [AUD], "jwks": {"keys": [es]}}])),
-        "issuers.0.iss"
-    );
-    assert_eq!(
-        cfg(json!([{"iss": "a", "audiences": [], "jwks": {"keys": [es]}}])),
-        "issuers.0.audiences"
-    );
-    assert_eq!(
-        cfg(json!([{"iss": "a", "audiences": [""], "jwks": {"keys": [es]}}])),
-        "issuers.0.audiences.0"
-    );
-    assert_eq!(
-        cfg(
-            json!([{"iss": "a", "audiences": [AUD], "jwks": {"keys": [es]}},
-                   {"iss": "a", "audiences": [AUD], "jwks": {"keys": [ed]}}])
+    // (the key set, the path of the error it gets)
+    let key_sets = [
+        (
+            vec![
+                es.clone(),
+                with(&with(&es, "kid", json!("es-2")), "x", json!("***")),
+            ],
+            "issuers.0.jwks.keys.1.x",
         ),
-        "issuers.1.iss"
-    );
+        (
+            vec![with(&es, "crv", json!("P-384"))],
+            "issuers.0.jwks.keys.0.crv",
+        ),
+        (vec![with(&es, "y", Value::Null)], "issuers.0.jwks.keys.0.y"),
+        (
+            vec![with(&es, "y", json!(b64(&[1u8; 31])))],
+            "issuers.0.jwks.keys.0.y",
+        ),
+        (
+            vec![with(&es, "y", json!(b64(&[1u8; 32])))],
+            "issuers.0.jwks.keys.0.x",
+        ),
+        (
+            vec![with(&es, "alg", json!("HS256"))],
+            "issuers.0.jwks.keys.0.alg",
+        ),
+        (
+            vec![with(&es, "use", json!("enc"))],
+            "issuers.0.jwks.keys.0.use",
+        ),
+        (
+            vec![with(&es, "key_ops", json!(["sign"]))],
+            "issuers.0.jwks.keys.0.key_ops",
+        ),
+        (
+            vec![with(&es, "d", json!("AAAA"))],
+            "issuers.0.jwks.keys.0.d",
+        ),
+        (
+            vec![with(&es, "k", json!("AAAA"))],
+            "issuers.0.jwks.keys.0.k",
+        ),
+        (
+            vec![with(&es, "kty", json!("PS"))],
+            "issuers.0.jwks.keys.0.kty",
+        ),
+        (
+            vec![with(&es, "kid", json!(""))],
+            "issuers.0.jwks.keys.0.kid",
+        ),
+        (
+            vec![es.clone(), with(&ed, "kid", json!("es-1"))],
+            "issuers.0.jwks.keys.1.kid",
+        ),
+        (
+            vec![with(&ed, "crv", json!("X25519"))],
+            "issuers.0.jwks.keys.0.crv",
+        ),
+        (
+            vec![with(&ed, "x", json!(b64(&[0u8; 16])))],
+            "issuers.0.jwks.keys.0.x",
+        ),
+        (
+            vec![with(&ed, "alg", json!("ES256"))],
+            "issuers.0.jwks.keys.0.alg",
+        ),
+        (vec![hs_jwk(&[1u8; 16], "h")], "issuers.0.jwks.keys.0.k"),
+        (vec![json!({"kty": "oct"})], "issuers.0.jwks.keys.0.k"),
+        (
+            vec![json!({"kty": "RSA", "n": "AQAB", "e": "AQAB"})],
+            "issuers.0.jwks.keys.0.n",
+        ),
+        (
+            vec![json!({"kty": "RSA", "n": b64(&[0xffu8; 256]), "e": "Aw"})],
+            "issuers.0.jwks.keys.0.e",
+        ),
+        (
+            vec![json!({"kty": "RSA", "e": "AQAB"})],
+            "issuers.0.jwks.keys.0.n",
+        ),
+        (vec![], "issuers.0.jwks.keys"),
+    ];
+    for (keys, expected) in key_sets {
+        let described = format!("{keys:?}");
+        assert_eq!(compile_error(keys, json!({})).path, expected, "{described}");
+    }
+
+    for (extra, expected) in [
+        (json!({"leeway_seconds": 86_400}), "leeway_seconds"),
+        (json!({"tenant_claim": ""}), "tenant_claim"),
+        (json!({"user_claim": ""}), "user_claim"),
+        (json!({"cache_entries": 1_000_000}), "cache_entries"),
+    ] {
+        assert_eq!(compile_error(vec![es.clone()], extra).path, expected);
+    }
+
+    for (issuers, expected) in [
+        (json!([]), "issuers"),
+        (
+            json!([{"iss": "", "audiences": [AUD], "jwks": {"keys": [es]}}]),
+            "issuers.0.iss",
+        ),
+        (
+            json!([{"iss": "a", "audiences": [], "jwks": {"keys": [es]}}]),
+            "issuers.0.audiences",
+        ),
+        (
+            json!([{"iss": "a", "audiences": [""], "jwks": {"keys": [es]}}]),
+            "issuers.0.audiences.0",
+        ),
+        (
+            json!([{"iss": "a", "audiences": [AUD], "jwks": {"keys": [es]}},
+                   {"iss": "a", "audiences": [AUD], "jwks": {"keys": [ed]}}]),
+            "issuers.1.iss",
+        ),
+    ] {
+        let config: JwtConfig = serde_json::from_value(json!({"issuers": issuers})).unwrap();
+        assert_eq!(
+            jwt::compile(&config).unwrap_err().path,
+            expected,
+            "{issuers}"
+        );
+    }
     let err = compile_error(vec![with(&es, "crv", json!("P-384"))], json!({}));
     assert_eq!(
         err.to_string(),
@@ -955,13 +935,11 @@ fn rs256_test_vector_verifies() {
     assert_eq!(c.verify(&forged, 400), Err(JwtError::BadSignature));
     // HS256 "signed" with the RSA public key, naming its kid.
     let n = Base64UrlSafeNoPadding::decode_to_vec(VECTOR_N, None).unwrap();
-    let mut cl = claims();
-    cl.issuer = Some("https://chronogears.com/test".to_string());
-    cl.audiences = Some(Audiences::AsString("test".to_string()));
-    let forged = HS256Key::from_bytes(&n)
-        .with_key_id("1")
-        .authenticate(cl)
-        .unwrap();
+    let cl = claims_where(|cl| {
+        cl.issuer = Some("https://chronogears.com/test".to_string());
+        cl.audiences = Some(Audiences::AsString("test".to_string()));
+    });
+    let forged = hs256_token(&n, Some("1"), cl);
     assert_eq!(
         c.verify(&forged, NOW),
         Err(JwtError::UnsupportedAlgorithm(
@@ -982,6 +960,10 @@ mod rsa {
         KEY.get_or_init(|| RS256KeyPair::generate(2048).unwrap().with_key_id("rsa-1"))
     }
 
+    fn rsa_token(claims: JWTClaims<Value>) -> String {
+        rsa_key().sign(claims).unwrap()
+    }
+
     fn rsa_jwk(key: &RS256KeyPair, kid: &str) -> Value {
         let c = key.public_key().to_components();
         json!({"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
@@ -990,38 +972,33 @@ mod rsa {
 
     fn rsa_config() -> CompiledJwt {
         let k = keys();
-        jwt::compile(&config_with(
+        compile_with(
             vec![
                 rsa_jwk(rsa_key(), "rsa-1"),
                 hs_jwk(HS_SECRET, "hs-1"),
                 es_jwk(&k.es, "es-1"),
             ],
             json!({}),
-        ))
-        .unwrap()
+        )
     }
 
     #[test]
     fn valid_rs256_is_accepted() {
         let c = rsa_config();
-        let token = rsa_key().sign(claims()).unwrap();
+        let token = rsa_token(claims());
         assert_eq!(c.verify(&token, NOW), Ok(acme(NOW + 300)));
         let exported: Value = serde_json::from_str(&rsa_key().public_key().to_jwk()).unwrap();
-        let c = jwt::compile(&config_with(vec![exported], json!({}))).unwrap();
+        let c = compile_with(vec![exported], json!({}));
         assert_eq!(c.verify(&token, NOW), Ok(acme(NOW + 300)));
     }
 
     #[test]
     fn rs256_rejections() {
         let c = rsa_config();
-        let mut cl = claims();
-        cl.expires_at = Some(UnixTimeStamp::from_secs(NOW - 100));
-        assert_eq!(
-            c.verify(&rsa_key().sign(cl).unwrap(), NOW),
-            Err(JwtError::Expired)
-        );
+        let expired = claims_where(|cl| cl.expires_at = Some(UnixTimeStamp::from_secs(NOW - 100)));
+        assert_eq!(c.verify(&rsa_token(expired), NOW), Err(JwtError::Expired));
         // Signed by the right key, claims altered.
-        let token = rsa_key().sign(claims()).unwrap();
+        let token = rsa_token(claims());
         let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
         parts[1] =
             encode_part(&serde_json::to_value(claims_with(json!({"tenant_id": "x"}))).unwrap());
@@ -1042,10 +1019,7 @@ mod rsa {
         ];
         for secret in secrets {
             // Naming the RSA kid: the key's type fixes RS256.
-            let forged = HS256Key::from_bytes(&secret)
-                .with_key_id("rsa-1")
-                .authenticate(claims())
-                .unwrap();
+            let forged = hs256_token(&secret, Some("rsa-1"), claims());
             assert_eq!(
                 c.verify(&forged, NOW),
                 Err(JwtError::UnsupportedAlgorithm(
@@ -1053,17 +1027,12 @@ mod rsa {
                 ))
             );
             // Without kid: only oct keys are tried, and they do not match.
-            let forged = HS256Key::from_bytes(&secret)
-                .authenticate(claims())
-                .unwrap();
+            let forged = hs256_token(&secret, None, claims());
             assert_eq!(c.verify(&forged, NOW), Err(JwtError::BadSignature));
         }
         // An RSA-only config has no HS256 key at all.
-        let only_rsa =
-            jwt::compile(&config_with(vec![rsa_jwk(rsa_key(), "rsa-1")], json!({}))).unwrap();
-        let forged = HS256Key::from_bytes(&public.to_pem().unwrap().into_bytes())
-            .authenticate(claims())
-            .unwrap();
+        let only_rsa = compile_with(vec![rsa_jwk(rsa_key(), "rsa-1")], json!({}));
+        let forged = hs256_token(&public.to_pem().unwrap().into_bytes(), None, claims());
         assert!(matches!(
             only_rsa.verify(&forged, NOW),
             Err(JwtError::UnknownKey(_))
@@ -1072,9 +1041,7 @@ mod rsa {
         let mut jwk = rsa_jwk(rsa_key(), "rsa-1");
         jwk["alg"] = json!("HS256");
         assert_eq!(
-            jwt::compile(&config_with(vec![jwk], json!({})))
-                .unwrap_err()
-                .path,
+            compile_error(vec![jwk], json!({})).path,
             "issuers.0.jwks.keys.0.alg"
         );
     }
@@ -1083,7 +1050,7 @@ mod rsa {
     fn rs256_through_the_cache() {
         let c = rsa_config();
         let mut cache = c.new_cache();
-        let token = rsa_key().sign(claims()).unwrap();
+        let token = rsa_token(claims());
         for _ in 0..5 {
             assert_eq!(
                 c.verify_cached(&mut cache, &token, NOW),

@@ -27,8 +27,26 @@ fn config_json(extra_tenants: &str) -> String {
     )
 }
 
+/// [`config_json`] with `"headers":{"revision":false,"rate_limit":"on_reject"}`.
+fn lean_config_json() -> String {
+    config_json("").replacen(
+        r#"{"version":1,"#,
+        r#"{"version":1,"headers":{"revision":false,"rate_limit":"on_reject"},"#,
+        1,
+    )
+}
+
+fn parsed(document: &str) -> config::CompiledConfig {
+    config::parse(document.as_bytes()).unwrap()
+}
+
+#[track_caller]
+fn parse_error(document: &str) -> config::ConfigError {
+    config::parse(document.as_bytes()).expect_err(document)
+}
+
 fn compiled(extra: &str) -> config::CompiledConfig {
-    config::parse(config_json(extra).as_bytes()).unwrap()
+    parsed(&config_json(extra))
 }
 
 fn host(now: u64) -> HostInputs {
@@ -54,11 +72,57 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// Asserts one header's value (`None`: the header is absent).
+#[track_caller]
+fn assert_header(headers: &[(String, String)], name: &str, expected: Option<&str>) {
+    assert_eq!(header(headers, name), expected, "header {name}");
+}
+
+/// The RateLimit headers of acme's tenant bucket once its 3 requests are spent.
+#[track_caller]
+fn assert_acme_exhausted_headers(headers: &[(String, String)]) {
+    assert_header(headers, "ratelimit-policy", Some("\"tenant\";q=3;w=3600"));
+    assert_header(headers, "ratelimit", Some("\"tenant\";r=0;t=1200"));
+}
+
 fn status_of(evaluation: &engine::Evaluation) -> u32 {
     match &evaluation.decision {
         Decision::Forward(_) => 200,
         Decision::Reject(reply) => reply.status,
     }
+}
+
+/// [`engine::evaluate`] at [`T0`].
+fn evaluate(
+    config: &config::CompiledConfig,
+    request: &RequestView<'_>,
+    store: &dyn SharedStore,
+) -> engine::Evaluation {
+    engine::evaluate(config, request, &host(T0), store)
+}
+
+#[track_caller]
+fn forwarded(evaluation: engine::Evaluation) -> engine::Forward {
+    match evaluation.decision {
+        Decision::Forward(forward) => forward,
+        Decision::Reject(reply) => panic!("expected a forward, got {reply:?}"),
+    }
+}
+
+#[track_caller]
+fn rejected(evaluation: engine::Evaluation) -> engine::LocalReply {
+    match evaluation.decision {
+        Decision::Reject(reply) => reply,
+        Decision::Forward(forward) => panic!("expected a reject, got {forward:?}"),
+    }
+}
+
+fn problem_body(reply: &engine::LocalReply) -> serde_json::Value {
+    serde_json::from_slice(&reply.body).unwrap()
+}
+
+fn problem_type(reply: &engine::LocalReply) -> String {
+    problem_body(reply)["type"].as_str().unwrap().to_owned()
 }
 
 // ---- config ----
@@ -126,7 +190,7 @@ fn config_errors_name_the_field() {
         ),
     ];
     for (document, path) in cases {
-        let err = config::parse(document.as_bytes()).expect_err(document);
+        let err = parse_error(document);
         if path.is_empty() {
             assert!(!err.message.is_empty(), "{document}");
             if document.contains("surprise") {
@@ -143,8 +207,7 @@ fn duplicate_route_names_are_rejected() {
     let document = r#"{"version":1,"tenant":{"trust_header_without_jwt":true},"tenants":{"a":{"routes":[
         {"prefix":"/a","name":"x","rate_limit":{"requests":1,"per_seconds":1}},
         {"prefix":"/b","name":"x","rate_limit":{"requests":1,"per_seconds":1}}]}}}"#;
-    let err = config::parse(document.as_bytes()).unwrap_err();
-    assert_eq!(err.path, "tenants.a.routes.1.name");
+    assert_eq!(parse_error(document).path, "tenants.a.routes.1.name");
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -183,11 +246,7 @@ fn schema_agrees_with_the_parser() {
     assert!(!validator.is_valid(&serde_json::from_str(&private).unwrap()));
     for sample in [
         config_json(""),
-        config_json("").replacen(
-            r#"{"version":1,"#,
-            r#"{"version":1,"headers":{"revision":false,"rate_limit":"on_reject"},"#,
-            1,
-        ),
+        lean_config_json(),
         IDEMPOTENT.to_owned(),
         IF_MATCH.to_owned(),
         jwt_sample.to_owned(),
@@ -287,16 +346,19 @@ fn state(params: &RateParams, tat_ns: u64) -> State {
     }
 }
 
+/// Whether one request at [`T0`] passes `params` (and is counted).
+fn admit(store: &dyn SharedStore, key: &str, params: &RateParams, options: &StoreConfig) -> bool {
+    ratelimit::check_and_consume(store, key, params, T0, options)
+        .unwrap()
+        .allowed
+}
+
 #[test]
 fn raising_a_limit_rescales_the_backlog() {
     let store = MemoryStore::new();
     let key = ratelimit::state_key("acme", "tenant");
     let options = StoreConfig::default();
-    let check = |params: &RateParams| {
-        ratelimit::check_and_consume(&store, &key, params, T0, &options)
-            .unwrap()
-            .allowed
-    };
+    let check = |params: &RateParams| admit(&store, &key, params, &options);
     let strict = RateParams::new(1, 3600, 1);
     assert!(check(&strict));
     assert!(!check(&strict));
@@ -330,10 +392,8 @@ fn corrupted_state_is_treated_as_absent() {
     store.set(&key, b"garbage!!", None).unwrap();
     let params = RateParams::new(1, 3600, 1);
     let options = StoreConfig::default();
-    let verdict = ratelimit::check_and_consume(&store, &key, &params, T0, &options).unwrap();
-    assert!(verdict.allowed);
-    let verdict = ratelimit::check_and_consume(&store, &key, &params, T0, &options).unwrap();
-    assert!(!verdict.allowed);
+    assert!(admit(&store, &key, &params, &options));
+    assert!(!admit(&store, &key, &params, &options));
 }
 
 // ---- store semantics and CAS loop ----
@@ -391,34 +451,21 @@ impl SharedStore for Broken {
 fn contention_exhaustion_rejects_by_default() {
     let config = compiled("");
     let store = AlwaysContended(MemoryStore::new());
-    let evaluation = engine::evaluate(
-        &config,
-        &request(Some("acme"), "GET", "/"),
-        &host(T0),
-        &store,
-    );
+    let evaluation = evaluate(&config, &request(Some("acme"), "GET", "/"), &store);
     assert_eq!(status_of(&evaluation), 503);
     assert_eq!(
         evaluation.outcome,
         Outcome::Rejected(ProblemKind::RateLimitUnavailable)
     );
-    assert!(evaluation.log.unwrap().contains("64 attempts"));
-    let Decision::Reject(reply) = evaluation.decision else {
-        panic!("expected a reject")
-    };
-    assert_eq!(header(&reply.headers, "retry-after"), Some("1"));
+    assert!(evaluation.log.as_deref().unwrap().contains("64 attempts"));
+    assert_header(&rejected(evaluation).headers, "retry-after", Some("1"));
 }
 
 #[test]
 fn contention_exhaustion_can_be_configured_to_allow() {
     let mut config = compiled("");
     config.store.on_exhausted = OnExhausted::Allow;
-    let evaluation = engine::evaluate(
-        &config,
-        &request(Some("acme"), "GET", "/"),
-        &host(T0),
-        &Broken,
-    );
+    let evaluation = evaluate(&config, &request(Some("acme"), "GET", "/"), &Broken);
     assert_eq!(status_of(&evaluation), 200);
     assert_eq!(evaluation.outcome, Outcome::AllowedWithoutLimit);
     assert!(evaluation.log.unwrap().contains("host said no"));
@@ -427,12 +474,7 @@ fn contention_exhaustion_can_be_configured_to_allow() {
 #[test]
 fn store_failure_rejects_by_default() {
     let config = compiled("");
-    let evaluation = engine::evaluate(
-        &config,
-        &request(Some("acme"), "GET", "/"),
-        &host(T0),
-        &Broken,
-    );
+    let evaluation = evaluate(&config, &request(Some("acme"), "GET", "/"), &Broken);
     assert_eq!(status_of(&evaluation), 503);
 }
 
@@ -452,17 +494,7 @@ fn exact_under_thread_contention() {
             let options = options.clone();
             std::thread::spawn(move || {
                 (0..8)
-                    .filter(|_| {
-                        ratelimit::check_and_consume(
-                            &*store,
-                            "tg:rl:t:tenant",
-                            &params,
-                            T0,
-                            &options,
-                        )
-                        .unwrap()
-                        .allowed
-                    })
+                    .filter(|_| admit(&*store, "tg:rl:t:tenant", &params, &options))
                     .count()
             })
         })
@@ -479,54 +511,38 @@ fn exact_under_thread_contention() {
 fn tenants_are_limited_independently() {
     let config = compiled("");
     let store = MemoryStore::new();
-    let statuses: Vec<u32> = (0..5)
-        .map(|_| {
-            status_of(&engine::evaluate(
-                &config,
-                &request(Some("acme"), "GET", "/x"),
-                &host(T0),
-                &store,
-            ))
-        })
-        .collect();
+    let status = |tenant| {
+        status_of(&evaluate(
+            &config,
+            &request(Some(tenant), "GET", "/x"),
+            &store,
+        ))
+    };
+    let statuses: Vec<u32> = (0..5).map(|_| status("acme")).collect();
     assert_eq!(statuses, [200, 200, 200, 429, 429]);
-    let other = engine::evaluate(
-        &config,
-        &request(Some("globex"), "GET", "/x"),
-        &host(T0),
-        &store,
-    );
-    assert_eq!(status_of(&other), 200);
+    assert_eq!(status("globex"), 200);
 }
 
 #[test]
 fn route_limit_replaces_tenant_limit() {
     let config = compiled("");
     let store = MemoryStore::new();
-    let post = |store: &MemoryStore| {
-        status_of(&engine::evaluate(
+    let post = || {
+        status_of(&evaluate(
             &config,
             &request(Some("acme"), "POST", "/orders?x=1"),
-            &host(T0),
-            store,
+            &store,
         ))
     };
-    assert_eq!(post(&store), 200);
-    assert_eq!(post(&store), 429);
+    assert_eq!(post(), 200);
+    assert_eq!(post(), 429);
     // The tenant-wide bucket is untouched by the route.
-    let get = engine::evaluate(
-        &config,
-        &request(Some("acme"), "GET", "/orders"),
-        &host(T0),
-        &store,
-    );
+    let get = evaluate(&config, &request(Some("acme"), "GET", "/orders"), &store);
     assert_eq!(status_of(&get), 200);
-    let Decision::Forward(forward) = get.decision else {
-        panic!("expected forward")
-    };
-    assert_eq!(
-        header(&forward.response_headers, "ratelimit"),
-        Some("\"tenant\";r=2;t=1200")
+    assert_header(
+        &forwarded(get).response_headers,
+        "ratelimit",
+        Some("\"tenant\";r=2;t=1200"),
     );
 }
 
@@ -535,47 +551,33 @@ fn rejection_carries_the_contract() {
     let config = compiled("");
     let store = MemoryStore::new();
     for _ in 0..3 {
-        engine::evaluate(
-            &config,
-            &request(Some("acme"), "GET", "/"),
-            &host(T0),
-            &store,
-        );
+        evaluate(&config, &request(Some("acme"), "GET", "/"), &store);
     }
-    let evaluation = engine::evaluate(
+    let evaluation = evaluate(
         &config,
         &RequestView {
             correlation_header: Some("corr-1"),
             ..request(Some("acme"), "GET", "/")
         },
-        &host(T0),
         &store,
     );
     assert_eq!(
         evaluation.outcome,
         Outcome::Rejected(ProblemKind::RateLimited)
     );
-    let Decision::Reject(reply) = evaluation.decision else {
-        panic!("expected a reject")
-    };
+    let reply = rejected(evaluation);
     assert_eq!(reply.status, 429);
-    assert_eq!(header(&reply.headers, "retry-after"), Some("1200"));
-    assert_eq!(header(&reply.headers, "x-correlation-id"), Some("corr-1"));
-    assert_eq!(
-        header(&reply.headers, "content-type"),
-        Some("application/problem+json")
+    assert_header(&reply.headers, "retry-after", Some("1200"));
+    assert_header(&reply.headers, "x-correlation-id", Some("corr-1"));
+    assert_header(
+        &reply.headers,
+        "content-type",
+        Some("application/problem+json"),
     );
-    assert_eq!(
-        header(&reply.headers, "ratelimit-policy"),
-        Some("\"tenant\";q=3;w=3600")
-    );
-    assert_eq!(
-        header(&reply.headers, "ratelimit"),
-        Some("\"tenant\";r=0;t=1200")
-    );
+    assert_acme_exhausted_headers(&reply.headers);
     let count = |name: &str| reply.headers.iter().filter(|(n, _)| n == name).count();
     assert_eq!(count("x-correlation-id"), 1);
-    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    let body = problem_body(&reply);
     assert_eq!(body["type"], "urn:tenant-guard:problem:rate-limited");
     assert_eq!(body["status"], 429);
     assert_eq!(body["correlation_id"], "corr-1");
@@ -590,17 +592,8 @@ fn rejection_carries_the_contract() {
 fn shadow_mode_never_rejects_but_reports() {
     let config = compiled("");
     let store = MemoryStore::new();
-    let outcomes: Vec<Outcome> = (0..4)
-        .map(|_| {
-            engine::evaluate(
-                &config,
-                &request(Some("quiet"), "GET", "/"),
-                &host(T0),
-                &store,
-            )
-            .outcome
-        })
-        .collect();
+    let quiet = || evaluate(&config, &request(Some("quiet"), "GET", "/"), &store);
+    let outcomes: Vec<Outcome> = (0..4).map(|_| quiet().outcome).collect();
     assert_eq!(
         outcomes,
         [
@@ -610,15 +603,7 @@ fn shadow_mode_never_rejects_but_reports() {
             Outcome::ShadowOverLimit
         ]
     );
-    let evaluation = engine::evaluate(
-        &config,
-        &request(Some("quiet"), "GET", "/"),
-        &host(T0),
-        &store,
-    );
-    let Decision::Forward(forward) = evaluation.decision else {
-        panic!("shadow mode rejected")
-    };
+    let forward = forwarded(quiet());
     assert!(header(&forward.response_headers, "ratelimit")
         .unwrap()
         .contains("r=0"));
@@ -628,14 +613,8 @@ fn shadow_mode_never_rejects_but_reports() {
 fn tenant_resolution() {
     let config = compiled("");
     let store = MemoryStore::new();
-    let status = |tenant: Option<&str>| {
-        status_of(&engine::evaluate(
-            &config,
-            &request(tenant, "GET", "/"),
-            &host(T0),
-            &store,
-        ))
-    };
+    let status =
+        |tenant: Option<&str>| status_of(&evaluate(&config, &request(tenant, "GET", "/"), &store));
     assert_eq!(status(None), 400);
     assert_eq!(status(Some("")), 400);
     assert_eq!(status(Some("bad tenant")), 400);
@@ -644,12 +623,7 @@ fn tenant_resolution() {
 
     let mut strict = compiled("");
     strict.tenant.unknown = config::UnknownTenant::Reject;
-    let evaluation = engine::evaluate(
-        &strict,
-        &request(Some("newcomer"), "GET", "/"),
-        &host(T0),
-        &store,
-    );
+    let evaluation = evaluate(&strict, &request(Some("newcomer"), "GET", "/"), &store);
     assert_eq!(status_of(&evaluation), 403);
     assert_eq!(
         evaluation.outcome,
@@ -658,7 +632,7 @@ fn tenant_resolution() {
 
     let mut optional = compiled("");
     optional.tenant.required = false;
-    let evaluation = engine::evaluate(&optional, &request(None, "GET", "/"), &host(T0), &store);
+    let evaluation = evaluate(&optional, &request(None, "GET", "/"), &store);
     assert_eq!(status_of(&evaluation), 200);
 }
 
@@ -666,107 +640,55 @@ fn tenant_resolution() {
 fn forward_sets_upstream_and_response_headers() {
     let config = compiled("");
     let store = MemoryStore::new();
-    let evaluation = engine::evaluate(
+    let forward = forwarded(evaluate(
         &config,
         &RequestView {
             correlation_header: Some("bad id with spaces"),
             ..request(Some("acme"), "GET", "/")
         },
-        &host(T0),
         &store,
-    );
-    let Decision::Forward(forward) = evaluation.decision else {
-        panic!("expected forward")
-    };
-    let id = forward.correlation_id.clone();
+    ));
+    let id = forward.correlation_id.as_str();
     assert_eq!(id.len(), 36);
     assert_eq!(id.as_bytes()[14], b'7');
-    assert_eq!(
-        header(&forward.upstream_headers, "x-correlation-id"),
-        Some(id.as_str())
-    );
-    assert_eq!(
-        header(&forward.upstream_headers, "x-tenant-id"),
-        Some("acme")
-    );
-    assert_eq!(
-        header(&forward.upstream_headers, engine::REVISION_HEADER),
-        Some("r7-abc")
-    );
-    assert_eq!(
-        header(&forward.response_headers, "x-correlation-id"),
-        Some(id.as_str())
-    );
-    assert_eq!(
-        header(&forward.response_headers, "ratelimit-policy"),
-        Some("\"tenant\";q=3;w=3600")
-    );
+    let upstream = &forward.upstream_headers;
+    assert_header(upstream, "x-correlation-id", Some(id));
+    assert_header(upstream, "x-tenant-id", Some("acme"));
+    assert_header(upstream, engine::REVISION_HEADER, Some("r7-abc"));
+    let response = &forward.response_headers;
+    assert_header(response, "x-correlation-id", Some(id));
+    assert_header(response, "ratelimit-policy", Some("\"tenant\";q=3;w=3600"));
 
     let mut quiet = compiled("");
     quiet.correlation.echo = false;
-    let evaluation = engine::evaluate(
-        &quiet,
-        &request(Some("acme"), "GET", "/"),
-        &host(T0),
-        &store,
-    );
-    let Decision::Forward(forward) = evaluation.decision else {
-        panic!("expected forward")
-    };
-    assert_eq!(header(&forward.response_headers, "x-correlation-id"), None);
+    let forward = forwarded(evaluate(&quiet, &request(Some("acme"), "GET", "/"), &store));
+    assert_header(&forward.response_headers, "x-correlation-id", None);
     // Local replies carry the id even when echo is off.
-    let evaluation = engine::evaluate(&quiet, &request(None, "GET", "/"), &host(T0), &store);
-    let Decision::Reject(reply) = evaluation.decision else {
-        panic!("expected a reject")
-    };
+    let reply = rejected(evaluate(&quiet, &request(None, "GET", "/"), &store));
     assert!(header(&reply.headers, "x-correlation-id").is_some());
 }
 
 #[test]
 fn informational_headers_can_be_trimmed() {
-    let lean = config::parse(
-        config_json("")
-            .replacen(
-                r#"{"version":1,"#,
-                r#"{"version":1,"headers":{"revision":false,"rate_limit":"on_reject"},"#,
-                1,
-            )
-            .as_bytes(),
-    )
-    .unwrap();
+    let lean = parsed(&lean_config_json());
     let store = MemoryStore::new();
-    let mut responses = Vec::new();
-    for tenant in ["acme", "acme", "acme", "acme", "quiet", "quiet", "quiet"] {
-        responses.push(engine::evaluate(
-            &lean,
-            &request(Some(tenant), "GET", "/"),
-            &host(T0),
-            &store,
-        ));
-    }
+    let responses: Vec<_> = ["acme", "acme", "acme", "acme", "quiet", "quiet", "quiet"]
+        .into_iter()
+        .map(|tenant| evaluate(&lean, &request(Some(tenant), "GET", "/"), &store))
+        .collect();
     for (index, evaluation) in responses.iter().enumerate() {
         match &evaluation.decision {
             Decision::Forward(forward) => {
-                assert_eq!(
-                    header(&forward.upstream_headers, engine::REVISION_HEADER),
-                    None
-                );
+                assert_header(&forward.upstream_headers, engine::REVISION_HEADER, None);
                 assert!(header(&forward.upstream_headers, "x-correlation-id").is_some());
                 // Allowed and shadowed-over-limit responses carry no RateLimit headers.
-                assert_eq!(header(&forward.response_headers, "ratelimit"), None);
-                assert_eq!(header(&forward.response_headers, "ratelimit-policy"), None);
+                assert_header(&forward.response_headers, "ratelimit", None);
+                assert_header(&forward.response_headers, "ratelimit-policy", None);
                 assert!(index != 3, "the 4th acme request must be rejected");
             }
             Decision::Reject(reply) => {
                 assert_eq!((index, reply.status), (3, 429));
-                assert_eq!(
-                    header(&reply.headers, "ratelimit-policy"),
-                    Some("\"tenant\";q=3;w=3600")
-                );
-                assert_eq!(
-                    header(&reply.headers, "ratelimit"),
-                    Some("\"tenant\";r=0;t=1200")
-                );
+                assert_acme_exhausted_headers(&reply.headers);
             }
         }
     }
@@ -781,27 +703,22 @@ const IF_MATCH: &str = r#"{"version":1,"tenant":{"trust_header_without_jwt":true
 
 #[test]
 fn if_match_required_on_configured_routes() {
-    let config = config::parse(IF_MATCH.as_bytes()).unwrap();
+    let config = parsed(IF_MATCH);
     let store = MemoryStore::new();
     let run = |method: &str, path: &str, if_match: bool| {
-        engine::evaluate(
+        evaluate(
             &config,
             &RequestView {
                 if_match_present: if_match,
                 ..request(Some("acme"), method, path)
             },
-            &host(T0),
             &store,
         )
     };
     let evaluation = run("PUT", "/orders/1", false);
     assert_eq!(status_of(&evaluation), 428);
-    let Decision::Reject(reply) = evaluation.decision else {
-        panic!("expected 428")
-    };
-    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!(
-        body["type"],
+        problem_type(&rejected(evaluation)),
         "urn:tenant-guard:problem:precondition-required"
     );
     assert_eq!(status_of(&run("DELETE", "/orders/1", false)), 428);
@@ -809,16 +726,13 @@ fn if_match_required_on_configured_routes() {
     assert_eq!(status_of(&run("GET", "/orders/1", false)), 200);
     assert_eq!(status_of(&run("PUT", "/carts/1", false)), 200);
     let bad = r#"{"version":1,"tenant":{"trust_header_without_jwt":true},"if_match":[{"prefix":"/o","methods":[]}]}"#;
-    assert_eq!(
-        config::parse(bad.as_bytes()).unwrap_err().path,
-        "if_match.0.methods"
-    );
+    assert_eq!(parse_error(bad).path, "if_match.0.methods");
 }
 
 // ---- Idempotency-Key ----
 
 use crate::engine::{IdempotencyStep, ResponseCapture};
-use crate::idempotency::{self, Begin, Fingerprint, StoreParams};
+use crate::idempotency::{self, Begin, Fingerprint, KeyError, StoreParams};
 
 const IDEMPOTENT: &str = r#"{"version":1,"tenant":{"trust_header_without_jwt":true},
     "defaults":{"idempotency":{"ttl_seconds":60,"max_body_bytes":16}},
@@ -829,53 +743,66 @@ fn idempotency_key_parsing() {
     assert_eq!(idempotency::parse_key("\"abc-123\"").unwrap(), "abc-123");
     assert_eq!(idempotency::parse_key(" \"a b\" ").unwrap(), "a b");
     assert_eq!(idempotency::parse_key(r#""q\"\\x""#).unwrap(), "q\"\\x");
-    assert_eq!(
-        idempotency::parse_key("abc"),
-        Err(idempotency::KeyError::NotQuoted)
-    );
-    assert_eq!(
-        idempotency::parse_key("\"\""),
-        Err(idempotency::KeyError::Empty)
-    );
-    assert_eq!(
-        idempotency::parse_key("\"a\"b\""),
-        Err(idempotency::KeyError::NotQuoted)
-    );
-    assert_eq!(
-        idempotency::parse_key("\"a\\nb\""),
-        Err(idempotency::KeyError::BadCharacter)
-    );
-    assert_eq!(
-        idempotency::parse_key("\"é\""),
-        Err(idempotency::KeyError::BadCharacter)
-    );
-    assert_eq!(
-        idempotency::parse_key("\"a\tb\""),
-        Err(idempotency::KeyError::BadCharacter)
-    );
     let long = format!("\"{}\"", "k".repeat(256));
-    assert_eq!(
-        idempotency::parse_key(&long),
-        Err(idempotency::KeyError::TooLong)
-    );
+    for (value, error) in [
+        ("abc", KeyError::NotQuoted),
+        ("\"\"", KeyError::Empty),
+        ("\"a\"b\"", KeyError::NotQuoted),
+        ("\"a\\nb\"", KeyError::BadCharacter),
+        ("\"é\"", KeyError::BadCharacter),
+        ("\"a\tb\"", KeyError::BadCharacter),
+        (long.as_str(), KeyError::TooLong),
+    ] {
+        assert_eq!(idempotency::parse_key(value), Err(error), "{value:?}");
+    }
     let max = format!("\"{}\"", "k".repeat(255));
     assert!(idempotency::parse_key(&max).is_ok());
 }
 
+/// The [`IDEMPOTENT`] config and an empty store, for [`Exchange::new`].
+fn idempotent_setup() -> (config::CompiledConfig, MemoryStore) {
+    (parsed(IDEMPOTENT), MemoryStore::new())
+}
+
 /// Runs one idempotent request through the engine like the host glue does.
+#[derive(Clone, Copy)]
 struct Exchange<'a> {
     config: &'a config::CompiledConfig,
     store: &'a MemoryStore,
+    tenant: &'a str,
     now: u64,
 }
 
-impl Exchange<'_> {
+impl<'a> Exchange<'a> {
+    /// Requests of tenant acme at [`T0`].
+    fn new(config: &'a config::CompiledConfig, store: &'a MemoryStore) -> Self {
+        Exchange {
+            config,
+            store,
+            tenant: "acme",
+            now: T0,
+        }
+    }
+
+    /// The same requests, from another tenant.
+    fn for_tenant(self, tenant: &'a str) -> Self {
+        Exchange { tenant, ..self }
+    }
+
+    /// The same requests, `seconds` later.
+    fn after(self, seconds: u64) -> Self {
+        Exchange {
+            now: self.now + seconds * SECOND,
+            ..self
+        }
+    }
+
     fn headers(&self, key: Option<&str>, method: &str, path: &str) -> engine::Evaluation {
         engine::evaluate(
             self.config,
             &RequestView {
                 idempotency_key: key,
-                ..request(Some("acme"), method, path)
+                ..request(Some(self.tenant), method, path)
             },
             &host(self.now),
             self.store,
@@ -884,48 +811,35 @@ impl Exchange<'_> {
 
     /// Returns the step after headers and (if needed) body.
     fn send(&self, key: &str, method: &str, path: &str, body: &[u8]) -> IdempotencyStep {
-        let evaluation = self.headers(Some(key), method, path);
-        let Decision::Forward(forward) = evaluation.decision else {
-            panic!("rejected before idempotency: {evaluation:?}")
-        };
+        let forward = forwarded(self.headers(Some(key), method, path));
         let pending = forward.idempotency.clone().expect("idempotent request");
-        let view = request(Some("acme"), method, path);
-        let first = engine::begin_idempotent(
-            self.config,
-            &pending,
-            &view,
-            body.is_empty().then_some(&[][..]),
-            &forward,
-            &host(self.now),
-            self.store,
-        );
-        match first {
+        let view = request(Some(self.tenant), method, path);
+        let begin = |body: Option<&[u8]>| {
+            engine::begin_idempotent(
+                self.config,
+                &pending,
+                &view,
+                body,
+                &forward,
+                &host(self.now),
+                self.store,
+            )
+        };
+        match begin(body.is_empty().then_some(&[][..])) {
             IdempotencyStep::Proceed(claim) if !body.is_empty() => {
                 engine::seal_idempotent(self.config, &claim, body, self.store).unwrap();
                 IdempotencyStep::Proceed(claim)
             }
-            IdempotencyStep::AwaitBody => engine::begin_idempotent(
-                self.config,
-                &pending,
-                &view,
-                Some(body),
-                &forward,
-                &host(self.now),
-                self.store,
-            ),
+            IdempotencyStep::AwaitBody => begin(Some(body)),
             other => other,
         }
     }
 
     fn respond(&self, key: &str, step: &IdempotencyStep, status: u16, body: &[u8]) {
-        let IdempotencyStep::Proceed(claim) = step else {
-            panic!("expected a claim, got {step:?}")
-        };
-        let evaluation = self.headers(Some(key), "POST", "/pay");
-        let pending = match evaluation.decision {
-            Decision::Forward(forward) => forward.idempotency.unwrap(),
-            Decision::Reject(_) => panic!("rejected"),
-        };
+        let claim = claim_of(step);
+        let pending = forwarded(self.headers(Some(key), "POST", "/pay"))
+            .idempotency
+            .unwrap();
         let mut capture = ResponseCapture::new(
             self.config,
             &pending,
@@ -943,6 +857,23 @@ impl Exchange<'_> {
     }
 }
 
+#[track_caller]
+fn claim_of(step: &IdempotencyStep) -> &idempotency::Claim {
+    match step {
+        IdempotencyStep::Proceed(claim) => claim,
+        other => panic!("expected a claim, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn assert_proceeds(step: &IdempotencyStep) {
+    assert!(
+        matches!(step, IdempotencyStep::Proceed(_)),
+        "expected a claim, got {step:?}"
+    );
+}
+
+#[track_caller]
 fn reply_of(step: IdempotencyStep) -> (engine::LocalReply, Outcome) {
     match step {
         IdempotencyStep::Reply(reply, outcome) => (reply, outcome),
@@ -950,60 +881,33 @@ fn reply_of(step: IdempotencyStep) -> (engine::LocalReply, Outcome) {
     }
 }
 
-fn problem_type(reply: &engine::LocalReply) -> String {
-    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
-    body["type"].as_str().unwrap().to_owned()
-}
-
 #[test]
 fn idempotency_header_rules() {
-    let config = config::parse(IDEMPOTENT.as_bytes()).unwrap();
-    let store = MemoryStore::new();
-    let exchange = Exchange {
-        config: &config,
-        store: &store,
-        now: T0,
-    };
+    let (config, store) = idempotent_setup();
+    let exchange = Exchange::new(&config, &store);
     assert_eq!(status_of(&exchange.headers(None, "POST", "/pay")), 400);
+    let malformed = exchange.headers(Some("unquoted"), "POST", "/pay");
+    assert_eq!(status_of(&malformed), 400);
     assert_eq!(
-        status_of(&exchange.headers(Some("unquoted"), "POST", "/pay")),
-        400
-    );
-    let Decision::Reject(reply) = exchange.headers(Some("unquoted"), "POST", "/pay").decision
-    else {
-        panic!()
-    };
-    assert_eq!(
-        problem_type(&reply),
+        problem_type(&rejected(malformed)),
         "urn:tenant-guard:problem:idempotency-key-malformed"
     );
     // Methods outside the configured set are untouched.
-    let Decision::Forward(forward) = exchange.headers(None, "GET", "/pay").decision else {
-        panic!()
-    };
-    assert!(forward.idempotency.is_none());
+    assert!(forwarded(exchange.headers(None, "GET", "/pay"))
+        .idempotency
+        .is_none());
     // Tenants where the key is optional pass without one.
-    let optional = engine::evaluate(
-        &config,
-        &request(Some("lax"), "POST", "/pay"),
-        &host(T0),
-        &store,
-    );
+    let optional = exchange.for_tenant("lax").headers(None, "POST", "/pay");
     assert_eq!(status_of(&optional), 200);
 }
 
 #[test]
 fn idempotent_replay_conflict_and_release() {
-    let config = config::parse(IDEMPOTENT.as_bytes()).unwrap();
-    let store = MemoryStore::new();
-    let exchange = Exchange {
-        config: &config,
-        store: &store,
-        now: T0,
-    };
+    let (config, store) = idempotent_setup();
+    let exchange = Exchange::new(&config, &store);
 
     let first = exchange.send("\"k1\"", "POST", "/pay", b"amount=1");
-    assert!(matches!(first, IdempotencyStep::Proceed(_)));
+    assert_proceeds(&first);
     // While in flight: 409 from the headers alone, whatever the body.
     let (reply, _) = reply_of(exchange.send("\"k1\"", "POST", "/pay", b"amount=1"));
     assert_eq!(reply.status, 409);
@@ -1039,57 +943,23 @@ fn idempotent_replay_conflict_and_release() {
     assert_eq!(reply.status, 422);
 
     // Keys are scoped by tenant.
-    let other_tenant = engine::evaluate(
-        &config,
-        &RequestView {
-            idempotency_key: Some("\"k1\""),
-            ..request(Some("globex"), "POST", "/pay")
-        },
-        &host(T0),
-        &store,
-    );
-    let Decision::Forward(forward) = other_tenant.decision else {
-        panic!()
-    };
-    let step = engine::begin_idempotent(
-        &config,
-        forward.idempotency.as_ref().unwrap(),
-        &request(Some("globex"), "POST", "/pay"),
-        None,
-        &forward,
-        &host(T0),
-        &store,
-    );
-    assert!(matches!(step, IdempotencyStep::Proceed(_)));
+    let globex = exchange.for_tenant("globex");
+    assert_proceeds(&globex.send("\"k1\"", "POST", "/pay", b"amount=1"));
 
     // Upstream 5xx releases the key: the retry goes through.
     let failing = exchange.send("\"k2\"", "POST", "/pay", b"x");
     exchange.respond("\"k2\"", &failing, 503, b"down");
-    assert!(matches!(
-        exchange.send("\"k2\"", "POST", "/pay", b"x"),
-        IdempotencyStep::Proceed(_)
-    ));
+    assert_proceeds(&exchange.send("\"k2\"", "POST", "/pay", b"x"));
 
     // After the TTL the key is new again.
-    let later = Exchange {
-        now: T0 + 61 * SECOND,
-        ..exchange
-    };
-    assert!(matches!(
-        later.send("\"k1\"", "POST", "/pay", b"amount=2"),
-        IdempotencyStep::Proceed(_)
-    ));
+    let later = exchange.after(61);
+    assert_proceeds(&later.send("\"k1\"", "POST", "/pay", b"amount=2"));
 }
 
 #[test]
 fn oversized_responses_are_not_replayable() {
-    let config = config::parse(IDEMPOTENT.as_bytes()).unwrap();
-    let store = MemoryStore::new();
-    let exchange = Exchange {
-        config: &config,
-        store: &store,
-        now: T0,
-    };
+    let (config, store) = idempotent_setup();
+    let exchange = Exchange::new(&config, &store);
     let first = exchange.send("\"big\"", "POST", "/pay", b"");
     exchange.respond("\"big\"", &first, 200, &[b'x'; 17]);
     let (reply, _) = reply_of(exchange.send("\"big\"", "POST", "/pay", b""));
@@ -1102,55 +972,43 @@ fn oversized_responses_are_not_replayable() {
 
 #[test]
 fn abandoned_claims_are_released_and_lapse() {
-    let config = config::parse(IDEMPOTENT.as_bytes()).unwrap();
-    let store = MemoryStore::new();
-    let exchange = Exchange {
-        config: &config,
-        store: &store,
-        now: T0,
-    };
-    let IdempotencyStep::Proceed(claim) = exchange.send("\"r\"", "POST", "/pay", b"") else {
-        panic!()
-    };
-    engine::abandon_idempotent(&config, &claim, &store).unwrap();
-    assert!(matches!(
-        exchange.send("\"r\"", "POST", "/pay", b""),
-        IdempotencyStep::Proceed(_)
-    ));
+    let (config, store) = idempotent_setup();
+    let exchange = Exchange::new(&config, &store);
+    let first = exchange.send("\"r\"", "POST", "/pay", b"");
+    engine::abandon_idempotent(&config, claim_of(&first), &store).unwrap();
+    assert_proceeds(&exchange.send("\"r\"", "POST", "/pay", b""));
     // A claim whose request never finishes lapses after the in-flight timeout (60 s).
-    let after = Exchange {
-        now: T0 + 61 * SECOND,
-        ..exchange
-    };
-    assert!(matches!(
-        after.send("\"r\"", "POST", "/pay", b""),
-        IdempotencyStep::Proceed(_)
-    ));
+    assert_proceeds(&exchange.after(61).send("\"r\"", "POST", "/pay", b""));
+}
+
+fn store_params(buckets: u32, max_cas_retries: u32) -> StoreParams {
+    StoreParams {
+        buckets,
+        max_cas_retries,
+    }
+}
+
+/// [`idempotency::begin`] for tenant "t" with a 60 s in-flight timeout.
+fn begin(
+    store: &dyn SharedStore,
+    params: &StoreParams,
+    key: &str,
+    fingerprint: Fingerprint,
+    now: u64,
+    generation: u32,
+) -> Begin {
+    idempotency::begin(store, params, "t", key, fingerprint, 60, now, generation).unwrap()
 }
 
 #[test]
 fn idempotency_store_is_bounded_and_reclaimed() {
     let store = MemoryStore::new();
-    let params = StoreParams {
-        buckets: 2,
-        max_cas_retries: 64,
-    };
+    let params = store_params(2, 64);
     let fingerprint = Fingerprint::of("POST", "/", Some(b""));
     let mut claimed = 0;
     let mut full = 0;
     for i in 0..64 {
-        match idempotency::begin(
-            &store,
-            &params,
-            "t",
-            &format!("k{i}"),
-            fingerprint,
-            60,
-            T0,
-            i + 1,
-        )
-        .unwrap()
-        {
+        match begin(&store, &params, &format!("k{i}"), fingerprint, T0, i + 1) {
             Begin::Claimed(claim) => {
                 claimed += 1;
                 let response = idempotency::StoredResponse {
@@ -1188,17 +1046,7 @@ fn idempotency_store_is_bounded_and_reclaimed() {
     }
     // New keys reuse the same storage keys: nothing grows.
     for i in 100..116 {
-        let begun = idempotency::begin(
-            &store,
-            &params,
-            "t",
-            &format!("k{i}"),
-            fingerprint,
-            60,
-            later,
-            i,
-        )
-        .unwrap();
+        let begun = begin(&store, &params, &format!("k{i}"), fingerprint, later, i);
         assert!(matches!(begun, Begin::Claimed(_) | Begin::Full { .. }));
     }
     assert_eq!(store.len(), keys_after_fill);
@@ -1212,28 +1060,25 @@ fn idempotency_store_is_bounded_and_reclaimed() {
 #[test]
 fn corrupted_idempotency_records_read_as_empty() {
     let store = MemoryStore::new();
-    let params = StoreParams {
-        buckets: 1,
-        max_cas_retries: 64,
-    };
+    let params = store_params(1, 64);
     store
         .set(&idempotency::bucket_key(0), b"\xB1\x09garbage", None)
         .unwrap();
     let fingerprint = Fingerprint::of("POST", "/", Some(b""));
-    let begun = idempotency::begin(&store, &params, "t", "k", fingerprint, 60, T0, 5).unwrap();
-    assert!(matches!(begun, Begin::Claimed(_)));
+    assert!(matches!(
+        begin(&store, &params, "k", fingerprint, T0, 5),
+        Begin::Claimed(_)
+    ));
     store
         .set(&idempotency::response_key(0, 0), b"\xB2\x01", None)
         .unwrap();
     // A completed entry whose response record is corrupt is reported as not replayable.
-    let Begin::Claimed(claim) =
-        idempotency::begin(&store, &params, "t", "k2", fingerprint, 60, T0, 9).unwrap()
-    else {
+    let Begin::Claimed(claim) = begin(&store, &params, "k2", fingerprint, T0, 9) else {
         panic!()
     };
     idempotency::complete(&store, &params, &claim, None, 200, 60, T0).unwrap();
     assert!(matches!(
-        idempotency::begin(&store, &params, "t", "k2", fingerprint, 60, T0, 11).unwrap(),
+        begin(&store, &params, "k2", fingerprint, T0, 11),
         Begin::NotReplayable { status: 200 }
     ));
 }
@@ -1243,18 +1088,13 @@ fn corrupted_idempotency_records_read_as_empty() {
 fn one_claim_per_key_under_thread_contention() {
     use std::sync::Arc;
     let store = Arc::new(MemoryStore::new());
-    let params = StoreParams {
-        buckets: 4,
-        max_cas_retries: 1000,
-    };
+    let params = store_params(4, 1000);
     let fingerprint = Fingerprint::of("POST", "/", Some(b"same"));
     let claims: usize = (0..50)
         .map(|i| {
             let store = Arc::clone(&store);
             std::thread::spawn(move || {
-                let begun =
-                    idempotency::begin(&*store, &params, "t", "storm", fingerprint, 60, T0, i + 1)
-                        .unwrap();
+                let begun = begin(&*store, &params, "storm", fingerprint, T0, i + 1);
                 usize::from(matches!(begun, Begin::Claimed(_)))
             })
         })
@@ -1271,7 +1111,10 @@ mod identity {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
-    use super::{header, host, request, status_of, T0};
+    use super::{
+        assert_header, evaluate, forwarded, header, parse_error, parsed, problem_type, request,
+        status_of, T0,
+    };
     use crate::config;
     use crate::engine::{self, Decision, RequestView};
     use crate::store::MemoryStore;
@@ -1289,10 +1132,11 @@ mod identity {
                 "jwks":{{"keys":[{{"kty":"oct","kid":"hs","alg":"HS256","k":"{k}"}}]}}}}]}}}},
               "tenants":{{"acme":{{"rate_limit":{{"requests":5,"per_seconds":60}}}}}}}}"#
         );
-        config::parse(document.as_bytes()).unwrap()
+        parsed(&document)
     }
 
-    fn token(tenant: &str, sub: Option<&str>) -> String {
+    /// An `Authorization` value carrying a token for `tenant` (and user `sub`).
+    fn bearer(tenant: &str, sub: Option<&str>) -> String {
         let key = HS256Key::from_bytes(SECRET).with_key_id("hs");
         let mut custom = serde_json::Map::new();
         custom.insert("tenant_id".into(), tenant.into());
@@ -1306,7 +1150,7 @@ mod identity {
         claims.issued_at = Some(UnixTimeStamp::from_secs(T0 / 1_000_000_000));
         claims.expires_at = Some(UnixTimeStamp::from_secs(T0 / 1_000_000_000 + 600));
         claims.invalid_before = None;
-        key.authenticate(claims).unwrap()
+        format!("Bearer {}", key.authenticate(claims).unwrap())
     }
 
     fn run(
@@ -1314,13 +1158,12 @@ mod identity {
         authorization: Option<&str>,
         tenant_header: Option<&str>,
     ) -> engine::Evaluation {
-        engine::evaluate(
+        evaluate(
             config,
             &RequestView {
                 authorization,
                 ..request(tenant_header, "GET", "/")
             },
-            &host(T0),
             &MemoryStore::new(),
         )
     }
@@ -1328,30 +1171,19 @@ mod identity {
     #[test]
     fn tenant_comes_from_the_token() {
         let config = config(true);
-        let bearer = format!("Bearer {}", token("acme", Some("alice")));
-        let evaluation = run(&config, Some(&bearer), None);
-        let Decision::Forward(forward) = evaluation.decision else {
-            panic!("token rejected: {evaluation:?}")
-        };
+        let alice = bearer("acme", Some("alice"));
+        let forward = forwarded(run(&config, Some(&alice), None));
         assert_eq!(forward.tenant.as_deref(), Some("acme"));
-        assert_eq!(
-            header(&forward.upstream_headers, "x-tenant-id"),
-            Some("acme")
-        );
-        assert_eq!(
-            header(&forward.upstream_headers, "x-user-id"),
-            Some("alice")
-        );
+        assert_header(&forward.upstream_headers, "x-tenant-id", Some("acme"));
+        assert_header(&forward.upstream_headers, "x-user-id", Some("alice"));
         assert_eq!(forward.removed_upstream_headers, ["x-org-id"]);
         // The matching tenant header is fine; a different one is refused.
-        assert_eq!(status_of(&run(&config, Some(&bearer), Some("acme"))), 200);
-        let mismatch = run(&config, Some(&bearer), Some("globex"));
+        assert_eq!(status_of(&run(&config, Some(&alice), Some("acme"))), 200);
+        let mismatch = run(&config, Some(&alice), Some("globex"));
         assert_eq!(status_of(&mismatch), 403);
         // Without a user claim, an incoming user header cannot survive.
-        let anonymous = format!("Bearer {}", token("acme", None));
-        let Decision::Forward(forward) = run(&config, Some(&anonymous), None).decision else {
-            panic!()
-        };
+        let anonymous = bearer("acme", None);
+        let forward = forwarded(run(&config, Some(&anonymous), None));
         assert!(forward
             .removed_upstream_headers
             .contains(&"x-user-id".to_owned()));
@@ -1377,8 +1209,10 @@ mod identity {
                 expect_error,
                 "{challenge}"
             );
-            let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
-            assert_eq!(body["type"], "urn:tenant-guard:problem:unauthenticated");
+            assert_eq!(
+                problem_type(&reply),
+                "urn:tenant-guard:problem:unauthenticated"
+            );
         }
     }
 
@@ -1394,7 +1228,7 @@ mod identity {
     fn jwt_config_errors_carry_the_full_path() {
         let document = r#"{"version":1,"tenant":{"jwt":{"issuers":[{"iss":"x","audiences":["a"],
             "jwks":{"keys":[{"kty":"oct","k":"c2hvcnQ"}]}}]}}}"#;
-        let err = config::parse(document.as_bytes()).unwrap_err();
+        let err = parse_error(document);
         assert!(
             err.path.starts_with("tenant.jwt.issuers.0.jwks.keys.0"),
             "{err}"
@@ -1404,11 +1238,11 @@ mod identity {
 
 #[test]
 fn metrics_switch_and_store_namespace() {
-    let on = config::parse(config_json("").as_bytes()).unwrap();
+    let on = compiled("");
     assert!(on.metrics);
     let document = r#"{"version":1,"metrics":false,"tenant":{"trust_header_without_jwt":true},
         "store":{"namespace":"tenant_guard"}}"#;
-    let off = config::parse(document.as_bytes()).unwrap();
+    let off = parsed(document);
     assert!(!off.metrics);
     assert_eq!(off.store.namespace.as_deref(), Some("tenant_guard"));
     // A rejected document still says whether metrics may be touched.
@@ -1418,8 +1252,5 @@ fn metrics_switch_and_store_namespace() {
     assert!(config::metrics_requested(br#"{"version":9}"#));
     assert!(config::metrics_requested(b"garbage"));
     let bad = r#"{"version":1,"tenant":{"trust_header_without_jwt":true},"store":{"namespace":"Bad/Zone"}}"#;
-    assert_eq!(
-        config::parse(bad.as_bytes()).unwrap_err().path,
-        "store.namespace"
-    );
+    assert_eq!(parse_error(bad).path, "store.namespace");
 }
