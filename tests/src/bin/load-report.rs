@@ -7,7 +7,7 @@
 //! sudo apt-get install -y wrk        # Debian's wrk
 //! cargo run --release -p tenant-guard-e2e --bin load-report -- \
 //!     [--duration S (5)] [--connections C (16)] [--reps R (3)] [--tenants T (10000)] \
-//!     [--exact-limit N (2000)] [--skip-10k] [--only-c1]
+//!     [--exact-limit N (2000)] [--skip-10k] [--only-c1] [--compare-wasm FILE]...
 //! ```
 //!
 //! Every configuration is served by its own Envoy (one set with
@@ -26,7 +26,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,8 @@ struct Args {
     exact_limit: u64,
     skip_10k: bool,
     only_c1: bool,
+    /// Other `.wasm` builds, each measured with the "+ rate limit" config.
+    compare_wasm: Vec<PathBuf>,
 }
 
 fn parse_args(flags: &mut Flags) -> Res<Args> {
@@ -68,6 +70,7 @@ fn parse_args(flags: &mut Flags) -> Res<Args> {
         exact_limit: 2000,
         skip_10k: false,
         only_c1: false,
+        compare_wasm: Vec::new(),
     };
     while let Some(flag) = flags.next_flag() {
         let mut value = || flags.value::<u64>();
@@ -83,9 +86,16 @@ fn parse_args(flags: &mut Flags) -> Res<Args> {
             "--exact-limit" => args.exact_limit = value()?.clamp(1, 1_000_000),
             "--skip-10k" => args.skip_10k = true,
             "--only-c1" => args.only_c1 = true,
+            "--compare-wasm" => {
+                let path = flags.value::<PathBuf>()?;
+                if !path.is_file() {
+                    return Err(format!("--compare-wasm: {} is not a file", path.display()));
+                }
+                args.compare_wasm.push(path);
+            }
             "-h" | "--help" => {
                 return Err("usage: load-report [--duration S (5)] [--connections C (16)] [--reps R (3)] \
-                            [--tenants T (10000)] [--exact-limit N (2000)] [--skip-10k] [--only-c1]"
+                            [--tenants T (10000)] [--exact-limit N (2000)] [--skip-10k] [--only-c1] [--compare-wasm FILE]..."
                     .to_owned())
             }
             other => return Err(format!("unknown argument `{other}` (see --help)")),
@@ -233,14 +243,14 @@ fn run_wrk(load: &Load<'_>) -> Res<WrkResult> {
 // ------------------------------------------------------------------ scenarios
 
 struct Scenario {
-    name: &'static str,
+    name: String,
     bootstrap: Bootstrap,
     headers: Vec<(String, String)>,
     /// The run is expected to be answered mostly with 429.
     rejects: bool,
 }
 
-fn scenarios() -> Res<Vec<Scenario>> {
+fn scenarios(compare_wasm: &[PathBuf]) -> Res<Vec<Scenario>> {
     let token = bench::es256_token(TENANT)?;
     let jwt = with_jwt(
         filter_config("load-jwt", Some((1_000_000_000, 60))),
@@ -251,15 +261,15 @@ fn scenarios() -> Res<Vec<Scenario>> {
     // No upstream revision header, RateLimit headers only on the 429.
     let mut lean = filter_config("load-lean", Some((1_000_000_000, 60)));
     lean["headers"] = json!({ "revision": false, "rate_limit": "on_reject" });
-    Ok(vec![
+    let mut scenarios = vec![
         Scenario {
-            name: "plain Envoy (no filter)",
+            name: "plain Envoy (no filter)".into(),
             bootstrap: Bootstrap::Plain,
             headers: tenant.clone(),
             rejects: false,
         },
         Scenario {
-            name: "minimal probe filter (bench/probe-filter)",
+            name: "minimal probe filter (bench/probe-filter)".into(),
             bootstrap: Bootstrap::OtherWasm {
                 wasm: probe_wasm_path(),
                 config: "{}".to_owned(),
@@ -268,13 +278,13 @@ fn scenarios() -> Res<Vec<Scenario>> {
             rejects: false,
         },
         Scenario {
-            name: "filter: correlation + header tenant",
+            name: "filter: correlation + header tenant".into(),
             bootstrap: Bootstrap::Filter(filter_config("load-corr", None).to_string()),
             headers: tenant.clone(),
             rejects: false,
         },
         Scenario {
-            name: "filter: + rate limit (never rejects)",
+            name: "filter: + rate limit (never rejects)".into(),
             bootstrap: Bootstrap::Filter(
                 filter_config("load-rl", Some((1_000_000_000, 60))).to_string(),
             ),
@@ -282,36 +292,53 @@ fn scenarios() -> Res<Vec<Scenario>> {
             rejects: false,
         },
         Scenario {
-            name: "filter: + rate limit, lean headers",
+            name: "filter: + rate limit, lean headers".into(),
             bootstrap: Bootstrap::Filter(lean.to_string()),
             headers: tenant.clone(),
             rejects: false,
         },
         Scenario {
-            name: "filter: + rate limit, 429 path (100/60 s)",
+            name: "filter: + rate limit, 429 path (100/60 s)".into(),
             bootstrap: Bootstrap::Filter(filter_config("load-429", Some((100, 60))).to_string()),
             headers: tenant.clone(),
             rejects: true,
         },
         Scenario {
-            name: "filter: + JWT ES256 (cached) + rate limit",
+            name: "filter: + JWT ES256 (cached) + rate limit".into(),
             bootstrap: Bootstrap::Filter(jwt.to_string()),
             headers: vec![("authorization".to_owned(), token.authorization)],
             rejects: false,
         },
         Scenario {
-            name: "native local_ratelimit + Lua correlation",
+            name: "native local_ratelimit + Lua correlation".into(),
             bootstrap: lua(1_000_000_000, 60),
             headers: tenant.clone(),
             rejects: false,
         },
         Scenario {
-            name: "native local_ratelimit + Lua, 429 path (100/60 s)",
+            name: "native local_ratelimit + Lua, 429 path (100/60 s)".into(),
             bootstrap: lua(100, 60),
             headers: tenant,
             rejects: true,
         },
-    ])
+    ];
+    let rate_limited = filter_config("load-compare", Some((1_000_000_000, 60))).to_string();
+    for wasm in compare_wasm {
+        let file = wasm.file_name().map_or_else(
+            || wasm.display().to_string(),
+            |name| name.to_string_lossy().into_owned(),
+        );
+        scenarios.push(Scenario {
+            name: format!("--compare-wasm {file} (rate-limit config)"),
+            bootstrap: Bootstrap::OtherWasm {
+                wasm: wasm.clone(),
+                config: rate_limited.clone(),
+            },
+            headers: vec![("x-tenant-id".to_owned(), TENANT.to_owned())],
+            rejects: false,
+        });
+    }
+    Ok(scenarios)
 }
 
 #[derive(Default)]
@@ -790,7 +817,7 @@ fn run(args: &Args) -> Res<bool> {
     let status_script = dir.path().join("statuses.lua");
     fs::write(&status_script, STATUS_SCRIPT).map_err(|e| e.to_string())?;
 
-    let scenarios = scenarios()?;
+    let scenarios = scenarios(&args.compare_wasm)?;
     let _ = writeln!(out, "### Throughput, latency, CPU and memory\n");
     let mut ok = load_table(&scenarios, args, upstream, ticks_per_second, &mut out)?;
     print!("{out}");
