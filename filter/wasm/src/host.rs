@@ -196,7 +196,7 @@ impl SharedStore for HostStore<'_> {
     }
 }
 
-/// Per-request outcomes, in the order of [`Metrics`]' counter names.
+/// The counter of each request outcome, indexed by [`outcome_slot`].
 const OUTCOME_COUNTERS: [&str; 6] = [
     "tenant_guard_allowed",
     "tenant_guard_rate_limited",
@@ -205,6 +205,17 @@ const OUTCOME_COUNTERS: [&str; 6] = [
     "tenant_guard_rejected",
     "tenant_guard_idempotent_replayed",
 ];
+
+fn outcome_slot(outcome: Outcome) -> usize {
+    match outcome {
+        Outcome::Allowed => 0,
+        Outcome::Rejected(tenant_guard_core::problem::ProblemKind::RateLimited) => 1,
+        Outcome::ShadowOverLimit => 2,
+        Outcome::AllowedWithoutLimit => 3,
+        Outcome::Rejected(_) => 4,
+        Outcome::Replayed => 5,
+    }
+}
 
 /// The filter's counters, exposed by Envoy under `wasmcustom.`.
 ///
@@ -240,15 +251,7 @@ impl Metrics {
 
     /// Counts one request outcome; the host sees it at the next [`Metrics::flush`].
     pub fn count(&self, outcome: Outcome) {
-        let slot = match outcome {
-            Outcome::Allowed => 0,
-            Outcome::Rejected(tenant_guard_core::problem::ProblemKind::RateLimited) => 1,
-            Outcome::ShadowOverLimit => 2,
-            Outcome::AllowedWithoutLimit => 3,
-            Outcome::Rejected(_) => 4,
-            Outcome::Replayed => 5,
-        };
-        if let Some(pending) = self.pending.get(slot) {
+        if let Some(pending) = self.pending.get(outcome_slot(outcome)) {
             pending.set(pending.get().saturating_add(1));
         }
     }
