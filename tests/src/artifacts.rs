@@ -32,7 +32,7 @@ fn target_dir() -> PathBuf {
 /// uses that file instead (e.g. a CI artifact).
 pub fn wasm_path() -> PathBuf {
     static WASM: OnceLock<PathBuf> = OnceLock::new();
-    WASM.get_or_init(|| build_filter("TENANT_GUARD_WASM", None))
+    WASM.get_or_init(|| build_wasm("TENANT_GUARD_WASM", "tenant-guard-filter", None))
         .clone()
 }
 
@@ -49,12 +49,14 @@ pub fn probe_wasm_path() -> PathBuf {
 /// `<target>/fault`, once per test process. `TENANT_GUARD_FAULT_WASM` skips the build.
 pub fn fault_wasm_path() -> PathBuf {
     static WASM: OnceLock<PathBuf> = OnceLock::new();
-    WASM.get_or_init(|| build_filter("TENANT_GUARD_FAULT_WASM", Some("fault-injection")))
-        .clone()
-}
-
-fn build_filter(override_var: &str, feature: Option<&str>) -> PathBuf {
-    build_wasm(override_var, "tenant-guard-filter", feature)
+    WASM.get_or_init(|| {
+        build_wasm(
+            "TENANT_GUARD_FAULT_WASM",
+            "tenant-guard-filter",
+            Some("fault-injection"),
+        )
+    })
+    .clone()
 }
 
 /// `$override_var` when set, else a release wasm32 build of `package` with

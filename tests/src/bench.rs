@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 
 use crate::artifacts::{envoy_binary, repo_root, wasm_path};
 use crate::config::PluginConfig;
-use crate::envoy::{free_port, render_template};
+use crate::envoy::{counters, free_port, render_template};
 use crate::http;
 use crate::tempdir::TempDir;
 use crate::wait::wait_until;
@@ -45,6 +45,20 @@ impl Flags {
         Some(self.current.clone())
     }
 
+    /// The value following the current flag as the path of an existing file.
+    pub fn existing_file(&mut self) -> Result<PathBuf, String> {
+        let path = self.value::<PathBuf>()?;
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!(
+                "{}: {} is not a file",
+                self.current,
+                path.display()
+            ))
+        }
+    }
+
     /// The value following the current flag, parsed; errors name the flag.
     pub fn value<T>(&mut self) -> Result<T, String>
     where
@@ -58,6 +72,14 @@ impl Flags {
             .parse()
             .map_err(|e| format!("{name}: {e}"))
     }
+}
+
+/// The file name of `path` for a table row (the whole path if it has none).
+pub fn file_label(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |name| name.to_string_lossy().into_owned(),
+    )
 }
 
 /// Parses the command line with `parse`; on an error (a bad flag, or the usage
@@ -162,9 +184,19 @@ pub enum Bootstrap {
     },
 }
 
-/// `text` as a JSON string literal (the bootstrap embeds the plugin config as a string).
-fn json_string(text: &str) -> Result<String, String> {
-    serde_json::to_string(text).map_err(|e| e.to_string())
+/// Adds the `.wasm` path and the plugin config (embedded in the bootstrap as a
+/// JSON string literal) to the template values.
+fn with_wasm(
+    values: &mut Vec<(&'static str, String)>,
+    wasm: &Path,
+    config: &str,
+) -> Result<(), String> {
+    values.push(("WASM_PATH", wasm.display().to_string()));
+    values.push((
+        "PLUGIN_CONFIG_JSON",
+        serde_json::to_string(config).map_err(|e| e.to_string())?,
+    ));
+    Ok(())
 }
 
 /// A bench Envoy in front of an upstream port; killed on drop.
@@ -230,13 +262,11 @@ impl BenchEnvoy {
         let template = match bootstrap {
             Bootstrap::Plain => without_filter(&read_template("static.yaml")?)?,
             Bootstrap::Filter(config) => {
-                values.push(("WASM_PATH", wasm_path().display().to_string()));
-                values.push(("PLUGIN_CONFIG_JSON", json_string(config)?));
+                with_wasm(&mut values, &wasm_path(), config)?;
                 read_template("static.yaml")?
             }
             Bootstrap::OtherWasm { wasm, config } => {
-                values.push(("WASM_PATH", wasm.display().to_string()));
-                values.push(("PLUGIN_CONFIG_JSON", json_string(config)?));
+                with_wasm(&mut values, wasm, config)?;
                 read_template("static.yaml")?
             }
             Bootstrap::Lua {
@@ -309,11 +339,9 @@ impl BenchEnvoy {
         let Some(response) = http::try_get(self.admin_port, "/stats") else {
             return 0;
         };
-        String::from_utf8_lossy(&response.body)
-            .lines()
-            .filter_map(|line| line.split_once(": "))
-            .filter(|(name, _)| name.trim().ends_with(suffix))
-            .filter_map(|(_, value)| value.trim().parse::<u64>().ok())
+        counters(&String::from_utf8_lossy(&response.body))
+            .filter(|(name, _)| name.ends_with(suffix))
+            .map(|(_, value)| value)
             .sum()
     }
 }

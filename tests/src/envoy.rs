@@ -351,13 +351,8 @@ impl Envoy {
     pub fn stats(&self, filter: &str) -> Vec<(String, u64)> {
         let response = self.admin(&format!("/stats?filter={}", encode_query(filter)));
         assert_eq!(response.status, 200, "admin /stats: {}", response.text());
-        response
-            .text()
-            .lines()
-            .filter_map(|line| {
-                let (name, value) = line.split_once(": ")?;
-                Some((name.trim().to_string(), value.trim().parse().ok()?))
-            })
+        counters(&response.text())
+            .map(|(name, value)| (name.to_string(), value))
             .collect()
     }
 
@@ -451,4 +446,12 @@ impl Drop for Envoy {
             );
         }
     }
+}
+
+/// The numeric stats of an admin `/stats` text body, as (name, value).
+pub(crate) fn counters(text: &str) -> impl Iterator<Item = (&str, u64)> {
+    text.lines().filter_map(|line| {
+        let (name, value) = line.split_once(": ")?;
+        Some((name.trim(), value.trim().parse().ok()?))
+    })
 }

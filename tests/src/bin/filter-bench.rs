@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tenant_guard_e2e::bench::{
-    self, clock_ticks_per_second, file_size, filter_config, median, min_max, with_jwt, BenchEnvoy,
-    Bootstrap, CpuTime, Flags,
+    self, clock_ticks_per_second, file_label, file_size, filter_config, median, min_max, with_jwt,
+    BenchEnvoy, Bootstrap, CpuTime, Flags,
 };
 use tenant_guard_e2e::{envoy_binary, probe_wasm_path, wasm_path, Conn};
 
@@ -67,13 +67,7 @@ fn parse_args(flags: &mut Flags) -> Result<Args, String> {
             "--requests" => args.requests = flags.value::<usize>()?.max(100),
             "--connections" => args.connections = flags.value::<usize>()?.clamp(1, 64),
             "--rounds" => args.rounds = flags.value::<usize>()?.clamp(1, 100),
-            "--compare-wasm" => {
-                let path = flags.value::<PathBuf>()?;
-                if !path.is_file() {
-                    return Err(format!("--compare-wasm: {} is not a file", path.display()));
-                }
-                args.compare_wasm.push(path);
-            }
+            "--compare-wasm" => args.compare_wasm.push(flags.existing_file()?),
             "-h" | "--help" => return Err(
                 "usage: filter-bench [--requests N (default 10000)] [--connections C (default 1)] [--rounds R (default 5)] [--compare-wasm FILE]..."
                     .to_owned(),
@@ -241,10 +235,7 @@ fn scenarios(compare_wasm: &[PathBuf]) -> Result<Vec<Scenario>, String> {
         },
     ];
     for (position, wasm) in (4..).zip(compare_wasm) {
-        let name = wasm.file_name().map_or_else(
-            || wasm.display().to_string(),
-            |name| name.to_string_lossy().into_owned(),
-        );
+        let name = file_label(wasm);
         scenarios.insert(
             position,
             Scenario {

@@ -35,8 +35,8 @@ use tenant_guard_core::config;
 use tenant_guard_core::engine::{self, HostInputs, RequestView};
 use tenant_guard_core::store::MemoryStore;
 use tenant_guard_e2e::bench::{
-    self, clock_ticks_per_second, command_output, file_size, filter_config, median, min_max,
-    rss_kib, with_jwt, BenchEnvoy, Bootstrap, CpuTime, Flags,
+    self, clock_ticks_per_second, command_output, file_label, file_size, filter_config, median,
+    min_max, rss_kib, with_jwt, BenchEnvoy, Bootstrap, CpuTime, Flags,
 };
 use tenant_guard_e2e::sidecar::ms;
 use tenant_guard_e2e::tempdir::TempDir;
@@ -86,13 +86,7 @@ fn parse_args(flags: &mut Flags) -> Res<Args> {
             "--exact-limit" => args.exact_limit = value()?.clamp(1, 1_000_000),
             "--skip-10k" => args.skip_10k = true,
             "--only-c1" => args.only_c1 = true,
-            "--compare-wasm" => {
-                let path = flags.value::<PathBuf>()?;
-                if !path.is_file() {
-                    return Err(format!("--compare-wasm: {} is not a file", path.display()));
-                }
-                args.compare_wasm.push(path);
-            }
+            "--compare-wasm" => args.compare_wasm.push(flags.existing_file()?),
             "-h" | "--help" => {
                 return Err("usage: load-report [--duration S (5)] [--connections C (16)] [--reps R (3)] \
                             [--tenants T (10000)] [--exact-limit N (2000)] [--skip-10k] [--only-c1] [--compare-wasm FILE]..."
@@ -324,10 +318,7 @@ fn scenarios(compare_wasm: &[PathBuf]) -> Res<Vec<Scenario>> {
     ];
     let rate_limited = filter_config("load-compare", Some((1_000_000_000, 60))).to_string();
     for wasm in compare_wasm {
-        let file = wasm.file_name().map_or_else(
-            || wasm.display().to_string(),
-            |name| name.to_string_lossy().into_owned(),
-        );
+        let file = file_label(wasm);
         scenarios.push(Scenario {
             name: format!("--compare-wasm {file} (rate-limit config)"),
             bootstrap: Bootstrap::OtherWasm {
