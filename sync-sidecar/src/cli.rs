@@ -1,6 +1,10 @@
-//! Command line: typed options (flags and environment) and the subcommands
-//! `run`, `sync [--dry-run]`, `history`, `rollback --to REV`.
+//! Command line: typed options (flags and environment, ranges checked) and the
+//! subcommands `run`, `sync [--dry-run]`, `history`, `rollback --to REV`,
+//! `migrate`. Read-only commands (`history`, `sync --dry-run`) open read-only
+//! sessions and create nothing; output goes through [`emit`], which treats a
+//! closed stdout (`| head -1`) as the reader having seen enough.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,7 +13,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::daemon::{self, RunConfig, RunError};
 use crate::db::{self, DbConfig, DbError};
+use crate::dryrun::{self, Against};
 use crate::kong::{KongForm, KongLayout, KongMode, KongTarget};
+use crate::settings::{self, Rendered};
 use crate::sync::{self, EnvoyTarget, SetupError, SyncError, SyncOutcome, Syncer, Target};
 
 #[derive(Debug, Parser)]
@@ -22,9 +28,20 @@ pub struct Cli {
     /// PostgreSQL connection URL.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Schema holding the sidecar's tables (created and migrated at start).
+    /// Schema holding the sidecar's tables (`run`, `sync` and `migrate` create
+    /// and migrate it; `history` and `sync --dry-run` only read it).
     #[arg(long, env = "TG_SCHEMA", default_value = "tenant_guard", global = true)]
     pub schema: String,
+    /// Largest settings value (its JSON text, bytes) accepted; larger ones are
+    /// rejected without being read (1 B – 16 MiB).
+    #[arg(
+        long,
+        env = "TG_MAX_VALUE_BYTES",
+        default_value_t = settings::DEFAULT_MAX_VALUE_BYTES,
+        value_parser = parse_max_value_bytes,
+        global = true
+    )]
+    pub max_value_bytes: usize,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -33,12 +50,14 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: sync on NOTIFY, on a timer and on POST /sync.
     Run(RunArgs),
-    /// Sync once and exit; with --dry-run print the diff against the deployed revision.
+    /// Sync once and exit; with --dry-run print the diff against what the gateway has.
     Sync(SyncArgs),
-    /// List the recorded revisions, newest first.
+    /// List the recorded revisions, newest first (read-only).
     History(HistoryArgs),
     /// Re-deliver a recorded revision.
     Rollback(RollbackArgs),
+    /// Create the schema and its tables (or bring them up to date) and exit.
+    Migrate,
 }
 
 /// The gateway one sidecar process delivers to (run one sidecar per gateway;
@@ -115,14 +134,14 @@ pub struct RunArgs {
     /// Admin listen address (`/live`, `/ready`, `/metrics`, `POST /sync`); port 0 picks one.
     #[arg(long, env = "TG_ADMIN_ADDR", default_value = "127.0.0.1:9911")]
     pub admin_addr: SocketAddr,
-    /// Periodic full resync (e.g. 300s, 5m, 1h).
-    #[arg(long, env = "TG_RESYNC_INTERVAL", default_value = "300s", value_parser = parse_duration)]
+    /// Periodic full resync (e.g. 300s, 5m, 1h; 1 s – 7 days).
+    #[arg(long, env = "TG_RESYNC_INTERVAL", default_value = "300s", value_parser = parse_resync_interval)]
     pub resync_interval: Duration,
-    /// Coalescing window for NOTIFY (e.g. 100ms).
-    #[arg(long, env = "TG_DEBOUNCE", default_value = "100ms", value_parser = parse_duration)]
+    /// Coalescing window for NOTIFY (e.g. 100ms; at most 60 s).
+    #[arg(long, env = "TG_DEBOUNCE", default_value = "100ms", value_parser = parse_debounce)]
     pub debounce: Duration,
-    /// Time an in-flight sync may take to finish after SIGTERM.
-    #[arg(long, env = "TG_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
+    /// Time an in-flight sync may take to finish after SIGTERM (at most 10 min).
+    #[arg(long, env = "TG_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_shutdown_grace)]
     pub shutdown_grace: Duration,
 }
 
@@ -130,15 +149,17 @@ pub struct RunArgs {
 pub struct SyncArgs {
     #[command(flatten)]
     pub delivery: DeliveryArgs,
-    /// Print what would change and whether it is valid; deliver nothing.
+    /// Print what would change on the gateway (Envoy: the ECDS file in
+    /// --ecds-dir; Kong: its Admin API) and whether the settings are valid;
+    /// write nothing.
     #[arg(long)]
     pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
-    /// Number of revisions to list.
-    #[arg(long, default_value_t = 20)]
+    /// Number of revisions to list (1-10000).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=10_000))]
     pub limit: i64,
 }
 
@@ -147,7 +168,7 @@ pub struct RollbackArgs {
     #[command(flatten)]
     pub delivery: DeliveryArgs,
     /// Revision number to restore (see `history`).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
     pub to: i64,
     /// Who is rolling back (recorded); defaults to $USER.
     #[arg(long, env = "USER", default_value = "cli")]
@@ -178,6 +199,68 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
 }
 
+/// [`parse_duration`] within `min..=max`.
+fn parse_duration_in(text: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let value = parse_duration(text)?;
+    if value < min || value > max {
+        return Err(format!(
+            "`{}` is out of range: use {min:?} to {max:?}",
+            text.trim()
+        ));
+    }
+    Ok(value)
+}
+
+fn parse_resync_interval(text: &str) -> Result<Duration, String> {
+    parse_duration_in(
+        text,
+        Duration::from_secs(1),
+        Duration::from_secs(7 * 24 * 3600),
+    )
+}
+
+fn parse_debounce(text: &str) -> Result<Duration, String> {
+    parse_duration_in(text, Duration::ZERO, Duration::from_secs(60))
+}
+
+fn parse_shutdown_grace(text: &str) -> Result<Duration, String> {
+    parse_duration_in(text, Duration::ZERO, Duration::from_secs(600))
+}
+
+/// Upper bound of `--max-value-bytes`.
+const MAX_VALUE_BYTES_CEILING: usize = 16 * 1024 * 1024;
+
+fn parse_max_value_bytes(text: &str) -> Result<usize, String> {
+    let value: usize = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{}` is not a number of bytes", text.trim()))?;
+    if value == 0 || value > MAX_VALUE_BYTES_CEILING {
+        return Err(format!(
+            "{value} is out of range: use 1 to {MAX_VALUE_BYTES_CEILING} bytes"
+        ));
+    }
+    Ok(value)
+}
+
+/// Writes `text` to stdout. A closed stdout (`| head -1`) is not an error:
+/// the reader has seen what it wanted, the command's outcome stands.
+pub fn emit(text: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(CliError::Output(error))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Writes `text` to stderr, ignoring a closed stderr.
+pub fn emit_err(text: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(text.as_bytes()).and_then(|()| err.flush());
+}
+
 /// Why a command failed; [`CliError::exit_code`] maps it to 2 (usage/config) or 1 (runtime).
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -191,13 +274,15 @@ pub enum CliError {
     Setup(#[from] SetupError),
     #[error(transparent)]
     Run(#[from] RunError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("settings are invalid (see above)")]
+    #[error("cannot write to stdout")]
+    Output(#[source] std::io::Error),
+    #[error("settings are invalid (see the findings above)")]
     DryRunInvalid,
 }
 
@@ -210,7 +295,7 @@ impl CliError {
             {
                 2
             }
-            Self::Sync(SyncError::Setup(_)) => 2,
+            Self::Sync(SyncError::Setup(_) | SyncError::NoSuchRevision(_)) => 2,
             _ => 1,
         }
     }
@@ -221,7 +306,13 @@ impl Cli {
         let url = self.database_url.as_deref().ok_or_else(|| {
             CliError::Usage("no database: set DATABASE_URL or pass --database-url".to_owned())
         })?;
-        Ok(DbConfig::new(url, &self.schema)?)
+        let mut config = DbConfig::new(url, &self.schema)?;
+        config.read_only = match &self.command {
+            Command::History(_) => true,
+            Command::Sync(args) => args.dry_run,
+            Command::Run(_) | Command::Rollback(_) | Command::Migrate => false,
+        };
+        Ok(config)
     }
 }
 
@@ -276,9 +367,11 @@ pub async fn execute(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), CliError> {
     let db_config = cli.db_config()?;
+    let max_value_bytes = cli.max_value_bytes;
     match &cli.command {
         Command::Run(args) => {
-            let syncer = Syncer::new(&db_config.schema, target(&args.delivery)?)?;
+            let syncer = Syncer::new(&db_config.schema, target(&args.delivery)?)?
+                .with_max_value_bytes(max_value_bytes);
             let listener = tokio::net::TcpListener::bind(args.admin_addr)
                 .await
                 .map_err(|source| CliError::Listen {
@@ -290,69 +383,111 @@ pub async fn execute(
                 source,
             })?;
             tracing::info!(%bound, "admin API listening");
-            println!("admin listening on http://{bound}");
+            emit(&format!("admin listening on http://{bound}\n"))?;
             let mut config = RunConfig::new(db_config);
             config.resync_interval = args.resync_interval;
             config.debounce = args.debounce;
             config.shutdown_grace = args.shutdown_grace;
             daemon::run(config, syncer, listener, shutdown).await?;
         }
+        Command::Sync(args) if args.dry_run => {
+            let kong;
+            let against = match args.delivery.gateway {
+                Gateway::Envoy => match &args.delivery.ecds_dir {
+                    Some(dir) => Against::EcdsDir(dir),
+                    None => Against::Record(sync::TARGET_ENVOY),
+                },
+                Gateway::Kong => {
+                    kong = kong_target(&args.delivery)?;
+                    Against::Kong(&kong)
+                }
+            };
+            let client = db_config.connect_spawned().await?;
+            db::check_schema(&client, &db_config).await?;
+            let report = dryrun::dry_run(&client, against, max_value_bytes).await?;
+            print_warnings(&report.warnings);
+            emit(&report.text)?;
+            if !report.valid {
+                return Err(CliError::DryRunInvalid);
+            }
+        }
         Command::Sync(args) => {
+            let syncer = Syncer::new(&db_config.schema, target(&args.delivery)?)?
+                .with_max_value_bytes(max_value_bytes);
             let mut client = db_config.connect_spawned().await?;
             db::migrate(&mut client, &db_config.schema).await?;
-            if args.dry_run {
-                let gateway = match args.delivery.gateway {
-                    Gateway::Envoy => sync::TARGET_ENVOY,
-                    Gateway::Kong => sync::TARGET_KONG,
-                };
-                let report = sync::dry_run_for(&client, gateway).await?;
-                print!("{}", report.text);
-                if !report.valid {
-                    return Err(CliError::DryRunInvalid);
-                }
-            } else {
-                let syncer = Syncer::new(&db_config.schema, target(&args.delivery)?)?;
-                match syncer.sync(&client, "cli").await? {
-                    SyncOutcome::Delivered {
-                        revision_id,
-                        revision,
-                    } => {
-                        println!("delivered revision {revision_id} ({revision})");
+            let outcome = syncer.sync(&client, "cli").await?;
+            print_revision_warnings(&client, outcome.revision_id()).await;
+            match outcome {
+                SyncOutcome::Delivered {
+                    revision_id,
+                    revision,
+                } => emit(&format!("delivered revision {revision_id} ({revision})\n"))?,
+                SyncOutcome::Unchanged {
+                    revision_id,
+                    revision,
+                    rewrote_file,
+                } => emit(&format!(
+                    "unchanged: revision {revision_id} ({revision}) is deployed{}\n",
+                    if rewrote_file {
+                        "; delivered it again (the gateway's copy was missing or stale)"
+                    } else {
+                        ""
                     }
-                    SyncOutcome::Unchanged {
-                        revision_id,
-                        revision,
-                        rewrote_file,
-                    } => {
-                        println!(
-                            "unchanged: revision {revision_id} ({revision}) is deployed{}",
-                            if rewrote_file {
-                                "; delivered it again (the gateway's copy was missing or stale)"
-                            } else {
-                                ""
-                            }
-                        );
-                    }
-                }
+                ))?,
             }
         }
         Command::History(args) => {
-            let mut client = db_config.connect_spawned().await?;
-            db::migrate(&mut client, &db_config.schema).await?;
+            let client = db_config.connect_spawned().await?;
+            db::check_schema(&client, &db_config).await?;
             let revisions = db::history(&client, args.limit).await?;
-            print!("{}", sync::format_history(&revisions));
+            emit(&sync::format_history(&revisions))?;
         }
         Command::Rollback(args) => {
-            let mut client = db_config.connect_spawned().await?;
-            db::migrate(&mut client, &db_config.schema).await?;
-            let syncer = Syncer::new(&db_config.schema, target(&args.delivery)?)?;
+            // The revision first: a wrong number is the likelier mistake than a flag.
+            let client = db_config.connect_spawned().await?;
+            db::check_schema(&client, &db_config).await?;
+            if db::revision(&client, args.to).await?.is_none() {
+                return Err(SyncError::NoSuchRevision(args.to).into());
+            }
+            let syncer = Syncer::new(&db_config.schema, target(&args.delivery)?)?
+                .with_max_value_bytes(max_value_bytes);
             let outcome = syncer.rollback(&client, args.to, &args.actor).await?;
-            println!(
-                "rolled back to revision {}: delivered revision {}",
+            emit(&format!(
+                "rolled back to revision {}: delivered revision {}\n",
                 args.to,
                 outcome.revision_id()
-            );
+            ))?;
+        }
+        Command::Migrate => {
+            let mut client = db_config.connect_spawned().await?;
+            db::migrate(&mut client, &db_config.schema).await?;
+            emit(&format!(
+                "schema `{}` in {} is at migration {}\n",
+                db_config.schema,
+                db_config.location(),
+                db::latest_migration()
+            ))?;
         }
     }
     Ok(())
+}
+
+fn print_warnings(warnings: &[String]) {
+    for warning in warnings {
+        emit_err(&format!("warning: {}\n", crate::text::bounded(warning)));
+    }
+}
+
+/// Warnings about the document of revision `id` (best effort: the sync is done).
+async fn print_revision_warnings(client: &tokio_postgres::Client, id: i64) {
+    let document = db::revision(client, id)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|revision| revision.document)
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+    if let Some(document) = document {
+        print_warnings(&settings::warnings(&Rendered::from_document(document)));
+    }
 }

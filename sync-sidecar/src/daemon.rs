@@ -19,6 +19,7 @@ use crate::admin::{self, SyncReply, SyncRequest};
 use crate::db::{self, DbConfig, DbError};
 use crate::metrics::Metrics;
 use crate::sync::{timed, SyncError, SyncOutcome, Syncer};
+use crate::text::{bounded, error_text};
 
 /// Timing of the loop.
 #[derive(Debug, Clone)]
@@ -53,7 +54,7 @@ pub enum RunError {
     Admin(#[from] admin::AdminError),
     #[error(transparent)]
     Db(#[from] DbError),
-    #[error("cannot start the sidecar: {0}")]
+    #[error("cannot start the sidecar")]
     Io(#[from] std::io::Error),
     #[error("the sidecar thread panicked")]
     Panicked,
@@ -134,6 +135,7 @@ pub async fn run(
             Err(error) if error.is_config_error() => return Err(error.into()),
             Err(error) => {
                 let delay = backoff.next_delay();
+                let error = error_text(&error);
                 tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "database unavailable");
                 let wake = Instant::now() + delay;
                 loop {
@@ -145,7 +147,7 @@ pub async fn run(
                                 result: "unavailable".to_owned(),
                                 revision_id: None,
                                 revision: None,
-                                error: Some(format!("database unavailable: {error}")),
+                                error: Some(bounded(&format!("database unavailable: {error}")).into_owned()),
                             });
                         }
                     }
@@ -210,7 +212,7 @@ pub async fn run(
                         }
                     }
                     Some(Event::Closed(reason)) => {
-                        tracing::warn!(%reason, "lost the database connection");
+                        tracing::warn!(reason = %bounded(&reason), "lost the database connection");
                         break;
                     }
                     None => break,
@@ -281,7 +283,8 @@ where
         }
         Err(error) => {
             metrics.sync_failed(duration);
-            tracing::error!(%error, trigger, "sync failed");
+            let text = error_text(&error);
+            tracing::error!(error = %text, trigger, "sync failed");
             let result = match &error {
                 SyncError::Invalid { .. } => "invalid",
                 SyncError::Db(_) => "unavailable",
@@ -296,7 +299,7 @@ where
                 result: result.to_owned(),
                 revision_id,
                 revision: None,
-                error: Some(error.to_string()),
+                error: Some(text),
             }
         }
     })
@@ -342,7 +345,7 @@ async fn connect(config: &DbConfig) -> Result<(Client, mpsc::UnboundedReceiver<E
                 }
                 Some(Ok(_)) => {}
                 Some(Err(error)) => {
-                    let _ = events_tx.send(Event::Closed(db::error_chain(&error)));
+                    let _ = events_tx.send(Event::Closed(error_text(&error)));
                     break;
                 }
                 None => {
@@ -357,6 +360,19 @@ async fn connect(config: &DbConfig) -> Result<(Client, mpsc::UnboundedReceiver<E
         .batch_execute(&format!("LISTEN {}", db::CHANNEL))
         .await?;
     Ok((client, events))
+}
+
+/// Creates and migrates the schema of `config` on a runtime of its own, for
+/// harnesses without one that seed settings before starting a sidecar.
+pub fn migrate_blocking(config: &DbConfig) -> Result<(), RunError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut client = config.connect_spawned().await?;
+        db::migrate(&mut client, &config.schema).await?;
+        Ok(())
+    })
 }
 
 /// A sidecar running [`run`] on its own thread and runtime, for harnesses and

@@ -8,6 +8,7 @@
 //! - `tg_revisions`: every delivery attempt, numbered (see [`Revision`]).
 //! - `tg_schema_migrations`: applied migration versions.
 
+use std::error::Error as _;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -21,14 +22,29 @@ pub const CHANNEL: &str = "tenant_guard_settings";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("invalid database URL: {0}")]
-    Url(#[source] tokio_postgres::Error),
+    /// `url` is redacted (no password).
+    #[error("invalid database URL `{url}`: {reason}")]
+    Url { url: String, reason: String },
     #[error(
         "invalid schema name `{0}`: use 1-63 characters of [a-z0-9_], not starting with a digit"
     )]
     SchemaName(String),
-    #[error("database error: {}", error_chain(.0))]
-    Postgres(tokio_postgres::Error),
+    /// The session could not be opened; `target` is `host:port` (or the socket directory).
+    #[error("cannot connect to PostgreSQL at {target}")]
+    Connect {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A read-only command found no (or an outdated) sidecar schema; nothing was created.
+    #[error("schema `{schema}` in {location} {problem}")]
+    SchemaMissing {
+        schema: String,
+        location: String,
+        problem: String,
+    },
+    #[error("database error")]
+    Postgres(#[source] tokio_postgres::Error),
     #[error("corrupt row in {table}: {message}")]
     Corrupt {
         table: &'static str,
@@ -42,26 +58,13 @@ impl From<tokio_postgres::Error> for DbError {
     }
 }
 
-/// `error: cause: cause…` — tokio-postgres keeps the useful part (the server's
-/// message, `Connection refused`) in the source chain.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 impl DbError {
     /// Errors caused by configuration rather than by the database being away.
     pub fn is_config_error(&self) -> bool {
-        matches!(self, Self::Url(_) | Self::SchemaName(_))
+        matches!(
+            self,
+            Self::Url { .. } | Self::SchemaName(_) | Self::SchemaMissing { .. }
+        )
     }
 }
 
@@ -72,30 +75,62 @@ pub struct DbConfig {
     pub schema: String,
     /// `application_name` of the session (visible in `pg_stat_activity`).
     pub application_name: String,
+    /// Sessions refuse every write (`default_transaction_read_only`): for
+    /// `history` and `sync --dry-run`.
+    pub read_only: bool,
 }
 
 impl DbConfig {
     pub fn new(url: &str, schema: &str) -> Result<Self, DbError> {
         validate_schema_name(schema)?;
-        url.parse::<Config>().map_err(DbError::Url)?;
+        parse_url(url)?;
         Ok(Self {
             url: url.to_owned(),
             schema: schema.to_owned(),
             application_name: format!("tenant-guard-sidecar/{schema}"),
+            read_only: false,
         })
+    }
+
+    /// `host:port` of every host the URL names (comma-separated).
+    pub fn target(&self) -> String {
+        parse_url(&self.url)
+            .map(|config| describe_hosts(&config))
+            .unwrap_or_else(|_| "?".to_owned())
+    }
+
+    /// `database `d` at host:port`, for messages.
+    pub fn location(&self) -> String {
+        let config = parse_url(&self.url).ok();
+        let dbname = config
+            .as_ref()
+            .and_then(|c| c.get_dbname().or(c.get_user()))
+            .unwrap_or("postgres")
+            .to_owned();
+        format!("database `{dbname}` at {}", self.target())
     }
 
     /// Opens a session with `search_path` set to the schema; the caller drives the connection.
     pub async fn connect(&self) -> Result<(Client, Connection<Socket, NoTlsStream>), DbError> {
-        let mut config: Config = self.url.parse().map_err(DbError::Url)?;
+        let mut config = parse_url(&self.url)?;
+        let mut options = format!(
+            "-c search_path={} -c client_min_messages=warning",
+            self.schema
+        );
+        if self.read_only {
+            options.push_str(" -c default_transaction_read_only=on");
+        }
         config
             .application_name(&self.application_name)
-            .options(format!(
-                "-c search_path={} -c client_min_messages=warning",
-                self.schema
-            ))
+            .options(&options)
             .connect_timeout(Duration::from_secs(5));
-        Ok(config.connect(NoTls).await?)
+        config
+            .connect(NoTls)
+            .await
+            .map_err(|source| DbError::Connect {
+                target: describe_hosts(&config),
+                source,
+            })
     }
 
     /// Connects and spawns the connection onto the runtime (for one-shot commands).
@@ -103,10 +138,80 @@ impl DbConfig {
         let (client, connection) = self.connect().await?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
-                tracing::warn!(%error, "database connection closed");
+                tracing::warn!(error = %crate::text::error_text(&error), "database connection closed");
             }
         });
         Ok(client)
+    }
+}
+
+/// Parses a `postgres://` URL or libpq `key=value` pairs, with a precise
+/// reason when it is neither.
+fn parse_url(url: &str) -> Result<Config, DbError> {
+    let invalid = |reason: String| DbError::Url {
+        url: crate::text::bounded_to(&crate::text::redact_url(url), 200).into_owned(),
+        reason,
+    };
+    let trimmed = url.trim();
+    if trimmed.is_empty() {
+        return Err(invalid("it is empty".to_owned()));
+    }
+    match trimmed.split_once("://") {
+        Some((scheme, _)) if !matches!(scheme, "postgres" | "postgresql") => {
+            return Err(invalid(format!(
+                "`{}` is not a PostgreSQL URL scheme; use postgres://USER@HOST:PORT/DATABASE",
+                crate::text::bounded_to(scheme, 40)
+            )))
+        }
+        Some(_) => {}
+        None if !trimmed.contains('=') => {
+            return Err(invalid(
+                "not a URL: use postgres://USER@HOST:PORT/DATABASE (or libpq key=value pairs)"
+                    .to_owned(),
+            ))
+        }
+        None => {}
+    }
+    trimmed.parse::<Config>().map_err(|error| {
+        // tokio-postgres says "invalid connection string" and puts the
+        // detail in the cause; the variant already says it is invalid.
+        let detail = error
+            .source()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| error.to_string());
+        invalid(detail)
+    })
+}
+
+/// `host:port[, host:port…]` of a parsed configuration (libpq defaults: port 5432).
+fn describe_hosts(config: &Config) -> String {
+    let ports = config.get_ports();
+    let port_of = |i: usize| {
+        ports
+            .get(i)
+            .or_else(|| ports.first())
+            .copied()
+            .unwrap_or(5432)
+    };
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| match host {
+            tokio_postgres::config::Host::Tcp(name) if name.contains(':') => {
+                format!("[{name}]:{}", port_of(i))
+            }
+            tokio_postgres::config::Host::Tcp(name) => format!("{name}:{}", port_of(i)),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(path) => {
+                format!("{}/.s.PGSQL.{}", path.display(), port_of(i))
+            }
+        })
+        .collect();
+    if hosts.is_empty() {
+        "(no host given)".to_owned()
+    } else {
+        hosts.join(", ")
     }
 }
 
@@ -183,6 +288,63 @@ CREATE INDEX tg_revisions_target_id ON tg_revisions (target, id DESC);
 "#,
 )];
 
+/// The migration version this sidecar needs.
+pub fn latest_migration() -> i32 {
+    MIGRATIONS.iter().map(|(v, _)| *v).max().unwrap_or(0)
+}
+
+/// For read-only commands: the schema and its tables exist at the version
+/// this sidecar needs, otherwise [`DbError::SchemaMissing`] saying what is
+/// missing. Creates nothing.
+pub async fn check_schema(client: &Client, config: &DbConfig) -> Result<(), DbError> {
+    let schema = config.schema.as_str();
+    validate_schema_name(schema)?;
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1),
+                    to_regclass(quote_ident($1) || '.tg_schema_migrations') IS NOT NULL,
+                    to_regclass(quote_ident($1) || '.tg_settings') IS NOT NULL,
+                    to_regclass(quote_ident($1) || '.tg_revisions') IS NOT NULL",
+            &[&schema],
+        )
+        .await?;
+    let missing = |problem: String| DbError::SchemaMissing {
+        schema: schema.to_owned(),
+        location: config.location(),
+        problem,
+    };
+    let (exists, migrations, settings, revisions): (bool, bool, bool, bool) = (
+        row.try_get(0)?,
+        row.try_get(1)?,
+        row.try_get(2)?,
+        row.try_get(3)?,
+    );
+    if !exists {
+        return Err(missing(
+            "does not exist: nothing was set up there (`tenant-guard-sidecar migrate` creates it; so do `sync` and `run`)".to_owned(),
+        ));
+    }
+    if !(migrations && settings && revisions) {
+        return Err(missing(
+            "has no sidecar tables (tg_settings, tg_revisions): is --schema right? (`tenant-guard-sidecar migrate` creates them)".to_owned(),
+        ));
+    }
+    let applied: i32 = client
+        .query_one(
+            &format!("SELECT coalesce(max(version), 0) FROM \"{schema}\".tg_schema_migrations"),
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    let needed = latest_migration();
+    if applied < needed {
+        return Err(missing(format!(
+            "is at migration {applied}, this sidecar needs {needed}: run `tenant-guard-sidecar migrate`"
+        )));
+    }
+    Ok(())
+}
+
 /// Creates the schema and applies pending migrations (idempotent, serialised
 /// across sidecars by an advisory lock).
 pub async fn migrate(client: &mut Client, schema: &str) -> Result<(), DbError> {
@@ -230,13 +392,21 @@ pub async fn migrate(client: &mut Client, schema: &str) -> Result<(), DbError> {
     Ok(())
 }
 
-/// Loads all settings rows, ordered by scope and identity.
-pub async fn load_settings(client: &Client) -> Result<Vec<SettingRow>, DbError> {
+/// Loads all settings rows, ordered by scope and identity. A value whose text
+/// (`value::text`) is longer than `max_value_bytes` is not transferred: the row
+/// comes back with a null value and [`SettingRow::oversized_bytes`] set.
+pub async fn load_settings(
+    client: &Client,
+    max_value_bytes: usize,
+) -> Result<Vec<SettingRow>, DbError> {
+    let limit = i32::try_from(max_value_bytes).unwrap_or(i32::MAX);
     let rows = client
         .query(
-            "SELECT scope, tenant, route, key, value::text, updated_by, updated_at::text
+            "SELECT scope, tenant, route, key,
+                    CASE WHEN octet_length(value::text) <= $1 THEN value::text END,
+                    octet_length(value::text), updated_by, updated_at::text
                FROM tg_settings ORDER BY scope, tenant, route, key",
-            &[],
+            &[&limit],
         )
         .await?;
     rows.iter()
@@ -244,21 +414,32 @@ pub async fn load_settings(client: &Client) -> Result<Vec<SettingRow>, DbError> 
             let scope_text: String = row.try_get(0)?;
             let scope = Scope::parse(&scope_text).ok_or_else(|| DbError::Corrupt {
                 table: "tg_settings",
-                message: format!("unknown scope `{scope_text}`"),
+                message: format!(
+                    "unknown scope `{}`",
+                    crate::text::bounded_to(&scope_text, 100)
+                ),
             })?;
-            let value_text: String = row.try_get(4)?;
-            let value: Value = serde_json::from_str(&value_text).map_err(|e| DbError::Corrupt {
-                table: "tg_settings",
-                message: e.to_string(),
-            })?;
+            let value_text: Option<String> = row.try_get(4)?;
+            let size: i32 = row.try_get(5)?;
+            let (value, oversized_bytes) = match value_text {
+                Some(text) => (
+                    serde_json::from_str(&text).map_err(|e| DbError::Corrupt {
+                        table: "tg_settings",
+                        message: e.to_string(),
+                    })?,
+                    None,
+                ),
+                None => (Value::Null, Some(u64::try_from(size).unwrap_or_default())),
+            };
             Ok(SettingRow {
                 scope,
                 tenant: row.try_get(1)?,
                 route: row.try_get(2)?,
                 key: row.try_get(3)?,
                 value,
-                updated_by: row.try_get(5)?,
-                updated_at: row.try_get(6)?,
+                updated_by: row.try_get(6)?,
+                updated_at: row.try_get(7)?,
+                oversized_bytes,
             })
         })
         .collect()
@@ -385,6 +566,10 @@ pub async fn next_revision_id(client: &Client) -> Result<i64, DbError> {
 /// Inserts a revision record (`created_at` is set by the database).
 pub async fn insert_revision(client: &Client, rev: &Revision) -> Result<(), DbError> {
     let settings = rev.settings.as_ref().map(Value::to_string);
+    let error = rev
+        .error
+        .as_deref()
+        .map(|e| crate::text::bounded(e).into_owned());
     client
         .execute(
             "INSERT INTO tg_revisions (id, target, status, revision, sha256, source_sha256,
@@ -398,7 +583,7 @@ pub async fn insert_revision(client: &Client, rev: &Revision) -> Result<(), DbEr
                 &rev.sha256,
                 &rev.source_sha256,
                 &rev.document,
-                &rev.error,
+                &error,
                 &rev.actors,
                 &rev.changed_keys,
                 &rev.trigger,
@@ -412,10 +597,11 @@ pub async fn insert_revision(client: &Client, rev: &Revision) -> Result<(), DbEr
 
 /// Marks a recorded revision as failed (its delivery did not happen).
 pub async fn mark_failed(client: &Client, id: i64, error: &str) -> Result<(), DbError> {
+    let error = crate::text::bounded(error);
     client
         .execute(
             "UPDATE tg_revisions SET status = 'failed', error = $2 WHERE id = $1",
-            &[&id, &error],
+            &[&id, &error.as_ref()],
         )
         .await?;
     Ok(())
@@ -423,10 +609,11 @@ pub async fn mark_failed(client: &Client, id: i64, error: &str) -> Result<(), Db
 
 /// A failed revision delivered on a later attempt; `note` says what it overcame.
 pub async fn mark_delivered(client: &Client, id: i64, note: &str) -> Result<(), DbError> {
+    let note = crate::text::bounded(note);
     client
         .execute(
             "UPDATE tg_revisions SET status = 'delivered', error = $2 WHERE id = $1",
-            &[&id, &note],
+            &[&id, &note.as_ref()],
         )
         .await?;
     Ok(())

@@ -1,5 +1,6 @@
 //! Envoy delivery: the ECDS resource file that Envoy's `config_discovery`
-//! watches, and the atomic write (temp file, fsync, rename) that Envoy reacts to.
+//! watches, the atomic write (temp file, fsync, rename) that Envoy reacts to,
+//! and reading back the plugin document a file carries (for `sync --dry-run`).
 
 use std::fs;
 use std::io::Write;
@@ -14,14 +15,52 @@ pub const ECDS_FILE_NAME: &str = "tenant-guard.ecds.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnvoyDeliveryError {
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot render the ECDS resource: {0}")]
+    #[error("cannot render the ECDS resource")]
     Render(#[from] serde_json::Error),
+}
+
+/// Upper bound of an ECDS file read back: a larger file is not one this sidecar wrote.
+const MAX_ECDS_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The plugin document carried by the ECDS file `file` (`Ok(None)`: there is no
+/// file). `Err` says why the file is not a tenant-guard ECDS resource.
+pub fn read_deployed(file: &Path) -> Result<Option<serde_json::Value>, String> {
+    let size = match fs::metadata(file) {
+        Ok(meta) => meta.len(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(format!("cannot read {}: {error}", file.display())),
+    };
+    if size > MAX_ECDS_FILE_BYTES {
+        return Err(format!(
+            "{} is {size} bytes, more than any ECDS file the sidecar writes",
+            file.display()
+        ));
+    }
+    let text =
+        fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let resource: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", file.display()))?;
+    let value = resource
+        .pointer("/resources/0/typed_config/config/configuration/value")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| {
+            format!(
+                "{} carries no Wasm plugin configuration (resources[0].typed_config.config.configuration.value)",
+                file.display()
+            )
+        })?;
+    serde_json::from_str(value).map(Some).map_err(|e| {
+        format!(
+            "the plugin configuration in {} is not JSON: {e}",
+            file.display()
+        )
+    })
 }
 
 /// Renders the ECDS `DiscoveryResponse` carrying the Wasm filter with `plugin_config` (JSON text).

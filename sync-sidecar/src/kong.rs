@@ -36,6 +36,7 @@ use hyper::body::Bytes;
 use serde_json::{json, Value};
 
 use crate::envoy::{self, EnvoyDeliveryError};
+use crate::text::bounded;
 
 /// The filter's name in Kong: the module must be installed as
 /// `<wasm_filters_path>/tenant_guard.wasm` with `tenant_guard.meta.json` next to it.
@@ -88,7 +89,7 @@ impl Default for KongLayout {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KongRenderError {
-    #[error("the plugin document is not JSON: {0}")]
+    #[error("the plugin document is not JSON")]
     Document(#[from] serde_json::Error),
 }
 
@@ -266,7 +267,7 @@ impl Default for RetryPolicy {
 pub enum KongDeliveryError {
     #[error(transparent)]
     Render(#[from] KongRenderError),
-    #[error("cannot write the rendered kong.yml: {0}")]
+    #[error("cannot write the rendered kong.yml")]
     File(#[from] EnvoyDeliveryError),
     /// A final answer from Kong (4xx other than 429): the configuration or the
     /// request is wrong; retrying would not help.
@@ -421,6 +422,51 @@ impl KongTarget {
         }
     }
 
+    /// `http://host:port[/prefix]` of the Admin API, for messages.
+    pub fn admin_label(&self) -> String {
+        format!("http://{}{}", self.admin.authority(), self.admin.prefix)
+    }
+
+    /// The plugin document Kong has now on the configured route, as its Admin
+    /// API reports it (`GET /routes/{route}/filter-chains/{chain}`, or the
+    /// route's plugins for [`KongForm::Plugin`]; both readable in DB-less mode
+    /// too). `Ok(None)`: the route or the filter is not there.
+    pub async fn current_document(&self) -> Result<Option<Value>, KongDeliveryError> {
+        let route = path_segment(&self.layout.route_name);
+        let path = match self.layout.form {
+            KongForm::FilterChain => format!(
+                "{}/routes/{route}/filter-chains/{}",
+                self.admin.prefix,
+                path_segment(&self.layout.chain_name)
+            ),
+            KongForm::Plugin => format!("{}/routes/{route}/plugins", self.admin.prefix),
+        };
+        let reply = match self.request("GET", &path, Vec::new()).await {
+            Ok(reply) => reply,
+            Err(KongDeliveryError::Rejected { status: 404, .. }) => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let body: Value = serde_json::from_slice(&reply.body).map_err(KongRenderError::from)?;
+        let entries = match self.layout.form {
+            KongForm::FilterChain => body.get("filters"),
+            KongForm::Plugin => body.get("data"),
+        };
+        let config = entries
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|entry| entry.get("name").and_then(Value::as_str) == Some(FILTER_NAME))
+            .and_then(|entry| entry.get("config"));
+        Ok(match config {
+            // Without `tenant_guard.meta.json` Kong keeps the config as a string.
+            Some(Value::String(text)) => {
+                Some(serde_json::from_str(text).map_err(KongRenderError::from)?)
+            }
+            Some(config) => Some(config.clone()),
+            None => None,
+        })
+    }
+
     /// Writes the rendered kong.yml (when `--kong-yml` is set) unless it
     /// already holds exactly these bytes; returns whether it wrote.
     pub fn write_kong_yml(&self, plugin_config: &str) -> Result<bool, KongDeliveryError> {
@@ -456,14 +502,14 @@ impl KongTarget {
                     return Ok(reply)
                 }
                 Ok(reply) if reply.status == 429 => {
-                    last = format!("429: {}", kong_message(&reply.body));
+                    last = format!("429: {}", bounded(&kong_message(&reply.body)));
                     reply
                         .retry_after
                         .map(|d| d.min(policy.max_retry_after))
                         .unwrap_or(backoff)
                 }
                 Ok(reply) if reply.status >= 500 => {
-                    last = format!("{}: {}", reply.status, kong_message(&reply.body));
+                    last = format!("{}: {}", reply.status, bounded(&kong_message(&reply.body)));
                     backoff
                 }
                 Ok(reply) => {
@@ -471,11 +517,11 @@ impl KongTarget {
                         method,
                         path: path.to_owned(),
                         status: reply.status,
-                        message: kong_message(&reply.body),
+                        message: bounded(&kong_message(&reply.body)).into_owned(),
                     })
                 }
                 Err(error) => {
-                    last = error;
+                    last = bounded(&error).into_owned();
                     backoff
                 }
             };

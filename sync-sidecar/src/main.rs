@@ -1,11 +1,14 @@
 //! `tenant-guard-sidecar`: parses the command line, sets up logging and the
 //! runtime, and hands over to [`tenant_guard_sidecar::cli::execute`].
 //! Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
+//! Errors are printed as one bounded line, each cause once; a closed stdout
+//! or stderr is never a panic.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use tenant_guard_sidecar::cli::{self, Cli};
+use tenant_guard_sidecar::text::error_text;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -24,7 +27,10 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the runtime: {error}");
+            cli::emit_err(&format!(
+                "error: cannot start the runtime: {}\n",
+                error_text(&error)
+            ));
             return ExitCode::from(1);
         }
     };
@@ -32,7 +38,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             let code = error.exit_code();
-            eprintln!("error: {:#}", anyhow::Error::new(error));
+            cli::emit_err(&format!("error: {}\n", error_text(&error)));
             ExitCode::from(code)
         }
     }

@@ -1,5 +1,5 @@
 //! Effective settings: resolves the scoped rows of `tg_settings` (global →
-//! tenant → route) into the plugin configuration document of DESIGN.md §2, and
+//! tenant → route) into the plugin configuration document (README "Plugin configuration"), and
 //! validates the result twice — against the published JSON Schema (draft 4)
 //! and with the filter's own parser — mapping every error back to the settings
 //! row (scope, tenant, route, key) that produced the offending value.
@@ -10,12 +10,12 @@
 //! |--------|--------------------------------------|----------------------------------------|
 //! | global | `gateway.tenant.header`              | `tenant.header`                        |
 //! | global | `gateway.tenant.required`            | `tenant.required`                      |
-//! | global | `gateway.tenant.trust_header_without_jwt` | `tenant.trust_header_without_jwt` (default `true`) |
+//! | global | `gateway.tenant.trust_header_without_jwt` | `tenant.trust_header_without_jwt` (default `false`) |
 //! | global | `gateway.tenant.unknown`             | `tenant.unknown` (`defaults`/`reject`) |
 //! | global | `gateway.tenant.jwt`                 | `tenant.jwt` (issuers, JWKS, claims)   |
 //! | global | `gateway.tenant.{user_header,org_header}` | `tenant.*`                        |
 //! | global | `gateway.correlation.{header,generate,echo}` | `correlation.*`                |
-//! | global | `gateway.store.{max_cas_retries,on_exhausted,idempotency_buckets,namespace}` | `store.*` |
+//! | global | `gateway.store.{max_cas_retries,on_exhausted,idempotency_buckets,namespace,idempotency_tenant_share_percent}` | `store.*` |
 //! | global | `gateway.if_match`                   | `if_match` (routes needing If-Match)   |
 //! | global | `gateway.metrics`                    | `metrics` (`false` for Kong < 3.9)     |
 //! | global | `gateway.headers.{revision,rate_limit}` | `headers.*` (informational headers)  |
@@ -37,6 +37,13 @@
 //!
 //! A tenant appears in the document as soon as it has any tenant or route row.
 //! Routes are ordered most specific first: longer prefix, then with a method.
+//!
+//! Safe by default: the tenant header is not trusted unless
+//! `gateway.tenant.trust_header_without_jwt` says `true`, so settings with
+//! neither that nor `gateway.tenant.jwt` are rejected (no identity source).
+//! A value longer than the size limit ([`DEFAULT_MAX_VALUE_BYTES`]) is
+//! rejected without being read. Every finding is reported in one pass
+//! ([`render_parts`] + [`Validator::validate_with`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -46,6 +53,12 @@ use serde_json::{json, Map, Value};
 
 /// Prefix of every key this sidecar owns.
 pub const KEY_PREFIX: &str = "gateway.";
+
+/// Default upper bound of one settings value (its JSON text), in bytes.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 64 * 1024;
+
+const TRUST_KEY: &str = "gateway.tenant.trust_header_without_jwt";
+const JWT_KEY: &str = "gateway.tenant.jwt";
 
 /// Scope of a settings row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -86,6 +99,10 @@ pub struct SettingRow {
     pub value: Value,
     pub updated_by: String,
     pub updated_at: String,
+    /// Set when the value was over the size limit: its size in bytes (the
+    /// value itself was not loaded and is `null`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oversized_bytes: Option<u64>,
 }
 
 impl SettingRow {
@@ -107,6 +124,7 @@ impl SettingRow {
             value,
             updated_by: updated_by.to_owned(),
             updated_at: String::new(),
+            oversized_bytes: None,
         }
     }
 
@@ -177,15 +195,21 @@ pub struct Issue {
 }
 
 impl fmt::Display for Issue {
+    /// One finding, at most [`crate::text::MAX_ISSUE_BYTES`] long (a schema
+    /// message may quote the offending value).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.origin {
-            Some(origin) => write!(f, "{origin}: ")?,
-            None => write!(f, "plugin configuration: ")?,
-        }
+        let mut text = match &self.origin {
+            Some(origin) => format!("{origin}: "),
+            None => "plugin configuration: ".to_owned(),
+        };
         if !self.path.is_empty() {
-            write!(f, "`{}` ", self.path)?;
+            text.push_str(&format!("`{}` ", self.path));
         }
-        write!(f, "{} [{}]", self.message, self.check)
+        text.push_str(&format!("{} [{}]", self.message, self.check));
+        f.write_str(&crate::text::bounded_to(
+            &text,
+            crate::text::MAX_ISSUE_BYTES,
+        ))
     }
 }
 
@@ -207,6 +231,14 @@ fn join_issues(issues: &[Issue]) -> String {
 }
 
 impl SettingsError {
+    /// The findings, one per line (all of them; for `sync --dry-run`).
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            Self::Invalid(issues) => issues.iter().map(ToString::to_string).collect(),
+            Self::Schema(_) => vec![self.to_string()],
+        }
+    }
+
     fn one(origin: Option<Origin>, path: &str, message: impl Into<String>) -> Self {
         Self::Invalid(vec![Issue {
             origin,
@@ -302,8 +334,52 @@ struct TenantDraft {
     routes: BTreeMap<String, RouteDraft>,
 }
 
-/// Resolves settings rows into the plugin document (without `revision`).
+/// Resolves settings rows into the plugin document (without `revision`);
+/// any finding is an error ([`render_parts`] keeps the document too).
 pub fn render(rows: &[SettingRow]) -> Result<Rendered, SettingsError> {
+    let (rendered, issues) = render_parts(rows, DEFAULT_MAX_VALUE_BYTES);
+    if issues.is_empty() {
+        Ok(rendered)
+    } else {
+        Err(SettingsError::Invalid(issues))
+    }
+}
+
+/// Marks the values of `rows` longer than `max_value_bytes` as oversized
+/// (value replaced by `null`, size kept), so that neither the document, nor an
+/// error message, nor the revision's settings snapshot carries them.
+pub fn strip_oversized(rows: &mut [SettingRow], max_value_bytes: usize) {
+    for row in rows.iter_mut().filter(|r| r.oversized_bytes.is_none()) {
+        let size = json_len(&row.value);
+        if size > max_value_bytes {
+            row.oversized_bytes = Some(u64::try_from(size).unwrap_or(u64::MAX));
+            row.value = Value::Null;
+        }
+    }
+}
+
+/// Length of the compact JSON text of `value`, without building it.
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// Resolves settings rows into the plugin document (without `revision`) and
+/// every finding of the settings check. Rows with a finding (including values
+/// over `max_value_bytes`) are left out of the document, so it shows what the
+/// valid rows would change.
+pub fn render_parts(rows: &[SettingRow], max_value_bytes: usize) -> (Rendered, Vec<Issue>) {
     let mut document = Map::new();
     document.insert(
         "version".to_owned(),
@@ -314,15 +390,37 @@ pub fn render(rows: &[SettingRow]) -> Result<Rendered, SettingsError> {
     let mut tenants: BTreeMap<String, TenantDraft> = BTreeMap::new();
     let mut issues = Vec::new();
 
-    // No JWT source exists yet: the tenant header is the identity.
+    // Safe by default: the header is an identity only when a setting says so.
     set_path(
         &mut document,
         &["tenant", "trust_header_without_jwt"],
-        json!(true),
+        json!(false),
     );
+    let mut identity_source = false;
 
     for row in rows.iter().filter(|r| r.key.starts_with(KEY_PREFIX)) {
         let origin = row.origin();
+        if row.scope == Scope::Global
+            && (row.key == JWT_KEY || (row.key == TRUST_KEY && row.value != json!(false)))
+        {
+            // Present (even if invalid or oversized): its own finding says what is wrong.
+            identity_source = true;
+        }
+        let oversized = row.oversized_bytes.or_else(|| {
+            let size = json_len(&row.value);
+            (size > max_value_bytes).then(|| u64::try_from(size).unwrap_or(u64::MAX))
+        });
+        if let Some(size) = oversized {
+            issues.push(Issue {
+                origin: Some(origin),
+                path: String::new(),
+                message: format!(
+                    "value is {size} bytes, over the limit of {max_value_bytes} bytes per value (--max-value-bytes)"
+                ),
+                check: "settings",
+            });
+            continue;
+        }
         let wrong_scope = |allowed: &str| Issue {
             origin: Some(origin.clone()),
             path: String::new(),
@@ -501,15 +599,49 @@ pub fn render(rows: &[SettingRow]) -> Result<Rendered, SettingsError> {
         tenants_json.insert(id, Value::Object(settings));
     }
     document.insert("tenants".to_owned(), Value::Object(tenants_json));
-
-    if issues.is_empty() {
-        Ok(Rendered {
+    if !identity_source {
+        issues.push(Issue {
+            origin: None,
+            path: String::new(),
+            message: format!(
+                "no tenant identity source: set global `{JWT_KEY}` (verified tokens), or global \
+                 `{TRUST_KEY}` to true (header mode: the tenant header is trusted as sent, \
+                 for gateways behind something that already authenticated the caller)"
+            ),
+            check: "settings",
+        });
+    }
+    (
+        Rendered {
             document: Value::Object(document),
             provenance,
-        })
-    } else {
-        Err(SettingsError::Invalid(issues))
+        },
+        issues,
+    )
+}
+
+/// Warnings about a valid but risky document (printed by `sync`, logged on delivery).
+pub fn warnings(rendered: &Rendered) -> Vec<String> {
+    let tenant = rendered.document.get("tenant");
+    let header_mode = tenant
+        .and_then(|t| t.get("trust_header_without_jwt"))
+        .and_then(Value::as_bool)
+        == Some(true);
+    let unknown_defaults = tenant
+        .and_then(|t| t.get("unknown"))
+        .and_then(Value::as_str)
+        .unwrap_or("defaults")
+        == "defaults";
+    let mut out = Vec::new();
+    if header_mode && unknown_defaults {
+        out.push(format!(
+            "header mode (`{TRUST_KEY}` = true) with `gateway.tenant.unknown` = \"defaults\": any \
+             client that can set the tenant header picks its tenant, and every distinct value \
+             gets its own rate-limit bucket; set `gateway.tenant.unknown` to \"reject\" or \
+             configure `{JWT_KEY}`"
+        ));
     }
+    out
 }
 
 fn unknown_key(origin: Origin) -> Issue {
@@ -546,6 +678,10 @@ const GLOBAL_KEYS: &[(&str, &[&str])] = &[
         &["store", "idempotency_buckets"],
     ),
     ("gateway.store.namespace", &["store", "namespace"]),
+    (
+        "gateway.store.idempotency_tenant_share_percent",
+        &["store", "idempotency_tenant_share_percent"],
+    ),
     ("gateway.rate_limit", &["defaults", "rate_limit"]),
     ("gateway.mode", &["defaults", "mode"]),
     ("gateway.idempotency", &["defaults", "idempotency"]),
@@ -604,22 +740,30 @@ impl Validator {
     /// Validates `document_text` (the exact bytes to deliver) with the JSON
     /// Schema and then with the filter's parser; issues name the settings rows.
     pub fn validate(&self, rendered: &Rendered, document_text: &str) -> Result<(), SettingsError> {
+        self.validate_with(rendered, document_text, Vec::new())
+    }
+
+    /// [`Self::validate`] adding the schema's findings to `issues` (those of
+    /// [`render_parts`]), so one pass reports them all; the filter's parser,
+    /// which stops at its first finding, runs only when there is none.
+    pub fn validate_with(
+        &self,
+        rendered: &Rendered,
+        document_text: &str,
+        mut issues: Vec<Issue>,
+    ) -> Result<(), SettingsError> {
         let instance: Value = serde_json::from_str(document_text).map_err(|e| {
             SettingsError::one(None, "", format!("rendered document is not JSON: {e}"))
         })?;
-        let issues: Vec<Issue> = self
-            .schema
-            .iter_errors(&instance)
-            .map(|error| {
-                let segments = pointer_segments(error.instance_path.as_str());
-                Issue {
-                    origin: rendered.origin_of(&segments),
-                    path: segments.join("."),
-                    message: error.to_string(),
-                    check: "schema",
-                }
-            })
-            .collect();
+        issues.extend(self.schema.iter_errors(&instance).map(|error| {
+            let segments = pointer_segments(error.instance_path.as_str());
+            Issue {
+                origin: rendered.origin_of(&segments),
+                path: segments.join("."),
+                message: error.to_string(),
+                check: "schema",
+            }
+        }));
         if !issues.is_empty() {
             return Err(SettingsError::Invalid(issues));
         }
@@ -651,6 +795,109 @@ mod tests {
         SettingRow::new(scope, tenant, route, key, value, "alice")
     }
 
+    /// Header mode, explicitly (the default trusts no header).
+    fn header_mode() -> SettingRow {
+        SettingRow::global(TRUST_KEY, json!(true), "alice")
+    }
+
+    fn messages(error: &SettingsError) -> Vec<String> {
+        error.lines()
+    }
+
+    #[test]
+    fn the_header_is_not_trusted_by_default() -> Result<(), SettingsError> {
+        let rows = vec![row(
+            Scope::Tenant,
+            "acme",
+            "",
+            "gateway.rate_limit",
+            json!({"requests": 1, "per_seconds": 60}),
+        )];
+        let (rendered, issues) = render_parts(&rows, DEFAULT_MAX_VALUE_BYTES);
+        assert_eq!(
+            rendered.document["tenant"]["trust_header_without_jwt"],
+            json!(false)
+        );
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert!(issues[0].message.contains("no tenant identity source"));
+        // Explicit header mode: valid, with a warning while unknown tenants get defaults.
+        let mut rows = rows;
+        rows.push(header_mode());
+        let rendered = render(&rows)?;
+        Validator::new()?.validate(&rendered, &rendered.with_revision("r1"))?;
+        let warnings = warnings(&rendered);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("gateway.tenant.unknown"),
+            "{warnings:?}"
+        );
+        rows.push(SettingRow::global(
+            "gateway.tenant.unknown",
+            json!("reject"),
+            "alice",
+        ));
+        assert!(super::warnings(&render(&rows)?).is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn every_finding_is_reported_in_one_pass() -> Result<(), SettingsError> {
+        let rows = vec![
+            header_mode(),
+            row(Scope::Tenant, "acme", "", "gateway.rate_limt", json!(1)),
+            row(Scope::Tenant, "acme", "", "gateway.mode", json!("loud")),
+            row(
+                Scope::Tenant,
+                "beta",
+                "",
+                "gateway.rate_limit",
+                json!({"requests": 0, "per_seconds": 60}),
+            ),
+            row(Scope::Tenant, "gamma", "", "gateway.enabled", json!("yes")),
+        ];
+        let (rendered, issues) = render_parts(&rows, DEFAULT_MAX_VALUE_BYTES);
+        let error = Validator::new()?
+            .validate_with(&rendered, &rendered.with_revision("r1"), issues)
+            .expect_err("invalid");
+        let lines = messages(&error);
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        for expected in [
+            "tenant `acme` setting `gateway.rate_limt`",
+            "tenant `acme` setting `gateway.mode`",
+            "tenant `beta` setting `gateway.rate_limit`",
+            "tenant `gamma` setting `gateway.enabled`",
+        ] {
+            assert!(
+                lines.iter().any(|l| l.contains(expected)),
+                "{expected} missing in {lines:#?}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn oversized_values_are_named_and_left_out() {
+        let big = "x".repeat(70_000);
+        let mut rows = vec![
+            header_mode(),
+            row(Scope::Tenant, "acme", "", "gateway.mode", json!(big)),
+        ];
+        strip_oversized(&mut rows, DEFAULT_MAX_VALUE_BYTES);
+        assert_eq!(rows[1].value, Value::Null);
+        assert_eq!(rows[1].oversized_bytes, Some(70_002));
+        let (rendered, issues) = render_parts(&rows, DEFAULT_MAX_VALUE_BYTES);
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        let text = issues[0].to_string();
+        assert!(
+            text.contains("tenant `acme` setting `gateway.mode`")
+                && text.contains("70002 bytes")
+                && text.contains("65536"),
+            "{text}"
+        );
+        assert!(text.len() < 300, "{text}");
+        assert!(rendered.document.to_string().len() < 1000);
+    }
+
     #[test]
     fn precedence_and_validation() -> Result<(), SettingsError> {
         let rows = vec![
@@ -680,6 +927,7 @@ mod tests {
                 "gateway.route.prefix",
                 json!("/x"),
             ),
+            header_mode(),
         ];
         let rendered = render(&rows)?;
         let doc = &rendered.document;
@@ -697,13 +945,16 @@ mod tests {
 
     #[test]
     fn schema_error_names_the_row() -> Result<(), SettingsError> {
-        let rows = vec![row(
-            Scope::Tenant,
-            "acme",
-            "",
-            "gateway.rate_limit",
-            json!({"requests": 0, "per_seconds": 60}),
-        )];
+        let rows = vec![
+            row(
+                Scope::Tenant,
+                "acme",
+                "",
+                "gateway.rate_limit",
+                json!({"requests": 0, "per_seconds": 60}),
+            ),
+            header_mode(),
+        ];
         let rendered = render(&rows)?;
         let err = Validator::new()?
             .validate(&rendered, &rendered.with_revision("r1"))

@@ -1,7 +1,7 @@
 //! One sync: load settings → resolve → validate → compare with the deployed
 //! revision → deliver (Envoy: the ECDS file; Kong: kong.yml + Admin API, see
-//! [`crate::kong`]) → record the revision per target. Also the rollback,
-//! the dry-run diff and the history listing used by the CLI.
+//! [`crate::kong`]) → record the revision per target. Also the rollback and
+//! the history listing used by the CLI (the dry run is [`crate::dryrun`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -13,7 +13,8 @@ use tokio_postgres::Client;
 use crate::db::{self, DbError, Revision, Status};
 use crate::envoy::{self, EnvoyDeliveryError};
 use crate::kong::{KongDeliveryError, KongOutcome, KongTarget};
-use crate::settings::{self, Rendered, SettingRow, SettingsError, Validator};
+use crate::settings::{self, Issue, Rendered, SettingRow, SettingsError, Validator};
+use crate::text::{bounded, bounded_to, error_text};
 
 /// `tg_revisions.target` of Envoy deliveries.
 pub const TARGET_ENVOY: &str = "envoy";
@@ -31,7 +32,7 @@ pub enum SyncError {
         revision: Option<i64>,
         error: SettingsError,
     },
-    #[error("delivery of revision {revision} failed: {source}")]
+    #[error("delivery of revision {revision} failed")]
     Delivery {
         revision: i64,
         #[source]
@@ -39,16 +40,19 @@ pub enum SyncError {
     },
     #[error(transparent)]
     Setup(#[from] SetupError),
-    #[error("revision {0} does not exist")]
+    #[error("revision {0} does not exist (`history` lists the recorded revisions)")]
     NoSuchRevision(i64),
     #[error("revision {id} cannot be rolled back to: {reason}")]
     NotRollbackable { id: i64, reason: String },
+    /// What the gateway has could not be read (`sync --dry-run`).
+    #[error("{0}")]
+    Gateway(String),
 }
 
 /// Problems with the sidecar's own configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("cannot read the wasm module {path}: {source}")]
+    #[error("cannot read the wasm module {path}")]
     ReadWasm {
         path: PathBuf,
         #[source]
@@ -222,6 +226,8 @@ impl SyncOutcome {
 pub struct Syncer {
     pub schema: String,
     pub target: Target,
+    /// Settings values longer than this (JSON text, bytes) are rejected unread.
+    pub max_value_bytes: usize,
     validator: Validator,
 }
 
@@ -231,8 +237,15 @@ impl Syncer {
         Ok(Self {
             schema: schema.to_owned(),
             target: target.into(),
+            max_value_bytes: settings::DEFAULT_MAX_VALUE_BYTES,
             validator: Validator::new()?,
         })
+    }
+
+    /// Sets [`Self::max_value_bytes`].
+    pub fn with_max_value_bytes(mut self, max_value_bytes: usize) -> Self {
+        self.max_value_bytes = max_value_bytes;
+        self
     }
 
     /// One sync, serialised across processes by an advisory lock. `trigger`
@@ -247,10 +260,11 @@ impl Syncer {
     }
 
     async fn sync_locked(&self, client: &Client, trigger: &str) -> Result<SyncOutcome, SyncError> {
-        let rows = db::load_settings(client).await?;
+        let mut rows = db::load_settings(client, self.max_value_bytes).await?;
+        settings::strip_oversized(&mut rows, self.max_value_bytes);
         let deployed = db::latest_revision(client, self.target.name(), true).await?;
-        let rendered = settings::render(&rows);
-        let source_hash = source_hash(&rendered);
+        let (rendered, issues) = settings::render_parts(&rows, self.max_value_bytes);
+        let source_hash = source_hash(&rendered, &issues);
 
         if let Some(deployed) = &deployed {
             if deployed.source_sha256 == source_hash {
@@ -264,7 +278,7 @@ impl Syncer {
                         source,
                     })?;
                 if rewrote {
-                    tracing::warn!(revision = %deployed.revision, target = self.target.name(), "the gateway's copy was missing or stale; delivered it again");
+                    tracing::warn!(revision = %bounded_to(&deployed.revision, 200), target = self.target.name(), "the gateway's copy was missing or stale; delivered it again");
                 }
                 return Ok(SyncOutcome::Unchanged {
                     revision_id: deployed.id,
@@ -276,13 +290,11 @@ impl Syncer {
 
         let (changed_keys, actors) = changes(deployed.as_ref(), &rows);
         let snapshot = serde_json::to_value(&rows).ok();
-        let validated = rendered.and_then(|rendered| {
+        let validated =
             self.validator
-                .validate(&rendered, &rendered.with_revision("r0"))
-                .map(|()| rendered)
-        });
-        let rendered = match validated {
-            Ok(rendered) => rendered,
+                .validate_with(&rendered, &rendered.with_revision("r0"), issues);
+        match validated {
+            Ok(()) => {}
             Err(error) => {
                 let latest = db::latest_revision(client, self.target.name(), false).await?;
                 if latest.as_ref().is_some_and(|l| {
@@ -305,7 +317,7 @@ impl Syncer {
                         sha256: source_hash.clone(),
                         source_sha256: source_hash,
                         document: None,
-                        error: Some(error.to_string()),
+                        error: Some(error_text(&error)),
                         actors,
                         changed_keys,
                         trigger: trigger.to_owned(),
@@ -315,13 +327,16 @@ impl Syncer {
                     },
                 )
                 .await?;
-                tracing::error!(revision = id, %error, "settings rejected; the last good revision keeps serving");
+                tracing::error!(revision = id, error = %error_text(&error), "settings rejected; the last good revision keeps serving");
                 return Err(SyncError::Invalid {
                     revision: Some(id),
                     error,
                 });
             }
-        };
+        }
+        for warning in settings::warnings(&rendered) {
+            tracing::warn!("{}", bounded(&warning));
+        }
 
         // A delivery that failed for these very settings is retried as the same
         // revision, so retries during an outage do not multiply audit rows.
@@ -373,13 +388,16 @@ impl Syncer {
         db::insert_revision(client, record).await?;
         match self.target.deliver(document, &record.revision).await {
             Ok(_) => {
-                tracing::info!(revision = %record.revision, changed = ?record.changed_keys, actors = ?record.actors, "delivered");
+                let changed = bounded(&record.changed_keys.join(", ")).into_owned();
+                let actors = bounded(&record.actors.join(", ")).into_owned();
+                tracing::info!(revision = %record.revision, %changed, %actors, "delivered");
                 Ok(())
             }
             Err(source) => {
+                let error = error_text(&source);
                 record.status = Status::Failed.as_str().to_owned();
-                record.error = Some(source.to_string());
-                db::mark_failed(client, record.id, &source.to_string()).await?;
+                db::mark_failed(client, record.id, &error).await?;
+                record.error = Some(error);
                 Err(SyncError::Delivery {
                     revision: record.id,
                     source,
@@ -412,7 +430,7 @@ impl Syncer {
                 })
             }
             Err(source) => {
-                db::mark_failed(client, failed.id, &source.to_string()).await?;
+                db::mark_failed(client, failed.id, &error_text(&source)).await?;
                 Err(SyncError::Delivery {
                     revision: failed.id,
                     source,
@@ -473,8 +491,10 @@ impl Syncer {
                 revision: None,
                 error,
             })?;
-        let rows = db::load_settings(client).await?;
-        let source = source_hash(&settings::render(&rows));
+        let mut rows = db::load_settings(client, self.max_value_bytes).await?;
+        settings::strip_oversized(&mut rows, self.max_value_bytes);
+        let (rendered_now, issues) = settings::render_parts(&rows, self.max_value_bytes);
+        let source = source_hash(&rendered_now, &issues);
         let id = db::next_revision_id(client).await?;
         let hash = rendered_old.content_hash();
         let revision = format!("r{id}-{}", short(&hash));
@@ -504,12 +524,21 @@ impl Syncer {
     }
 }
 
-/// Hash identifying what the settings render to (the error text when they do not).
-fn source_hash(rendered: &Result<Rendered, SettingsError>) -> String {
-    match rendered {
-        Ok(rendered) => rendered.content_hash(),
-        Err(error) => envoy::sha256_hex(format!("render-error:{error}").as_bytes()),
+/// Hash identifying what the settings render to (with the findings when they
+/// do not render cleanly).
+fn source_hash(rendered: &Rendered, issues: &[Issue]) -> String {
+    if issues.is_empty() {
+        return rendered.content_hash();
     }
+    let findings: Vec<String> = issues.iter().map(ToString::to_string).collect();
+    envoy::sha256_hex(
+        format!(
+            "render-error:{}\n{}",
+            findings.join("; "),
+            rendered.document
+        )
+        .as_bytes(),
+    )
 }
 
 fn short(hash: &str) -> &str {
@@ -545,82 +574,6 @@ fn changes(deployed: Option<&Revision>, rows: &[SettingRow]) -> (Vec<String>, Ve
     (changed, actors.into_iter().collect())
 }
 
-/// The `sync --dry-run` report: a unified diff of the deployed document
-/// against what the settings render to now, and the validation result.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DryRun {
-    pub text: String,
-    pub changed: bool,
-    pub valid: bool,
-}
-
-pub async fn dry_run(client: &Client) -> Result<DryRun, SyncError> {
-    dry_run_for(client, TARGET_ENVOY).await
-}
-
-/// [`dry_run`] against the revision deployed to `target` (`envoy`, `kong`).
-pub async fn dry_run_for(client: &Client, target: &str) -> Result<DryRun, SyncError> {
-    let validator = Validator::new().map_err(SetupError::from)?;
-    let rows = db::load_settings(client).await?;
-    let deployed = db::latest_revision(client, target, true).await?;
-    let mut text = String::new();
-    let (old_text, old_label) = match &deployed {
-        Some(d) => {
-            let mut doc: Value = d
-                .document
-                .as_deref()
-                .and_then(|t| serde_json::from_str(t).ok())
-                .unwrap_or(Value::Null);
-            if let Value::Object(map) = &mut doc {
-                map.remove("revision");
-            }
-            (
-                pretty(&doc),
-                format!("deployed revision {} ({})", d.id, d.revision),
-            )
-        }
-        None => (String::new(), "deployed: nothing yet".to_owned()),
-    };
-    let (new_text, valid) = match settings::render(&rows) {
-        Ok(rendered) => {
-            let valid = validator.validate(&rendered, &rendered.with_revision("r0"));
-            let new_text = pretty(&rendered.document);
-            if let Err(error) = &valid {
-                text.push_str(&format!("INVALID: {error}\n"));
-            }
-            (new_text, valid.is_ok())
-        }
-        Err(error) => {
-            text.push_str(&format!("INVALID: {error}\n"));
-            (String::new(), false)
-        }
-    };
-    let changed = old_text != new_text;
-    if changed {
-        let diff = similar::TextDiff::from_lines(&old_text, &new_text);
-        text.push_str(
-            &diff
-                .unified_diff()
-                .context_radius(3)
-                .header(&old_label, "rendered from current settings")
-                .to_string(),
-        );
-    } else {
-        text.push_str(&format!("no changes: settings match {old_label}\n"));
-    }
-    Ok(DryRun {
-        text,
-        changed,
-        valid,
-    })
-}
-
-fn pretty(value: &Value) -> String {
-    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
-    text.push('\n');
-    text
-}
-
 /// `history` as a text table, newest first.
 pub fn format_history(revisions: &[Revision]) -> String {
     let mut out = format!(
@@ -633,6 +586,8 @@ pub fn format_history(revisions: &[Revision]) -> String {
             note = format!("rollback to revision {to}");
         }
         if let Some(error) = &rev.error {
+            // One line per revision: the full text is in tg_revisions.error.
+            let error = bounded_to(&error.replace('\n', " "), 300).into_owned();
             note = if note.is_empty() {
                 format!("error: {error}")
             } else {

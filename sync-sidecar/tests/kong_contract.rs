@@ -32,6 +32,7 @@ use common::{limit, TestDb};
 use serde_json::{json, Value};
 use tenant_guard_sidecar::cli::{Cli, Command, Gateway};
 use tenant_guard_sidecar::db;
+use tenant_guard_sidecar::dryrun::{self, Against};
 use tenant_guard_sidecar::kong::{self, KongForm, KongLayout, KongMode, KongTarget, RetryPolicy};
 use tenant_guard_sidecar::sync::{DeliveryError, SyncError, SyncOutcome, Syncer, TARGET_KONG};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -704,6 +705,82 @@ async fn contract_rollback_redelivers_to_kong_and_is_audited() {
     db.drop_schema().await;
 }
 
+/// `sync --dry-run --gateway kong` reads what Kong has on the route through
+/// the Admin API (readable in DB-less mode too) and diffs against it.
+#[tokio::test]
+async fn contract_dry_run_reads_the_filter_chain_kong_has() {
+    let db = seeded_db().await;
+    // Kong's filter chain entity, config as JSON (meta.json present) with an older limit.
+    let chain = |config: Value| {
+        Answer::json(
+            200,
+            json!({
+                "id": "6f1c2a9e-0000-4000-8000-000000000001",
+                "name": "tenant-guard",
+                "enabled": true,
+                "route": {"id": "6f1c2a9e-0000-4000-8000-000000000002"},
+                "service": null,
+                "filters": [{"name": "tenant_guard", "config": config, "enabled": true}],
+                "tags": ["tenant-guard"]
+            }),
+        )
+    };
+    let older = json!({"version": 1, "revision": "r7-abc",
+        "tenant": {"trust_header_without_jwt": true},
+        "defaults": {"rate_limit": {"requests": 50, "per_seconds": 60}}, "tenants": {}});
+    let not_found = Answer::json(404, json!({"message": "Not found"}));
+    let fake = FakeKong::start(vec![
+        chain(older.clone()),
+        // Without tenant_guard.meta.json Kong keeps the config as a string.
+        chain(Value::String(older.to_string())),
+        not_found,
+    ])
+    .await;
+    let target = kong_target(&fake.url(), KongMode::Dbless, None);
+    let against = Against::Kong(&target);
+    for _ in 0..2 {
+        let report = dryrun::dry_run(&db.client, against, 65536).await.unwrap();
+        assert!(report.valid && report.changed, "{}", report.text);
+        for expected in [
+            &format!(
+                "compared against: Kong at {} (route `tenant-guard`) (revision r7-abc)",
+                fake.url()
+            ),
+            "-      \"requests\": 50",
+            "+      \"requests\": 100",
+        ] {
+            assert!(
+                report.text.contains(expected),
+                "{expected}:\n{}",
+                report.text
+            );
+        }
+    }
+    let report = dryrun::dry_run(&db.client, against, 65536).await.unwrap();
+    assert!(
+        report.text.contains(&format!(
+            "nothing deployed on Kong at {} (route `tenant-guard`); would write:",
+            fake.url()
+        )),
+        "{}",
+        report.text
+    );
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 3);
+    for request in &requests {
+        assert_eq!(request.method, "GET");
+        assert_eq!(
+            request.target,
+            "/routes/tenant-guard/filter-chains/tenant-guard"
+        );
+    }
+    assert!(
+        kong_revisions(&db).await.is_empty(),
+        "a dry run records nothing"
+    );
+    db.drop_schema().await;
+}
+
 // ---------------------------------------------------------------------------
 // Command line
 // ---------------------------------------------------------------------------
@@ -794,8 +871,10 @@ fn meta_json_is_a_draft4_config_schema_that_accepts_the_samples() {
     let validator = jsonschema::draft4::new(schema).expect("a valid draft-4 schema");
     let sample: Value = serde_json::from_str(&sample_document()).unwrap();
     assert!(validator.is_valid(&sample), "envoy/sample-config.json");
-    let minimal = json!({"version": 1});
+    // The parser refuses a document without a tenant identity source, so the schema does too.
+    let minimal = json!({"version": 1, "tenant": {"trust_header_without_jwt": true}});
     assert!(validator.is_valid(&minimal));
+    assert!(!validator.is_valid(&json!({"version": 1})));
     let wrong = json!({"version": 1, "defaults": {"rate_limit": {"requests": "many"}}});
     assert!(!validator.is_valid(&wrong));
 

@@ -139,10 +139,52 @@ async fn resolution_precedence_global_tenant_route() {
     assert!(compiled.tenant.trust_header_without_jwt);
 
     let record = deployed_revision(&db).await.expect("a deployed revision");
-    assert_eq!(record.actors, vec!["alice", "bob", "carol", "dave", "erin"]);
+    assert_eq!(
+        record.actors,
+        vec!["alice", "bob", "carol", "dave", "erin", common::SETUP_ACTOR]
+    );
     assert!(record
         .changed_keys
         .contains(&"acme/orders/gateway.rate_limit".to_owned()));
+    db.drop_schema().await;
+}
+
+#[tokio::test]
+async fn the_tenant_header_is_trusted_only_when_a_setting_says_so() {
+    let db = TestDb::bare().await;
+    let syncer = db.syncer();
+    db.set_tenant_limit("acme", 10, "alice").await;
+    assert_sync_fails(
+        &syncer,
+        &db,
+        &[
+            "no tenant identity source",
+            "gateway.tenant.trust_header_without_jwt",
+            "gateway.tenant.jwt",
+        ],
+    )
+    .await;
+    assert!(!db.ecds_file().exists(), "nothing delivered");
+    // `false` explicitly is the same.
+    db.set_global(
+        "gateway.tenant.trust_header_without_jwt",
+        json!(false),
+        "alice",
+    )
+    .await;
+    assert_sync_fails(&syncer, &db, &["no tenant identity source"]).await;
+    // Header mode is a setting.
+    db.set_global(
+        "gateway.tenant.trust_header_without_jwt",
+        json!(true),
+        "alice",
+    )
+    .await;
+    syncer.sync(&db.client, "test").await.unwrap();
+    assert_eq!(
+        db.document()["tenant"]["trust_header_without_jwt"],
+        json!(true)
+    );
     db.drop_schema().await;
 }
 
@@ -607,6 +649,7 @@ async fn jwt_if_match_headers_and_kong_switches_are_global_settings() {
         ),
         ("gateway.metrics", json!(false)),
         ("gateway.store.namespace", json!("tenant_guard")),
+        ("gateway.store.idempotency_tenant_share_percent", json!(50)),
         ("gateway.headers.revision", json!(false)),
         ("gateway.headers.rate_limit", json!("on_reject")),
     ] {
@@ -627,6 +670,7 @@ async fn jwt_if_match_headers_and_kong_switches_are_global_settings() {
     assert!(!compiled.requires_if_match("PATCH", "/orders/1"));
     assert!(!compiled.metrics);
     assert_eq!(compiled.store.namespace.as_deref(), Some("tenant_guard"));
+    assert_eq!(compiled.store.idempotency_tenant_share_percent, 50);
 
     // A JWKS the filter would refuse (private key material) never reaches the gateway.
     db.set_global(

@@ -137,6 +137,9 @@ impl FaultStack {
             Store::Shared(settings) => settings.schema().to_owned(),
             Store::Private { schema, .. } => schema.clone(),
         };
+        // The sidecar refuses settings without a tenant identity source, so a
+        // private server's empty schema gets the same header-mode row as the shared one.
+        crate::sidecar::prepare_schema(url, &schema);
         let db = DbConfig::new(url, &schema).unwrap_or_else(|e| panic!("database URL: {e}"));
         let mut config = RunConfig::new(db);
         config.debounce = options.debounce;

@@ -16,7 +16,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use tenant_guard_sidecar::daemon::{BackgroundSidecar, RunConfig};
+use tenant_guard_sidecar::daemon::{self, BackgroundSidecar, RunConfig};
 use tenant_guard_sidecar::db::DbConfig;
 use tenant_guard_sidecar::envoy::ECDS_FILE_NAME;
 use tenant_guard_sidecar::sync::{EnvoyTarget, Syncer};
@@ -93,15 +93,42 @@ pub fn psql_at(url: &str, sql: &str) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
-/// A fresh schema for the sidecar's tables, dropped on drop.
+/// Creates (migrates) `schema` at `url` and turns header mode on
+/// (`gateway.tenant.trust_header_without_jwt` = true, actor `e2e`): the
+/// sidecar trusts no tenant header by default, and these stacks identify
+/// tenants by `x-tenant-id` without a JWT issuer. Call before starting a
+/// sidecar on a fresh schema, so its first sync is valid.
+pub fn prepare_schema(url: &str, schema: &str) {
+    let config = DbConfig::new(url, schema).unwrap_or_else(|e| panic!("database URL: {e}"));
+    daemon::migrate_blocking(&config).unwrap_or_else(|e| {
+        panic!(
+            "cannot create schema {schema}: {} (is PostgreSQL at {url} reachable? \
+             `export DATABASE_URL=$(bash tests/postgres.sh)`)",
+            tenant_guard_sidecar::text::error_text(&e)
+        )
+    });
+    psql_at(
+        url,
+        &format!(
+            "SET search_path TO {schema};
+             INSERT INTO tg_settings (scope, key, value, updated_by)
+             VALUES ('global', 'gateway.tenant.trust_header_without_jwt', 'true', 'e2e')
+             ON CONFLICT (scope, tenant, route, key) DO UPDATE SET value = EXCLUDED.value"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// A fresh schema for the sidecar's tables, header mode on (see
+/// [`prepare_schema`]), dropped on drop.
 #[derive(Debug)]
 pub struct SettingsDb {
     schema: String,
 }
 
 impl SettingsDb {
-    /// Names a fresh schema (the sidecar creates it on start) and drops the
-    /// schemas of earlier runs whose process is gone.
+    /// Creates a fresh schema with header mode on and drops the schemas of
+    /// earlier runs whose process is gone.
     pub fn new() -> Self {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         sweep_stale_schemas();
@@ -109,13 +136,13 @@ impl SettingsDb {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        Self {
-            schema: format!(
-                "{SCHEMA_PREFIX}{}_{}_{nanos}",
-                std::process::id(),
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            ),
-        }
+        let schema = format!(
+            "{SCHEMA_PREFIX}{}_{}_{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        prepare_schema(&database_url(), &schema);
+        Self { schema }
     }
 
     /// The schema name.
@@ -214,8 +241,8 @@ impl SidecarStack {
         Self::start_with(&StackOptions::default())
     }
 
-    /// Starts the sidecar on a fresh schema, waits for its first delivery (no
-    /// settings yet: defaults only), then starts Envoy watching its directory.
+    /// Starts the sidecar on a fresh schema, waits for its first delivery
+    /// (header mode only), then starts Envoy watching its directory.
     pub fn start_with(options: &StackOptions) -> Self {
         let ecds = TempDir::new("ecds").expect("temp dir for the ECDS file");
         let settings = SettingsDb::new();

@@ -310,3 +310,140 @@ fn filter_source_avoids_what_kong_cannot_do() {
         );
     }
 }
+
+/// The `proxy_wasm::hostcalls` functions the glue may call, each with why it
+/// cannot panic on input. Every SDK call also panics on a host status it does
+/// not expect; these are only called where both hosts answer `Ok`/`NotFound`.
+const SDK_CALLS_ALLOWED: &[(&str, &str)] = &[
+    ("log", "text in, status out"),
+    ("get_buffer", "bytes out (plugin configuration, bodies)"),
+    ("get_map_value_bytes", "header value as bytes, never UTF-8-unwrapped"),
+    (
+        "get_map_bytes",
+        "values as bytes; names are UTF-8-unwrapped, but Envoy's codecs reject non-token names and nginx drops them (ignore_invalid_headers)",
+    ),
+    ("set_map_value", "only values the filter produced (ASCII)"),
+    ("send_http_response", "only headers the filter produced or stored as text"),
+    ("set_tick_period", "no input"),
+    ("get_current_time", "no input"),
+    ("get_shared_data", "bytes out; corrupt values are decoded by the core as absent"),
+    ("set_shared_data", "bytes in"),
+    ("define_metric", "fixed names"),
+    ("increment_metric", "ids from define_metric"),
+];
+
+/// SDK calls that unwrap host bytes as UTF-8 (`0xff` in a header traps the VM).
+const SDK_CALLS_PANICKING: &[&str] = &["get_map_value", "get_map", "get_grpc_status"];
+
+/// `Context`/`HttpContext`/`RootContext` helper methods of proxy-wasm 0.2.5:
+/// each wraps a hostcall in `.unwrap()`, so the glue calls `hostcalls` instead.
+const SDK_TRAIT_HELPERS: &[&str] = &[
+    "get_http_request_header",
+    "get_http_request_headers",
+    "get_http_response_header",
+    "get_http_response_headers",
+    "get_http_request_header_bytes",
+    "get_http_request_headers_bytes",
+    "get_http_response_header_bytes",
+    "get_http_response_headers_bytes",
+    "set_http_request_header",
+    "set_http_response_header",
+    "add_http_request_header",
+    "add_http_response_header",
+    "remove_http_request_header",
+    "remove_http_response_header",
+    "get_http_request_body",
+    "get_http_response_body",
+    "set_http_request_body",
+    "set_http_response_body",
+    "get_http_request_trailer",
+    "get_http_response_trailer",
+    "send_http_response",
+    "resume_http_request",
+    "resume_http_response",
+    "reset_http_request",
+    "reset_http_response",
+    "get_property",
+    "set_property",
+    "get_shared_data",
+    "set_shared_data",
+    "get_plugin_configuration",
+    "get_vm_configuration",
+    "get_current_time",
+    "set_tick_period",
+    "get_http_call_response_header",
+    "get_http_call_response_headers",
+    "get_http_call_response_body",
+];
+
+fn glue_sources() -> Vec<(String, String)> {
+    let dir = tenant_guard_e2e::repo_root().join("filter/wasm/src");
+    let mut sources = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            sources.push((name, std::fs::read_to_string(&path).unwrap()));
+        }
+    }
+    assert!(
+        sources.iter().any(|(name, _)| name == "host.rs"),
+        "glue sources not found in {}",
+        dir.display()
+    );
+    sources
+}
+
+/// Every `hostcalls::NAME` in filter/wasm/src is on [`SDK_CALLS_ALLOWED`]; a new
+/// SDK call must be audited (read its source in proxy-wasm's `hostcalls.rs`)
+/// before it is added there.
+#[test]
+fn glue_calls_only_audited_sdk_functions() {
+    let allowed: BTreeSet<&str> = SDK_CALLS_ALLOWED.iter().map(|(name, _)| *name).collect();
+    for panicking in SDK_CALLS_PANICKING {
+        assert!(!allowed.contains(panicking), "{panicking} is allowed");
+    }
+    let mut called = BTreeSet::new();
+    for (file, text) in glue_sources() {
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("hostcalls::") {
+            rest = &rest[at + "hostcalls::".len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if name.is_empty() || name.chars().next().unwrap().is_ascii_uppercase() {
+                continue;
+            }
+            assert!(
+                allowed.contains(name.as_str()),
+                "filter/wasm/src/{file} calls hostcalls::{name}, which is not on the audited list{}",
+                if SDK_CALLS_PANICKING.contains(&name.as_str()) {
+                    " (it unwraps UTF-8 and traps on hostile bytes: use the _bytes variant)"
+                } else {
+                    ""
+                }
+            );
+            called.insert(name);
+        }
+        for helper in SDK_TRAIT_HELPERS {
+            for pattern in [format!(".{helper}("), format!("self.{helper}(")] {
+                assert!(
+                    !text.contains(&pattern),
+                    "filter/wasm/src/{file} calls the SDK helper `{helper}`, which unwraps: call hostcalls instead"
+                );
+            }
+        }
+    }
+    // The scan itself works: the calls the filter is known to make are seen.
+    for expected in [
+        "get_map_value_bytes",
+        "get_shared_data",
+        "send_http_response",
+    ] {
+        assert!(
+            called.contains(expected),
+            "scan missed {expected}: {called:?}"
+        );
+    }
+}

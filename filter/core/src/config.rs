@@ -1,4 +1,4 @@
-//! The plugin configuration document (DESIGN.md §2): its typed form, its
+//! The plugin configuration document (README "Plugin configuration"): its typed form, its
 //! validation, and its compiled form that the request path reads.
 //!
 //! Parse, validate, compile: [`parse`] turns bytes into a [`CompiledConfig`] or
@@ -27,6 +27,7 @@ const MAX_CAS_RETRIES: u32 = 1_000;
 const MAX_TENANT_ID_LEN: usize = 128;
 const MAX_REVISION_LEN: usize = 128;
 const MAX_IDEMPOTENCY_BUCKETS: u32 = 65_536;
+const MAX_UNKNOWN_TENANT_SLOTS: u32 = 1 << 20;
 const MAX_IDEMPOTENCY_TTL: u64 = 30 * 86_400;
 const MAX_IDEMPOTENCY_BODY: u64 = 16 * 1024 * 1024;
 const MAX_IN_FLIGHT_TIMEOUT: u64 = 3_600;
@@ -58,6 +59,24 @@ pub struct PluginConfig {
     /// Informational headers the filter adds (both on by default).
     #[serde(default)]
     pub headers: HeadersConfig,
+    /// How request paths are read (`crate::path`).
+    #[serde(default, skip_serializing_if = "PathsConfig::is_default")]
+    pub paths: PathsConfig,
+}
+
+/// Request path handling; the normalisation itself is not configurable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathsConfig {
+    /// Accept `%2F`, `%5C` and `\` in the path (as data, not as separators)
+    /// instead of answering 400 `invalid-path`.
+    pub allow_encoded_slashes: bool,
+}
+
+impl PathsConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 fn default_true() -> bool {
@@ -215,6 +234,12 @@ pub struct StoreConfig {
     pub on_exhausted: OnExhausted,
     /// Idempotency buckets; each holds 8 records, so this bounds stored records and bytes.
     pub idempotency_buckets: u32,
+    /// Percent of all idempotency records (`idempotency_buckets × 8`) one tenant
+    /// may hold; a tenant at its share gets 503 for its own new keys only.
+    pub idempotency_tenant_share_percent: u8,
+    /// Rate-limit state of tenants not under `tenants` lives in a fixed table of
+    /// this many keys, so clients sending new tenant ids cannot grow the store.
+    pub unknown_tenant_slots: u32,
     /// Prefix `<namespace>/` on every shared-data key. Kong stores such keys in
     /// the `nginx_wasm_shm_kv_<namespace>` zone (needed before Kong 3.7, which
     /// has no default zone).
@@ -228,6 +253,8 @@ impl Default for StoreConfig {
             max_cas_retries: 64,
             on_exhausted: OnExhausted::Reject,
             idempotency_buckets: 512,
+            idempotency_tenant_share_percent: 25,
+            unknown_tenant_slots: 8192,
             namespace: None,
         }
     }
@@ -343,6 +370,7 @@ pub struct CompiledConfig {
     pub reads_method_and_path: bool,
     pub metrics: bool,
     pub headers: HeadersConfig,
+    pub paths: PathsConfig,
 }
 
 impl CompiledConfig {
@@ -480,6 +508,18 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
             format!("must be between 1 and {MAX_IDEMPOTENCY_BUCKETS}"),
         ));
     }
+    if !(1..=MAX_UNKNOWN_TENANT_SLOTS).contains(&document.store.unknown_tenant_slots) {
+        return Err(invalid(
+            "store.unknown_tenant_slots",
+            format!("must be between 1 and {MAX_UNKNOWN_TENANT_SLOTS}"),
+        ));
+    }
+    if !(1..=100).contains(&document.store.idempotency_tenant_share_percent) {
+        return Err(invalid(
+            "store.idempotency_tenant_share_percent",
+            "must be between 1 and 100",
+        ));
+    }
     for (index, rule) in document.if_match.iter().enumerate() {
         validate_prefix(&format!("if_match.{index}.prefix"), &rule.prefix)?;
         if rule.methods.is_empty() {
@@ -543,6 +583,7 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
         reads_method_and_path,
         metrics: document.metrics,
         headers: document.headers,
+        paths: document.paths,
     })
 }
 
@@ -607,14 +648,28 @@ fn compile_tenant(
     })
 }
 
+/// Prefixes are compared with normalised request paths, so they must be normal
+/// themselves (a prefix `/a//b` could never match).
 fn validate_prefix(path: &str, prefix: &str) -> Result<(), ConfigError> {
-    if prefix.starts_with('/') && !prefix.chars().any(|c| c.is_ascii_control()) {
-        Ok(())
-    } else {
-        Err(invalid(
+    if !prefix.starts_with('/') || prefix.chars().any(|c| c.is_ascii_control()) {
+        return Err(invalid(
             path,
             "must start with `/` and contain no control characters",
-        ))
+        ));
+    }
+    match crate::path::normalize(prefix.as_bytes(), true) {
+        Ok(normal) if normal.query.is_none() && normal.path == prefix => Ok(()),
+        Ok(normal) if normal.query.is_none() => Err(invalid(
+            path,
+            format!(
+                "must be a normalised path (no `//`, dot segments or encoded unreserved characters): write `{}`",
+                normal.path
+            ),
+        )),
+        _ => Err(invalid(
+            path,
+            "must be a normalised path of visible ASCII without `?` or `#`",
+        )),
     }
 }
 

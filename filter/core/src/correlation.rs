@@ -1,23 +1,27 @@
 //! Correlation ids: which incoming ids are kept, and UUIDv7 generation from
-//! time and randomness the host passes in.
+//! time and randomness the host passes in. The incoming header arrives as raw
+//! bytes; anything that is not a valid id (non-UTF-8 included) gets a fresh one.
 
 /// Longest incoming id that is kept.
 pub const MAX_ID_LEN: usize = 128;
 
-/// A kept id is 1–128 characters of `[A-Za-z0-9._:-]`.
-pub fn is_valid_id(id: &str) -> bool {
+/// A kept id is 1–128 bytes of `[A-Za-z0-9._:-]`.
+pub fn is_valid_id(id: &[u8]) -> bool {
     !id.is_empty()
         && id.len() <= MAX_ID_LEN
         && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// The id for this request: the incoming one when valid, else a fresh UUIDv7.
-pub fn choose_id(incoming: Option<&str>, unix_ms: u64, random: [u8; 10]) -> String {
-    match incoming {
-        Some(id) if is_valid_id(id) => id.to_owned(),
-        _ => uuid_v7(unix_ms, random),
+pub fn choose_id(incoming: Option<&[u8]>, unix_ms: u64, random: [u8; 10]) -> String {
+    match incoming
+        .filter(|id| is_valid_id(id))
+        .and_then(|id| std::str::from_utf8(id).ok())
+    {
+        Some(id) => id.to_owned(),
+        None => uuid_v7(unix_ms, random),
     }
 }
 

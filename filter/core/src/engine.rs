@@ -4,10 +4,12 @@
 
 use crate::config::{CompiledConfig, LimitPolicy, Mode, OnExhausted, RateLimitHeaders};
 use crate::correlation;
+use crate::headers::{self, trim_ows};
 use crate::idempotency::{
     self, Begin, Claim, Fingerprint, IdempotencyConfig, StoreParams, StoredResponse,
 };
 use crate::jwt::{self, Identity, JwtError};
+use crate::path;
 use crate::problem::{Problem, ProblemKind, CONTENT_TYPE};
 use crate::ratelimit::{self, CheckError, Verdict};
 use crate::store::SharedStore;
@@ -15,17 +17,38 @@ use crate::store::SharedStore;
 /// Header the upstream receives with the serving config revision.
 pub const REVISION_HEADER: &str = "x-tenant-guard-revision";
 
-/// The parts of a request the policy reads.
+/// The parts of a request the policy reads, as the raw bytes the host handed
+/// over (never assumed UTF-8): the policy alone decides what a value means.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestView<'a> {
-    pub method: &'a str,
-    /// `:path` including any query string.
-    pub path: &'a str,
-    pub tenant_header: Option<&'a str>,
-    pub correlation_header: Option<&'a str>,
-    pub idempotency_key: Option<&'a str>,
-    pub if_match_present: bool,
-    pub authorization: Option<&'a str>,
+    pub method: &'a [u8],
+    /// `:path` including any query string, before normalisation (`crate::path`).
+    pub path: &'a [u8],
+    pub tenant_header: Option<&'a [u8]>,
+    pub correlation_header: Option<&'a [u8]>,
+    /// The first `Idempotency-Key` value.
+    pub idempotency_key: Option<&'a [u8]>,
+    /// The request carries more than one `Idempotency-Key` header (400).
+    pub idempotency_key_repeated: bool,
+    /// The first `If-Match` value; one that is not RFC 9110 syntax counts as absent.
+    pub if_match: Option<&'a [u8]>,
+    pub authorization: Option<&'a [u8]>,
+}
+
+impl RequestView<'_> {
+    /// The method as text; a method that is not an ASCII token matches no rule.
+    pub fn method(&self) -> &str {
+        let token = !self.method.is_empty()
+            && self
+                .method
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b));
+        if token {
+            std::str::from_utf8(self.method).unwrap_or_default()
+        } else {
+            ""
+        }
+    }
 }
 
 /// What the host provides that the policy may not produce itself.
@@ -118,6 +141,14 @@ pub fn evaluate(
         upstream_headers.push((REVISION_HEADER.to_owned(), config.revision.clone()));
     }
     let mut removed_upstream_headers = Vec::new();
+    let path = match path::normalize(request.path, config.paths.allow_encoded_slashes) {
+        Ok(path) => path,
+        Err(err) => {
+            let problem = Problem::new(ProblemKind::InvalidPath, err.to_string());
+            return reject(config, problem, correlation_id, response_headers, None);
+        }
+    };
+    let method = request.method();
     let tenant = match resolve_tenant(config, request, host) {
         Ok(Identified::Token(identity)) => {
             for (name, value) in [
@@ -148,24 +179,24 @@ pub fn evaluate(
             .for_tenant(tenant);
             return reject(config, problem, correlation_id, response_headers, None);
         };
-        let path = request.path.split('?').next().unwrap_or_default();
-        if config.requires_if_match(request.method, path) && !request.if_match_present {
+        let if_match = request.if_match.is_some_and(headers::is_valid_if_match);
+        if config.requires_if_match(method, &path.path) && !if_match {
             let problem = Problem::new(
                 ProblemKind::PreconditionRequired,
                 format!(
-                    "{} {path} must be conditional: send If-Match with the ETag you last read",
-                    request.method
+                    "{method} {} must be conditional: send If-Match with the ETag you last read (RFC 9110 syntax: `*` or a list of \"entity-tags\")",
+                    path.path
                 ),
             )
             .for_tenant(tenant);
             return reject(config, problem, correlation_id, response_headers, None);
         }
-        match pending_idempotency(tenant, settings.idempotency.as_ref(), request) {
+        match pending_idempotency(tenant, settings.idempotency.as_ref(), method, request) {
             Ok(pending) => idempotency_plan = pending,
             Err(problem) => return reject(config, problem, correlation_id, response_headers, None),
         }
-        if let Some(policy) = settings.policy_for(request.method, path) {
-            let key = ratelimit::state_key(tenant, &policy.name);
+        if let Some(policy) = settings.policy_for(method, &path.path) {
+            let key = ratelimit::RateKey::new(config, tenant, &policy.name);
             match ratelimit::check_and_consume(
                 store,
                 &key,
@@ -247,21 +278,29 @@ pub fn evaluate(
 fn pending_idempotency(
     tenant: &str,
     settings: Option<&IdempotencyConfig>,
+    method: &str,
     request: &RequestView<'_>,
 ) -> Result<Option<PendingIdempotency>, Problem> {
     let Some(settings) = settings else {
         return Ok(None);
     };
-    if !settings.methods.iter().any(|m| m == request.method) {
+    if !settings.methods.iter().any(|m| m == method) {
         return Ok(None);
+    }
+    if request.idempotency_key_repeated {
+        // Which copy would the upstream act on? Refuse rather than guess.
+        return Err(Problem::new(
+            ProblemKind::IdempotencyKeyMalformed,
+            "send exactly one Idempotency-Key header",
+        )
+        .for_tenant(tenant));
     }
     let key = match request.idempotency_key {
         None if settings.required => {
             return Err(Problem::new(
                 ProblemKind::IdempotencyKeyMissing,
                 format!(
-                    "{} requests need an Idempotency-Key header, e.g. Idempotency-Key: \"<uuid>\"",
-                    request.method
+                    "{method} requests need an Idempotency-Key header, e.g. Idempotency-Key: \"<uuid>\""
                 ),
             )
             .for_tenant(tenant))
@@ -291,10 +330,7 @@ pub enum IdempotencyStep {
 }
 
 fn store_params(config: &CompiledConfig) -> StoreParams {
-    StoreParams {
-        buckets: config.store.idempotency_buckets,
-        max_cas_retries: config.store.max_cas_retries,
-    }
+    StoreParams::of(&config.store)
 }
 
 /// Claims the key, or answers from what is stored under it. `body` is `None`
@@ -308,7 +344,12 @@ pub fn begin_idempotent(
     host: &HostInputs,
     store: &dyn SharedStore,
 ) -> IdempotencyStep {
-    let fingerprint = Fingerprint::of(request.method, request.path, body);
+    // Already validated by `evaluate`; a path that no longer normalises hashes raw.
+    let route = path::normalize(request.path, config.paths.allow_encoded_slashes).map_or_else(
+        |_| String::from_utf8_lossy(request.path).into_owned(),
+        |path| path.with_query(),
+    );
+    let fingerprint = Fingerprint::of(request.method(), &route, body);
     let [.., g0, g1, g2, g3] = host.random;
     let generation = u32::from_le_bytes([g0, g1, g2, g3]) | 1;
     let begun = idempotency::begin(
@@ -317,7 +358,10 @@ pub fn begin_idempotent(
         &pending.tenant,
         &pending.key,
         fingerprint,
-        pending.settings.in_flight_timeout_seconds,
+        idempotency::Lifetimes::of(
+            &pending.settings,
+            !config.tenants.contains_key(&pending.tenant),
+        ),
         host.now_unix_ns,
         generation,
     );
@@ -364,6 +408,15 @@ pub fn begin_idempotent(
             Problem::new(
                 ProblemKind::IdempotencyUnavailable,
                 "no free idempotency record for this key right now",
+            ),
+            Some(retry_after_seconds),
+        ),
+        Ok(Begin::TenantFull {
+            retry_after_seconds,
+        }) => (
+            Problem::new(
+                ProblemKind::IdempotencyUnavailable,
+                "this tenant holds its share of the idempotency store; its new keys are refused until some of its records expire",
             ),
             Some(retry_after_seconds),
         ),
@@ -445,17 +498,29 @@ pub struct ResponseCapture {
 }
 
 impl ResponseCapture {
-    /// Starts a capture; `headers` are filtered to what may be replayed.
+    /// Starts a capture from upstream's raw header values; they are filtered to
+    /// what may be replayed. The client always gets upstream's bytes untouched;
+    /// a replay re-sends stored values as text, so a stored header whose value
+    /// is not UTF-8 without control characters (HTAB aside) makes the response
+    /// not replayable (a retry gets 409), rather than replaying it altered.
     pub fn new(
         config: &CompiledConfig,
         pending: &PendingIdempotency,
         status: u16,
-        headers: Headers,
+        headers: Vec<(String, Vec<u8>)>,
     ) -> Self {
+        let mut replayable = true;
         let headers: Headers = headers
             .into_iter()
             .filter(|(name, _)| {
                 idempotency::is_stored_header(name) && name != &config.correlation.header
+            })
+            .filter_map(|(name, value)| match replayable_text(value) {
+                Some(value) => Some((name, value)),
+                None => {
+                    replayable = false;
+                    None
+                }
             })
             .collect();
         let header_bytes: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
@@ -464,7 +529,7 @@ impl ResponseCapture {
             headers,
             body: Vec::new(),
             limit: usize::try_from(pending.settings.max_body_bytes).unwrap_or(usize::MAX),
-            replayable: header_bytes <= idempotency::MAX_STORED_HEADER_BYTES,
+            replayable: replayable && header_bytes <= idempotency::MAX_STORED_HEADER_BYTES,
         }
     }
 
@@ -499,6 +564,14 @@ impl ResponseCapture {
         });
         (status, stored)
     }
+}
+
+/// A header value a local reply can carry again exactly as received.
+fn replayable_text(value: Vec<u8>) -> Option<String> {
+    if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return None;
+    }
+    String::from_utf8(value).ok()
 }
 
 /// Seals the claim's fingerprint with the now complete body.
@@ -599,7 +672,16 @@ fn resolve_tenant(
         Problem::new(ProblemKind::Unauthenticated, err.to_string())
             .with_challenge(err.www_authenticate())
     };
-    let token = jwt::bearer_token(request.authorization).map_err(unauthenticated)?;
+    let authorization = request
+        .authorization
+        .map(|value| {
+            headers::printable_ascii(value).ok_or_else(|| {
+                JwtError::Malformed("the Authorization header is not printable ASCII".to_owned())
+            })
+        })
+        .transpose()
+        .map_err(unauthenticated)?;
+    let token = jwt::bearer_token(authorization).map_err(unauthenticated)?;
     let Some(token) = token else {
         if verifier.required() || !config.tenant.trust_header_without_jwt {
             return Err(unauthenticated(JwtError::Missing));
@@ -612,8 +694,8 @@ fn resolve_tenant(
         Err(_) => verifier.verify(token, now_seconds),
     };
     let identity = verified.map_err(unauthenticated)?;
-    if let Some(claimed) = request.tenant_header.map(str::trim) {
-        if !claimed.is_empty() && claimed != identity.tenant {
+    if let Some(claimed) = request.tenant_header.map(trim_ows) {
+        if !claimed.is_empty() && claimed != identity.tenant.as_bytes() {
             return Err(Problem::new(
                 ProblemKind::TenantMismatch,
                 format!(
@@ -631,16 +713,18 @@ fn tenant_from_header(
     config: &CompiledConfig,
     request: &RequestView<'_>,
 ) -> Result<Option<String>, Problem> {
-    match request.tenant_header.map(str::trim) {
-        None | Some("") if config.tenant.required => Err(Problem::new(
+    let claimed = request.tenant_header.map(trim_ows);
+    match claimed.map(std::str::from_utf8) {
+        None | Some(Ok("")) if config.tenant.required => Err(Problem::new(
             ProblemKind::TenantRequired,
             format!(
                 "this API needs a tenant: send the `{}` header",
                 config.tenant.header
             ),
         )),
-        None | Some("") => Ok(None),
-        Some(value) if crate::config::is_valid_tenant_id(value) => Ok(Some(value.to_owned())),
+        None | Some(Ok("")) => Ok(None),
+        Some(Ok(value)) if crate::config::is_valid_tenant_id(value) => Ok(Some(value.to_owned())),
+        // Non-UTF-8 included: the tenant names storage keys and upstream headers.
         Some(_) => Err(Problem::new(
             ProblemKind::InvalidTenant,
             format!(

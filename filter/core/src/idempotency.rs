@@ -1,20 +1,24 @@
 //! Idempotency-Key (draft-ietf-httpapi-idempotency-key-header): key parsing,
 //! request fingerprints, and the bounded record store in shared data.
 //!
-//! Storage layout (the ABI has no delete, so everything lives in a fixed set of keys):
+//! Storage layout (a fixed set of keys, so the store is bounded on every host;
+//! every value carries its key's tag, see [`crate::store::locate`]):
 //! - `tg:idem:b:<bucket>`: one value per bucket with up to [`SLOTS_PER_BUCKET`]
 //!   small entries (owner hash, fingerprint, expiry, state, generation). Every
 //!   claim, completion and release is one compare-and-swap on this value, so
 //!   exactly one request per key reaches upstream across all workers.
 //! - `tg:idem:r:<bucket>:<slot>`: the stored response of a completed entry,
-//!   tagged with the entry's generation; emptied when the entry expires.
+//!   tagged with the entry's generation; removed when the entry expires.
+//! - `tg:idem:t:<tenant hash>`: the tenant's share of the store ([`crate::share`]).
 //!
 //! Memory is bounded by `buckets × SLOTS_PER_BUCKET × (max_body_bytes + MAX_STORED_HEADER_BYTES)`.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::store::{CasOutcome, SharedStore, StoreError, CREATE_IF_MISSING_CAS};
+use crate::config::StoreConfig;
+use crate::share;
+use crate::store::{self, CasOutcome, Located, SharedStore, StoreError};
 
 pub const KEY_HEADER: &str = "idempotency-key";
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -23,8 +27,8 @@ pub const MAX_KEY_LEN: usize = 255;
 /// Stored response headers beyond this make a response "completed, not replayable".
 pub const MAX_STORED_HEADER_BYTES: usize = 8 * 1024;
 
-const ENTRY_LEN: usize = 16 + 16 + 8 + 1 + 4 + 2;
-const BUCKET_MAGIC: u8 = 0xB1;
+const ENTRY_LEN: usize = 16 + 16 + 8 + 1 + 4 + 2 + 4;
+const BUCKET_MAGIC: u8 = 0xB3;
 const RESPONSE_MAGIC: u8 = 0xB2;
 
 /// `idempotency` settings (under `defaults` or a tenant).
@@ -77,23 +81,23 @@ impl std::fmt::Display for KeyError {
     }
 }
 
-/// Parses an sf-string (RFC 8941 §3.3.3) into the key it carries.
-pub fn parse_key(header: &str) -> Result<String, KeyError> {
-    let inner = header
-        .trim_matches(' ')
-        .strip_prefix('"')
-        .and_then(|rest| rest.strip_suffix('"'))
+/// Parses an sf-string (RFC 8941 §3.3.3), as raw header bytes, into the key it
+/// carries; any byte outside printable ASCII (non-UTF-8 included) is `BadCharacter`.
+pub fn parse_key(header: &[u8]) -> Result<String, KeyError> {
+    let inner = crate::headers::trim_ows(header)
+        .strip_prefix(b"\"")
+        .and_then(|rest| rest.strip_suffix(b"\""))
         .ok_or(KeyError::NotQuoted)?;
     let mut key = String::with_capacity(inner.len());
-    let mut chars = inner.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => match chars.next() {
-                Some(escaped @ ('"' | '\\')) => key.push(escaped),
+    let mut bytes = inner.iter().copied();
+    while let Some(byte) = bytes.next() {
+        match byte {
+            b'\\' => match bytes.next() {
+                Some(escaped @ (b'"' | b'\\')) => key.push(char::from(escaped)),
                 _ => return Err(KeyError::BadCharacter),
             },
-            '"' => return Err(KeyError::NotQuoted),
-            ' '..='~' => key.push(c),
+            b'"' => return Err(KeyError::NotQuoted),
+            b' '..=b'~' => key.push(char::from(byte)),
             _ => return Err(KeyError::BadCharacter),
         }
         if key.len() > MAX_KEY_LEN {
@@ -106,7 +110,8 @@ pub fn parse_key(header: &str) -> Result<String, KeyError> {
     Ok(key)
 }
 
-/// A request fingerprint: method and path (with query) in the first half, the
+/// A request fingerprint: method and normalised path (`crate::path`, with the
+/// query) in the first half, the
 /// body in the second. Keys are claimed from the headers alone (so concurrent
 /// duplicates are refused before they reach upstream); the body half is sealed
 /// once the body is complete. An all-zero body half means "not sealed yet".
@@ -187,6 +192,8 @@ struct Entry {
     state: EntryState,
     generation: u32,
     status: u16,
+    /// Which tenant holds it (the first bytes of its share hash), for the per-bucket cap.
+    tenant: u32,
 }
 
 impl Entry {
@@ -197,6 +204,7 @@ impl Entry {
         state: EntryState::Free,
         generation: 0,
         status: 0,
+        tenant: 0,
     };
 
     fn is_live(&self, now_ns: u64) -> bool {
@@ -215,6 +223,7 @@ fn encode_bucket(entries: &[Entry]) -> Vec<u8> {
         out.push(entry.state as u8);
         out.extend_from_slice(&entry.generation.to_le_bytes());
         out.extend_from_slice(&entry.status.to_le_bytes());
+        out.extend_from_slice(&entry.tenant.to_le_bytes());
     }
     out
 }
@@ -252,6 +261,7 @@ fn decode_bucket_strict(bytes: &[u8]) -> Option<Vec<Entry>> {
             state,
             generation: reader.u32()?,
             status: reader.u16()?,
+            tenant: reader.u32()?,
         });
     }
     reader.is_done().then_some(entries)
@@ -359,6 +369,46 @@ impl<'a> Reader<'a> {
 pub struct StoreParams {
     pub buckets: u32,
     pub max_cas_retries: u32,
+    /// Live records one tenant may hold (`u32::MAX`: no per-tenant limit).
+    pub tenant_slots: u32,
+    /// Slots of one bucket one tenant may hold, so no tenant alone fills a
+    /// bucket other tenants' keys hash to ([`SLOTS_PER_BUCKET`]: no cap).
+    pub tenant_bucket_slots: u8,
+}
+
+impl StoreParams {
+    pub fn of(config: &StoreConfig) -> Self {
+        Self {
+            buckets: config.idempotency_buckets,
+            max_cas_retries: config.max_cas_retries,
+            tenant_slots: tenant_slots(
+                config.idempotency_buckets,
+                config.idempotency_tenant_share_percent,
+            ),
+            tenant_bucket_slots: tenant_bucket_slots(config.idempotency_tenant_share_percent),
+        }
+    }
+
+    /// Every record the store can hold.
+    pub fn capacity(&self) -> u64 {
+        u64::from(self.buckets) * SLOTS_PER_BUCKET as u64
+    }
+}
+
+/// Records one tenant may hold: `share_percent` of the store, at least one.
+pub fn tenant_slots(buckets: u32, share_percent: u8) -> u32 {
+    if share_percent >= 100 {
+        return u32::MAX;
+    }
+    let capacity = u64::from(buckets) * SLOTS_PER_BUCKET as u64;
+    u32::try_from((capacity * u64::from(share_percent) / 100).max(1)).unwrap_or(u32::MAX)
+}
+
+/// Slots of a bucket one tenant may hold: twice its share (half the bucket at
+/// the default 25 %), so a tenant at its share still finds room in most buckets.
+pub fn tenant_bucket_slots(share_percent: u8) -> u8 {
+    let slots = (usize::from(share_percent) * SLOTS_PER_BUCKET * 2).div_ceil(100);
+    u8::try_from(slots.clamp(1, SLOTS_PER_BUCKET)).unwrap_or(u8::MAX)
 }
 
 /// An in-flight claim held by one request.
@@ -368,6 +418,8 @@ pub struct Claim {
     pub slot: u8,
     pub generation: u32,
     owner: [u8; 16],
+    /// The tenant's share unit (`crate::share`), given back on release.
+    share: Option<([u8; 8], u64)>,
 }
 
 /// What `begin` found for a key.
@@ -387,6 +439,8 @@ pub enum Begin {
     NotReplayable { status: u16 },
     /// Every slot of the key's bucket holds a live record (503).
     Full { retry_after_seconds: u64 },
+    /// The tenant holds its whole share of the store (503, this tenant only).
+    TenantFull { retry_after_seconds: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -431,19 +485,39 @@ fn bucket_of(owner: &[u8; 16], buckets: u32) -> u32 {
     u32::from_le_bytes(first) % buckets.max(1)
 }
 
-/// Reads a bucket, creating it if missing; returns entries and the CAS to write with.
-fn read_bucket(
-    store: &dyn SharedStore,
-    key: &str,
-) -> Result<Option<(Vec<Entry>, u32)>, StoreError> {
-    match store.get(key)? {
-        Some((bytes, cas)) => Ok(Some((decode_bucket(&bytes), cas))),
-        None => {
-            store.set(key, &encode_bucket(&[]), Some(CREATE_IF_MISSING_CAS))?;
-            Ok(None)
+/// Where a bucket lives and what it holds (missing reads as empty).
+fn read_bucket(store: &dyn SharedStore, bucket: u32) -> Result<(Located, Vec<Entry>), StoreError> {
+    let key = bucket_key(bucket);
+    let located = store::locate(store, &key)?
+        .ok_or_else(|| StoreError(format!("`{key}` has no usable shared-data key")))?;
+    let entries = located.payload().map(decode_bucket).unwrap_or_default();
+    Ok((located, entries))
+}
+
+/// How long a claimed record lives (until a claim lapses, and after
+/// completion), and whose share it counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetimes {
+    pub in_flight_timeout_seconds: u64,
+    pub ttl_seconds: u64,
+    /// The tenant is not configured: all such tenants share one share (one
+    /// ledger), so clients inventing tenant ids neither grow the store nor
+    /// take more than one share together.
+    pub pooled_share: bool,
+}
+
+impl Lifetimes {
+    pub fn of(config: &IdempotencyConfig, pooled_share: bool) -> Self {
+        Self {
+            in_flight_timeout_seconds: config.in_flight_timeout_seconds,
+            ttl_seconds: config.ttl_seconds,
+            pooled_share,
         }
     }
 }
+
+/// The share identity of tenants that are not configured (not a valid tenant id).
+const POOLED_SHARE: &str = "";
 
 /// Looks the key up and, when it is new (or expired), claims it for this request.
 #[allow(clippy::too_many_arguments)]
@@ -453,17 +527,47 @@ pub fn begin(
     tenant: &str,
     key: &str,
     fingerprint: Fingerprint,
-    in_flight_timeout_seconds: u64,
+    lifetimes: Lifetimes,
     now_ns: u64,
     generation: u32,
 ) -> Result<Begin, IdempotencyError> {
+    let mut share = None;
+    let begun = begin_claim(
+        store,
+        params,
+        tenant,
+        key,
+        fingerprint,
+        lifetimes,
+        now_ns,
+        generation,
+        &mut share,
+    );
+    if let (Some((tenant, expiry)), false) = (share, matches!(begun, Ok(Begin::Claimed(_)))) {
+        share::release(store, &tenant, expiry, params.max_cas_retries)?;
+    }
+    begun
+}
+
+#[allow(clippy::too_many_arguments)]
+fn begin_claim(
+    store: &dyn SharedStore,
+    params: &StoreParams,
+    tenant: &str,
+    key: &str,
+    fingerprint: Fingerprint,
+    lifetimes: Lifetimes,
+    now_ns: u64,
+    generation: u32,
+    share: &mut Option<([u8; 8], u64)>,
+) -> Result<Begin, IdempotencyError> {
     let owner = owner_hash(tenant, key);
     let bucket = bucket_of(&owner, params.buckets);
-    let storage_key = bucket_key(bucket);
+    let tenant_hash = share::tenant_hash(tenant);
+    let [t0, t1, t2, t3, ..] = tenant_hash;
+    let tenant_tag = u32::from_le_bytes([t0, t1, t2, t3]);
     for _ in 0..params.max_cas_retries {
-        let Some((mut entries, cas)) = read_bucket(store, &storage_key)? else {
-            continue;
-        };
+        let (located, mut entries) = read_bucket(store, bucket)?;
         if let Some((slot, entry)) = entries
             .iter()
             .enumerate()
@@ -490,8 +594,18 @@ pub fn begin(
                 EntryState::Completed => {
                     let slot = u8::try_from(slot).unwrap_or(u8::MAX);
                     match stored_response(store, bucket, slot, entry.generation)? {
-                        Some(response) => Begin::Replay(response),
-                        None => Begin::NotReplayable {
+                        StoredRecord::Found(response) => Begin::Replay(response),
+                        StoredRecord::Missing => {
+                            // Completed records keep their response until they expire:
+                            // only eviction removes it before.
+                            if entry.expires_at_ns > now_ns.saturating_add(1_000_000_000) {
+                                store.note_evicted();
+                            }
+                            Begin::NotReplayable {
+                                status: entry.status,
+                            }
+                        }
+                        StoredRecord::Other => Begin::NotReplayable {
                             status: entry.status,
                         },
                     }
@@ -502,35 +616,83 @@ pub fn begin(
             .iter()
             .position(|entry| !entry.is_live(now_ns))
             .or_else(|| (entries.len() < SLOTS_PER_BUCKET).then_some(entries.len()));
-        let Some(slot) = free_slot else {
-            let soonest = entries
-                .iter()
+        let soonest = |entries: &mut dyn Iterator<Item = &Entry>| {
+            let wait = entries
                 .map(|entry| entry.expires_at_ns.saturating_sub(now_ns))
                 .min()
                 .unwrap_or(0);
+            wait.div_ceil(1_000_000_000).max(1)
+        };
+        let Some(slot) = free_slot else {
             return Ok(Begin::Full {
-                retry_after_seconds: soonest.div_ceil(1_000_000_000).max(1),
+                retry_after_seconds: soonest(&mut entries.iter()),
             });
         };
+        let mut held_here = entries
+            .iter()
+            .filter(|entry| entry.tenant == tenant_tag && entry.is_live(now_ns));
+        if held_here.clone().count() >= usize::from(params.tenant_bucket_slots) {
+            return Ok(Begin::TenantFull {
+                retry_after_seconds: soonest(&mut held_here),
+            });
+        }
+        if share.is_none() && u64::from(params.tenant_slots) < params.capacity() {
+            let tenant_hash = if lifetimes.pooled_share {
+                share::tenant_hash(POOLED_SHARE)
+            } else {
+                tenant_hash
+            };
+            let lifetime = lifetimes
+                .in_flight_timeout_seconds
+                .saturating_add(lifetimes.ttl_seconds);
+            let expiry = share::reservation_expiry(now_ns, lifetime);
+            match share::reserve(
+                store,
+                &tenant_hash,
+                params.tenant_slots,
+                expiry,
+                now_ns,
+                params.max_cas_retries,
+            )? {
+                Some(share::Reserve::Reserved) => *share = Some((tenant_hash, expiry)),
+                Some(share::Reserve::AtShare {
+                    retry_after_seconds,
+                }) => {
+                    return Ok(Begin::TenantFull {
+                        retry_after_seconds,
+                    })
+                }
+                None => {
+                    return Err(IdempotencyError::Contention {
+                        attempts: params.max_cas_retries,
+                    })
+                }
+            }
+        }
         let claimed = Entry {
             owner,
             fingerprint: fingerprint.to_bytes(),
-            expires_at_ns: now_ns
-                .saturating_add(in_flight_timeout_seconds.saturating_mul(1_000_000_000)),
+            expires_at_ns: now_ns.saturating_add(
+                lifetimes
+                    .in_flight_timeout_seconds
+                    .saturating_mul(1_000_000_000),
+            ),
             state: EntryState::InFlight,
             generation,
             status: 0,
+            tenant: tenant_tag,
         };
         match entries.get_mut(slot) {
             Some(existing) => *existing = claimed,
             None => entries.push(claimed),
         }
-        if store.set(&storage_key, &encode_bucket(&entries), Some(cas))? == CasOutcome::Written {
+        if located.write(store, &encode_bucket(&entries))? == CasOutcome::Written {
             return Ok(Begin::Claimed(Claim {
                 bucket,
                 slot: u8::try_from(slot).unwrap_or(u8::MAX),
                 generation,
                 owner,
+                share: *share,
             }));
         }
     }
@@ -539,18 +701,31 @@ pub fn begin(
     })
 }
 
+/// A slot's stored response as [`stored_response`] found it.
+enum StoredRecord {
+    Found(StoredResponse),
+    /// No record at all.
+    Missing,
+    /// A record of another generation, or unreadable.
+    Other,
+}
+
 fn stored_response(
     store: &dyn SharedStore,
     bucket: u32,
     slot: u8,
     generation: u32,
-) -> Result<Option<StoredResponse>, StoreError> {
-    Ok(store
-        .get(&response_key(bucket, slot))?
-        .and_then(|(bytes, _)| decode_response(&bytes))
-        .and_then(|(stored_generation, response)| {
-            (stored_generation == generation).then_some(response)
-        }))
+) -> Result<StoredRecord, StoreError> {
+    let Some(located) = store::locate(store, &response_key(bucket, slot))? else {
+        return Ok(StoredRecord::Other);
+    };
+    let Some(payload) = located.payload() else {
+        return Ok(StoredRecord::Missing);
+    };
+    Ok(match decode_response(payload) {
+        Some((stored, response)) if stored == generation => StoredRecord::Found(response),
+        _ => StoredRecord::Other,
+    })
 }
 
 /// Applies `change` to the claim's entry if it still belongs to the claim.
@@ -560,11 +735,13 @@ fn update_claim(
     claim: &Claim,
     change: impl Fn(&mut Entry),
 ) -> Result<bool, IdempotencyError> {
-    let storage_key = bucket_key(claim.bucket);
     for _ in 0..params.max_cas_retries {
-        let Some((mut entries, cas)) = read_bucket(store, &storage_key)? else {
+        let (located, mut entries) = read_bucket(store, claim.bucket)?;
+        if located.payload().is_none() {
+            // The claim wrote this bucket: only eviction (or corruption) removes it.
+            store.note_evicted();
             return Ok(false);
-        };
+        }
         let Some(entry) = entries.get_mut(usize::from(claim.slot)) else {
             return Ok(false);
         };
@@ -575,7 +752,7 @@ fn update_claim(
             return Ok(false);
         }
         change(entry);
-        if store.set(&storage_key, &encode_bucket(&entries), Some(cas))? == CasOutcome::Written {
+        if located.write(store, &encode_bucket(&entries))? == CasOutcome::Written {
             return Ok(true);
         }
     }
@@ -599,6 +776,27 @@ pub fn seal(
     })
 }
 
+/// Stores the response of `claim` for replay (create or compare-and-swap, never blind).
+fn write_response(
+    store: &dyn SharedStore,
+    params: &StoreParams,
+    claim: &Claim,
+    response: &StoredResponse,
+) -> Result<(), IdempotencyError> {
+    let key = response_key(claim.bucket, claim.slot);
+    let value = encode_response(claim.generation, response);
+    for _ in 0..params.max_cas_retries {
+        let located = store::locate(store, &key)?
+            .ok_or_else(|| StoreError(format!("`{key}` has no usable shared-data key")))?;
+        if located.write(store, &value)? == CasOutcome::Written {
+            return Ok(());
+        }
+    }
+    Err(IdempotencyError::Contention {
+        attempts: params.max_cas_retries,
+    })
+}
+
 /// Records the finished response; `None` body means "completed, not replayable".
 /// Returns false when the claim had already lapsed (its in-flight timeout passed).
 pub fn complete(
@@ -611,14 +809,10 @@ pub fn complete(
     now_ns: u64,
 ) -> Result<bool, IdempotencyError> {
     if let Some(response) = response {
-        store.set(
-            &response_key(claim.bucket, claim.slot),
-            &encode_response(claim.generation, response),
-            None,
-        )?;
+        write_response(store, params, claim, response)?;
     }
     let expires_at_ns = now_ns.saturating_add(ttl_seconds.saturating_mul(1_000_000_000));
-    update_claim(store, params, claim, |entry| {
+    let completed = update_claim(store, params, claim, |entry| {
         entry.state = if response.is_some() {
             EntryState::Completed
         } else {
@@ -626,19 +820,29 @@ pub fn complete(
         };
         entry.status = status;
         entry.expires_at_ns = expires_at_ns;
-    })
+    })?;
+    if let (true, Some((tenant, reserved))) = (completed, claim.share) {
+        let expiry = share::reservation_expiry(now_ns, ttl_seconds);
+        share::retime(store, &tenant, reserved, expiry, params.max_cas_retries)?;
+    }
+    Ok(completed)
 }
 
-/// Gives the key back (upstream 5xx, reset, timeout) so a retry can go through.
+/// Gives the key back (upstream 5xx, reset, timeout) so a retry can go through,
+/// and the tenant's share unit with it.
 pub fn release(
     store: &dyn SharedStore,
     params: &StoreParams,
     claim: &Claim,
 ) -> Result<bool, IdempotencyError> {
-    update_claim(store, params, claim, |entry| *entry = Entry::FREE)
+    let released = update_claim(store, params, claim, |entry| *entry = Entry::FREE)?;
+    if let (true, Some((tenant, expiry))) = (released, claim.share) {
+        share::release(store, &tenant, expiry, params.max_cas_retries)?;
+    }
+    Ok(released)
 }
 
-/// Frees expired entries of `buckets` and empties their stored responses.
+/// Frees expired entries of `buckets` and removes their stored responses.
 /// Idempotent: every worker's tick may run it over the same buckets.
 pub fn reclaim(
     store: &dyn SharedStore,
@@ -647,42 +851,49 @@ pub fn reclaim(
 ) -> Result<ReclaimStats, StoreError> {
     let mut stats = ReclaimStats::default();
     for bucket in buckets {
-        let storage_key = bucket_key(bucket);
-        let Some((bytes, cas)) = store.get(&storage_key)? else {
+        let (located, mut entries) = read_bucket(store, bucket)?;
+        let Some(payload) = located.payload() else {
             continue;
         };
-        let mut entries = decode_bucket(&bytes);
-        let mut changed = decode_bucket_strict(&bytes).is_none() && !bytes.is_empty();
+        let mut changed = decode_bucket_strict(payload).is_none();
+        let mut freed = Vec::new();
         for (slot, entry) in entries.iter_mut().enumerate() {
             if entry.state == EntryState::Free || entry.expires_at_ns > now_ns {
                 continue;
             }
-            let slot = u8::try_from(slot).unwrap_or(u8::MAX);
-            empty_response(store, bucket, slot, entry.generation)?;
+            freed.push((u8::try_from(slot).unwrap_or(u8::MAX), entry.generation));
             *entry = Entry::FREE;
             changed = true;
-            stats.reclaimed += 1;
         }
-        if changed {
-            // A lost race means another worker changed the bucket; the next pass retries.
-            store.set(&storage_key, &encode_bucket(&entries), Some(cas))?;
+        // Only the worker whose bucket write wins removes the old responses, so a
+        // remove never races another remover (a deleted key restarts its CAS on
+        // ngx_wasm_module, and a stale remove could hit a newer record).
+        if !changed || located.write(store, &encode_bucket(&entries))? == CasOutcome::Conflict {
+            continue;
+        }
+        for (slot, generation) in freed {
+            remove_response(store, bucket, slot, generation)?;
+            stats.reclaimed += 1;
         }
     }
     Ok(stats)
 }
 
-fn empty_response(
+fn remove_response(
     store: &dyn SharedStore,
     bucket: u32,
     slot: u8,
     generation: u32,
 ) -> Result<(), StoreError> {
-    let key = response_key(bucket, slot);
-    if let Some((bytes, cas)) = store.get(&key)? {
-        let belongs = decode_response(&bytes).is_none_or(|(stored, _)| stored == generation);
-        if belongs && !bytes.is_empty() {
-            store.set(&key, &[], Some(cas))?;
-        }
+    let Some(located) = store::locate(store, &response_key(bucket, slot))? else {
+        return Ok(());
+    };
+    let belongs = located
+        .payload()
+        .is_some_and(|payload| decode_response(payload).is_none_or(|(g, _)| g == generation));
+    if belongs {
+        // A lost race means a newer record was written there: keep it.
+        located.remove(store)?;
     }
     Ok(())
 }

@@ -6,12 +6,17 @@
 pub mod config;
 pub mod correlation;
 pub mod engine;
+pub mod headers;
 pub mod idempotency;
 pub mod jwt;
+pub mod path;
 pub mod problem;
 pub mod ratelimit;
+pub mod share;
 pub mod store;
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod jwt_tests;
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub const CONTENT_TYPE: &str = "application/problem+json";
 pub enum ProblemKind {
     TenantRequired,
     InvalidTenant,
+    InvalidPath,
     UnknownTenant,
     Unauthenticated,
     TenantMismatch,
@@ -29,6 +30,7 @@ impl ProblemKind {
         match self {
             Self::TenantRequired
             | Self::InvalidTenant
+            | Self::InvalidPath
             | Self::IdempotencyKeyMissing
             | Self::IdempotencyKeyMalformed => 400,
             Self::Unauthenticated => 401,
@@ -46,6 +48,7 @@ impl ProblemKind {
         match self {
             Self::TenantRequired => "tenant-required",
             Self::InvalidTenant => "invalid-tenant",
+            Self::InvalidPath => "invalid-path",
             Self::UnknownTenant => "unknown-tenant",
             Self::Unauthenticated => "unauthenticated",
             Self::TenantMismatch => "tenant-mismatch",
@@ -66,6 +69,7 @@ impl ProblemKind {
         match self {
             Self::TenantRequired => "Tenant required",
             Self::InvalidTenant => "Invalid tenant",
+            Self::InvalidPath => "Invalid request path",
             Self::UnknownTenant => "Unknown tenant",
             Self::Unauthenticated => "Authentication required",
             Self::TenantMismatch => "Tenant does not match the token",

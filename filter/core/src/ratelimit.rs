@@ -2,14 +2,15 @@
 //! tenant/limit, updated with compare-and-swap so the limit is exact across
 //! every worker sharing the store.
 //!
-//! The stored value is the theoretical arrival time (TAT) in nanoseconds since
-//! the Unix epoch and the emission interval it was computed with, 16 bytes
-//! little-endian. When a config change alters the limit, the backlog is
-//! rescaled to the new interval (requests already admitted keep counting, in
-//! the new limit's units). Anything else is treated as absent.
+//! The stored payload (after the key tag, see [`crate::store::locate`]) is the
+//! theoretical arrival time (TAT) in nanoseconds since the Unix epoch and the
+//! emission interval it was computed with, 16 bytes little-endian. When a
+//! config change alters the limit, the backlog is rescaled to the new interval
+//! (requests already admitted keep counting, in the new limit's units). Anything
+//! else is treated as absent.
 
-use crate::config::StoreConfig;
-use crate::store::{CasOutcome, SharedStore, StoreError, CREATE_IF_MISSING_CAS};
+use crate::config::{CompiledConfig, StoreConfig};
+use crate::store::{self, CasOutcome, SharedStore, StoreError};
 
 const NANOS_PER_SECOND: u128 = 1_000_000_000;
 
@@ -132,6 +133,61 @@ pub fn state_key(tenant: &str, policy_name: &str) -> String {
     format!("tg:rl:{tenant}:{policy_name}")
 }
 
+/// Where one tenant's limit is stored. Configured tenants have their own key;
+/// unknown tenants (`tenant.unknown: defaults`, any id a client sends) share a
+/// fixed table of `store.unknown_tenant_slots` keys (`tg:rl:u:<n>`), taking over
+/// an entry whose state is idle, so the number of keys stays bounded whatever
+/// ids clients send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateKey {
+    logical: String,
+    table: Option<String>,
+}
+
+impl RateKey {
+    pub fn new(config: &CompiledConfig, tenant: &str, policy_name: &str) -> Self {
+        let logical = state_key(tenant, policy_name);
+        if config.tenants.contains_key(tenant) {
+            return Self {
+                logical,
+                table: None,
+            };
+        }
+        let tag = store::key_tag(&logical);
+        let slot = u64::from_le_bytes(tag) % u64::from(config.store.unknown_tenant_slots.max(1));
+        Self {
+            logical,
+            table: Some(format!("tg:rl:u:{slot}")),
+        }
+    }
+
+    /// The first storage key tried.
+    pub fn storage_key(&self) -> &str {
+        self.table.as_deref().unwrap_or(&self.logical)
+    }
+}
+
+impl From<&str> for RateKey {
+    fn from(key: &str) -> Self {
+        Self {
+            logical: key.to_owned(),
+            table: None,
+        }
+    }
+}
+
+impl From<&String> for RateKey {
+    fn from(key: &String) -> Self {
+        Self::from(key.as_str())
+    }
+}
+
+impl From<&RateKey> for RateKey {
+    fn from(key: &RateKey) -> Self {
+        key.clone()
+    }
+}
+
 /// Why a check could not be completed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckError {
@@ -166,25 +222,26 @@ impl From<StoreError> for CheckError {
 /// whatever other workers do concurrently.
 pub fn check_and_consume(
     store: &dyn SharedStore,
-    key: &str,
+    key: impl Into<RateKey>,
     params: &RateParams,
     now_ns: u64,
     options: &StoreConfig,
 ) -> Result<Verdict, CheckError> {
+    let key: RateKey = key.into();
+    let idle = |payload: &[u8]| decode_state(payload).is_none_or(|state| state.tat_ns <= now_ns);
     for _ in 0..options.max_cas_retries {
-        let (stored, cas) = match store.get(key)? {
-            Some((bytes, cas)) => (decode_state(&bytes), cas),
-            None => {
-                // Create the key with a neutral value first, so every decision
-                // below is a real CAS on an existing key (a missing key ignores CAS).
-                let neutral = State {
-                    tat_ns: 0,
-                    emission_ns: params.emission_ns,
-                };
-                store.set(key, &encode_state(neutral), Some(CREATE_IF_MISSING_CAS))?;
-                continue;
-            }
+        let located = match &key.table {
+            None => store::locate(store, &key.logical)?,
+            Some(table) => store::locate_reusable(store, table, &key.logical, &idle)?,
         };
+        let Some(located) = located else {
+            return Err(CheckError::Store(StoreError(format!(
+                "`{}` and its {} alternates hold other keys' values",
+                key.storage_key(),
+                store::KEY_ATTEMPTS - 1
+            ))));
+        };
+        let stored = located.payload().and_then(decode_state);
         let (verdict, new_tat) = decide(params, stored, now_ns);
         if !verdict.allowed && stored.is_some() {
             return Ok(verdict);
@@ -193,7 +250,9 @@ pub fn check_and_consume(
             tat_ns: new_tat,
             emission_ns: params.emission_ns,
         };
-        match store.set(key, &encode_state(state), Some(cas))? {
+        // Creating a missing key is a create-if-missing, so two first requests
+        // cannot both start from an empty bucket.
+        match located.write(store, &encode_state(state))? {
             CasOutcome::Written => return Ok(verdict),
             CasOutcome::Conflict => continue,
         }

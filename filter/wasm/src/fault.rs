@@ -4,8 +4,18 @@
 
 use proxy_wasm::hostcalls;
 
-/// Header naming the fault: `panic`, or `corrupt <shared-data key>`.
+/// Header naming the fault: `panic`, `panic-in-response` (the VM dies after
+/// upstream answered, mid-flight for an idempotent request), or
+/// `corrupt <shared-data key>`.
 pub const FAULT_HEADER: &str = "x-tenant-guard-fault";
+
+/// The command that defers the panic to the response headers.
+pub const PANIC_IN_RESPONSE: &str = "panic-in-response";
+
+#[allow(clippy::panic)]
+pub fn panic_in_response() {
+    panic!("tenant-guard fault injection: panic in the response");
+}
 
 #[allow(clippy::panic)]
 pub fn inject(command: &str) {
@@ -13,7 +23,10 @@ pub fn inject(command: &str) {
         panic!("tenant-guard fault injection: panic requested");
     }
     if let Some(key) = command.strip_prefix("corrupt ") {
-        let _ =
-            hostcalls::set_shared_data(key.trim(), Some(b"\xffcorrupted by fault injection"), None);
+        // The key's own tag with a garbage payload: a corrupt value of this key
+        // (a value with another key's tag would be skipped as foreign instead).
+        let key = key.trim();
+        let value = tenant_guard_core::store::tagged(key, b"\xffcorrupted by fault injection");
+        let _ = hostcalls::set_shared_data(key, Some(&value), None);
     }
 }

@@ -1,6 +1,11 @@
 //! Thin wrappers over `proxy_wasm::hostcalls`: shared data as a
 //! [`SharedStore`], header access, local replies, time, randomness, metrics and
 //! logging. Host errors become values (or are logged), never panics.
+//!
+//! Header values cross the boundary as bytes: the SDK's string-returning
+//! `get_map_value` / `get_map` unwrap UTF-8 and would trap on a client's `0xff`,
+//! so only the `_bytes` variants are used and the core decides what a value
+//! means. `tests/tests/wasm_imports.rs` keeps the list of SDK calls allowed here.
 
 use std::cell::Cell;
 use std::time::{Duration, UNIX_EPOCH};
@@ -8,7 +13,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
 use tenant_guard_core::engine::{HostInputs, LocalReply, Outcome};
-use tenant_guard_core::store::{CasOutcome, SharedStore, StoreError};
+use tenant_guard_core::store::{self, CasOutcome, HostSemantics, SharedStore, StoreError};
 
 /// Logs, ignoring a host that cannot log.
 pub fn log(level: LogLevel, message: &str) {
@@ -25,10 +30,22 @@ pub fn plugin_configuration() -> Result<Vec<u8>, String> {
     }
 }
 
-pub fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+/// The first value of request header `name`, as the client sent it.
+pub fn request_header(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
         .ok()
         .flatten()
+}
+
+/// How many `name` lines the request carries (the single-value read shows the first only).
+///
+/// The map's names are `String`s that the SDK unwraps; both hosts only hand over
+/// token names (Envoy's codecs reject others, nginx drops them by default), and
+/// it is read only when a duplicate would matter.
+pub fn request_header_count(name: &str) -> usize {
+    hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+        .map(|headers| headers.iter().filter(|(n, _)| n == name).count())
+        .unwrap_or(0)
 }
 
 pub fn set_request_header(name: &str, value: &str) {
@@ -94,15 +111,16 @@ fn body(buffer: BufferType, size: usize) -> Vec<u8> {
 }
 
 pub fn response_status() -> u16 {
-    hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
+    hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
         .ok()
         .flatten()
-        .and_then(|status| status.parse().ok())
+        .and_then(|status| std::str::from_utf8(&status).ok()?.parse().ok())
         .unwrap_or(0)
 }
 
-pub fn response_headers() -> Vec<(String, String)> {
-    hostcalls::get_map(MapType::HttpResponseHeaders).unwrap_or_default()
+/// Upstream's response headers with their values as bytes (any byte the host let through).
+pub fn response_headers() -> Vec<(String, Vec<u8>)> {
+    hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default()
 }
 
 pub fn set_tick_period(period: Duration) {
@@ -162,7 +180,36 @@ fn next_random(now_ns: u64) -> u64 {
     })
 }
 
+thread_local! {
+    /// How this host implements shared data, decided once per VM by [`probe_store`].
+    static SEMANTICS: Cell<HostSemantics> = const { Cell::new(HostSemantics::Envoy) };
+    /// Evictions the core noticed since the last [`take_evictions`].
+    static EVICTIONS: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Probes the host's shared-data semantics (`tenant_guard_core::store::probe`) and
+/// keeps the answer for every [`HostStore`] of this VM.
+pub fn probe_store(namespace: Option<&str>) -> Result<HostSemantics, StoreError> {
+    let semantics = store::probe(&HostStore { namespace })?;
+    SEMANTICS.with(|cell| cell.set(semantics));
+    Ok(semantics)
+}
+
+pub fn semantics() -> HostSemantics {
+    SEMANTICS.with(Cell::get)
+}
+
+/// Evictions noticed since the last call.
+pub fn take_evictions() -> u32 {
+    EVICTIONS.with(|cell| cell.replace(0))
+}
+
 /// Shared data of the VM, as the core's store; keys get `<namespace>/` when configured.
+///
+/// `hostcalls::get_shared_data` / `set_shared_data` panic only on a status other
+/// than `Ok`/`NotFound` (get) or `Ok`/`CasMismatch` (set); neither Envoy nor
+/// ngx_wasm_module returns another one (ngx_wasm_module traps instead, e.g. on a
+/// full zone with `eviction=none`). A NULL value (`None`) deletes on ngx_wasm_module.
 #[derive(Debug, Clone, Copy)]
 pub struct HostStore<'a> {
     pub namespace: Option<&'a str>,
@@ -187,12 +234,20 @@ impl SharedStore for HostStore<'_> {
         }
     }
 
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<CasOutcome, StoreError> {
-        match hostcalls::set_shared_data(&self.key(key), Some(value), cas) {
+    fn set(&self, key: &str, value: Option<&[u8]>, cas: u32) -> Result<CasOutcome, StoreError> {
+        match hostcalls::set_shared_data(&self.key(key), value, Some(cas)) {
             Ok(()) => Ok(CasOutcome::Written),
             Err(Status::CasMismatch) => Ok(CasOutcome::Conflict),
             Err(status) => Err(StoreError(format!("set_shared_data: {status:?}"))),
         }
+    }
+
+    fn semantics(&self) -> HostSemantics {
+        semantics()
+    }
+
+    fn note_evicted(&self) {
+        EVICTIONS.with(|cell| cell.set(cell.get().saturating_add(1)));
     }
 }
 
@@ -228,6 +283,7 @@ pub struct Metrics {
     pending: [Cell<u32>; OUTCOME_COUNTERS.len()],
     config_rejected: Option<u32>,
     reclaimed: Option<u32>,
+    evicted: Option<u32>,
 }
 
 impl Metrics {
@@ -242,6 +298,7 @@ impl Metrics {
             pending: Default::default(),
             config_rejected: counter("tenant_guard_config_rejected"),
             reclaimed: counter("tenant_guard_idempotency_reclaimed"),
+            evicted: counter("tenant_guard_store_evicted"),
         }
     }
 
@@ -272,6 +329,11 @@ impl Metrics {
 
     pub fn count_reclaimed(&self, count: u32) {
         increment(self.reclaimed, i64::from(count));
+    }
+
+    /// Shared-data entries the host evicted (a canary or a record that vanished).
+    pub fn count_evicted(&self, count: u32) {
+        increment(self.evicted, i64::from(count));
     }
 }
 

@@ -6,6 +6,7 @@
 #[cfg(feature = "fault-injection")]
 mod fault;
 mod host;
+mod store_watch;
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -47,6 +48,7 @@ struct Root {
     config: Option<Rc<CompiledConfig>>,
     metrics: Rc<Metrics>,
     reclaim_cursor: u32,
+    store_watch: store_watch::StoreWatch,
 }
 
 impl Root {
@@ -56,7 +58,7 @@ impl Root {
             .config
             .as_ref()
             .is_some_and(|config| config.uses_idempotency());
-        let period = if sweeps || self.metrics.enabled() {
+        let period = if sweeps || self.metrics.enabled() || self.store_watch.wants_tick() {
             TICK
         } else {
             Duration::ZERO
@@ -94,6 +96,7 @@ impl RootContext for Root {
                         compiled.tenants.len()
                     ),
                 );
+                self.store_watch.configured(&compiled);
                 self.config = Some(Rc::new(compiled));
                 self.schedule_tick();
                 true
@@ -114,6 +117,7 @@ impl RootContext for Root {
 
     /// Ticks fire on every worker: reclaiming is idempotent, so each sweeps its own cursor.
     fn on_tick(&mut self) {
+        self.store_watch.tick(self.config.as_deref(), &self.metrics);
         self.metrics.flush();
         let Some(config) = self.config.as_ref().filter(|c| c.uses_idempotency()) else {
             return;
@@ -140,6 +144,8 @@ impl RootContext for Root {
             metrics: Rc::clone(&self.metrics),
             response_headers: Vec::new(),
             idempotent: None,
+            #[cfg(feature = "fault-injection")]
+            panic_in_response: false,
         }))
     }
 
@@ -155,14 +161,16 @@ struct Request {
     /// Set on the response, local replies included (replace, so never duplicated).
     response_headers: Headers,
     idempotent: Option<Idempotent>,
+    #[cfg(feature = "fault-injection")]
+    panic_in_response: bool,
 }
 
 /// Where an idempotent request is in its life.
 struct Idempotent {
     pending: PendingIdempotency,
     forward: Forward,
-    method: String,
-    path: String,
+    method: Vec<u8>,
+    path: Vec<u8>,
     claim: Option<Claim>,
     /// The request body is being buffered: to seal the claim's fingerprint, or
     /// (no claim) to decide between replay and 422.
@@ -258,6 +266,8 @@ impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         #[cfg(feature = "fault-injection")]
         if let Some(command) = host::request_header(fault::FAULT_HEADER) {
+            let command = String::from_utf8_lossy(&command);
+            self.panic_in_response = command == fault::PANIC_IN_RESPONSE;
             fault::inject(&command);
         }
         let config = Rc::clone(&self.config);
@@ -267,7 +277,7 @@ impl HttpContext for Request {
                 host::request_header(":path").unwrap_or_default(),
             )
         } else {
-            (String::new(), String::new())
+            (Vec::new(), Vec::new())
         };
         let tenant_header = host::request_header(&config.tenant.header);
         let correlation_header = host::request_header(&config.correlation.header);
@@ -276,18 +286,24 @@ impl HttpContext for Request {
             .uses_idempotency()
             .then(|| host::request_header(KEY_HEADER))
             .flatten();
+        // Only a present key can be repeated: the whole-map read stays off the common path.
+        let idempotency_key_repeated =
+            idempotency_key.is_some() && host::request_header_count(KEY_HEADER) > 1;
         let authorization = config
             .jwt
             .as_ref()
             .and_then(|_| host::request_header("authorization"));
+        let if_match = (!config.if_match.is_empty())
+            .then(|| host::request_header("if-match"))
+            .flatten();
         let request = RequestView {
             method: &method,
             path: &path,
             tenant_header: tenant_header.as_deref(),
             correlation_header: correlation_header.as_deref(),
             idempotency_key: idempotency_key.as_deref(),
-            if_match_present: !config.if_match.is_empty()
-                && host::request_header("if-match").is_some(),
+            idempotency_key_repeated,
+            if_match: if_match.as_deref(),
             authorization: authorization.as_deref(),
         };
         let evaluation = engine::evaluate(
@@ -378,6 +394,10 @@ impl HttpContext for Request {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        #[cfg(feature = "fault-injection")]
+        if self.panic_in_response {
+            fault::panic_in_response();
+        }
         for (name, value) in &self.response_headers {
             host::set_response_header(name, value);
         }

@@ -2,6 +2,10 @@
 //! (default `postgres://postgres@127.0.0.1:5432/postgres`): a fresh schema per
 //! test, settings upserts, a tiny HTTP client, polling with a deadline, and an
 //! in-process daemon with its admin server on port 0.
+//!
+//! The sidecar trusts no tenant header by default; these tests have no JWT
+//! issuer, so [`TestDb::new`] turns header mode on explicitly (actor
+//! [`SETUP_ACTOR`]); [`TestDb::bare`] leaves the schema empty.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -27,6 +31,9 @@ pub fn database_url() -> String {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// `updated_by` of the header-mode row [`TestDb::new`] writes.
+pub const SETUP_ACTOR: &str = "setup";
+
 /// A fresh schema with the sidecar's tables, and a session on it.
 pub struct TestDb {
     pub config: DbConfig,
@@ -35,7 +42,20 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A fresh schema with header mode on (`gateway.tenant.trust_header_without_jwt`).
     pub async fn new() -> Self {
+        let db = Self::bare().await;
+        db.set_global(
+            "gateway.tenant.trust_header_without_jwt",
+            Value::Bool(true),
+            SETUP_ACTOR,
+        )
+        .await;
+        db
+    }
+
+    /// A fresh schema without any settings.
+    pub async fn bare() -> Self {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()

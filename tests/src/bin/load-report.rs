@@ -584,6 +584,11 @@ fn row(scope: Scope, tenant: &str, route: &str, key: &str, value: Value) -> Sett
 fn settings_rows(tenants: usize) -> Vec<SettingRow> {
     let mut rows = vec![
         SettingRow::global("gateway.tenant.header", json!("x-tenant-id"), ACTOR),
+        SettingRow::global(
+            "gateway.tenant.trust_header_without_jwt",
+            json!(true),
+            ACTOR,
+        ),
         SettingRow::global("gateway.tenant.unknown", json!("reject"), ACTOR),
         SettingRow::global(
             "gateway.rate_limit",
@@ -759,9 +764,9 @@ fn native_policy(out: &mut String) -> Res<()> {
         let started = Instant::now();
         for i in 0..iterations {
             let request = RequestView {
-                method: "GET",
-                path: PATH,
-                tenant_header: Some(TENANT),
+                method: b"GET",
+                path: PATH.as_bytes(),
+                tenant_header: Some(TENANT.as_bytes()),
                 ..RequestView::default()
             };
             let inputs = HostInputs {

@@ -1,12 +1,13 @@
-//! Header parsers and the whole request decision on arbitrary header values:
-//! correlation id, tenant, Idempotency-Key, Authorization.
+//! Header parsers and the whole request decision on arbitrary header bytes
+//! (never assumed UTF-8, as the host hands them over): correlation id, tenant,
+//! Idempotency-Key, If-Match, Authorization and the path.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tenant_guard_core::config;
 use tenant_guard_core::engine::{self, HostInputs, RequestView};
 use tenant_guard_core::store::MemoryStore;
-use tenant_guard_core::{correlation, idempotency, jwt};
+use tenant_guard_core::{correlation, headers, idempotency, jwt, path};
 
 const CONFIG: &str = r#"{"version":1,"tenant":{"trust_header_without_jwt":true},
   "defaults":{"rate_limit":{"requests":5,"per_seconds":60},"idempotency":{"required":false}},
@@ -14,24 +15,31 @@ const CONFIG: &str = r#"{"version":1,"tenant":{"trust_header_without_jwt":true},
   "tenants":{"acme":{"routes":[{"prefix":"/o","rate_limit":{"requests":1,"per_seconds":1}}]}}}"#;
 
 fuzz_target!(|data: &[u8]| {
-    let text = String::from_utf8_lossy(data);
-    let mut parts = text.split('\n');
+    // Fields are split at 0x00 (any other byte, 0xff included, stays in a value).
+    let mut parts = data.split(|&b| b == 0);
     let mut next = || parts.next();
-    let (tenant, corr, key, auth, path) = (next(), next(), next(), next(), next());
+    let (tenant, corr, key, auth, if_match, path_bytes) =
+        (next(), next(), next(), next(), next(), next());
 
-    let _ = correlation::is_valid_id(&text);
-    let _ = idempotency::parse_key(&text);
-    let _ = jwt::bearer_token(Some(&text));
+    let _ = correlation::is_valid_id(data);
+    let _ = idempotency::parse_key(data);
+    let _ = headers::is_valid_if_match(data);
+    let _ = path::normalize(data, false);
+    let _ = path::normalize(data, true);
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = jwt::bearer_token(Some(text));
+    }
 
     let config = config::parse(CONFIG.as_bytes()).expect("fixed config compiles");
     let store = MemoryStore::new();
     let request = RequestView {
-        method: "POST",
-        path: path.unwrap_or("/"),
+        method: b"POST",
+        path: path_bytes.unwrap_or(b"/"),
         tenant_header: tenant,
         correlation_header: corr,
         idempotency_key: key,
-        if_match_present: false,
+        idempotency_key_repeated: data.first() == Some(&1),
+        if_match,
         authorization: auth,
     };
     let host = HostInputs {

@@ -1,0 +1,573 @@
+//! The JSON Schema Kong validates the filter config with (`config_schema` in
+//! `kong/tenant_guard.meta.json`, draft 4) against the filter's own parser: one
+//! corpus of invalid documents must be refused by both, so a config Kong
+//! accepts cannot fail the filter's `on_configure` (which, at nginx start,
+//! makes every worker exit). The few rules draft 4 cannot express are listed in
+//! [`GAPS`]: the filter and the sidecar (which runs the filter's parser before
+//! delivering) refuse them, the schema does not.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use serde_json::{json, Value};
+
+fn kong_schema() -> jsonschema::Validator {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../kong/tenant_guard.meta.json"
+    );
+    let meta: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    jsonschema::draft4::new(&meta["config_schema"]).expect("a draft-4 schema")
+}
+
+fn filter_schema() -> jsonschema::Validator {
+    let schema: Value = serde_json::from_str(tenant_guard_core::config::CONFIG_SCHEMA).unwrap();
+    jsonschema::draft4::new(&schema).unwrap()
+}
+
+/// A valid base document with `patch` merged in (objects merge, `null` deletes).
+fn doc(patch: Value) -> Value {
+    let mut base = json!({"version": 1, "tenant": {"trust_header_without_jwt": true}});
+    merge(&mut base, patch);
+    base
+}
+
+fn merge(target: &mut Value, patch: Value) {
+    match (target, patch) {
+        (Value::Object(target), Value::Object(patch)) => {
+            for (key, value) in patch {
+                if value.is_null() {
+                    target.remove(&key);
+                } else {
+                    merge(target.entry(key).or_insert(Value::Null), value);
+                }
+            }
+        }
+        (target, patch) => *target = patch,
+    }
+}
+
+fn limit() -> Value {
+    json!({"requests": 1, "per_seconds": 1})
+}
+
+fn route(field: &str, value: Value) -> Value {
+    let mut route = json!({"prefix": "/orders", "rate_limit": limit()});
+    route[field] = value;
+    doc(json!({"tenants": {"acme": {"routes": [route]}}}))
+}
+
+fn idempotency(field: &str, value: Value) -> Value {
+    let mut settings = serde_json::Map::new();
+    settings.insert(field.to_owned(), value);
+    doc(json!({"defaults": {"idempotency": settings}}))
+}
+
+/// A 32-byte HS256 secret, base64url.
+const HS_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY";
+/// A P-256 public point, base64url.
+const EC_X: &str = "t77kwLw5mylfL8Gz7INnx2p0w04bnPkmkfpqWcFmxT8";
+const EC_Y: &str = "6wjgIZ_Qf9168P5Lvh98VC2uKRl3btgwHG6YsLC1X1Q";
+
+fn jwt(key: Value) -> Value {
+    json!({"version": 1, "tenant": {"jwt": {"issuers": [
+        {"iss": "https://idp", "audiences": ["api"], "jwks": {"keys": [key]}}]}}})
+}
+
+fn jwt_with(patch: Value) -> Value {
+    let mut document = jwt(json!({"kty": "oct", "kid": "hs", "k": HS_KEY}));
+    merge(&mut document, json!({"tenant": {"jwt": patch}}));
+    document
+}
+
+/// Documents both the schema and the parser must accept.
+fn valid() -> Vec<Value> {
+    let sample: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../envoy/sample-config.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    vec![
+        doc(json!({})),
+        sample,
+        doc(
+            json!({"revision": "r-2024-01-01T00:00:00Z abc", "metrics": false,
+            "store": {"namespace": "tenant_guard", "idempotency_tenant_share_percent": 100, "unknown_tenant_slots": 1048576,
+                      "idempotency_buckets": 65536, "max_cas_retries": 1000, "on_exhausted": "allow"},
+            "headers": {"revision": false, "rate_limit": "on_reject"},
+            "paths": {"allow_encoded_slashes": true},
+            "tenant": {"header": "x-org", "unknown": "reject"},
+            "correlation": {"header": "x-request-id", "echo": false}}),
+        ),
+        doc(json!({"correlation": {"header": "x-tenant-id"}, "tenant": {"header": "x-other"}})),
+        route("prefix", json!("/")),
+        route("prefix", json!("/a/b/")),
+        route("prefix", json!("/a.b/...c/..d/.e")),
+        route("prefix", json!("/a%2F%20%C3%A9/~x")),
+        route("name", json!("orders.v2")),
+        doc(json!({"if_match": [{"prefix": "/orders", "methods": ["PUT"]}]})),
+        idempotency("methods", json!(["POST", "PUT"])),
+        jwt(
+            json!({"kty": "oct", "kid": "hs", "alg": "HS256", "use": "sig",
+                   "key_ops": ["verify", "sign"], "k": HS_KEY}),
+        ),
+        jwt(json!({"kty": "EC", "crv": "P-256", "alg": "ES256", "x": EC_X, "y": EC_Y})),
+        jwt_with(json!({"user_claim": "sub", "leeway_seconds": 3600, "cache_entries": 0})),
+    ]
+}
+
+/// Documents both must refuse, each with what is wrong.
+fn invalid() -> Vec<(&'static str, Value)> {
+    let long = "a".repeat(129);
+    vec![
+        (
+            "no version",
+            json!({"tenant": {"trust_header_without_jwt": true}}),
+        ),
+        ("version 2", doc(json!({"version": 2}))),
+        ("no identity source", json!({"version": 1})),
+        (
+            "header trust off without jwt",
+            doc(json!({"tenant": {"trust_header_without_jwt": false}})),
+        ),
+        ("unknown top-level field", doc(json!({"surprise": 1}))),
+        ("unknown tenant field", doc(json!({"tenant": {"extra": 1}}))),
+        ("unknown store field", doc(json!({"store": {"buckets": 1}}))),
+        (
+            "unknown paths field",
+            doc(json!({"paths": {"merge": true}})),
+        ),
+        ("revision too long", doc(json!({"revision": long}))),
+        (
+            "revision with a control character",
+            doc(json!({"revision": "r\u{1}"})),
+        ),
+        (
+            "revision over 128 bytes",
+            doc(json!({"revision": "é".repeat(65)})),
+        ),
+        (
+            "upper-case tenant header",
+            doc(json!({"tenant": {"header": "X-Tenant"}})),
+        ),
+        ("pseudo-header", doc(json!({"tenant": {"header": ":path"}}))),
+        ("empty header", doc(json!({"correlation": {"header": ""}}))),
+        (
+            "65-byte header",
+            doc(json!({"tenant": {"user_header": "h".repeat(65)}})),
+        ),
+        (
+            "correlation header = default tenant header",
+            doc(json!({"correlation": {"header": "x-tenant-id"}})),
+        ),
+        (
+            "tenant header = default correlation header",
+            doc(json!({"tenant": {"header": "x-correlation-id"}})),
+        ),
+        (
+            "tenant.unknown",
+            doc(json!({"tenant": {"unknown": "maybe"}})),
+        ),
+        (
+            "generator",
+            doc(json!({"correlation": {"generate": "uuidv4"}})),
+        ),
+        (
+            "echo not a boolean",
+            doc(json!({"correlation": {"echo": "yes"}})),
+        ),
+        (
+            "requests 0",
+            doc(json!({"defaults": {"rate_limit": {"requests": 0, "per_seconds": 1}}})),
+        ),
+        (
+            "requests negative",
+            doc(json!({"defaults": {"rate_limit": {"requests": -1, "per_seconds": 1}}})),
+        ),
+        (
+            "requests too large",
+            doc(
+                json!({"defaults": {"rate_limit": {"requests": 1_000_000_001u64, "per_seconds": 1}}}),
+            ),
+        ),
+        (
+            "requests as text",
+            doc(json!({"defaults": {"rate_limit": {"requests": "3", "per_seconds": 1}}})),
+        ),
+        (
+            "requests fractional",
+            doc(json!({"defaults": {"rate_limit": {"requests": 1.5, "per_seconds": 1}}})),
+        ),
+        (
+            "per_seconds over a year",
+            doc(json!({"defaults": {"rate_limit": {"requests": 1, "per_seconds": 31_536_001}}})),
+        ),
+        (
+            "burst 0",
+            doc(json!({"defaults": {"rate_limit": {"requests": 1, "per_seconds": 1, "burst": 0}}})),
+        ),
+        (
+            "per_seconds missing",
+            doc(json!({"defaults": {"rate_limit": {"requests": 1}}})),
+        ),
+        ("mode", doc(json!({"defaults": {"mode": "loud"}}))),
+        (
+            "tenant id with a space",
+            doc(json!({"tenants": {"bad id": {}}})),
+        ),
+        ("tenant id too long", {
+            let mut tenants = serde_json::Map::new();
+            tenants.insert(long.clone(), json!({}));
+            doc(json!({"tenants": tenants}))
+        }),
+        (
+            "tenant id not ASCII",
+            doc(json!({"tenants": {"ümlaut": {}}})),
+        ),
+        ("relative prefix", route("prefix", json!("orders"))),
+        ("prefix with //", route("prefix", json!("/orders//x"))),
+        (
+            "prefix with a dot segment",
+            route("prefix", json!("/./orders")),
+        ),
+        ("prefix ending in ..", route("prefix", json!("/a/.."))),
+        ("prefix ending in .", route("prefix", json!("/a/."))),
+        (
+            "prefix with an encoded unreserved byte",
+            route("prefix", json!("/%6Frders")),
+        ),
+        (
+            "prefix with lower-case hex",
+            route("prefix", json!("/a%2f")),
+        ),
+        ("prefix with a bad escape", route("prefix", json!("/a%zz"))),
+        ("prefix with a query", route("prefix", json!("/a?b"))),
+        ("prefix with a fragment", route("prefix", json!("/a#b"))),
+        ("prefix with a space", route("prefix", json!("/a b"))),
+        ("prefix not ASCII", route("prefix", json!("/é"))),
+        ("lower-case method", route("method", json!("post"))),
+        ("empty method", route("method", json!(""))),
+        ("17-letter method", route("method", json!("M".repeat(17)))),
+        ("route named tenant", route("name", json!("tenant"))),
+        ("route name with a space", route("name", json!("bad name"))),
+        (
+            "route without a limit",
+            doc(json!({"tenants": {"a": {"routes": [{"prefix": "/o"}]}}})),
+        ),
+        (
+            "if_match without methods",
+            doc(json!({"if_match": [{"prefix": "/o", "methods": []}]})),
+        ),
+        (
+            "if_match relative prefix",
+            doc(json!({"if_match": [{"prefix": "o"}]})),
+        ),
+        (
+            "if_match lower-case method",
+            doc(json!({"if_match": [{"prefix": "/o", "methods": ["put"]}]})),
+        ),
+        (
+            "idempotency without methods",
+            idempotency("methods", json!([])),
+        ),
+        (
+            "idempotency lower-case method",
+            idempotency("methods", json!(["post"])),
+        ),
+        ("ttl 0", idempotency("ttl_seconds", json!(0))),
+        (
+            "ttl over 30 days",
+            idempotency("ttl_seconds", json!(2_592_001)),
+        ),
+        ("max_body_bytes 0", idempotency("max_body_bytes", json!(0))),
+        (
+            "max_body_bytes over 16 MiB",
+            idempotency("max_body_bytes", json!(16_777_217)),
+        ),
+        (
+            "in-flight timeout 0",
+            idempotency("in_flight_timeout_seconds", json!(0)),
+        ),
+        (
+            "in-flight timeout over an hour",
+            idempotency("in_flight_timeout_seconds", json!(3601)),
+        ),
+        (
+            "unknown idempotency field",
+            idempotency("retries", json!(1)),
+        ),
+        (
+            "max_cas_retries 0",
+            doc(json!({"store": {"max_cas_retries": 0}})),
+        ),
+        (
+            "max_cas_retries 1001",
+            doc(json!({"store": {"max_cas_retries": 1001}})),
+        ),
+        (
+            "buckets 0",
+            doc(json!({"store": {"idempotency_buckets": 0}})),
+        ),
+        (
+            "buckets 65537",
+            doc(json!({"store": {"idempotency_buckets": 65537}})),
+        ),
+        (
+            "unknown-tenant table of 0 keys",
+            doc(json!({"store": {"unknown_tenant_slots": 0}})),
+        ),
+        (
+            "unknown-tenant table over 2^20 keys",
+            doc(json!({"store": {"unknown_tenant_slots": 1_048_577}})),
+        ),
+        (
+            "tenant share 0",
+            doc(json!({"store": {"idempotency_tenant_share_percent": 0}})),
+        ),
+        (
+            "tenant share 101",
+            doc(json!({"store": {"idempotency_tenant_share_percent": 101}})),
+        ),
+        (
+            "namespace with a slash",
+            doc(json!({"store": {"namespace": "Bad/Zone"}})),
+        ),
+        ("empty namespace", doc(json!({"store": {"namespace": ""}}))),
+        (
+            "namespace too long",
+            doc(json!({"store": {"namespace": "n".repeat(33)}})),
+        ),
+        (
+            "on_exhausted",
+            doc(json!({"store": {"on_exhausted": "maybe"}})),
+        ),
+        (
+            "rate-limit headers",
+            doc(json!({"headers": {"rate_limit": "sometimes"}})),
+        ),
+        (
+            "revision header not a boolean",
+            doc(json!({"headers": {"revision": "yes"}})),
+        ),
+        ("metrics not a boolean", doc(json!({"metrics": "no"}))),
+        (
+            "encoded slashes not a boolean",
+            doc(json!({"paths": {"allow_encoded_slashes": "yes"}})),
+        ),
+        ("no issuers", jwt_with(json!({"issuers": []}))),
+        (
+            "empty iss",
+            jwt(json!({"kty": "oct", "k": HS_KEY})).pipe(|mut d| {
+                d["tenant"]["jwt"]["issuers"][0]["iss"] = json!("");
+                d
+            }),
+        ),
+        (
+            "no audiences",
+            jwt(json!({"kty": "oct", "k": HS_KEY})).pipe(|mut d| {
+                d["tenant"]["jwt"]["issuers"][0]["audiences"] = json!([]);
+                d
+            }),
+        ),
+        (
+            "no keys",
+            jwt(json!({"kty": "oct", "k": HS_KEY})).pipe(|mut d| {
+                d["tenant"]["jwt"]["issuers"][0]["jwks"]["keys"] = json!([]);
+                d
+            }),
+        ),
+        ("key type DSA", jwt(json!({"kty": "DSA", "k": HS_KEY}))),
+        (
+            "private key material",
+            jwt(json!({"kty": "oct", "k": HS_KEY, "d": "secret"})),
+        ),
+        (
+            "use enc",
+            jwt(json!({"kty": "oct", "k": HS_KEY, "use": "enc"})),
+        ),
+        (
+            "key_ops without verify",
+            jwt(json!({"kty": "oct", "k": HS_KEY, "key_ops": ["sign"]})),
+        ),
+        (
+            "empty kid",
+            jwt(json!({"kty": "oct", "k": HS_KEY, "kid": ""})),
+        ),
+        (
+            "HS256 secret under 32 bytes",
+            jwt(json!({"kty": "oct", "k": "c2hvcnQ"})),
+        ),
+        (
+            "secret not base64url",
+            jwt(json!({"kty": "oct", "k": "!".repeat(44)})),
+        ),
+        ("oct key without k", jwt(json!({"kty": "oct"}))),
+        (
+            "oct key with EC members",
+            jwt(json!({"kty": "oct", "k": HS_KEY, "x": EC_X})),
+        ),
+        (
+            "oct key for RS256",
+            jwt(json!({"kty": "oct", "k": HS_KEY, "alg": "RS256"})),
+        ),
+        (
+            "EC curve P-384",
+            jwt(json!({"kty": "EC", "crv": "P-384", "x": EC_X, "y": EC_Y})),
+        ),
+        (
+            "EC key without y",
+            jwt(json!({"kty": "EC", "crv": "P-256", "x": EC_X})),
+        ),
+        (
+            "EC x of 31 bytes",
+            jwt(json!({"kty": "EC", "crv": "P-256", "x": &EC_X[..42], "y": EC_Y})),
+        ),
+        (
+            "OKP curve X25519",
+            jwt(json!({"kty": "OKP", "crv": "X25519", "x": EC_X})),
+        ),
+        (
+            "RSA exponent 3",
+            jwt(json!({"kty": "RSA", "n": "A".repeat(342), "e": "Aw"})),
+        ),
+        (
+            "RSA modulus of 1024 bits",
+            jwt(json!({"kty": "RSA", "n": "q".repeat(171), "e": "AQAB"})),
+        ),
+        (
+            "leeway over an hour",
+            jwt_with(json!({"leeway_seconds": 3601})),
+        ),
+        (
+            "token cache too large",
+            jwt_with(json!({"cache_entries": 65537})),
+        ),
+        ("empty user claim", jwt_with(json!({"user_claim": ""}))),
+        (
+            "user claim over 256 bytes",
+            jwt_with(json!({"user_claim": "c".repeat(257)})),
+        ),
+        ("unknown jwt field", jwt_with(json!({"audience": "api"}))),
+    ]
+}
+
+/// Rules draft 4 cannot express (equality between two fields, uniqueness of a
+/// member across array items, key mathematics) and raw-JSON shapes a Kong
+/// re-encoding never produces. The parser and the sidecar refuse them.
+fn gaps() -> Vec<(&'static str, String)> {
+    let equal_headers =
+        doc(json!({"tenant": {"header": "x-id"}, "correlation": {"header": "x-id"}}));
+    let duplicate_routes = doc(json!({"tenants": {"a": {"routes": [
+        {"prefix": "/a", "name": "x", "rate_limit": limit()},
+        {"prefix": "/b", "name": "x", "rate_limit": limit()}]}}}));
+    let mut duplicate_iss = jwt(json!({"kty": "oct", "k": HS_KEY}));
+    let issuer = duplicate_iss["tenant"]["jwt"]["issuers"][0].clone();
+    duplicate_iss["tenant"]["jwt"]["issuers"] = json!([issuer.clone(), issuer]);
+    let mut duplicate_kid = jwt(json!({"kty": "oct", "kid": "k", "k": HS_KEY}));
+    let key = duplicate_kid["tenant"]["jwt"]["issuers"][0]["jwks"]["keys"][0].clone();
+    duplicate_kid["tenant"]["jwt"]["issuers"][0]["jwks"]["keys"] = json!([key.clone(), key]);
+    let zeros = "A".repeat(43);
+    vec![
+        ("two equal explicit header names", equal_headers.to_string()),
+        ("two routes with one name", duplicate_routes.to_string()),
+        ("one issuer twice", duplicate_iss.to_string()),
+        ("one kid twice", duplicate_kid.to_string()),
+        (
+            "EC point not on the curve",
+            jwt(json!({"kty": "EC", "crv": "P-256", "x": zeros, "y": zeros})).to_string(),
+        ),
+        (
+            "RSA modulus with leading zero bits",
+            jwt(json!({"kty": "RSA", "n": "A".repeat(342), "e": "AQAB"})).to_string(),
+        ),
+        (
+            "a member twice in the raw JSON",
+            r#"{"version":1,"version":1,"tenant":{"trust_header_without_jwt":true}}"#.to_owned(),
+        ),
+    ]
+}
+
+trait Pipe: Sized {
+    fn pipe(self, f: impl FnOnce(Self) -> Self) -> Self {
+        f(self)
+    }
+}
+impl Pipe for Value {}
+
+fn parses(document: &str) -> Result<(), String> {
+    tenant_guard_core::config::parse(document.as_bytes())
+        .map(|_| ())
+        .map_err(|err| err.to_string())
+}
+
+#[test]
+fn kong_schema_is_the_filter_schema() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../kong/tenant_guard.meta.json"
+    );
+    let meta: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let schema: Value = serde_json::from_str(tenant_guard_core::config::CONFIG_SCHEMA).unwrap();
+    assert_eq!(
+        meta["config_schema"], schema,
+        "regenerate kong/*.json (kong/README.md)"
+    );
+}
+
+#[test]
+fn valid_documents_pass_both() {
+    let schema = kong_schema();
+    for document in valid() {
+        let text = document.to_string();
+        assert!(
+            parses(&text).is_ok(),
+            "parser refused {text}: {:?}",
+            parses(&text)
+        );
+        let errors: Vec<String> = schema
+            .iter_errors(&document)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "schema refused {text}: {errors:?}");
+    }
+}
+
+#[test]
+fn every_document_the_parser_refuses_the_schema_refuses() {
+    let kong = kong_schema();
+    let filter = filter_schema();
+    let corpus = invalid();
+    assert!(corpus.len() > 90, "{}", corpus.len());
+    for (what, document) in corpus {
+        let text = document.to_string();
+        assert!(parses(&text).is_err(), "{what}: the parser accepted {text}");
+        assert!(
+            !kong.is_valid(&document),
+            "{what}: Kong's config_schema accepted {text}"
+        );
+        assert!(
+            !filter.is_valid(&document),
+            "{what}: the schema accepted {text}"
+        );
+    }
+}
+
+#[test]
+fn the_gaps_are_exactly_these() {
+    let schema = kong_schema();
+    for (what, text) in gaps() {
+        assert!(parses(&text).is_err(), "{what}: the parser accepts it now");
+        let value: Value = serde_json::from_str(&text).unwrap();
+        assert!(
+            schema.is_valid(&value),
+            "{what}: the schema refuses it now: move it to the invalid corpus"
+        );
+    }
+}
