@@ -7,9 +7,11 @@
 //! benchmark binaries (`src/bin/*`) share.
 
 pub mod artifacts;
+pub mod backend;
 pub mod bench;
 pub mod config;
 pub mod envoy;
+pub mod expect;
 pub mod fault;
 pub mod http;
 pub mod nginx;
@@ -17,6 +19,7 @@ pub mod pg;
 pub mod raw_http;
 pub mod sidecar;
 pub mod tempdir;
+pub mod tokens;
 pub mod upstream;
 pub mod wait;
 

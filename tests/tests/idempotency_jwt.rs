@@ -17,18 +17,16 @@
 //! pass on purpose is the 1 s idempotency TTL in the memory test, and even there
 //! the test polls for the condition (records expired / reclaimed).
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Shutdown, TcpStream};
-use std::sync::{Arc, Barrier, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
 
 use jwt_simple::prelude::*;
-use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Encoder};
 use serde_json::{json, Value};
+use tenant_guard_e2e::backend::{seen, Backend, Route, MARKER};
 use tenant_guard_e2e::config::PluginConfig;
+use tenant_guard_e2e::expect::{assert_problem, assert_upstream};
 use tenant_guard_e2e::http::Response;
-use tenant_guard_e2e::upstream::Acceptor;
+use tenant_guard_e2e::tokens::{acme_claims, b64, claims, now_secs, AUD, ISS};
 use tenant_guard_e2e::wait::{wait_for, wait_until};
 use tenant_guard_e2e::{Conn, Envoy};
 
@@ -36,225 +34,6 @@ const CORRELATION: &str = "x-correlation-id";
 const TENANT: &str = "x-tenant-id";
 const KEY: &str = "idempotency-key";
 const REPLAYED: &str = "idempotent-replayed";
-const PROBLEM_JSON: &str = "application/problem+json";
-const PROBLEM: &str = "urn:tenant-guard:problem:";
-const MARKER: &str = "x-upstream-marker";
-
-// ------------------------------------------------------------------ backend
-
-/// How the backend answers one path.
-#[derive(Debug, Clone)]
-struct Route {
-    status: u16,
-    delay: Duration,
-    /// Pad the JSON body to at least this many bytes.
-    pad_to: usize,
-    /// Read the request, then close the connection without answering.
-    drop: bool,
-}
-
-impl Default for Route {
-    fn default() -> Self {
-        Self {
-            status: 200,
-            delay: Duration::ZERO,
-            pad_to: 0,
-            drop: false,
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct BackendState {
-    routes: HashMap<String, Route>,
-    /// Requests whose headers arrived, per path.
-    started: HashMap<String, u64>,
-    /// Requests read completely (headers and whole body), per path.
-    completed: HashMap<String, u64>,
-    /// Request headers of the last complete request, per path.
-    last_headers: HashMap<String, Vec<(String, String)>>,
-}
-
-#[derive(Debug, Default)]
-struct BackendShared {
-    state: Mutex<BackendState>,
-}
-
-/// The test upstream: counts started and completed requests per path and answers
-/// `{"hit": n, "path", "method", "body_len", "headers": {..}, "pad": ".."}` with
-/// a `x-upstream-marker: <path>#<n>` header (`n` = completed requests on the path).
-#[derive(Debug)]
-struct Backend {
-    shared: Arc<BackendShared>,
-    acceptor: Acceptor,
-}
-
-impl Backend {
-    fn start() -> Self {
-        let shared = Arc::new(BackendShared::default());
-        Self {
-            acceptor: Acceptor::start(Arc::clone(&shared), serve),
-            shared,
-        }
-    }
-
-    fn port(&self) -> u16 {
-        self.acceptor.port()
-    }
-
-    fn route(&self, path: &str, route: Route) {
-        self.lock().routes.insert(path.to_string(), route);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BackendState> {
-        self.shared.state.lock().expect("backend state lock")
-    }
-
-    /// Complete requests (the whole body read) for `path`.
-    fn completed(&self, path: &str) -> u64 {
-        self.lock().completed.get(path).copied().unwrap_or(0)
-    }
-
-    /// Requests whose headers reached the backend for `path` (complete or not).
-    fn started(&self, path: &str) -> u64 {
-        self.lock().started.get(path).copied().unwrap_or(0)
-    }
-
-    /// Complete requests over all paths.
-    fn completed_total(&self) -> u64 {
-        self.lock().completed.values().sum()
-    }
-
-    /// Request headers (one entry per line) of the last complete request to `path`.
-    fn last_headers(&self, path: &str) -> Vec<(String, String)> {
-        self.lock()
-            .last_headers
-            .get(path)
-            .cloned()
-            .unwrap_or_default()
-    }
-}
-
-fn read_line_bytes(reader: &mut impl BufRead) -> std::io::Result<Option<String>> {
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
-        return Ok(None);
-    }
-    Ok(Some(line.trim_end_matches(['\r', '\n']).to_string()))
-}
-
-fn read_body(reader: &mut impl BufRead, headers: &[(String, String)]) -> std::io::Result<Vec<u8>> {
-    let find = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.to_ascii_lowercase())
-    };
-    let mut body = Vec::new();
-    if find("transfer-encoding").is_some_and(|te| te.contains("chunked")) {
-        loop {
-            let size_line = read_line_bytes(reader)?.ok_or(std::io::ErrorKind::UnexpectedEof)?;
-            let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
-                .map_err(|_| std::io::Error::other("bad chunk size"))?;
-            if size == 0 {
-                while !read_line_bytes(reader)?
-                    .ok_or(std::io::ErrorKind::UnexpectedEof)?
-                    .is_empty()
-                {}
-                return Ok(body);
-            }
-            let start = body.len();
-            body.resize(start + size, 0);
-            reader.read_exact(&mut body[start..])?;
-            read_line_bytes(reader)?;
-        }
-    }
-    let len = find("content-length")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(0);
-    body.resize(len, 0);
-    reader.read_exact(&mut body)?;
-    Ok(body)
-}
-
-fn serve(stream: TcpStream, shared: &BackendShared) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    loop {
-        let Some(request_line) = read_line_bytes(&mut reader)? else {
-            return Ok(());
-        };
-        if request_line.is_empty() {
-            continue;
-        }
-        let mut parts = request_line.split(' ');
-        let method = parts.next().unwrap_or_default().to_string();
-        let target = parts.next().unwrap_or_default().to_string();
-        let path = target.split('?').next().unwrap_or_default().to_string();
-        let mut header_list: Vec<(String, String)> = Vec::new();
-        loop {
-            let Some(line) = read_line_bytes(&mut reader)? else {
-                return Ok(());
-            };
-            if line.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':') {
-                header_list.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-            }
-        }
-        let route = {
-            let mut state = shared.state.lock().expect("backend state lock");
-            *state.started.entry(path.clone()).or_default() += 1;
-            state.routes.get(&path).cloned().unwrap_or_default()
-        };
-        // A reset before the body is complete ends here: not counted as completed.
-        let body = read_body(&mut reader, &header_list)?;
-        let hit = {
-            let mut state = shared.state.lock().expect("backend state lock");
-            let hit = {
-                let counter = state.completed.entry(path.clone()).or_default();
-                *counter += 1;
-                *counter
-            };
-            state.last_headers.insert(path.clone(), header_list.clone());
-            hit
-        };
-        if !route.delay.is_zero() {
-            std::thread::sleep(route.delay);
-        }
-        if route.drop {
-            let _ = writer.shutdown(Shutdown::Both);
-            return Ok(());
-        }
-        let mut headers = serde_json::Map::new();
-        for (name, value) in &header_list {
-            headers.insert(name.clone(), Value::String(value.clone()));
-        }
-        let mut response = json!({
-            "hit": hit,
-            "path": target,
-            "method": method,
-            "body_len": body.len(),
-            "headers": headers,
-            "pad": "",
-        });
-        let len = response.to_string().len();
-        if route.pad_to > len {
-            response["pad"] = Value::String("p".repeat(route.pad_to - len));
-        }
-        let response_body = response.to_string();
-        let mut message = format!(
-            "HTTP/1.1 {} Backend\r\ncontent-type: application/json\r\n{MARKER}: {path}#{hit}\r\ncontent-length: {}\r\n\r\n",
-            route.status,
-            response_body.len()
-        );
-        message.push_str(&response_body);
-        writer.write_all(message.as_bytes())?;
-        writer.flush()?;
-    }
-}
 
 // ------------------------------------------------------------------ helpers
 
@@ -294,69 +73,6 @@ fn post(envoy: &Envoy, path: &str, tenant: &str, idempotency_key: &str, body: &[
         &[(TENANT, tenant), (KEY, idempotency_key)],
         body,
     )
-}
-
-/// Asserts an RFC 9457 problem response of `status` and `slug`; returns its body.
-fn assert_problem(response: &Response, status: u16, slug: &str) -> Value {
-    assert_eq!(
-        response.status,
-        status,
-        "expected {status} {slug}; headers {:?} body {}",
-        response.headers,
-        response.text()
-    );
-    let content_type = response.header_once("content-type");
-    assert!(
-        content_type.starts_with(PROBLEM_JSON),
-        "content-type {content_type:?} for {slug}"
-    );
-    let body = response.json();
-    assert_eq!(
-        body["type"],
-        format!("{PROBLEM}{slug}"),
-        "problem body {body}"
-    );
-    assert_eq!(body["status"], status, "problem body {body}");
-    let echoed = response.header_once(CORRELATION);
-    assert_eq!(body["correlation_id"], echoed, "problem body {body}");
-    assert!(
-        response.header(REPLAYED).is_none(),
-        "a problem must not be marked replayed: {response:?}"
-    );
-    body
-}
-
-/// Asserts a fresh (not replayed) upstream answer; returns its JSON body.
-fn assert_upstream(response: &Response, path: &str) -> Value {
-    assert_eq!(
-        response.status,
-        200,
-        "expected an upstream 200 for {path}; headers {:?} body {}",
-        response.headers,
-        response.text()
-    );
-    assert!(
-        response.header(REPLAYED).is_none(),
-        "a fresh upstream answer must not be marked replayed: {:?}",
-        response.headers
-    );
-    assert!(
-        response
-            .header_once(MARKER)
-            .starts_with(&format!("{path}#")),
-        "marker {:?}",
-        response.header(MARKER)
-    );
-    response.json()
-}
-
-/// Request header values the backend received (one per header line).
-fn seen(headers: &[(String, String)], name: &str) -> Vec<String> {
-    headers
-        .iter()
-        .filter(|(n, _)| n == name)
-        .map(|(_, v)| v.clone())
-        .collect()
 }
 
 fn custom_metric(envoy: &Envoy, name: &str) -> u64 {
@@ -785,13 +501,7 @@ fn missing_malformed_oversized_and_unreplayable_are_rejected() {
 
 // ------------------------------------------------------------------ 6. JWT
 
-const ISS: &str = "https://idp.tenant-guard.test/";
-const AUD: &str = "orders-api";
 const HS_SECRET: &[u8] = b"tenant-guard-e2e-hs256-secret-0123456789";
-
-fn b64(bytes: &[u8]) -> String {
-    Base64UrlSafeNoPadding::encode_to_string(bytes).expect("base64url")
-}
 
 struct SigningKeys {
     rsa: RS256KeyPair,
@@ -849,33 +559,6 @@ fn jwt_config(keys: &SigningKeys, cache_entries: u64) -> Value {
         }
     });
     config
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
-/// Claims valid now for ISS/AUD, tenant `acme`, org `acme-eu`, subject `sub`.
-fn claims(sub: Option<&str>, custom: Value) -> JWTClaims<Value> {
-    let now = now_secs();
-    JWTClaims {
-        issued_at: Some(UnixTimeStamp::from_secs(now - 5)),
-        expires_at: Some(UnixTimeStamp::from_secs(now + 600)),
-        invalid_before: Some(UnixTimeStamp::from_secs(now - 5)),
-        issuer: Some(ISS.to_string()),
-        subject: sub.map(str::to_string),
-        audiences: Some(Audiences::AsString(AUD.to_string())),
-        jwt_id: None,
-        nonce: None,
-        custom,
-    }
-}
-
-fn acme_claims(sub: &str) -> JWTClaims<Value> {
-    claims(Some(sub), json!({"tenant_id": "acme", "org": "acme-eu"}))
 }
 
 fn encode_json(value: &Value) -> String {

@@ -8,20 +8,19 @@
 //! until the test releases them, so "in flight" is a state the test waits for,
 //! not a race it hopes to win.
 
-use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{mpsc, Arc, Barrier, Condvar, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{mpsc, Arc, Barrier};
+use std::time::Duration;
 
 use jwt_simple::prelude::*;
-use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Encoder};
 use serde_json::{json, Value};
+use tenant_guard_e2e::backend::{seen, Backend, MARKER};
 use tenant_guard_e2e::config::PluginConfig;
+use tenant_guard_e2e::expect::{assert_problem, assert_upstream};
 use tenant_guard_e2e::http::Response;
 use tenant_guard_e2e::nginx::{nginx_or_skip, Nginx, Server};
-use tenant_guard_e2e::upstream::Acceptor;
+use tenant_guard_e2e::tokens::{acme_claims, b64, now_secs, AUD, ISS};
 use tenant_guard_e2e::wait::wait_until;
 use tenant_guard_e2e::Conn;
 
@@ -30,152 +29,7 @@ const CORRELATION: &str = "x-correlation-id";
 const TENANT: &str = "x-tenant-id";
 const KEY: &str = "idempotency-key";
 const REPLAYED: &str = "idempotent-replayed";
-const MARKER: &str = "x-upstream-marker";
 const WORKER: &str = "x-nginx-worker";
-const PROBLEM: &str = "urn:tenant-guard:problem:";
-/// How long a held backend request waits for its release at most.
-const HOLD_LIMIT: Duration = Duration::from_secs(30);
-
-// ------------------------------------------------------------------ backend
-
-#[derive(Debug, Default)]
-struct BackendState {
-    /// Requests read completely, per path.
-    completed: HashMap<String, u64>,
-    /// Headers of the last complete request, per path.
-    last_headers: HashMap<String, Vec<(String, String)>>,
-    /// Paths whose requests wait for [`Backend::release`] before answering.
-    held: HashSet<String>,
-}
-
-#[derive(Debug, Default)]
-struct BackendShared {
-    state: Mutex<BackendState>,
-    released: Condvar,
-}
-
-/// Answers `{"hit": n, "path", "method", "body_len", "headers"}` with
-/// `x-upstream-marker: <path>#<n>` (`n` = complete requests on the path).
-#[derive(Debug)]
-struct Backend {
-    shared: Arc<BackendShared>,
-    acceptor: Acceptor,
-}
-
-impl Backend {
-    fn start() -> Self {
-        let shared = Arc::new(BackendShared::default());
-        Self {
-            acceptor: Acceptor::start(Arc::clone(&shared), serve),
-            shared,
-        }
-    }
-
-    fn port(&self) -> u16 {
-        self.acceptor.port()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BackendState> {
-        self.shared.state.lock().expect("backend state lock")
-    }
-
-    fn completed(&self, path: &str) -> u64 {
-        self.lock().completed.get(path).copied().unwrap_or(0)
-    }
-
-    fn completed_total(&self) -> u64 {
-        self.lock().completed.values().sum()
-    }
-
-    fn last_headers(&self, path: &str) -> Vec<(String, String)> {
-        self.lock()
-            .last_headers
-            .get(path)
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    fn hold(&self, path: &str) {
-        self.lock().held.insert(path.to_string());
-    }
-
-    fn release(&self, path: &str) {
-        self.lock().held.remove(path);
-        self.shared.released.notify_all();
-    }
-}
-
-fn read_line(reader: &mut impl BufRead) -> std::io::Result<Option<String>> {
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
-        return Ok(None);
-    }
-    Ok(Some(line.trim_end_matches(['\r', '\n']).to_string()))
-}
-
-fn serve(stream: TcpStream, shared: &BackendShared) -> std::io::Result<()> {
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    loop {
-        let Some(request_line) = read_line(&mut reader)? else {
-            return Ok(());
-        };
-        if request_line.is_empty() {
-            continue;
-        }
-        let mut parts = request_line.split(' ');
-        let method = parts.next().unwrap_or_default().to_string();
-        let target = parts.next().unwrap_or_default().to_string();
-        let path = target.split('?').next().unwrap_or_default().to_string();
-        let mut headers: Vec<(String, String)> = Vec::new();
-        loop {
-            let Some(line) = read_line(&mut reader)? else {
-                return Ok(());
-            };
-            if line.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':') {
-                headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-            }
-        }
-        // nginx buffers request bodies and sends them with a content-length.
-        let len = headers
-            .iter()
-            .find(|(n, _)| n == "content-length")
-            .and_then(|(_, v)| v.parse::<usize>().ok())
-            .unwrap_or(0);
-        let mut body = vec![0; len];
-        reader.read_exact(&mut body)?;
-        let hit = {
-            let mut state = shared.state.lock().expect("backend state lock");
-            let counter = state.completed.entry(path.clone()).or_default();
-            *counter += 1;
-            let hit = *counter;
-            state.last_headers.insert(path.clone(), headers.clone());
-            let (_state, _timeout) = shared
-                .released
-                .wait_timeout_while(state, HOLD_LIMIT, |s| s.held.contains(&path))
-                .expect("backend state lock");
-            hit
-        };
-        let echoed: serde_json::Map<String, Value> = headers
-            .iter()
-            .map(|(n, v)| (n.clone(), Value::String(v.clone())))
-            .collect();
-        let response = json!({
-            "hit": hit, "path": target, "method": method,
-            "body_len": body.len(), "headers": echoed,
-        })
-        .to_string();
-        let message = format!(
-            "HTTP/1.1 200 Backend\r\ncontent-type: application/json\r\n{MARKER}: {path}#{hit}\r\ncontent-length: {}\r\n\r\n{response}",
-            response.len()
-        );
-        writer.write_all(message.as_bytes())?;
-        writer.flush()?;
-    }
-}
 
 // ------------------------------------------------------------------ helpers
 
@@ -218,55 +72,6 @@ fn is_uuidv7(s: &str) -> bool {
         })
         && b[14] == b'7'
         && matches!(b[19], b'8' | b'9' | b'a' | b'b')
-}
-
-fn seen(headers: &[(String, String)], name: &str) -> Vec<String> {
-    headers
-        .iter()
-        .filter(|(n, _)| n == name)
-        .map(|(_, v)| v.clone())
-        .collect()
-}
-
-/// Asserts a fresh upstream answer for `path`; returns its JSON body.
-fn assert_upstream(response: &Response, path: &str) -> Value {
-    assert_eq!(
-        response.status, 200,
-        "expected upstream 200 for {path}: {response:?}"
-    );
-    assert!(response.header(REPLAYED).is_none(), "{response:?}");
-    assert!(
-        response
-            .header_once(MARKER)
-            .starts_with(&format!("{path}#")),
-        "{response:?}"
-    );
-    response.json()
-}
-
-/// Asserts an RFC 9457 problem (`application/problem+json`, type, status,
-/// correlation id equal to the echoed header); returns its body. The engine
-/// appends `\n` to local-response bodies: still one JSON document.
-fn assert_problem(response: &Response, status: u16, slug: &str) -> Value {
-    assert_eq!(
-        response.status, status,
-        "expected {status} {slug}: {response:?}"
-    );
-    let content_type = response.header_once("content-type");
-    assert!(
-        content_type.starts_with("application/problem+json"),
-        "content-type {content_type:?} for {slug}"
-    );
-    let body = response.json();
-    assert_eq!(body["type"], format!("{PROBLEM}{slug}"), "{body}");
-    assert_eq!(body["status"], status, "{body}");
-    assert_eq!(
-        body["correlation_id"],
-        response.header_once(CORRELATION),
-        "{body}"
-    );
-    assert!(response.header(REPLAYED).is_none(), "{response:?}");
-    body
 }
 
 /// `(remaining, reset)` from the RateLimit header, asserting RateLimit and
@@ -653,35 +458,6 @@ fn fifty_concurrent_same_key_posts_make_exactly_one_upstream_call() {
 }
 
 // ------------------------------------------------------------------ JWT, If-Match
-
-const ISS: &str = "https://idp.tenant-guard.test/";
-const AUD: &str = "orders-api";
-
-fn b64(bytes: &[u8]) -> String {
-    Base64UrlSafeNoPadding::encode_to_string(bytes).expect("base64url")
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
-fn acme_claims(sub: &str) -> JWTClaims<Value> {
-    let now = now_secs();
-    JWTClaims {
-        issued_at: Some(UnixTimeStamp::from_secs(now - 5)),
-        expires_at: Some(UnixTimeStamp::from_secs(now + 600)),
-        invalid_before: Some(UnixTimeStamp::from_secs(now - 5)),
-        issuer: Some(ISS.to_string()),
-        subject: Some(sub.to_string()),
-        audiences: Some(Audiences::AsString(AUD.to_string())),
-        jwt_id: None,
-        nonce: None,
-        custom: json!({"tenant_id": "acme", "org": "acme-eu"}),
-    }
-}
 
 #[test]
 fn jwt_es256_is_accepted_and_forged_or_expired_tokens_are_rejected() {

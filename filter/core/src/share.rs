@@ -154,21 +154,7 @@ pub fn release(
     expiry: u64,
     max_cas_retries: u32,
 ) -> Result<(), StoreError> {
-    let key = ledger_key(tenant);
-    for _ in 0..max_cas_retries {
-        let Some(located) = store::locate(store, &key)? else {
-            return Ok(());
-        };
-        if located.payload().is_none() {
-            return Ok(());
-        }
-        let mut ledger = Ledger::decode(located.payload());
-        ledger.take(expiry);
-        if located.write(store, &ledger.encode())? == CasOutcome::Written {
-            return Ok(());
-        }
-    }
-    Ok(())
+    amend(store, tenant, max_cas_retries, |ledger| ledger.take(expiry))
 }
 
 /// Moves a unit reserved with `from` to `to` (a completed record's real expiry),
@@ -180,6 +166,21 @@ pub fn retime(
     to: u64,
     max_cas_retries: u32,
 ) -> Result<(), StoreError> {
+    amend(store, tenant, max_cas_retries, |ledger| {
+        ledger.take(from);
+        ledger.add(to);
+    })
+}
+
+/// Applies `change` to the tenant's existing ledger with compare-and-swap; a
+/// missing or empty ledger has nothing to give back, and losing every retry
+/// leaves the unit to lapse at its expiry.
+fn amend(
+    store: &dyn SharedStore,
+    tenant: &[u8; 8],
+    max_cas_retries: u32,
+    change: impl Fn(&mut Ledger),
+) -> Result<(), StoreError> {
     let key = ledger_key(tenant);
     for _ in 0..max_cas_retries {
         let Some(located) = store::locate(store, &key)? else {
@@ -189,8 +190,7 @@ pub fn retime(
             return Ok(());
         }
         let mut ledger = Ledger::decode(located.payload());
-        ledger.take(from);
-        ledger.add(to);
+        change(&mut ledger);
         if located.write(store, &ledger.encode())? == CasOutcome::Written {
             return Ok(());
         }
