@@ -24,6 +24,10 @@ use tenant_guard_core::idempotency::{Claim, KEY_HEADER};
 const RECLAIM_BUCKETS_PER_TICK: u32 = 64;
 /// How often each worker flushes its counters and sweeps idempotency records.
 const TICK: Duration = Duration::from_secs(1);
+/// Set at compile time (`TENANT_GUARD_BUILD_ID=… cargo build …`) to tell builds
+/// apart on the wire: every response then carries it in [`BUILD_HEADER`].
+const BUILD_ID: Option<&str> = option_env!("TENANT_GUARD_BUILD_ID");
+const BUILD_HEADER: &str = "x-tenant-guard-build";
 
 use host::{HostStore, Metrics};
 
@@ -400,6 +404,9 @@ impl HttpContext for Request {
         }
         for (name, value) in &self.response_headers {
             host::set_response_header(name, value);
+        }
+        if let Some(build) = BUILD_ID {
+            host::set_response_header(BUILD_HEADER, build);
         }
         if let Some(state) = self.idempotent.as_mut() {
             if state.claim.is_some() && !state.settled && state.capture.is_none() {
