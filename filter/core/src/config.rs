@@ -334,6 +334,10 @@ pub struct LimitPolicy {
     pub policy_header: String,
 }
 
+/// A tenant's route limit (by index) or its tenant-wide limit (`None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitRef(Option<usize>);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompiledRoute {
     pub prefix: String,
@@ -374,6 +378,15 @@ pub struct CompiledConfig {
 }
 
 impl CompiledConfig {
+    /// The log line for an accepted document.
+    pub fn accepted_message(&self) -> String {
+        format!(
+            "configuration accepted (revision `{}`, {} tenants)",
+            self.revision,
+            self.tenants.len()
+        )
+    }
+
     /// The settings for a tenant, `None` when it is unknown and unknown tenants are rejected.
     pub fn tenant_settings(&self, tenant: &str) -> Option<&CompiledTenant> {
         match self.tenants.get(tenant) {
@@ -403,15 +416,35 @@ impl CompiledConfig {
 impl CompiledTenant {
     /// The one limit that applies to this request: first matching route, else tenant-wide.
     pub fn policy_for(&self, method: &str, path: &str) -> Option<&LimitPolicy> {
-        self.routes
-            .iter()
-            .find(|route| {
-                path.starts_with(route.prefix.as_str())
-                    && route.method.as_deref().is_none_or(|m| m == method)
-            })
-            .map(|route| &route.policy)
-            .or(self.tenant_wide.as_ref())
+        self.limit_for(method, path)
+            .and_then(|limit| self.limit(limit))
     }
+
+    /// Which limit applies, as a handle that outlives the borrow of the config
+    /// (a request keeps it across a store call that answers later).
+    pub fn limit_for(&self, method: &str, path: &str) -> Option<LimitRef> {
+        let route = self.routes.iter().position(|route| {
+            path.starts_with(route.prefix.as_str())
+                && route.method.as_deref().is_none_or(|m| m == method)
+        });
+        match route {
+            Some(index) => Some(LimitRef(Some(index))),
+            None => self.tenant_wide.as_ref().map(|_| LimitRef(None)),
+        }
+    }
+
+    /// The limit a [`LimitRef`] from [`Self::limit_for`] names.
+    pub fn limit(&self, limit: LimitRef) -> Option<&LimitPolicy> {
+        match limit.0 {
+            Some(index) => self.routes.get(index).map(|route| &route.policy),
+            None => self.tenant_wide.as_ref(),
+        }
+    }
+}
+
+/// The log line for a rejected document (the previous configuration keeps serving).
+pub fn rejected_message(err: &ConfigError) -> String {
+    format!("rejected configuration, keeping the previous one: {err}")
 }
 
 /// Parse, validate and compile a configuration document.

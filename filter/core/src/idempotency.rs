@@ -768,7 +768,17 @@ pub fn seal(
     claim: &Claim,
     body: &[u8],
 ) -> Result<bool, IdempotencyError> {
-    let sealed = body_hash(body);
+    seal_hash(store, params, claim, body_hash(body))
+}
+
+/// [`seal`] with the body's hash computed already (a store operation carries
+/// the hash, not the body).
+pub fn seal_hash(
+    store: &dyn SharedStore,
+    params: &StoreParams,
+    claim: &Claim,
+    sealed: [u8; 8],
+) -> Result<bool, IdempotencyError> {
     update_claim(store, params, claim, |entry| {
         let mut fingerprint = Fingerprint::from_bytes(entry.fingerprint);
         fingerprint.body = Some(sealed);

@@ -6,15 +6,20 @@
 pub mod config;
 pub mod correlation;
 pub mod engine;
+pub mod exchange;
 pub mod headers;
 pub mod idempotency;
 pub mod jwt;
+pub mod maintenance;
 pub mod path;
 pub mod problem;
 pub mod ratelimit;
 pub mod share;
 pub mod store;
+pub mod store_ops;
 
+#[cfg(test)]
+mod exchange_tests;
 #[cfg(test)]
 mod hostile_tests;
 #[cfg(test)]

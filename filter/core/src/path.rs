@@ -177,6 +177,8 @@ fn remove_dot_segments(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn norm(raw: &str) -> Result<String, PathError> {
         normalize(raw.as_bytes(), false).map(|p| p.with_query())

@@ -794,7 +794,9 @@ fn idempotent_setup() -> (config::CompiledConfig, MemoryStore) {
     (parsed(IDEMPOTENT), new_store())
 }
 
-/// Runs one idempotent request through the engine like the host glue does.
+/// Runs one idempotent request through the engine's steps one by one, each
+/// against a store that answers at once (`crate::exchange_tests` drives the
+/// same through the lifecycle state machine).
 #[derive(Clone, Copy)]
 struct Exchange<'a> {
     config: &'a config::CompiledConfig,

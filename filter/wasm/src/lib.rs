@@ -1,12 +1,13 @@
-//! The proxy-wasm glue: the only code that talks to the host. It reads what
-//! `tenant_guard_core::engine` needs from the request, applies the decision,
-//! and maps host failures to defined outcomes. Every host call goes through
-//! `proxy_wasm::hostcalls` functions that return `Result`; nothing here unwraps.
+//! The proxy-wasm glue: the only code that talks to the host, and a
+//! translation table. Host events become calls on the core's
+//! [`Exchange`] (per request) and [`Maintenance`] (per plugin instance); their
+//! effects become host calls; store calls are answered by the VM's shared data.
+//! Every host call goes through `proxy_wasm::hostcalls` functions that return
+//! `Result` (`host.rs`); nothing here unwraps and nothing here decides.
 
 #[cfg(feature = "fault-injection")]
 mod fault;
 mod host;
-mod store_watch;
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -14,16 +15,14 @@ use std::time::Duration;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use tenant_guard_core::config::{self, CompiledConfig};
-use tenant_guard_core::engine::{
-    self, Decision, Forward, Headers, IdempotencyStep, LocalReply, Outcome, PendingIdempotency,
-    RequestView, ResponseCapture,
-};
-use tenant_guard_core::idempotency::{Claim, KEY_HEADER};
+use tenant_guard_core::engine::{HostInputs, RequestView};
+use tenant_guard_core::exchange::{self, Effect, Exchange, Next, Output};
+use tenant_guard_core::idempotency::KEY_HEADER;
+use tenant_guard_core::maintenance::{self, Maintenance};
+use tenant_guard_core::store_ops;
 
-/// Idempotency buckets each worker's tick sweeps for expired records.
-const RECLAIM_BUCKETS_PER_TICK: u32 = 64;
 /// How often each worker flushes its counters and sweeps idempotency records.
-const TICK: Duration = Duration::from_secs(1);
+const TICK: Duration = Duration::from_secs(maintenance::TICK_SECONDS);
 /// Set at compile time (`TENANT_GUARD_BUILD_ID=… cargo build …`) to tell builds
 /// apart on the wire: every response then carries it in [`BUILD_HEADER`].
 const BUILD_ID: Option<&str> = option_env!("TENANT_GUARD_BUILD_ID");
@@ -46,28 +45,35 @@ fn host_store(config: &CompiledConfig) -> HostStore<'_> {
     }
 }
 
+/// The store of a plugin instance, whatever its configuration (or none yet).
+fn instance_store(config: Option<&CompiledConfig>) -> HostStore<'_> {
+    HostStore {
+        namespace: config.and_then(|config| config.store.namespace.as_deref()),
+    }
+}
+
 /// One plugin instance: holds the config that `on_configure` accepted last.
 #[derive(Default)]
 struct Root {
     config: Option<Rc<CompiledConfig>>,
     metrics: Rc<Metrics>,
-    reclaim_cursor: u32,
-    store_watch: store_watch::StoreWatch,
+    maintenance: Maintenance,
 }
 
 impl Root {
-    /// Ticks only when there is something to flush or sweep.
     fn schedule_tick(&self) {
-        let sweeps = self
-            .config
-            .as_ref()
-            .is_some_and(|config| config.uses_idempotency());
-        let period = if sweeps || self.metrics.enabled() || self.store_watch.wants_tick() {
-            TICK
-        } else {
-            Duration::ZERO
-        };
-        host::set_tick_period(period);
+        let ticks = self.maintenance.wants_tick(
+            self.config.as_deref(),
+            self.metrics.enabled(),
+            &instance_store(self.config.as_deref()),
+        );
+        host::set_tick_period(if ticks { TICK } else { Duration::ZERO });
+    }
+
+    fn log_all(logs: Vec<maintenance::LogLine>) {
+        for (level, message) in logs {
+            host::log(log_level(level), &message);
+        }
     }
 }
 
@@ -92,26 +98,22 @@ impl RootContext for Root {
             Ok(compiled) => {
                 self.metrics.flush();
                 self.metrics = Rc::new(Metrics::define(compiled.metrics));
-                host::log(
-                    LogLevel::Info,
-                    &format!(
-                        "configuration accepted (revision `{}`, {} tenants)",
-                        compiled.revision,
-                        compiled.tenants.len()
-                    ),
-                );
-                self.store_watch.configured(&compiled);
+                host::log(LogLevel::Info, &compiled.accepted_message());
                 self.config = Some(Rc::new(compiled));
+                let config = self.config.clone();
+                if self.maintenance.needs_probe() {
+                    let store = instance_store(config.as_deref());
+                    let probe = host::probe_store(store.namespace);
+                    let logs = self.maintenance.probed(probe, &store, host::now_unix_ns());
+                    Self::log_all(logs);
+                }
                 self.schedule_tick();
                 true
             }
             Err(err) => {
                 self.metrics.flush();
                 self.metrics = Rc::new(Metrics::define(config::metrics_requested(&bytes)));
-                host::log(
-                    LogLevel::Error,
-                    &format!("rejected configuration, keeping the previous one: {err}"),
-                );
+                host::log(LogLevel::Error, &config::rejected_message(&err));
                 self.metrics.count_config_rejected();
                 self.schedule_tick();
                 false
@@ -119,26 +121,23 @@ impl RootContext for Root {
         }
     }
 
-    /// Ticks fire on every worker: reclaiming is idempotent, so each sweeps its own cursor.
     fn on_tick(&mut self) {
-        self.store_watch.tick(self.config.as_deref(), &self.metrics);
-        self.metrics.flush();
-        let Some(config) = self.config.as_ref().filter(|c| c.uses_idempotency()) else {
-            return;
-        };
-        let buckets = config.store.idempotency_buckets;
-        let start = self.reclaim_cursor % buckets;
-        let end = start.saturating_add(RECLAIM_BUCKETS_PER_TICK).min(buckets);
-        self.reclaim_cursor = if end >= buckets { 0 } else { end };
-        let store = host_store(config);
-        match engine::reclaim_idempotency(start..end, host::now_unix_ns(), &store) {
-            Ok(0) => {}
-            Ok(count) => self.metrics.count_reclaimed(count),
-            Err(message) => host::log(
-                LogLevel::Warn,
-                &format!("idempotency reclaim failed: {message}"),
-            ),
+        let config = self.config.clone();
+        let report = self.maintenance.tick(
+            config.as_deref(),
+            &instance_store(config.as_deref()),
+            host::now_unix_ns(),
+        );
+        let evicted = host::take_evictions();
+        if evicted > 0 {
+            self.metrics.count_evicted(evicted);
         }
+        let sizing = self.maintenance.evictions(config.as_deref(), evicted);
+        Self::log_all(report.logs.into_iter().chain(sizing).collect());
+        if report.reclaimed > 0 {
+            self.metrics.count_reclaimed(report.reclaimed);
+        }
+        self.metrics.flush();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -146,8 +145,7 @@ impl RootContext for Root {
         Some(Box::new(Request {
             config,
             metrics: Rc::clone(&self.metrics),
-            response_headers: Vec::new(),
-            idempotent: None,
+            exchange: Exchange::new(),
             #[cfg(feature = "fault-injection")]
             panic_in_response: false,
         }))
@@ -158,109 +156,77 @@ impl RootContext for Root {
     }
 }
 
-/// One HTTP request/response exchange.
+/// One HTTP request/response exchange: the host's events in, the core's
+/// [`Exchange`] decides, its effects carried out here.
 struct Request {
     config: Rc<CompiledConfig>,
     metrics: Rc<Metrics>,
-    /// Set on the response, local replies included (replace, so never duplicated).
-    response_headers: Headers,
-    idempotent: Option<Idempotent>,
+    exchange: Exchange,
     #[cfg(feature = "fault-injection")]
     panic_in_response: bool,
 }
 
-/// Where an idempotent request is in its life.
-struct Idempotent {
-    pending: PendingIdempotency,
-    forward: Forward,
-    method: Vec<u8>,
-    path: Vec<u8>,
-    claim: Option<Claim>,
-    /// The request body is being buffered: to seal the claim's fingerprint, or
-    /// (no claim) to decide between replay and 422.
-    reading_body: bool,
-    capture: Option<ResponseCapture>,
-    /// Recorded or released: nothing left to do at the end of the stream.
-    settled: bool,
+impl Request {
+    /// Carries out `output` and every step it leads to; returns what the host
+    /// callback answers. Store calls are answered at once by shared data.
+    fn drive(
+        &mut self,
+        mut output: Output,
+        end_of_stream: bool,
+        mut inputs: Option<HostInputs>,
+    ) -> Action {
+        let config = Rc::clone(&self.config);
+        loop {
+            for effect in output.effects {
+                self.apply(effect);
+            }
+            output = match output.next {
+                Next::Continue => return Action::Continue,
+                Next::Pause => return Action::Pause,
+                Next::Store(call) => {
+                    let answer = store_ops::execute_local(&config, &host_store(&config), call.op);
+                    let inputs = *inputs.get_or_insert_with(host::inputs);
+                    self.exchange
+                        .on_store_answer(&config, call.token, answer, &inputs)
+                }
+                Next::ReadRequestBody(size) => {
+                    let inputs = *inputs.get_or_insert_with(host::inputs);
+                    let body = host::request_body(size);
+                    self.exchange.on_request_body_read(&config, &body, &inputs)
+                }
+                Next::ReadResponseHead => self.exchange.on_response_head_read(
+                    &config,
+                    host::response_status(),
+                    host::response_headers(),
+                    end_of_stream,
+                    host::now_unix_ns(),
+                ),
+                Next::ReadResponseBody(size) => self.exchange.on_response_body_read(
+                    &host::response_body(size),
+                    end_of_stream,
+                    host::now_unix_ns(),
+                ),
+            };
+        }
+    }
+
+    fn apply(&self, effect: Effect) {
+        match effect {
+            Effect::SetRequestHeader(name, value) => host::set_request_header(&name, &value),
+            Effect::RemoveRequestHeader(name) => host::remove_request_header(&name),
+            Effect::SetResponseHeader(name, value) => host::set_response_header(&name, &value),
+            Effect::Reply(reply) => host::send_local_reply(&reply),
+            Effect::Count(outcome) => self.metrics.count(outcome),
+            Effect::Log(level, message) => host::log(log_level(level), &message),
+        }
+    }
 }
 
-impl Request {
-    fn reply_locally(&mut self, reply: &LocalReply) -> Action {
-        // Kong runs response hooks on local replies: keep only what is safe to set twice.
-        self.response_headers = reply
-            .headers
-            .iter()
-            .filter(|(name, _)| name != "content-type" && name != "content-length")
-            .cloned()
-            .collect();
-        host::send_local_reply(reply);
-        Action::Pause
-    }
-
-    /// Claims the key or answers from the record; `body` is `None` while it is still to come.
-    ///
-    /// Request headers always continue when a body follows: proxy-wasm hosts turn a
-    /// pause in request headers into "stop all iteration", which would withhold the
-    /// body from this filter too. New keys are therefore claimed from the headers,
-    /// so concurrent duplicates are refused before they reach upstream.
-    fn begin_idempotent(&mut self, body: Option<&[u8]>) -> Action {
-        let Some(state) = self.idempotent.as_mut() else {
-            return Action::Continue;
-        };
-        let request = RequestView {
-            method: &state.method,
-            path: &state.path,
-            ..RequestView::default()
-        };
-        let step = engine::begin_idempotent(
-            &self.config,
-            &state.pending,
-            &request,
-            body,
-            &state.forward,
-            &host::inputs(),
-            &host_store(&self.config),
-        );
-        match step {
-            IdempotencyStep::Proceed(claim) => {
-                state.claim = Some(claim);
-                state.reading_body = body.is_none();
-                Action::Continue
-            }
-            IdempotencyStep::AwaitBody => {
-                state.reading_body = true;
-                Action::Continue
-            }
-            IdempotencyStep::Reply(reply, outcome) => {
-                state.settled = true;
-                self.metrics.count(outcome);
-                self.reply_locally(&reply)
-            }
-        }
-    }
-
-    /// Records (or, on upstream failure, releases) the claim once.
-    fn finish_idempotent(&mut self) {
-        let Some(state) = self.idempotent.as_mut() else {
-            return;
-        };
-        if state.settled {
-            return;
-        }
-        let (Some(claim), Some(capture)) = (state.claim, state.capture.take()) else {
-            return;
-        };
-        state.settled = true;
-        if let Err(message) = engine::finish_idempotent(
-            &self.config,
-            &state.pending,
-            &claim,
-            capture,
-            host::now_unix_ns(),
-            &host_store(&self.config),
-        ) {
-            host::log(LogLevel::Warn, &message);
-        }
+fn log_level(level: exchange::LogLevel) -> LogLevel {
+    match level {
+        exchange::LogLevel::Info => LogLevel::Info,
+        exchange::LogLevel::Warn => LogLevel::Warn,
+        exchange::LogLevel::Error => LogLevel::Error,
     }
 }
 
@@ -310,91 +276,18 @@ impl HttpContext for Request {
             if_match: if_match.as_deref(),
             authorization: authorization.as_deref(),
         };
-        let evaluation = engine::evaluate(
-            &config,
-            &request,
-            &host::inputs(),
-            &host_store(&self.config),
-        );
-        if let Some(message) = &evaluation.log {
-            host::log(LogLevel::Warn, message);
-        }
-        self.metrics.count(evaluation.outcome);
-        if evaluation.outcome == Outcome::ShadowOverLimit {
-            host::log(
-                LogLevel::Info,
-                "shadow mode: request over the limit let through",
-            );
-        }
-        match evaluation.decision {
-            Decision::Forward(mut forward) => {
-                for (name, value) in &forward.upstream_headers {
-                    host::set_request_header(name, value);
-                }
-                for name in &forward.removed_upstream_headers {
-                    host::remove_request_header(name);
-                }
-                self.response_headers = forward.response_headers.clone();
-                let Some(pending) = forward.idempotency.take() else {
-                    return Action::Continue;
-                };
-                self.idempotent = Some(Idempotent {
-                    pending,
-                    forward,
-                    method,
-                    path,
-                    claim: None,
-                    reading_body: false,
-                    capture: None,
-                    settled: false,
-                });
-                let empty: &[u8] = &[];
-                self.begin_idempotent(end_of_stream.then_some(empty))
-            }
-            Decision::Reject(reply) => self.reply_locally(&reply),
-        }
+        let inputs = host::inputs();
+        let output = self
+            .exchange
+            .on_request_headers(&config, &request, end_of_stream, &inputs);
+        self.drive(output, end_of_stream, Some(inputs))
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(state) = self.idempotent.as_mut() else {
-            return Action::Continue;
-        };
-        if !state.reading_body || state.settled {
-            return Action::Continue;
-        }
-        let limit = usize::try_from(state.pending.settings.max_body_bytes).unwrap_or(usize::MAX);
-        if body_size > limit {
-            state.settled = true;
-            let reply = engine::body_too_large(&self.config, &state.pending, &state.forward);
-            if let Some(claim) = state.claim {
-                if let Err(message) =
-                    engine::abandon_idempotent(&self.config, &claim, &host_store(&self.config))
-                {
-                    host::log(LogLevel::Warn, &message);
-                }
-            }
-            self.metrics.count(Outcome::Rejected(
-                tenant_guard_core::problem::ProblemKind::BodyTooLarge,
-            ));
-            return self.reply_locally(&reply);
-        }
-        if !end_of_stream {
-            // Buffer (bounded above) until the body is complete.
-            return Action::Pause;
-        }
-        state.reading_body = false;
-        let body = host::request_body(body_size);
-        match state.claim {
-            Some(claim) => {
-                if let Err(message) =
-                    engine::seal_idempotent(&self.config, &claim, &body, &host_store(&self.config))
-                {
-                    host::log(LogLevel::Warn, &message);
-                }
-                Action::Continue
-            }
-            None => self.begin_idempotent(Some(&body)),
-        }
+        let output = self
+            .exchange
+            .on_request_body(&self.config, body_size, end_of_stream);
+        self.drive(output, end_of_stream, None)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -402,69 +295,28 @@ impl HttpContext for Request {
         if self.panic_in_response {
             fault::panic_in_response();
         }
-        for (name, value) in &self.response_headers {
-            host::set_response_header(name, value);
-        }
         if let Some(build) = BUILD_ID {
             host::set_response_header(BUILD_HEADER, build);
         }
-        if let Some(state) = self.idempotent.as_mut() {
-            if state.claim.is_some() && !state.settled && state.capture.is_none() {
-                let status = host::response_status();
-                state.capture = Some(ResponseCapture::new(
-                    &self.config,
-                    &state.pending,
-                    status,
-                    host::response_headers(),
-                ));
-                let failed = state
-                    .capture
-                    .as_ref()
-                    .is_some_and(ResponseCapture::is_failure);
-                if failed || end_of_stream {
-                    self.finish_idempotent();
-                }
-            }
-        }
-        Action::Continue
+        let output = self.exchange.on_response_headers();
+        self.drive(output, end_of_stream, None)
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if let Some(capture) = self
-            .idempotent
-            .as_mut()
-            .and_then(|state| state.capture.as_mut())
-        {
-            if capture.wants_body() {
-                capture.push_body(&host::response_body(body_size));
-            }
-            if end_of_stream {
-                self.finish_idempotent();
-            }
-        }
-        Action::Continue
+        let output = self
+            .exchange
+            .on_response_body(body_size, end_of_stream, host::now_unix_ns());
+        self.drive(output, end_of_stream, None)
     }
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
-        self.finish_idempotent();
-        Action::Continue
+        let output = self.exchange.on_response_trailers(host::now_unix_ns());
+        self.drive(output, true, None)
     }
 
     fn on_log(&mut self) {
         // Reset, timeout or a stream that never completed: give the key back.
-        let Some(state) = self.idempotent.as_mut() else {
-            return;
-        };
-        if state.settled {
-            return;
-        }
-        state.settled = true;
-        if let Some(claim) = state.claim {
-            if let Err(message) =
-                engine::abandon_idempotent(&self.config, &claim, &host_store(&self.config))
-            {
-                host::log(LogLevel::Warn, &message);
-            }
-        }
+        let output = self.exchange.on_stream_end();
+        self.drive(output, true, None);
     }
 }

@@ -1,0 +1,109 @@
+//! What the policy hands the glue: the request view it reads, the decision
+//! types (forward with headers, or a local reply) and the counted outcome.
+
+use crate::idempotency::IdempotencyConfig;
+use crate::problem::ProblemKind;
+
+/// Header the upstream receives with the serving config revision.
+pub const REVISION_HEADER: &str = "x-tenant-guard-revision";
+
+/// The parts of a request the policy reads, as the raw bytes the host handed
+/// over (never assumed UTF-8): the policy alone decides what a value means.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestView<'a> {
+    pub method: &'a [u8],
+    /// `:path` including any query string, before normalisation (`crate::path`).
+    pub path: &'a [u8],
+    pub tenant_header: Option<&'a [u8]>,
+    pub correlation_header: Option<&'a [u8]>,
+    /// The first `Idempotency-Key` value.
+    pub idempotency_key: Option<&'a [u8]>,
+    /// The request carries more than one `Idempotency-Key` header (400).
+    pub idempotency_key_repeated: bool,
+    /// The first `If-Match` value; one that is not RFC 9110 syntax counts as absent.
+    pub if_match: Option<&'a [u8]>,
+    pub authorization: Option<&'a [u8]>,
+}
+
+impl RequestView<'_> {
+    /// The method as text; a method that is not an ASCII token matches no rule.
+    pub fn method(&self) -> &str {
+        let token = !self.method.is_empty()
+            && self
+                .method
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b));
+        if token {
+            std::str::from_utf8(self.method).unwrap_or_default()
+        } else {
+            ""
+        }
+    }
+}
+
+/// What the host provides that the policy may not produce itself.
+#[derive(Debug, Clone, Copy)]
+pub struct HostInputs {
+    pub now_unix_ns: u64,
+    pub random: [u8; 10],
+}
+
+/// Counted outcome of a request (the glue maps these to metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Allowed,
+    /// Over the limit in shadow mode: allowed, reported.
+    ShadowOverLimit,
+    /// Store contended or failed and `on_exhausted: allow` let it through.
+    AllowedWithoutLimit,
+    /// A stored idempotent response was replayed.
+    Replayed,
+    Rejected(ProblemKind),
+}
+
+/// Headers as (lower-case name, value).
+pub type Headers = Vec<(String, String)>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub correlation_id: String,
+    pub tenant: Option<String>,
+    /// Set (replacing any incoming value) on the request sent upstream.
+    pub upstream_headers: Headers,
+    /// Removed from the request sent upstream (identity headers the token did not vouch for).
+    pub removed_upstream_headers: Vec<String>,
+    /// Set (replacing, never appending) on the response to the client.
+    pub response_headers: Headers,
+    /// The request takes part in Idempotency-Key handling once its body is read.
+    pub idempotency: Option<PendingIdempotency>,
+}
+
+/// An idempotent request waiting for its body (the fingerprint needs it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingIdempotency {
+    pub tenant: String,
+    pub key: String,
+    pub settings: IdempotencyConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u32,
+    pub headers: Headers,
+    pub body: Vec<u8>,
+    pub correlation_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Forward(Forward),
+    Reject(LocalReply),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evaluation {
+    pub decision: Decision,
+    pub outcome: Outcome,
+    /// Something an operator should see in the gateway log.
+    pub log: Option<String>,
+}

@@ -1,0 +1,436 @@
+//! The request decision: correlation id → tenant → If-Match → rate limit.
+//! [`screen`] decides everything that needs no store; the rate-limit check is a
+//! store operation ([`Screened::rate_limit_op`]); [`admit`] turns its answer
+//! into the [`Evaluation`]. [`evaluate`] runs all three against a local store.
+
+use crate::config::{CompiledConfig, LimitRef, Mode, OnExhausted, RateLimitHeaders};
+use crate::correlation;
+use crate::headers::{self, trim_ows};
+use crate::idempotency::{self, IdempotencyConfig};
+use crate::jwt::{self, Identity, JwtError};
+use crate::path;
+use crate::problem::{Problem, ProblemKind};
+use crate::ratelimit::{self, CheckError, Verdict};
+use crate::store::SharedStore;
+use crate::store_ops::{self, StoreAnswer, StoreOp};
+
+use super::decision::{
+    Decision, Evaluation, Forward, Headers, HostInputs, Outcome, PendingIdempotency, RequestView,
+    REVISION_HEADER,
+};
+use super::reply::{rate_limit_headers, reject};
+
+/// Decides one request against a store that answers at once.
+pub fn evaluate(
+    config: &CompiledConfig,
+    request: &RequestView<'_>,
+    host: &HostInputs,
+    store: &dyn SharedStore,
+) -> Evaluation {
+    let screened = match screen(config, request, host) {
+        Ok(screened) => screened,
+        Err(rejected) => return *rejected,
+    };
+    let checked = screened
+        .rate_limit_op(config, host.now_unix_ns)
+        .and_then(|op| match store_ops::execute_local(config, store, op) {
+            StoreAnswer::Admit(checked) => Some(checked),
+            StoreAnswer::Claim(_) | StoreAnswer::Update(_) => None,
+        });
+    admit(config, screened, checked)
+}
+
+/// A request that passed every check that needs no store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Screened {
+    correlation_id: String,
+    tenant: Option<String>,
+    upstream_headers: Headers,
+    removed_upstream_headers: Vec<String>,
+    response_headers: Headers,
+    idempotency: Option<PendingIdempotency>,
+    limit: Option<LimitRef>,
+}
+
+impl Screened {
+    /// The rate-limit check this request needs from the store, if any.
+    pub fn rate_limit_op(&self, config: &CompiledConfig, now_unix_ns: u64) -> Option<StoreOp> {
+        let tenant = self.tenant.as_deref()?;
+        let policy = config.tenant_settings(tenant)?.limit(self.limit?)?;
+        Some(StoreOp::Admit {
+            key: ratelimit::RateKey::new(config, tenant, &policy.name),
+            rate: policy.rate,
+            now_unix_ns,
+        })
+    }
+
+    /// The request takes part in Idempotency-Key handling once forwarded.
+    pub fn is_idempotent(&self) -> bool {
+        self.idempotency.is_some()
+    }
+}
+
+/// Everything up to the rate-limit check: a rejection, or what the check needs.
+pub fn screen(
+    config: &CompiledConfig,
+    request: &RequestView<'_>,
+    host: &HostInputs,
+) -> Result<Screened, Box<Evaluation>> {
+    let correlation_id = correlation::choose_id(
+        request.correlation_header,
+        host.now_unix_ns / 1_000_000,
+        host.random,
+    );
+    let mut response_headers = Vec::with_capacity(3);
+    response_headers.push((config.correlation.header.clone(), correlation_id.clone()));
+
+    // Always replaced, even when unchanged: a request may carry the header
+    // twice, and the host only shows the filter the first value.
+    let mut upstream_headers = Vec::with_capacity(3);
+    upstream_headers.push((config.correlation.header.clone(), correlation_id.clone()));
+    if config.headers.revision {
+        upstream_headers.push((REVISION_HEADER.to_owned(), config.revision.clone()));
+    }
+    let mut removed_upstream_headers = Vec::new();
+    let path = match path::normalize(request.path, config.paths.allow_encoded_slashes) {
+        Ok(path) => path,
+        Err(err) => {
+            let problem = Problem::new(ProblemKind::InvalidPath, err.to_string());
+            return Err(rejected(
+                config,
+                problem,
+                correlation_id,
+                response_headers,
+                None,
+            ));
+        }
+    };
+    let method = request.method();
+    let tenant = match resolve_tenant(config, request, host) {
+        Ok(Identified::Token(identity)) => {
+            for (name, value) in [
+                (&config.tenant.user_header, identity.user),
+                (&config.tenant.org_header, identity.org),
+            ] {
+                match value {
+                    Some(value) => upstream_headers.push((name.clone(), value)),
+                    None => removed_upstream_headers.push(name.clone()),
+                }
+            }
+            Some(identity.tenant)
+        }
+        Ok(Identified::Header(tenant)) => tenant,
+        Err(problem) => {
+            return Err(rejected(
+                config,
+                problem,
+                correlation_id,
+                response_headers,
+                None,
+            ))
+        }
+    };
+    let mut idempotency = None;
+    let mut limit = None;
+    if let Some(tenant) = tenant.as_deref() {
+        upstream_headers.push((config.tenant.header.clone(), tenant.to_owned()));
+        let Some(settings) = config.tenant_settings(tenant) else {
+            let problem = Problem::new(
+                ProblemKind::UnknownTenant,
+                format!("tenant `{tenant}` is not configured on this gateway"),
+            )
+            .for_tenant(tenant);
+            return Err(rejected(
+                config,
+                problem,
+                correlation_id,
+                response_headers,
+                None,
+            ));
+        };
+        let if_match = request.if_match.is_some_and(headers::is_valid_if_match);
+        if config.requires_if_match(method, &path.path) && !if_match {
+            let problem = Problem::new(
+                ProblemKind::PreconditionRequired,
+                format!(
+                    "{method} {} must be conditional: send If-Match with the ETag you last read (RFC 9110 syntax: `*` or a list of \"entity-tags\")",
+                    path.path
+                ),
+            )
+            .for_tenant(tenant);
+            return Err(rejected(
+                config,
+                problem,
+                correlation_id,
+                response_headers,
+                None,
+            ));
+        }
+        match pending_idempotency(tenant, settings.idempotency.as_ref(), method, request) {
+            Ok(pending) => idempotency = pending,
+            Err(problem) => {
+                return Err(rejected(
+                    config,
+                    problem,
+                    correlation_id,
+                    response_headers,
+                    None,
+                ))
+            }
+        }
+        limit = settings.limit_for(method, &path.path);
+    }
+    Ok(Screened {
+        correlation_id,
+        tenant,
+        upstream_headers,
+        removed_upstream_headers,
+        response_headers,
+        idempotency,
+        limit,
+    })
+}
+
+/// The decision, given the answer to [`Screened::rate_limit_op`] (`None` when
+/// no limit applies).
+pub fn admit(
+    config: &CompiledConfig,
+    screened: Screened,
+    checked: Option<Result<Verdict, CheckError>>,
+) -> Evaluation {
+    let Screened {
+        correlation_id,
+        tenant,
+        upstream_headers,
+        removed_upstream_headers,
+        mut response_headers,
+        idempotency,
+        limit,
+    } = screened;
+    let mut outcome = Outcome::Allowed;
+    let mut log = None;
+    let limited = tenant.as_deref().and_then(|tenant| {
+        let settings = config.tenant_settings(tenant)?;
+        Some((tenant, settings.mode, settings.limit(limit?)?))
+    });
+    if let (Some((tenant, mode, policy)), Some(checked)) = (limited, checked) {
+        match checked {
+            Ok(verdict) => {
+                let rejects = !verdict.allowed && mode == Mode::Enforce;
+                if rejects || config.headers.rate_limit == RateLimitHeaders::Always {
+                    response_headers.extend(rate_limit_headers(policy, &verdict));
+                }
+                if !verdict.allowed {
+                    if mode == Mode::Shadow {
+                        outcome = Outcome::ShadowOverLimit;
+                    } else {
+                        let problem = Problem::new(
+                            ProblemKind::RateLimited,
+                            format!(
+                                "tenant `{tenant}` exceeded {} requests per {} s on limit `{}`; retry in {} s",
+                                policy.rate.requests,
+                                policy.rate.per_seconds,
+                                policy.name,
+                                verdict.retry_after_seconds
+                            ),
+                        )
+                        .for_tenant(tenant);
+                        return reject(
+                            config,
+                            problem,
+                            correlation_id,
+                            response_headers,
+                            Some(verdict.retry_after_seconds),
+                        );
+                    }
+                }
+            }
+            Err(err) => {
+                let message = format!("rate limit for tenant `{tenant}` not checked: {err}");
+                match (config.store.on_exhausted, mode) {
+                    (OnExhausted::Allow, _) | (_, Mode::Shadow) => {
+                        outcome = Outcome::AllowedWithoutLimit;
+                        log = Some(message);
+                    }
+                    (OnExhausted::Reject, Mode::Enforce) => {
+                        let problem = Problem::new(
+                            ProblemKind::RateLimitUnavailable,
+                            rate_limit_unavailable_detail(&err),
+                        )
+                        .for_tenant(tenant);
+                        let mut evaluation =
+                            reject(config, problem, correlation_id, response_headers, Some(1));
+                        evaluation.log = Some(message);
+                        return evaluation;
+                    }
+                }
+            }
+        }
+    }
+
+    if !config.correlation.echo {
+        response_headers.retain(|(name, _)| name != &config.correlation.header);
+    }
+    Evaluation {
+        decision: Decision::Forward(Forward {
+            correlation_id,
+            tenant,
+            upstream_headers,
+            removed_upstream_headers,
+            response_headers,
+            idempotency,
+        }),
+        outcome,
+        log,
+    }
+}
+
+fn pending_idempotency(
+    tenant: &str,
+    settings: Option<&IdempotencyConfig>,
+    method: &str,
+    request: &RequestView<'_>,
+) -> Result<Option<PendingIdempotency>, Problem> {
+    let Some(settings) = settings else {
+        return Ok(None);
+    };
+    if !settings.methods.iter().any(|m| m == method) {
+        return Ok(None);
+    }
+    if request.idempotency_key_repeated {
+        // Which copy would the upstream act on? Refuse rather than guess.
+        return Err(Problem::new(
+            ProblemKind::IdempotencyKeyMalformed,
+            "send exactly one Idempotency-Key header",
+        )
+        .for_tenant(tenant));
+    }
+    let key = match request.idempotency_key {
+        None if settings.required => {
+            return Err(Problem::new(
+                ProblemKind::IdempotencyKeyMissing,
+                format!(
+                    "{method} requests need an Idempotency-Key header, e.g. Idempotency-Key: \"<uuid>\""
+                ),
+            )
+            .for_tenant(tenant))
+        }
+        None => return Ok(None),
+        Some(header) => idempotency::parse_key(header).map_err(|err| {
+            Problem::new(ProblemKind::IdempotencyKeyMalformed, err.to_string()).for_tenant(tenant)
+        })?,
+    };
+    Ok(Some(PendingIdempotency {
+        tenant: tenant.to_owned(),
+        key,
+        settings: settings.clone(),
+    }))
+}
+
+fn rate_limit_unavailable_detail(err: &CheckError) -> String {
+    match err {
+        CheckError::Contention { .. } => {
+            "the rate-limit state is under heavy contention; retry shortly".to_owned()
+        }
+        CheckError::Store(_) => "the rate-limit state could not be read; retry shortly".to_owned(),
+    }
+}
+
+/// Where the tenant came from.
+enum Identified {
+    Token(Identity),
+    /// From the tenant header (trusted by config), or none where none is required.
+    Header(Option<String>),
+}
+
+fn resolve_tenant(
+    config: &CompiledConfig,
+    request: &RequestView<'_>,
+    host: &HostInputs,
+) -> Result<Identified, Problem> {
+    let Some(verifier) = &config.jwt else {
+        return tenant_from_header(config, request).map(Identified::Header);
+    };
+    let unauthenticated = |err: JwtError| {
+        Problem::new(ProblemKind::Unauthenticated, err.to_string())
+            .with_challenge(err.www_authenticate())
+    };
+    let authorization = request
+        .authorization
+        .map(|value| {
+            headers::printable_ascii(value).ok_or_else(|| {
+                JwtError::Malformed("the Authorization header is not printable ASCII".to_owned())
+            })
+        })
+        .transpose()
+        .map_err(unauthenticated)?;
+    let token = jwt::bearer_token(authorization).map_err(unauthenticated)?;
+    let Some(token) = token else {
+        if verifier.required() || !config.tenant.trust_header_without_jwt {
+            return Err(unauthenticated(JwtError::Missing));
+        }
+        return tenant_from_header(config, request).map(Identified::Header);
+    };
+    let now_seconds = host.now_unix_ns / 1_000_000_000;
+    let verified = match config.token_cache.lock() {
+        Ok(mut cache) => verifier.verify_cached(&mut cache, token, now_seconds),
+        Err(_) => verifier.verify(token, now_seconds),
+    };
+    let identity = verified.map_err(unauthenticated)?;
+    if let Some(claimed) = request.tenant_header.map(trim_ows) {
+        if !claimed.is_empty() && claimed != identity.tenant.as_bytes() {
+            return Err(Problem::new(
+                ProblemKind::TenantMismatch,
+                format!(
+                    "the `{}` header names a different tenant than the token",
+                    config.tenant.header
+                ),
+            )
+            .for_tenant(&identity.tenant));
+        }
+    }
+    Ok(Identified::Token(identity))
+}
+
+fn tenant_from_header(
+    config: &CompiledConfig,
+    request: &RequestView<'_>,
+) -> Result<Option<String>, Problem> {
+    let claimed = request.tenant_header.map(trim_ows);
+    match claimed.map(std::str::from_utf8) {
+        None | Some(Ok("")) if config.tenant.required => Err(Problem::new(
+            ProblemKind::TenantRequired,
+            format!(
+                "this API needs a tenant: send the `{}` header",
+                config.tenant.header
+            ),
+        )),
+        None | Some(Ok("")) => Ok(None),
+        Some(Ok(value)) if crate::config::is_valid_tenant_id(value) => Ok(Some(value.to_owned())),
+        // Non-UTF-8 included: the tenant names storage keys and upstream headers.
+        Some(_) => Err(Problem::new(
+            ProblemKind::InvalidTenant,
+            format!(
+                "the `{}` header must be 1-128 characters of [A-Za-z0-9._-]",
+                config.tenant.header
+            ),
+        )),
+    }
+}
+
+/// A rejection from [`screen`] (boxed: it is the rare, large side of the result).
+fn rejected(
+    config: &CompiledConfig,
+    problem: Problem,
+    correlation_id: String,
+    headers: Headers,
+    retry_after: Option<u64>,
+) -> Box<Evaluation> {
+    Box::new(reject(
+        config,
+        problem,
+        correlation_id,
+        headers,
+        retry_after,
+    ))
+}

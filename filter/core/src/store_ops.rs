@@ -1,0 +1,125 @@
+//! Store operations as values. The policy never calls the store itself: it
+//! names the one atomic operation it needs ([`StoreOp`]) and is handed the
+//! [`StoreAnswer`] later. Who answers is the host's business: shared data
+//! answers at once ([`execute_local`], the CAS loops of `ratelimit` and
+//! `idempotency`), a store reached over the network answers in a later callback.
+//! Either way the policy code is the same.
+
+use crate::config::CompiledConfig;
+use crate::idempotency::{
+    self, Begin, Claim, Fingerprint, IdempotencyError, Lifetimes, StoreParams, StoredResponse,
+};
+use crate::ratelimit::{self, CheckError, RateKey, RateParams, Verdict};
+use crate::store::SharedStore;
+
+/// Names one outstanding store call of an exchange; an answer with another
+/// token is stale (a call the exchange no longer waits for) and is ignored.
+pub type Token = u32;
+
+/// A store operation and the token its answer must carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreCall {
+    pub token: Token,
+    pub op: StoreOp,
+}
+
+/// One atomic operation on the shared state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOp {
+    /// GCRA check-and-consume of one limit.
+    Admit {
+        key: RateKey,
+        rate: RateParams,
+        now_unix_ns: u64,
+    },
+    /// Claim an Idempotency-Key, or report what is stored under it.
+    Claim {
+        tenant: String,
+        key: String,
+        fingerprint: Fingerprint,
+        lifetimes: Lifetimes,
+        now_unix_ns: u64,
+        generation: u32,
+    },
+    /// Seal a claim's fingerprint with the hash of the now complete body.
+    Seal { claim: Claim, body_hash: [u8; 8] },
+    /// Record a claimed request's response (or that it was not replayable).
+    Complete {
+        claim: Claim,
+        response: Option<StoredResponse>,
+        status: u16,
+        ttl_seconds: u64,
+        now_unix_ns: u64,
+    },
+    /// Give a claimed key back (upstream failed, the stream was reset).
+    Release { claim: Claim },
+}
+
+/// The answer to a [`StoreOp`], one variant per kind of result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreAnswer {
+    /// To [`StoreOp::Admit`].
+    Admit(Result<Verdict, CheckError>),
+    /// To [`StoreOp::Claim`].
+    Claim(Result<Begin, IdempotencyError>),
+    /// To [`StoreOp::Seal`], [`StoreOp::Complete`] and [`StoreOp::Release`]:
+    /// `Ok(false)` when the claim had lapsed.
+    Update(Result<bool, IdempotencyError>),
+}
+
+/// Carries out `op` on shared data in the calling thread (Envoy's and
+/// ngx_wasm_module's shared data): the answer is there at once.
+pub fn execute_local(config: &CompiledConfig, store: &dyn SharedStore, op: StoreOp) -> StoreAnswer {
+    let params = StoreParams::of(&config.store);
+    match op {
+        StoreOp::Admit {
+            key,
+            rate,
+            now_unix_ns,
+        } => StoreAnswer::Admit(ratelimit::check_and_consume(
+            store,
+            key,
+            &rate,
+            now_unix_ns,
+            &config.store,
+        )),
+        StoreOp::Claim {
+            tenant,
+            key,
+            fingerprint,
+            lifetimes,
+            now_unix_ns,
+            generation,
+        } => StoreAnswer::Claim(idempotency::begin(
+            store,
+            &params,
+            &tenant,
+            &key,
+            fingerprint,
+            lifetimes,
+            now_unix_ns,
+            generation,
+        )),
+        StoreOp::Seal { claim, body_hash } => {
+            StoreAnswer::Update(idempotency::seal_hash(store, &params, &claim, body_hash))
+        }
+        StoreOp::Complete {
+            claim,
+            response,
+            status,
+            ttl_seconds,
+            now_unix_ns,
+        } => StoreAnswer::Update(idempotency::complete(
+            store,
+            &params,
+            &claim,
+            response.as_ref(),
+            status,
+            ttl_seconds,
+            now_unix_ns,
+        )),
+        StoreOp::Release { claim } => {
+            StoreAnswer::Update(idempotency::release(store, &params, &claim))
+        }
+    }
+}
