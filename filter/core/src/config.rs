@@ -24,7 +24,6 @@ pub const CONFIG_SCHEMA: &str = include_str!("../../schema/tenant-guard.schema.j
 const MAX_REQUESTS: u64 = 1_000_000_000;
 const MAX_PER_SECONDS: u64 = 31_536_000;
 const MAX_CAS_RETRIES: u32 = 1_000;
-const MAX_TENANT_ID_LEN: usize = 128;
 const MAX_REVISION_LEN: usize = 128;
 const MAX_IDEMPOTENCY_BUCKETS: u32 = 65_536;
 const MAX_UNKNOWN_TENANT_SLOTS: u32 = 1 << 20;
@@ -586,7 +585,7 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
         if !is_valid_tenant_id(id) {
             return Err(invalid(
                 base,
-                format!("tenant id must be 1-{MAX_TENANT_ID_LEN} characters of [A-Za-z0-9._-]"),
+                format!("tenant id must be {}", crate::tenant::RULE),
             ));
         }
         tenants.insert(id.clone(), compile_tenant(&base, settings, &defaults)?);
@@ -801,14 +800,8 @@ fn validate_header_name(path: &str, name: &str) -> Result<(), ConfigError> {
     }
 }
 
-/// Tenant ids as they may appear in headers, storage keys and config.
-pub fn is_valid_tenant_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_TENANT_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
+/// Tenant ids as they may appear in headers, storage keys and config ([`crate::tenant`]).
+pub use crate::tenant::is_valid as is_valid_tenant_id;
 
 fn is_valid_policy_name(name: &str) -> bool {
     !name.is_empty()

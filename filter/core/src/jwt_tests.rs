@@ -6,6 +6,7 @@
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
+use crate::tenant::TenantId;
 use jwt_simple::prelude::*;
 use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Decoder, Encoder};
 use serde_json::{json, Value};
@@ -135,7 +136,7 @@ fn claims_with(custom: Value) -> JWTClaims<Value> {
 
 fn acme(exp: u64) -> Identity {
     Identity {
-        tenant: "acme".to_string(),
+        tenant: TenantId::parse("acme").unwrap(),
         user: Some("user-42".to_string()),
         org: Some("acme-eu".to_string()),
         expires_at_unix: Some(exp),
@@ -915,7 +916,7 @@ fn rs256_test_vector_verifies() {
     assert_eq!(
         c.verify(VECTOR_TOKEN, 400),
         Ok(Identity {
-            tenant: "uid123".to_string(),
+            tenant: TenantId::parse("uid123").unwrap(),
             user: Some("sbu123".to_string()),
             org: None,
             expires_at_unix: Some(500),

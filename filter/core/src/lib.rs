@@ -17,6 +17,7 @@ pub mod ratelimit;
 pub mod share;
 pub mod store;
 pub mod store_ops;
+pub mod tenant;
 
 #[cfg(test)]
 mod exchange_tests;

@@ -177,9 +177,9 @@ fn sizing_message(config: &CompiledConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{Eviction, MemoryStore};
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
-    use crate::store::{Eviction, MemoryStore};
 
     const T0: u64 = 1_700_000_000_000_000_000;
 

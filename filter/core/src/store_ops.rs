@@ -11,6 +11,7 @@ use crate::idempotency::{
 };
 use crate::ratelimit::{self, CheckError, RateKey, RateParams, Verdict};
 use crate::store::SharedStore;
+use crate::tenant::TenantId;
 
 /// Names one outstanding store call of an exchange; an answer with another
 /// token is stale (a call the exchange no longer waits for) and is ignored.
@@ -34,7 +35,7 @@ pub enum StoreOp {
     },
     /// Claim an Idempotency-Key, or report what is stored under it.
     Claim {
-        tenant: String,
+        tenant: TenantId,
         key: String,
         fingerprint: Fingerprint,
         lifetimes: Lifetimes,

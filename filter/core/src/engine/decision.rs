@@ -67,7 +67,7 @@ pub type Headers = Vec<(String, String)>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward {
     pub correlation_id: String,
-    pub tenant: Option<String>,
+    pub tenant: Option<crate::tenant::TenantId>,
     /// Set (replacing any incoming value) on the request sent upstream.
     pub upstream_headers: Headers,
     /// Removed from the request sent upstream (identity headers the token did not vouch for).
@@ -81,7 +81,7 @@ pub struct Forward {
 /// An idempotent request waiting for its body (the fingerprint needs it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingIdempotency {
-    pub tenant: String,
+    pub tenant: crate::tenant::TenantId,
     pub key: String,
     pub settings: IdempotencyConfig,
 }

@@ -13,6 +13,7 @@ use crate::problem::{Problem, ProblemKind};
 use crate::ratelimit::{self, CheckError, Verdict};
 use crate::store::SharedStore;
 use crate::store_ops::{self, StoreAnswer, StoreOp};
+use crate::tenant::TenantId;
 
 use super::decision::{
     Decision, Evaluation, Forward, Headers, HostInputs, Outcome, PendingIdempotency, RequestView,
@@ -44,7 +45,7 @@ pub fn evaluate(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Screened {
     correlation_id: String,
-    tenant: Option<String>,
+    tenant: Option<TenantId>,
     upstream_headers: Headers,
     removed_upstream_headers: Vec<String>,
     response_headers: Headers,
@@ -132,8 +133,8 @@ pub fn screen(
     };
     let mut idempotency = None;
     let mut limit = None;
-    if let Some(tenant) = tenant.as_deref() {
-        upstream_headers.push((config.tenant.header.clone(), tenant.to_owned()));
+    if let Some(tenant) = tenant.as_ref() {
+        upstream_headers.push((config.tenant.header.clone(), tenant.to_string()));
         let Some(settings) = config.tenant_settings(tenant) else {
             let problem = Problem::new(
                 ProblemKind::UnknownTenant,
@@ -286,7 +287,7 @@ pub fn admit(
 }
 
 fn pending_idempotency(
-    tenant: &str,
+    tenant: &TenantId,
     settings: Option<&IdempotencyConfig>,
     method: &str,
     request: &RequestView<'_>,
@@ -321,7 +322,7 @@ fn pending_idempotency(
         })?,
     };
     Ok(Some(PendingIdempotency {
-        tenant: tenant.to_owned(),
+        tenant: tenant.clone(),
         key,
         settings: settings.clone(),
     }))
@@ -340,7 +341,7 @@ fn rate_limit_unavailable_detail(err: &CheckError) -> String {
 enum Identified {
     Token(Identity),
     /// From the tenant header (trusted by config), or none where none is required.
-    Header(Option<String>),
+    Header(Option<TenantId>),
 }
 
 fn resolve_tenant(
@@ -395,7 +396,7 @@ fn resolve_tenant(
 fn tenant_from_header(
     config: &CompiledConfig,
     request: &RequestView<'_>,
-) -> Result<Option<String>, Problem> {
+) -> Result<Option<TenantId>, Problem> {
     let claimed = request.tenant_header.map(trim_ows);
     match claimed.map(std::str::from_utf8) {
         None | Some(Ok("")) if config.tenant.required => Err(Problem::new(
@@ -406,15 +407,12 @@ fn tenant_from_header(
             ),
         )),
         None | Some(Ok("")) => Ok(None),
-        Some(Ok(value)) if crate::config::is_valid_tenant_id(value) => Ok(Some(value.to_owned())),
+        Some(Ok(value)) => match TenantId::parse(value) {
+            Some(tenant) => Ok(Some(tenant)),
+            None => Err(invalid_tenant(config)),
+        },
         // Non-UTF-8 included: the tenant names storage keys and upstream headers.
-        Some(_) => Err(Problem::new(
-            ProblemKind::InvalidTenant,
-            format!(
-                "the `{}` header must be 1-128 characters of [A-Za-z0-9._-]",
-                config.tenant.header
-            ),
-        )),
+        Some(Err(_)) => Err(invalid_tenant(config)),
     }
 }
 
@@ -433,4 +431,17 @@ fn rejected(
         headers,
         retry_after,
     ))
+}
+
+/// The tenant header names no valid tenant (non-UTF-8 included: the tenant
+/// names storage keys and upstream headers).
+fn invalid_tenant(config: &CompiledConfig) -> Problem {
+    Problem::new(
+        ProblemKind::InvalidTenant,
+        format!(
+            "the `{}` header must be {}",
+            config.tenant.header,
+            crate::tenant::RULE
+        ),
+    )
 }

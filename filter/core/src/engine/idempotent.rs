@@ -10,6 +10,7 @@ use crate::path;
 use crate::problem::{Problem, ProblemKind};
 use crate::store::{SharedStore, StoreError};
 use crate::store_ops::{self, StoreAnswer, StoreOp};
+use crate::tenant::TenantId;
 
 use super::decision::{
     Forward, Headers, HostInputs, LocalReply, Outcome, PendingIdempotency, RequestView,
@@ -51,7 +52,7 @@ pub enum IdempotencyFailure {
     LapsedBeforeBody,
     /// `in_flight_timeout_seconds` passed before upstream answered.
     LapsedBeforeResponse {
-        tenant: String,
+        tenant: TenantId,
         in_flight_timeout_seconds: u64,
     },
     NotSealed(IdempotencyError),
@@ -123,7 +124,7 @@ pub fn claim_op(
         fingerprint: Fingerprint::of(request.method(), &route, body),
         lifetimes: idempotency::Lifetimes::of(
             &pending.settings,
-            !config.tenants.contains_key(&pending.tenant),
+            !config.tenants.contains_key(pending.tenant.as_str()),
         ),
         now_unix_ns: host.now_unix_ns,
         generation: u32::from_le_bytes([g0, g1, g2, g3]) | 1,

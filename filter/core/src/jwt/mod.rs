@@ -66,7 +66,6 @@ pub const MAX_LEEWAY_SECONDS: u64 = 3600;
 /// Largest accepted `cache_entries`.
 pub const MAX_CACHE_ENTRIES: usize = 65_536;
 /// Longest tenant id.
-pub const MAX_TENANT_LEN: usize = 128;
 /// Longest user / org value.
 pub const MAX_SUBJECT_LEN: usize = 256;
 /// Smallest HS256 secret (RFC 7518 §3.2: at least the hash size).
@@ -81,7 +80,7 @@ const MAX_ECHO_CHARS: usize = 64;
 /// Who the token says the caller is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    pub tenant: String,
+    pub tenant: crate::tenant::TenantId,
     pub user: Option<String>,
     pub org: Option<String>,
     /// The token's `exp` (always present on a verified token).

@@ -9,6 +9,7 @@ use jwt_simple::JWTError;
 use serde_json::{Map, Value};
 
 use super::*;
+use crate::tenant::TenantId;
 
 /// Source of [`CompiledJwt::id`]: lets a [`TokenCache`] notice a new config.
 pub(super) static NEXT_COMPILED_ID: AtomicU64 = AtomicU64::new(1);
@@ -299,15 +300,16 @@ impl CompiledJwt {
         };
         let tenant = match claim(&claims, &self.tenant_claim) {
             None => return Err(JwtError::MissingClaim(echo(&self.tenant_claim))),
-            Some(Value::String(tenant)) => {
-                if !is_valid_tenant(&tenant) {
+            Some(Value::String(tenant)) => match TenantId::parse(&tenant) {
+                Some(tenant) => tenant,
+                None => {
                     return Err(JwtError::InvalidTenant(format!(
-                        "{} must be 1-{MAX_TENANT_LEN} characters of A-Z a-z 0-9 . _ -",
-                        echo(&self.tenant_claim)
-                    )));
+                        "{} must be {}",
+                        echo(&self.tenant_claim),
+                        crate::tenant::RULE
+                    )))
                 }
-                tenant
-            }
+            },
             Some(_) => {
                 return Err(JwtError::InvalidTenant(format!(
                     "{} must be a string",
@@ -324,15 +326,6 @@ impl CompiledJwt {
             expires_at_unix: Some(expires_at.as_secs()),
         })
     }
-}
-
-/// A tenant id as carried in a token: 1–128 characters of `[A-Za-z0-9._-]`.
-pub fn is_valid_tenant(tenant: &str) -> bool {
-    !tenant.is_empty()
-        && tenant.len() <= MAX_TENANT_LEN
-        && tenant
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// A claim by name: registered string claims first, then custom ones.
