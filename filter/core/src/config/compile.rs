@@ -1,0 +1,361 @@
+//! Validation and compilation: every rule a document must satisfy, each
+//! failure a [`ConfigError`] naming the offending path.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::idempotency::IdempotencyConfig;
+use crate::jwt::{self, TokenCache};
+use crate::ratelimit::RateParams;
+
+use super::*;
+
+pub(super) const MAX_REQUESTS: u64 = 1_000_000_000;
+pub(super) const MAX_PER_SECONDS: u64 = 31_536_000;
+pub(super) const MAX_CAS_RETRIES: u32 = 1_000;
+pub(super) const MAX_REVISION_LEN: usize = 128;
+pub(super) const MAX_IDEMPOTENCY_BUCKETS: u32 = 65_536;
+pub(super) const MAX_UNKNOWN_TENANT_SLOTS: u32 = 1 << 20;
+pub(super) const MAX_IDEMPOTENCY_TTL: u64 = 30 * 86_400;
+pub(super) const MAX_IDEMPOTENCY_BODY: u64 = 16 * 1024 * 1024;
+pub(super) const MAX_IN_FLIGHT_TIMEOUT: u64 = 3_600;
+
+/// Validate a typed document and build its compiled form.
+pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
+    if document.version != CONFIG_VERSION {
+        return Err(invalid(
+            "version",
+            format!(
+                "unsupported version {}, this filter understands {CONFIG_VERSION}",
+                document.version
+            ),
+        ));
+    }
+    let revision = document.revision.clone().unwrap_or_default();
+    if revision.len() > MAX_REVISION_LEN || revision.chars().any(|c| c.is_control()) {
+        return Err(invalid(
+            "revision",
+            format!("must be at most {MAX_REVISION_LEN} printable characters"),
+        ));
+    }
+    validate_header_name("tenant.header", &document.tenant.header)?;
+    validate_header_name("correlation.header", &document.correlation.header)?;
+    if document.tenant.header == document.correlation.header {
+        return Err(invalid(
+            "correlation.header",
+            "must differ from tenant.header",
+        ));
+    }
+    validate_header_name("tenant.user_header", &document.tenant.user_header)?;
+    validate_header_name("tenant.org_header", &document.tenant.org_header)?;
+    let compiled_jwt = match &document.tenant.jwt {
+        Some(config) => Some(Arc::new(jwt::compile(config).map_err(|err| {
+            invalid(format!("tenant.jwt.{}", err.path), err.message)
+        })?)),
+        None if !document.tenant.trust_header_without_jwt => {
+            return Err(invalid(
+                "tenant.trust_header_without_jwt",
+                "no tenant identity source is configured: configure tenant.jwt, or set this to true to take the tenant from the header",
+            ))
+        }
+        None => None,
+    };
+    if document.store.max_cas_retries == 0 || document.store.max_cas_retries > MAX_CAS_RETRIES {
+        return Err(invalid(
+            "store.max_cas_retries",
+            format!("must be between 1 and {MAX_CAS_RETRIES}"),
+        ));
+    }
+    if let Some(namespace) = &document.store.namespace {
+        let valid = !namespace.is_empty()
+            && namespace.len() <= 32
+            && namespace
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid {
+            return Err(invalid(
+                "store.namespace",
+                "must be 1-32 characters of [a-z0-9_]",
+            ));
+        }
+    }
+    if !(1..=MAX_IDEMPOTENCY_BUCKETS).contains(&document.store.idempotency_buckets) {
+        return Err(invalid(
+            "store.idempotency_buckets",
+            format!("must be between 1 and {MAX_IDEMPOTENCY_BUCKETS}"),
+        ));
+    }
+    if !(1..=MAX_UNKNOWN_TENANT_SLOTS).contains(&document.store.unknown_tenant_slots) {
+        return Err(invalid(
+            "store.unknown_tenant_slots",
+            format!("must be between 1 and {MAX_UNKNOWN_TENANT_SLOTS}"),
+        ));
+    }
+    if !(1..=100).contains(&document.store.idempotency_tenant_share_percent) {
+        return Err(invalid(
+            "store.idempotency_tenant_share_percent",
+            "must be between 1 and 100",
+        ));
+    }
+    for (index, rule) in document.if_match.iter().enumerate() {
+        validate_prefix(&format!("if_match.{index}.prefix"), &rule.prefix)?;
+        if rule.methods.is_empty() {
+            return Err(invalid(
+                format!("if_match.{index}.methods"),
+                "must name at least one method",
+            ));
+        }
+        for (m, method) in rule.methods.iter().enumerate() {
+            validate_method(&format!("if_match.{index}.methods.{m}"), method)?;
+        }
+    }
+    if let Some(idempotency) = &document.defaults.idempotency {
+        validate_idempotency("defaults.idempotency", idempotency)?;
+    }
+
+    let defaults = CompiledTenant {
+        tenant_wide: document
+            .defaults
+            .rate_limit
+            .map(|limit| compile_policy("defaults.rate_limit", "tenant", &limit))
+            .transpose()?,
+        routes: Vec::new(),
+        mode: document.defaults.mode,
+        idempotency: document.defaults.idempotency.clone(),
+    };
+
+    let mut tenants = HashMap::with_capacity(document.tenants.len());
+    for (id, settings) in &document.tenants {
+        let base = format!("tenants.{id}");
+        if !is_valid_tenant_id(id) {
+            return Err(invalid(
+                base,
+                format!("tenant id must be {}", crate::tenant::RULE),
+            ));
+        }
+        tenants.insert(id.clone(), compile_tenant(&base, settings, &defaults)?);
+    }
+
+    let idempotency_enabled = defaults.idempotency.is_some()
+        || tenants.values().any(|tenant| tenant.idempotency.is_some());
+    let reads_method_and_path = idempotency_enabled
+        || !document.if_match.is_empty()
+        || tenants.values().any(|tenant| !tenant.routes.is_empty());
+    let token_cache = TokenCache::new(
+        compiled_jwt
+            .as_ref()
+            .map_or(0, |compiled| compiled.cache_entries()),
+    );
+    Ok(CompiledConfig {
+        jwt: compiled_jwt,
+        token_cache: Arc::new(Mutex::new(token_cache)),
+        revision,
+        tenant: document.tenant.clone(),
+        correlation: document.correlation.clone(),
+        store: document.store.clone(),
+        defaults,
+        tenants,
+        if_match: document.if_match.clone(),
+        idempotency_enabled,
+        reads_method_and_path,
+        metrics: document.metrics,
+        headers: document.headers,
+        paths: document.paths,
+    })
+}
+
+pub(super) fn compile_tenant(
+    base: &str,
+    settings: &TenantSettings,
+    defaults: &CompiledTenant,
+) -> Result<CompiledTenant, ConfigError> {
+    let tenant_wide = match &settings.rate_limit {
+        Some(limit) => Some(compile_policy(
+            &format!("{base}.rate_limit"),
+            "tenant",
+            limit,
+        )?),
+        None => defaults.tenant_wide.clone(),
+    };
+    let mut routes = Vec::with_capacity(settings.routes.len());
+    let mut names = Vec::with_capacity(settings.routes.len());
+    for (index, route) in settings.routes.iter().enumerate() {
+        let path = format!("{base}.routes.{index}");
+        validate_prefix(&format!("{path}.prefix"), &route.prefix)?;
+        if let Some(method) = &route.method {
+            validate_method(&format!("{path}.method"), method)?;
+        }
+        let name = match &route.name {
+            Some(name) => {
+                if !is_valid_policy_name(name) {
+                    return Err(invalid(
+                        format!("{path}.name"),
+                        "must be 1-64 characters of [A-Za-z0-9._-]",
+                    ));
+                }
+                name.clone()
+            }
+            None => format!("route-{index}"),
+        };
+        if name == "tenant" || names.contains(&name) {
+            return Err(invalid(
+                format!("{path}.name"),
+                format!("limit name `{name}` is used twice"),
+            ));
+        }
+        names.push(name.clone());
+        routes.push(CompiledRoute {
+            prefix: route.prefix.clone(),
+            method: route.method.clone(),
+            policy: compile_policy(&format!("{path}.rate_limit"), &name, &route.rate_limit)?,
+        });
+    }
+    let idempotency = match &settings.idempotency {
+        Some(idempotency) => {
+            validate_idempotency(&format!("{base}.idempotency"), idempotency)?;
+            Some(idempotency.clone())
+        }
+        None => defaults.idempotency.clone(),
+    };
+    Ok(CompiledTenant {
+        tenant_wide,
+        routes,
+        mode: settings.mode.unwrap_or(defaults.mode),
+        idempotency,
+    })
+}
+
+/// Prefixes are compared with normalised request paths, so they must be normal
+/// themselves (a prefix `/a//b` could never match).
+pub(super) fn validate_prefix(path: &str, prefix: &str) -> Result<(), ConfigError> {
+    if !prefix.starts_with('/') || prefix.chars().any(|c| c.is_ascii_control()) {
+        return Err(invalid(
+            path,
+            "must start with `/` and contain no control characters",
+        ));
+    }
+    match crate::path::normalize(prefix.as_bytes(), true) {
+        Ok(normal) if normal.query.is_none() && normal.path == prefix => Ok(()),
+        Ok(normal) if normal.query.is_none() => Err(invalid(
+            path,
+            format!(
+                "must be a normalised path (no `//`, dot segments or encoded unreserved characters): write `{}`",
+                normal.path
+            ),
+        )),
+        _ => Err(invalid(
+            path,
+            "must be a normalised path of visible ASCII without `?` or `#`",
+        )),
+    }
+}
+
+pub(super) fn validate_method(path: &str, method: &str) -> Result<(), ConfigError> {
+    if !method.is_empty() && method.len() <= 16 && method.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(())
+    } else {
+        Err(invalid(
+            path,
+            "must be an upper-case HTTP method such as POST",
+        ))
+    }
+}
+
+pub(super) fn validate_idempotency(
+    path: &str,
+    config: &IdempotencyConfig,
+) -> Result<(), ConfigError> {
+    if config.methods.is_empty() {
+        return Err(invalid(
+            format!("{path}.methods"),
+            "must name at least one method",
+        ));
+    }
+    for (index, method) in config.methods.iter().enumerate() {
+        validate_method(&format!("{path}.methods.{index}"), method)?;
+    }
+    let ranges = [
+        ("ttl_seconds", config.ttl_seconds, MAX_IDEMPOTENCY_TTL),
+        (
+            "max_body_bytes",
+            config.max_body_bytes,
+            MAX_IDEMPOTENCY_BODY,
+        ),
+        (
+            "in_flight_timeout_seconds",
+            config.in_flight_timeout_seconds,
+            MAX_IN_FLIGHT_TIMEOUT,
+        ),
+    ];
+    for (field, value, max) in ranges {
+        if value == 0 || value > max {
+            return Err(invalid(
+                format!("{path}.{field}"),
+                format!("must be between 1 and {max}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn compile_policy(
+    path: &str,
+    name: &str,
+    limit: &RateLimit,
+) -> Result<LimitPolicy, ConfigError> {
+    if limit.requests == 0 || limit.requests > MAX_REQUESTS {
+        return Err(invalid(
+            format!("{path}.requests"),
+            format!("must be between 1 and {MAX_REQUESTS}"),
+        ));
+    }
+    if limit.per_seconds == 0 || limit.per_seconds > MAX_PER_SECONDS {
+        return Err(invalid(
+            format!("{path}.per_seconds"),
+            format!("must be between 1 and {MAX_PER_SECONDS}"),
+        ));
+    }
+    if let Some(burst) = limit.burst {
+        if burst == 0 || burst > MAX_REQUESTS {
+            return Err(invalid(
+                format!("{path}.burst"),
+                format!("must be between 1 and {MAX_REQUESTS}"),
+            ));
+        }
+    }
+    let burst = limit.burst.unwrap_or(limit.requests);
+    let mut policy_header = format!("\"{name}\";q={};w={}", limit.requests, limit.per_seconds);
+    if burst != limit.requests {
+        policy_header.push_str(&format!(";burst={burst}"));
+    }
+    Ok(LimitPolicy {
+        name: name.to_owned(),
+        rate: RateParams::new(limit.requests, limit.per_seconds, burst),
+        policy_header,
+    })
+}
+
+pub(super) fn validate_header_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(':')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(invalid(
+            path,
+            "must be a lower-case header name of [a-z0-9_-], at most 64 characters",
+        ))
+    }
+}
+
+pub(super) fn is_valid_policy_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}

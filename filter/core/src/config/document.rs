@@ -1,0 +1,271 @@
+//! The document as written: the serde types of every section, with their defaults.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::idempotency::IdempotencyConfig;
+use crate::jwt::JwtConfig;
+
+/// The plugin configuration as delivered by the sidecar (or written by hand).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    pub version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    #[serde(default)]
+    pub tenant: TenantConfig,
+    #[serde(default)]
+    pub correlation: CorrelationConfig,
+    #[serde(default)]
+    pub defaults: Defaults,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantSettings>,
+    /// Routes where a missing `If-Match` is answered 428.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub if_match: Vec<IfMatchRule>,
+    /// Define and count the `tenant_guard_*` metrics. Kong before 3.9 traps on
+    /// the proxy-wasm metric calls: set `false` there.
+    #[serde(default = "default_true")]
+    pub metrics: bool,
+    /// Informational headers the filter adds (both on by default).
+    #[serde(default)]
+    pub headers: HeadersConfig,
+    /// How request paths are read (`crate::path`).
+    #[serde(default, skip_serializing_if = "PathsConfig::is_default")]
+    pub paths: PathsConfig,
+}
+
+/// Request path handling; the normalisation itself is not configurable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathsConfig {
+    /// Accept `%2F`, `%5C` and `\` in the path (as data, not as separators)
+    /// instead of answering 400 `invalid-path`.
+    pub allow_encoded_slashes: bool,
+}
+
+impl PathsConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+pub(super) fn default_true() -> bool {
+    true
+}
+
+/// Informational headers: each costs a host call per request, so operators who
+/// do not read them can turn them off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeadersConfig {
+    /// Send `x-tenant-guard-revision` (the serving config revision) upstream.
+    pub revision: bool,
+    /// Which responses carry `RateLimit-Policy` and `RateLimit`.
+    pub rate_limit: RateLimitHeaders,
+}
+
+impl Default for HeadersConfig {
+    fn default() -> Self {
+        Self {
+            revision: true,
+            rate_limit: RateLimitHeaders::Always,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitHeaders {
+    /// Every response to a rate-limited request (allowed, shadowed and 429).
+    Always,
+    /// Only the 429 (with `Retry-After`).
+    OnReject,
+}
+
+/// Requests matching `prefix` with one of `methods` must carry `If-Match`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IfMatchRule {
+    pub prefix: String,
+    #[serde(default = "default_if_match_methods")]
+    pub methods: Vec<String>,
+}
+
+pub(super) fn default_if_match_methods() -> Vec<String> {
+    ["PUT", "PATCH", "DELETE"].map(str::to_owned).to_vec()
+}
+
+/// Where the tenant identity comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantConfig {
+    /// Request header carrying the tenant id; forwarded upstream under this name.
+    pub header: String,
+    /// Without a tenant the request is rejected (400 problem+json).
+    pub required: bool,
+    /// Accept the tenant header as identity when no JWT identifies the caller.
+    /// Without `jwt` this must be `true` (there is no other identity source).
+    pub trust_header_without_jwt: bool,
+    /// What happens to a tenant that has no entry under `tenants`.
+    pub unknown: UnknownTenant,
+    /// Verified-JWT identity: the tenant (and user/org) come from token claims.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtConfig>,
+    /// Upstream header for the token's user claim (overwritten, or removed when absent).
+    pub user_header: String,
+    /// Upstream header for the token's org claim (overwritten, or removed when absent).
+    pub org_header: String,
+}
+
+impl Default for TenantConfig {
+    fn default() -> Self {
+        Self {
+            header: "x-tenant-id".to_owned(),
+            required: true,
+            trust_header_without_jwt: false,
+            unknown: UnknownTenant::Defaults,
+            jwt: None,
+            user_header: "x-user-id".to_owned(),
+            org_header: "x-org-id".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownTenant {
+    /// Apply `defaults` (each unknown tenant still gets its own bucket).
+    Defaults,
+    /// Reject with 403.
+    Reject,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorrelationConfig {
+    pub header: String,
+    pub generate: IdGenerator,
+    /// Echo the id on every response (local replies always carry it).
+    pub echo: bool,
+}
+
+impl Default for CorrelationConfig {
+    fn default() -> Self {
+        Self {
+            header: "x-correlation-id".to_owned(),
+            generate: IdGenerator::Uuidv7,
+            echo: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdGenerator {
+    Uuidv7,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Defaults {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<IdempotencyConfig>,
+    pub mode: Mode,
+}
+
+/// `requests` per `per_seconds` sustained, at most `burst` back to back
+/// (a GCRA token bucket; `burst` defaults to `requests`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub requests: u64,
+    pub per_seconds: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    /// Count and report, never reject.
+    Shadow,
+}
+
+/// How the shared-data compare-and-swap loop behaves under contention.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub max_cas_retries: u32,
+    /// Outcome when retries run out or the store fails.
+    pub on_exhausted: OnExhausted,
+    /// Idempotency buckets; each holds 8 records, so this bounds stored records and bytes.
+    pub idempotency_buckets: u32,
+    /// Percent of all idempotency records (`idempotency_buckets × 8`) one tenant
+    /// may hold; a tenant at its share gets 503 for its own new keys only.
+    pub idempotency_tenant_share_percent: u8,
+    /// Rate-limit state of tenants not under `tenants` lives in a fixed table of
+    /// this many keys, so clients sending new tenant ids cannot grow the store.
+    pub unknown_tenant_slots: u32,
+    /// Prefix `<namespace>/` on every shared-data key. Kong stores such keys in
+    /// the `nginx_wasm_shm_kv_<namespace>` zone (needed before Kong 3.7, which
+    /// has no default zone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            max_cas_retries: 64,
+            on_exhausted: OnExhausted::Reject,
+            idempotency_buckets: 512,
+            idempotency_tenant_share_percent: 25,
+            unknown_tenant_slots: 8192,
+            namespace: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExhausted {
+    /// 503 problem+json with `Retry-After: 1`.
+    Reject,
+    /// Let the request through, logged and counted.
+    Allow,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantSettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<IdempotencyConfig>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteLimit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+}
+
+/// A limit for one path prefix (and optionally one method). The first matching
+/// route wins and replaces the tenant-wide limit for that request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteLimit {
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub rate_limit: RateLimit,
+}
