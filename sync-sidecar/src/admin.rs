@@ -13,17 +13,61 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
 
+/// How a sync ended, as `POST /sync` answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncResult {
+    /// A new revision was delivered.
+    Delivered,
+    /// The deployed revision is current.
+    Unchanged,
+    /// The settings were rejected: the same settings would be rejected again.
+    Invalid,
+    /// The database could not be reached.
+    Unavailable,
+    /// Delivery (or anything else) failed: worth retrying.
+    Failed,
+}
+
+impl SyncResult {
+    /// The gateway runs the current settings.
+    pub fn is_success(self) -> bool {
+        matches!(self, Self::Delivered | Self::Unchanged)
+    }
+
+    /// The HTTP status `POST /sync` answers with.
+    fn status_code(self) -> StatusCode {
+        match self {
+            Self::Delivered | Self::Unchanged => StatusCode::OK,
+            Self::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
 /// The result of a sync requested over the admin API.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SyncReply {
-    /// `delivered`, `unchanged`, `invalid`, `unavailable` or `failed`.
-    pub result: String,
+    pub result: SyncResult,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revision_id: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+impl SyncReply {
+    /// No sync ran: the database (or the loop) is not there; `message` says why.
+    pub fn unavailable(message: &str) -> Self {
+        Self {
+            result: SyncResult::Unavailable,
+            revision_id: None,
+            revision: None,
+            error: Some(message.to_owned()),
+        }
+    }
 }
 
 /// A sync request from the admin API to the sync loop.
@@ -85,12 +129,7 @@ async fn metrics_text(State(state): State<AdminState>) -> Response {
 
 async fn sync(State(state): State<AdminState>) -> Response {
     let (reply, receive) = oneshot::channel();
-    let unavailable = |message: &str| SyncReply {
-        result: "unavailable".to_owned(),
-        revision_id: None,
-        revision: None,
-        error: Some(message.to_owned()),
-    };
+    let unavailable = |message: &str| SyncReply::unavailable(message);
     let outcome = if state.requests.send(SyncRequest { reply }).await.is_err() {
         unavailable("the sync loop has stopped")
     } else {
@@ -98,12 +137,7 @@ async fn sync(State(state): State<AdminState>) -> Response {
             .await
             .unwrap_or_else(|_| unavailable("the sync was abandoned (shutting down)"))
     };
-    let status = match outcome.result.as_str() {
-        "delivered" | "unchanged" => StatusCode::OK,
-        "invalid" => StatusCode::UNPROCESSABLE_ENTITY,
-        "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
+    let status = outcome.result.status_code();
     let mut outcome = outcome;
     // The one place every answer passes: bound the error text here.
     outcome.error = outcome

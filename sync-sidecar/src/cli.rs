@@ -18,6 +18,8 @@ use crate::kong::{KongForm, KongLayout, KongMode, KongTarget};
 use crate::settings::{self, Rendered};
 use crate::sync::{self, EnvoyTarget, SetupError, SyncError, SyncOutcome, Syncer, Target};
 
+use crate::settings_cli::{self, SettingsArgs, SettingsCliError};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tenant-guard-sidecar",
@@ -58,6 +60,8 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// Create the schema and its tables (or bring them up to date) and exit.
     Migrate,
+    /// Settings as code: list, get, set, unset, export, apply (validated before writing).
+    Settings(SettingsArgs),
 }
 
 /// The gateway one sidecar process delivers to (run one sidecar per gateway;
@@ -284,6 +288,8 @@ pub enum CliError {
     Output(#[source] std::io::Error),
     #[error("settings are invalid (see the findings above)")]
     DryRunInvalid,
+    #[error(transparent)]
+    Settings(#[from] SettingsCliError),
 }
 
 impl CliError {
@@ -296,6 +302,7 @@ impl CliError {
                 2
             }
             Self::Sync(SyncError::Setup(_) | SyncError::NoSuchRevision(_)) => 2,
+            Self::Settings(error) => error.exit_code(),
             _ => 1,
         }
     }
@@ -311,6 +318,7 @@ impl Cli {
             Command::History(_) => true,
             Command::Sync(args) => args.dry_run,
             Command::Run(_) | Command::Rollback(_) | Command::Migrate => false,
+            Command::Settings(args) => args.read_only(),
         };
         Ok(config)
     }
@@ -416,7 +424,7 @@ pub async fn execute(
                 .with_max_value_bytes(max_value_bytes);
             let mut client = db_config.connect_spawned().await?;
             db::migrate(&mut client, &db_config.schema).await?;
-            let outcome = syncer.sync(&client, "cli").await?;
+            let outcome = syncer.sync(&client, db::Trigger::Cli).await?;
             print_revision_warnings(&client, outcome.revision_id()).await;
             match outcome {
                 SyncOutcome::Delivered {
@@ -458,6 +466,9 @@ pub async fn execute(
                 args.to,
                 outcome.revision_id()
             ))?;
+        }
+        Command::Settings(args) => {
+            settings_cli::execute(args, &db_config, max_value_bytes).await?;
         }
         Command::Migrate => {
             let mut client = db_config.connect_spawned().await?;

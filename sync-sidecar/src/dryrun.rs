@@ -15,8 +15,8 @@ use serde_json::Value;
 use tokio_postgres::Client;
 
 use crate::db;
-use crate::envoy;
-use crate::kong::KongTarget;
+use crate::delivery::envoy;
+use crate::delivery::KongTarget;
 use crate::settings::{self, Validator};
 use crate::sync::{SetupError, SyncError};
 use crate::text::error_text;

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use crate::failure::fail;
+
 /// The workspace root (the parent of this crate's manifest directory).
 pub fn repo_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -93,14 +95,14 @@ fn build_wasm(override_var: &str, package: &str, feature: Option<&str>) -> PathB
     }
     let output = command
         .output()
-        .unwrap_or_else(|e| panic!("cannot run cargo to build {package}: {e}"));
+        .unwrap_or_else(|e| fail(format!("cannot run cargo to build {package}: {e}")));
     if !output.status.success() {
-        panic!(
+        fail(format!(
             "building {package} ({feature:?}) failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
             output.status,
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
-        );
+        ));
     }
     let path = target.join(format!(
         "wasm32-wasip1/release/{}.wasm",
@@ -131,14 +133,14 @@ pub fn envoy_binary() -> PathBuf {
             let output = Command::new("bash")
                 .arg(&script)
                 .output()
-                .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+                .unwrap_or_else(|e| fail(format!("cannot run {}: {e}", script.display())));
             if !output.status.success() {
-                panic!(
+                fail(format!(
                     "{} failed ({}):\n{}",
                     script.display(),
                     output.status,
                     String::from_utf8_lossy(&output.stderr)
-                );
+                ));
             }
             let path = String::from_utf8_lossy(&output.stdout).trim().to_string();
             assert!(!path.is_empty(), "install-envoy.sh printed no path");

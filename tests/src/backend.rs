@@ -10,11 +10,12 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::config::set_json;
 use crate::upstream::Acceptor;
 
 /// The header every backend answer carries: `<path>#<complete requests on it>`.
@@ -88,7 +89,10 @@ impl Backend {
     }
 
     fn lock(&self) -> MutexGuard<'_, BackendState> {
-        self.shared.state.lock().expect("backend state lock")
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Complete requests (the whole body read) for `path`.
@@ -164,9 +168,9 @@ fn read_body(reader: &mut impl BufRead, headers: &[(String, String)]) -> std::io
                 {}
                 return Ok(body);
             }
-            let start = body.len();
-            body.resize(start + size, 0);
-            reader.read_exact(&mut body[start..])?;
+            let mut chunk = vec![0; size];
+            reader.read_exact(&mut chunk)?;
+            body.extend_from_slice(&chunk);
             read_line(reader)?;
         }
     }
@@ -206,14 +210,14 @@ fn serve(stream: TcpStream, shared: &BackendShared) -> std::io::Result<()> {
             }
         }
         let route = {
-            let mut state = shared.state.lock().expect("backend state lock");
+            let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
             *state.started.entry(path.clone()).or_default() += 1;
             state.routes.get(&path).cloned().unwrap_or_default()
         };
         // A reset before the body is complete ends here: not counted as completed.
         let body = read_body(&mut reader, &header_list)?;
         let hit = {
-            let mut state = shared.state.lock().expect("backend state lock");
+            let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
             let hit = {
                 let counter = state.completed.entry(path.clone()).or_default();
                 *counter += 1;
@@ -223,7 +227,7 @@ fn serve(stream: TcpStream, shared: &BackendShared) -> std::io::Result<()> {
             let (_state, _timeout) = shared
                 .released
                 .wait_timeout_while(state, HOLD_LIMIT, |s| s.held.contains(&path))
-                .expect("backend state lock");
+                .unwrap_or_else(PoisonError::into_inner);
             hit
         };
         if !route.delay.is_zero() {
@@ -247,7 +251,11 @@ fn serve(stream: TcpStream, shared: &BackendShared) -> std::io::Result<()> {
         });
         let len = response.to_string().len();
         if route.pad_to > len {
-            response["pad"] = Value::String("p".repeat(route.pad_to - len));
+            set_json(
+                &mut response,
+                &["pad"],
+                Value::String("p".repeat(route.pad_to - len)),
+            );
         }
         let response_body = response.to_string();
         let mut message = format!(

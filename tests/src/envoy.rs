@@ -12,6 +12,7 @@ use std::time::Duration;
 use tenant_guard_sidecar::envoy::{render_ecds_resource, write_atomically, ECDS_FILE_NAME};
 
 use crate::artifacts::{envoy_binary, repo_root, wasm_path};
+use crate::failure::fail;
 use crate::http::{self, Conn, Response};
 use crate::tempdir::TempDir;
 use crate::wait::wait_until;
@@ -55,7 +56,7 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .expect("cannot pick a free port")
+        .unwrap_or_else(|e| fail(format!("cannot pick a free port: {e}")))
 }
 
 /// Renders a template by plain string substitution of `__KEY__` placeholders and
@@ -99,14 +100,17 @@ fn encode_query(value: &str) -> String {
         .collect()
 }
 
-/// The last `lines` lines of a log file, without Envoy's long start-up inventory lines.
-fn tail(path: &Path, lines: usize) -> String {
+/// The last `lines` lines of a log file (empty if it cannot be read), without
+/// Envoy's long start-up inventory lines.
+pub fn log_file_tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text
         .lines()
         .filter(|l| !l.contains("server.cc:467]") && !l.contains("server.cc:547]"))
         .collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    all.get(all.len().saturating_sub(lines)..)
+        .unwrap_or_default()
+        .join("\n")
 }
 
 impl Envoy {
@@ -146,10 +150,10 @@ impl Envoy {
                 Err(e) if e.contains("Address already in use") || e.contains("bind") => {
                     last_error = e;
                 }
-                Err(e) => panic!("{e}"),
+                Err(e) => fail(e),
             }
         }
-        panic!("Envoy could not bind its ports:\n{last_error}");
+        fail(format!("Envoy could not bind its ports:\n{last_error}"));
     }
 
     fn try_start(
@@ -252,7 +256,7 @@ impl Envoy {
             return Err(format!(
                 "Envoy exited during startup ({status}):\n{}\n{}",
                 envoy.log_tail(40),
-                tail(&envoy.stdout_path, 20)
+                log_file_tail(&envoy.stdout_path, 20)
             ));
         }
         if !ready {
@@ -405,12 +409,12 @@ impl Envoy {
             "write_ecds needs the ECDS bootstrap"
         );
         write_ecds_file(&self.ecds_dir, plugin_config, &self.wasm, version_info)
-            .unwrap_or_else(|e| panic!("{e}"));
+            .unwrap_or_else(|e| fail(e));
     }
 
     /// The last `lines` lines of the Envoy log.
     pub fn log_tail(&self, lines: usize) -> String {
-        tail(&self.log_path, lines)
+        log_file_tail(&self.log_path, lines)
     }
 
     /// The whole Envoy log so far.
@@ -442,14 +446,14 @@ impl Drop for Envoy {
                 "---- Envoy log tail ({}) ----\n{}\n---- Envoy stdout/stderr ----\n{}\n----",
                 self.log_path.display(),
                 self.log_tail(80),
-                tail(&self.stdout_path, 20)
+                log_file_tail(&self.stdout_path, 20)
             );
         }
     }
 }
 
 /// The numeric stats of an admin `/stats` text body, as (name, value).
-pub(crate) fn counters(text: &str) -> impl Iterator<Item = (&str, u64)> {
+pub fn counters(text: &str) -> impl Iterator<Item = (&str, u64)> {
     text.lines().filter_map(|line| {
         let (name, value) = line.split_once(": ")?;
         Some((name.trim(), value.trim().parse().ok()?))

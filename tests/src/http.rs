@@ -5,6 +5,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use crate::failure::fail;
+
 /// How long a single read or write may block.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -53,7 +55,7 @@ impl Response {
             1,
             "expected exactly one `{name}` header, got {values:?}; response: {self:?}"
         );
-        values[0]
+        values.first().copied().unwrap_or_default()
     }
 
     /// The body as (lossy) UTF-8.
@@ -64,11 +66,11 @@ impl Response {
     /// The body parsed as JSON (panics with the body if it is not JSON).
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
+            fail(format!(
                 "response body is not JSON ({e}): status {} body {:?}",
                 self.status,
                 self.text()
-            )
+            ))
         })
     }
 }
@@ -164,7 +166,7 @@ impl Conn {
     /// `GET path` with `headers`; panics on I/O errors.
     pub fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Response {
         self.request("GET", path, headers, b"")
-            .unwrap_or_else(|e| panic!("GET {path} failed: {e}"))
+            .unwrap_or_else(|e| fail(format!("GET {path} failed: {e}")))
     }
 }
 
@@ -178,7 +180,7 @@ pub fn request(
 ) -> Response {
     Conn::new(port)
         .request(method, path, headers, body)
-        .unwrap_or_else(|e| panic!("{method} {path} failed: {e}"))
+        .unwrap_or_else(|e| fail(format!("{method} {path} failed: {e}")))
 }
 
 /// `GET path` on a fresh connection; panics on I/O errors.
@@ -245,9 +247,9 @@ fn read_response(reader: &mut impl BufRead, head_only: bool) -> std::io::Result<
                 while !read_line(reader)?.is_empty() {}
                 break;
             }
-            let start = body.len();
-            body.resize(start + size, 0);
-            reader.read_exact(&mut body[start..])?;
+            let mut chunk = vec![0; size];
+            reader.read_exact(&mut chunk)?;
+            body.extend_from_slice(&chunk);
             read_line(reader)?;
         }
     } else if let Some(len) = find("content-length") {

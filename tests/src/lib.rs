@@ -3,20 +3,21 @@
 //! starts a real Envoy in front of an in-process upstream, and offers small HTTP,
 //! admin-stats and ECDS helpers, and ([`sidecar`]) the full PostgreSQL → sidecar →
 //! Envoy stack with the propagation measurement. Synchronisation is always by polling
-//! ([`wait::wait_until`]), never by fixed sleeps. [`bench`] holds what the
-//! benchmark binaries (`src/bin/*`) share.
+//! ([`wait::wait_until`]), never by fixed sleeps. The benchmark drivers in
+//! `bench/` (crate `tenant-guard-bench`) build on this library.
 
 pub mod artifacts;
 pub mod backend;
-pub mod bench;
 pub mod config;
 pub mod envoy;
 pub mod expect;
+pub mod failure;
 pub mod fault;
 pub mod http;
 pub mod nginx;
 pub mod pg;
 pub mod raw_http;
+pub mod rolling;
 pub mod sidecar;
 pub mod tempdir;
 pub mod tokens;

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use crate::artifacts::wasm_path;
 use crate::envoy::free_port;
+use crate::failure::fail;
 use crate::http::{self, Conn, Response};
 use crate::tempdir::TempDir;
 use crate::wait::wait_until;
@@ -220,8 +221,7 @@ impl Nginx {
     /// Starts a single server whose `location /` runs `config`; panics with the
     /// error log if it does not come up.
     pub fn start_one(binary: &Path, config: &str, upstream_port: u16) -> Self {
-        Self::start(binary, &[Server::root(config)], upstream_port)
-            .unwrap_or_else(|e| panic!("{e}"))
+        Self::start(binary, &[Server::root(config)], upstream_port).unwrap_or_else(|e| fail(e))
     }
 
     /// Writes the configuration and starts the master without waiting for it.
@@ -307,7 +307,9 @@ impl Nginx {
     pub fn error_log_tail(&self, lines: usize) -> String {
         let text = self.error_log();
         let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        all.get(all.len().saturating_sub(lines)..)
+            .unwrap_or_default()
+            .join("\n")
     }
 
     /// Error-log lines at `[error]` or worse (`[crit]`, `[alert]`, `[emerg]`).

@@ -15,6 +15,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::envoy::free_port;
+use crate::failure::fail;
 use crate::tempdir::TempDir;
 use crate::wait::wait_until;
 
@@ -38,14 +39,16 @@ impl PrivatePostgres {
     /// `initdb` + start on a free port; panics (with the server log) on failure.
     pub fn start() -> Self {
         let bin = pg_bin_dir();
-        let dir = TempDir::new("pg").expect("temp dir for PostgreSQL");
+        let dir =
+            TempDir::new("pg").unwrap_or_else(|e| fail(format!("temp dir for PostgreSQL: {e}")));
         let data = dir.path().join("data");
-        std::fs::create_dir_all(&data).expect("create the data directory");
+        std::fs::create_dir_all(&data)
+            .unwrap_or_else(|e| fail(format!("create the data directory: {e}")));
         let run_as = if is_root() {
             let (uid, gid) = postgres_user();
             for path in [dir.path(), data.as_path()] {
                 chown(path, Some(uid), Some(gid))
-                    .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+                    .unwrap_or_else(|e| fail(format!("chown {}: {e}", path.display())));
             }
             Some(uid)
         } else {
@@ -85,7 +88,7 @@ impl PrivatePostgres {
                 Err(e) => last_error = e,
             }
         }
-        panic!("cannot start a private PostgreSQL: {last_error}");
+        fail(format!("cannot start a private PostgreSQL: {last_error}"));
     }
 
     /// The port it listens on (the same across stop/start).
@@ -126,8 +129,12 @@ impl PrivatePostgres {
 
     /// Starts the stopped server again on the same port.
     pub fn start_again(&mut self) {
-        self.try_start()
-            .unwrap_or_else(|e| panic!("cannot restart PostgreSQL on port {}: {e}", self.port));
+        self.try_start().unwrap_or_else(|e| {
+            fail(format!(
+                "cannot restart PostgreSQL on port {}: {e}",
+                self.port
+            ))
+        });
     }
 
     /// Whether `pg_isready` reports that the server accepts connections.
@@ -148,7 +155,9 @@ impl PrivatePostgres {
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        all.get(all.len().saturating_sub(lines)..)
+            .unwrap_or_default()
+            .join("\n")
     }
 
     fn log_path(&self) -> PathBuf {
@@ -212,7 +221,7 @@ impl PrivatePostgres {
             .current_dir(self.dir.path())
             .stdin(std::process::Stdio::null())
             .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()))
+            .unwrap_or_else(|e| fail(format!("cannot run {}: {e}", program.display())))
     }
 }
 
@@ -243,14 +252,12 @@ fn postgres_user() -> (u32, u32) {
         let output = Command::new("id")
             .args([flag, "postgres"])
             .output()
-            .expect("run id");
+            .unwrap_or_else(|e| fail(format!("cannot run id: {e}")));
         String::from_utf8_lossy(&output.stdout)
             .trim()
             .parse()
             .unwrap_or_else(|_| {
-                panic!(
-                    "running as root needs a `postgres` OS user (Debian: the postgresql package)"
-                )
+                fail("running as root needs a `postgres` OS user (Debian: the postgresql package)")
             })
     };
     (id("-u"), id("-g"))
@@ -283,5 +290,5 @@ fn pg_bin_dir() -> PathBuf {
     versions
         .pop()
         .map(|(_, bin)| bin)
-        .unwrap_or_else(|| panic!("no initdb on PATH or under /usr/lib/postgresql/*/bin (Debian: apt-get install postgresql)"))
+        .unwrap_or_else(|| fail("no initdb on PATH or under /usr/lib/postgresql/*/bin (Debian: apt-get install postgresql)"))
 }

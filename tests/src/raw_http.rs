@@ -147,7 +147,7 @@ fn trim(bytes: &[u8]) -> &[u8] {
         .iter()
         .rposition(|b| !matches!(b, b' ' | b'\t'))
         .map_or(start, |at| at + 1);
-    &bytes[start..end]
+    bytes.get(start..end).unwrap_or_default()
 }
 
 fn read_h1_response(reader: &mut impl BufRead) -> std::io::Result<(RawResponse, bool)> {
@@ -171,8 +171,9 @@ fn read_h1_response(reader: &mut impl BufRead) -> std::io::Result<(RawResponse, 
             .iter()
             .position(|&b| b == b':')
             .ok_or_else(|| std::io::Error::other("header line without colon"))?;
-        let name = line[..colon].to_ascii_lowercase();
-        let value = trim(&line[colon + 1..]).to_vec();
+        let (name, value) = line.split_at(colon);
+        let name = name.to_ascii_lowercase();
+        let value = trim(value.get(1..).unwrap_or_default()).to_vec();
         response.headers.push((name, value));
     }
     let find = |name: &str| {
@@ -192,9 +193,9 @@ fn read_h1_response(reader: &mut impl BufRead) -> std::io::Result<(RawResponse, 
                 while !read_raw_line(reader)?.is_empty() {}
                 break;
             }
-            let start = response.body.len();
-            response.body.resize(start + size, 0);
-            reader.read_exact(&mut response.body[start..])?;
+            let mut chunk = vec![0; size];
+            reader.read_exact(&mut chunk)?;
+            response.body.extend_from_slice(&chunk);
             read_raw_line(reader)?;
         }
     } else if let Some(len) = find("content-length") {
@@ -239,6 +240,27 @@ struct H2Conn {
     stream: TcpStream,
     next_stream: u32,
     decoder: hpack::Decoder<'static>,
+}
+
+/// The content of a DATA or HEADERS frame `payload`: without the pad length and
+/// padding (`FLAG_PADDED`) and, for HEADERS (`priority_fields`), without the
+/// stream dependency and weight (`FLAG_PRIORITY`). A frame too short for what
+/// its flags announce is an error.
+fn unpadded(payload: &[u8], flags: u8, priority_fields: bool) -> std::io::Result<&[u8]> {
+    let short = || std::io::Error::other("frame shorter than its padding or priority fields");
+    let (pad, rest) = if flags & FLAG_PADDED != 0 {
+        let (&pad, rest) = payload.split_first().ok_or_else(short)?;
+        (usize::from(pad), rest)
+    } else {
+        (0, payload)
+    };
+    let rest = if priority_fields && flags & FLAG_PRIORITY != 0 {
+        rest.get(5..).ok_or_else(short)?
+    } else {
+        rest
+    };
+    let end = rest.len().checked_sub(pad).ok_or_else(short)?;
+    rest.get(..end).ok_or_else(short)
 }
 
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -372,18 +394,11 @@ impl RawH2 {
                     return Ok(Outcome::Refused(format!("RST_STREAM {payload:?}")))
                 }
                 FRAME_HEADERS | FRAME_CONTINUATION if stream == id => {
-                    let mut fragment = payload.as_slice();
-                    if kind == FRAME_HEADERS {
-                        let mut pad = 0;
-                        if flags & FLAG_PADDED != 0 {
-                            pad = usize::from(fragment[0]);
-                            fragment = &fragment[1..];
-                        }
-                        if flags & FLAG_PRIORITY != 0 {
-                            fragment = &fragment[5..];
-                        }
-                        fragment = &fragment[..fragment.len() - pad];
-                    }
+                    let fragment = if kind == FRAME_HEADERS {
+                        unpadded(&payload, flags, true)?
+                    } else {
+                        payload.as_slice()
+                    };
                     block.extend_from_slice(fragment);
                     if flags & FLAG_END_HEADERS != 0 {
                         let decoded = conn
@@ -405,11 +420,7 @@ impl RawH2 {
                     }
                 }
                 FRAME_DATA if stream == id => {
-                    let mut data = payload.as_slice();
-                    if flags & FLAG_PADDED != 0 {
-                        let pad = usize::from(data[0]);
-                        data = &data[1..data.len() - pad];
-                    }
+                    let data = unpadded(&payload, flags, false)?;
                     response.body.extend_from_slice(data);
                     if len > 0 {
                         // Give the connection window back (stream windows suffice for small bodies).

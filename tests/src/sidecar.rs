@@ -3,44 +3,41 @@
 //! sync sidecar (its library loop on a background thread, admin API on a free
 //! port) writing the ECDS file, a real Envoy on the ECDS bootstrap watching that
 //! directory, and the in-process upstream. Plus the settings-change → enforced
-//! latency measurement shared by `tests/sidecar_e2e.rs` and the
-//! `propagation-bench` binary.
+//! latency measurement shared by `tests/sidecar_e2e.rs` and the propagation
+//! benchmark in `bench/`.
 //!
-//! PostgreSQL comes from `DATABASE_URL` (default
+//! PostgreSQL and the schemas come from the sidecar's shared test fixture
+//! ([`tenant_guard_sidecar::test_support`]: `DATABASE_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`; `bash tests/postgres.sh`
 //! starts one and prints its URL).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use tenant_guard_sidecar::daemon::{self, BackgroundSidecar, RunConfig};
+use tenant_guard_sidecar::daemon::{BackgroundSidecar, RunConfig};
 use tenant_guard_sidecar::db::DbConfig;
 use tenant_guard_sidecar::envoy::ECDS_FILE_NAME;
 use tenant_guard_sidecar::sync::{EnvoyTarget, Syncer};
+use tenant_guard_sidecar::test_support::{self, TestSchema};
+use tenant_guard_sidecar::text::error_text;
 
 use crate::artifacts::wasm_path;
 use crate::envoy::Envoy;
+use crate::failure::fail;
 use crate::http::{self, Response};
 use crate::tempdir::TempDir;
 use crate::upstream::Upstream;
 use crate::wait::wait_until;
 
+pub use tenant_guard_sidecar::test_support::database_url;
+
 /// The tenant header of the plugin configuration the sidecar renders.
 pub const TENANT_HEADER: &str = "x-tenant-id";
 
-/// Prefix of the schemas created here; `<prefix><pid>_…` (swept when the pid is gone).
-const SCHEMA_PREFIX: &str = "tge2e_";
-
-/// `DATABASE_URL`, or the local default.
-pub fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .ok()
-        .filter(|url| !url.is_empty())
-        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
+/// `updated_by` of the header-mode row the stacks write.
+const ACTOR: &str = "e2e";
 
 /// `GET /e2e` as `tenant` on a fresh connection to Envoy on `port` (`None` on a transport error).
 pub fn get_as(port: u16, tenant: &str) -> Option<Response> {
@@ -99,61 +96,34 @@ pub fn psql_at(url: &str, sql: &str) -> Result<String, String> {
 /// tenants by `x-tenant-id` without a JWT issuer. Call before starting a
 /// sidecar on a fresh schema, so its first sync is valid.
 pub fn prepare_schema(url: &str, schema: &str) {
-    let config = DbConfig::new(url, schema).unwrap_or_else(|e| panic!("database URL: {e}"));
-    daemon::migrate_blocking(&config).unwrap_or_else(|e| {
-        panic!(
-            "cannot create schema {schema}: {} (is PostgreSQL at {url} reachable? \
-             `export DATABASE_URL=$(bash tests/postgres.sh)`)",
-            tenant_guard_sidecar::text::error_text(&e)
-        )
-    });
-    psql_at(
-        url,
-        &format!(
-            "SET search_path TO {schema};
-             INSERT INTO tg_settings (scope, key, value, updated_by)
-             VALUES ('global', 'gateway.tenant.trust_header_without_jwt', 'true', 'e2e')
-             ON CONFLICT (scope, tenant, route, key) DO UPDATE SET value = EXCLUDED.value"
-        ),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let config = DbConfig::new(url, schema).unwrap_or_else(|e| fail(format!("database URL: {e}")));
+    test_support::prepare(&config, ACTOR)
+        .unwrap_or_else(|e| fail(format!("cannot create schema {schema}: {}", error_text(&e))));
 }
 
 /// A fresh schema for the sidecar's tables, header mode on (see
 /// [`prepare_schema`]), dropped on drop.
 #[derive(Debug)]
 pub struct SettingsDb {
-    schema: String,
+    schema: TestSchema,
 }
 
 impl SettingsDb {
-    /// Creates a fresh schema with header mode on and drops the schemas of
-    /// earlier runs whose process is gone.
+    /// Creates a fresh schema with header mode on (the fixture also drops the
+    /// schemas of earlier runs whose process is gone).
     pub fn new() -> Self {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        sweep_stale_schemas();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let schema = format!(
-            "{SCHEMA_PREFIX}{}_{}_{nanos}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        prepare_schema(&database_url(), &schema);
+        let schema = TestSchema::with_header_mode(ACTOR).unwrap_or_else(|e| fail(error_text(&e)));
         Self { schema }
     }
 
     /// The schema name.
     pub fn schema(&self) -> &str {
-        &self.schema
+        self.schema.name()
     }
 
-    /// Runs `sql` with this schema first on the search path; panics on failure.
+    /// Runs `sql` with this schema first on the search path; fails the test on error.
     pub fn psql(&self, sql: &str) -> String {
-        psql(&format!("SET search_path TO {}; {sql}", self.schema))
-            .unwrap_or_else(|e| panic!("{e}"))
+        psql(&format!("SET search_path TO {}; {sql}", self.schema())).unwrap_or_else(|e| fail(e))
     }
 
     /// Upserts the tenant-scope `gateway.rate_limit` of `tenant` (one committed
@@ -173,35 +143,6 @@ impl SettingsDb {
 impl Default for SettingsDb {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl Drop for SettingsDb {
-    fn drop(&mut self) {
-        let _ = psql(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema));
-    }
-}
-
-/// Drops `tge2e_<pid>_…` schemas of processes that no longer exist (once per process).
-fn sweep_stale_schemas() {
-    static SWEPT: AtomicBool = AtomicBool::new(false);
-    if SWEPT.swap(true, Ordering::SeqCst) {
-        return;
-    }
-    let Ok(names) = psql(&format!(
-        "SELECT nspname FROM pg_namespace WHERE nspname LIKE '{}%'",
-        SCHEMA_PREFIX.replace('_', "\\_")
-    )) else {
-        return;
-    };
-    for name in names.lines() {
-        let pid = name
-            .strip_prefix(SCHEMA_PREFIX)
-            .and_then(|rest| rest.split('_').next())
-            .unwrap_or_default();
-        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
-            let _ = psql(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"));
-        }
     }
 }
 
@@ -244,21 +185,17 @@ impl SidecarStack {
     /// Starts the sidecar on a fresh schema, waits for its first delivery
     /// (header mode only), then starts Envoy watching its directory.
     pub fn start_with(options: &StackOptions) -> Self {
-        let ecds = TempDir::new("ecds").expect("temp dir for the ECDS file");
+        let ecds = TempDir::new("ecds")
+            .unwrap_or_else(|e| fail(format!("temp dir for the ECDS file: {e}")));
         let settings = SettingsDb::new();
-        let db = DbConfig::new(&database_url(), settings.schema())
-            .unwrap_or_else(|e| panic!("DATABASE_URL: {e}"));
-        let mut config = RunConfig::new(db);
+        let mut config = RunConfig::new(settings.schema.config().clone());
         config.debounce = options.debounce;
         let target = EnvoyTarget::prepare(ecds.path(), None, Some(&wasm_path()))
-            .unwrap_or_else(|e| panic!("sidecar target: {e}"));
-        let syncer = Syncer::new(settings.schema(), target).unwrap_or_else(|e| panic!("{e}"));
-        let sidecar = BackgroundSidecar::start(
-            config,
-            syncer,
-            "127.0.0.1:0".parse().expect("socket address"),
-        )
-        .unwrap_or_else(|e| panic!("cannot start the sidecar: {e}"));
+            .unwrap_or_else(|e| fail(format!("sidecar target: {e}")));
+        let syncer = Syncer::new(settings.schema(), target).unwrap_or_else(|e| fail(e));
+        let admin = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let sidecar = BackgroundSidecar::start(config, syncer, admin)
+            .unwrap_or_else(|e| fail(format!("cannot start the sidecar: {e}")));
         let admin = sidecar.admin_addr().port();
         assert!(
             wait_until(options.ready_timeout, || {

@@ -8,8 +8,10 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
+
+use crate::failure::fail;
 
 #[derive(Debug, Default)]
 struct Shared {
@@ -31,8 +33,12 @@ impl Acceptor {
         shared: Arc<S>,
         serve: fn(TcpStream, &S) -> std::io::Result<()>,
     ) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind test server");
-        let port = listener.local_addr().expect("test server addr").port();
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .unwrap_or_else(|e| fail(format!("bind test server: {e}")));
+        let port = listener
+            .local_addr()
+            .unwrap_or_else(|e| fail(format!("test server addr: {e}")))
+            .port();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
         let handle = std::thread::spawn(move || {
@@ -106,7 +112,7 @@ impl Upstream {
         self.shared
             .statuses
             .lock()
-            .expect("statuses lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .insert(path.to_string(), status);
     }
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests of the tenant-guard filter in a real Envoy (static and ECDS
 //! bootstraps from `envoy/`), against an in-process upstream. Every wait is a
 //! poll with a deadline; nothing synchronises on a fixed sleep.
+#![cfg(test)]
 
 use std::sync::{Arc, Barrier};
 use std::time::Duration;

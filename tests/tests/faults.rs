@@ -16,6 +16,11 @@
 //!    request fails, the worker's VM is reloaded, limits are enforced again.
 //! 5. Corrupted shared-data values (rate-limit state, idempotency bucket) read
 //!    as absent: normal answers, no 5xx, no panic.
+//! 6. The VM panics in the response of an idempotent POST that upstream
+//!    executed (issue 11, item 7): what the client and its retries with the
+//!    same key see under `FAIL_RELOAD` (one worker over HTTP/2, any worker
+//!    over HTTP/1), `FAIL_CLOSED` and `FAIL_OPEN`, and how often upstream
+//!    executes the key.
 //!
 //! Every wait is a poll with a deadline.
 
@@ -29,12 +34,16 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tenant_guard_e2e::backend::Backend;
 use tenant_guard_e2e::config::PluginConfig;
 use tenant_guard_e2e::fault::{
-    FaultEnvoy, FaultOptions, FaultStack, RevisionRow, WriteFault, FAULT_HEADER,
+    assert_envoy_unavailable, classify, is_envoy_unavailable, phases, Attempt, Client,
+    FailurePolicy, FaultEnvoy, FaultOptions, FaultStack, RevisionRow, Seen, WriteFault,
+    FAULT_HEADER, PANIC_IN_RESPONSE,
 };
 use tenant_guard_e2e::http::{Conn, Response};
 use tenant_guard_e2e::pg::PrivatePostgres;
+use tenant_guard_e2e::raw_http::RawH2;
 use tenant_guard_e2e::sidecar::TENANT_HEADER;
 use tenant_guard_e2e::upstream::Upstream;
 use tenant_guard_e2e::wait::wait_until;
@@ -101,28 +110,33 @@ fn postgres_outage_keeps_last_config_and_resyncs_on_reconnect() {
         "Envoy applied {}",
         last.revision
     );
-    assert_eq!(stack.metric(DB_CONNECTED), Some(1.0));
-    let file_before = std::fs::read(stack.ecds_file()).unwrap();
+    assert_eq!(stack.sidecar.metric(DB_CONNECTED), Some(1.0));
+    let file_before = std::fs::read(stack.sidecar.ecds_file()).unwrap();
 
     // Outage. Existing sessions survive NOLOGIN; new logins of the sidecar fail.
     stack.psql("ALTER ROLE tg_sidecar NOLOGIN").unwrap();
     let outage = Instant::now();
     stack.pg().stop();
     assert!(
-        wait_until(Duration::from_secs(10), || stack.metric(DB_CONNECTED)
+        wait_until(Duration::from_secs(10), || stack
+            .sidecar
+            .metric(DB_CONNECTED)
             == Some(0.0)),
         "settings_database_connected drops to 0:\n{}",
-        stack.metrics()
+        stack.sidecar.metrics()
     );
     eprintln!("db outage noticed after {:?}", outage.elapsed());
-    let live = stack.admin_get("/live").expect("admin API answers");
+    let live = stack.sidecar.admin_get("/live").expect("admin API answers");
     assert_eq!(live.status, 200, "the sidecar stays live");
-    let ready = stack.admin_get("/ready").expect("admin API answers");
+    let ready = stack
+        .sidecar
+        .admin_get("/ready")
+        .expect("admin API answers");
     assert_eq!(
         ready.status, 200,
         "still ready: the delivered config is in place"
     );
-    let reply = stack.post_sync();
+    let reply = stack.sidecar.post_sync();
     eprintln!(
         "POST /sync with PostgreSQL down: {} {}",
         reply.status,
@@ -144,7 +158,7 @@ fn postgres_outage_keeps_last_config_and_resyncs_on_reconnect() {
         assert_policy(&r, 1000, 60, "Envoy keeps L1 during the outage");
     }
     assert_eq!(
-        std::fs::read(stack.ecds_file()).unwrap(),
+        std::fs::read(stack.sidecar.ecds_file()).unwrap(),
         file_before,
         "ECDS file untouched"
     );
@@ -161,7 +175,7 @@ fn postgres_outage_keeps_last_config_and_resyncs_on_reconnect() {
     let mut last_reply = String::new();
     assert!(
         wait_until(Duration::from_secs(10), || {
-            let reply = stack.post_sync();
+            let reply = stack.sidecar.post_sync();
             last_reply = format!("{} {}", reply.status, reply.text());
             reply.status == 503 && last_reply.contains("not permitted to log in")
         }),
@@ -169,14 +183,17 @@ fn postgres_outage_keeps_last_config_and_resyncs_on_reconnect() {
     );
     eprintln!("POST /sync while the login is refused: {last_reply}");
     stack.set_tenant_limit("acme", 3, 60);
-    assert_eq!(stack.metric(DB_CONNECTED), Some(0.0));
-    assert_eq!(std::fs::read(stack.ecds_file()).unwrap(), file_before);
+    assert_eq!(stack.sidecar.metric(DB_CONNECTED), Some(0.0));
+    assert_eq!(
+        std::fs::read(stack.sidecar.ecds_file()).unwrap(),
+        file_before
+    );
     stack.psql("ALTER ROLE tg_sidecar LOGIN").unwrap();
 
     let reconnect = Instant::now();
     let r = stack
         .wait_for_limit("acme", 3, 60, PROPAGATION)
-        .unwrap_or_else(|| panic!("L2 never reached Envoy:\n{}", stack.metrics()));
+        .unwrap_or_else(|| panic!("L2 never reached Envoy:\n{}", stack.sidecar.metrics()));
     eprintln!("login allowed -> L2 enforced in {:?}", reconnect.elapsed());
     // Requests made under L1 count against L2 too (same state key), so this
     // may already be a 429; at most 2 more are admitted under 3/60.
@@ -186,7 +203,7 @@ fn postgres_outage_keeps_last_config_and_resyncs_on_reconnect() {
         admitted <= 2,
         "L2 = 3/60 enforced, admitted {admitted} more"
     );
-    assert_eq!(stack.metric(DB_CONNECTED), Some(1.0));
+    assert_eq!(stack.sidecar.metric(DB_CONNECTED), Some(1.0));
 
     // The audit: everything before the outage intact, one new revision for the
     // change, by the reconnect resync, numbers contiguous, nothing failed.
@@ -216,8 +233,11 @@ fn postgres_outage_keeps_last_config_and_resyncs_on_reconnect() {
     assert!(stack
         .envoy()
         .wait_for_ecds_version(&delivered.revision, PROPAGATION));
-    assert_eq!(stack.metric(CURRENT_REVISION), Some(delivered.id as f64));
-    assert_eq!(stack.metric(ENVOY_STATUS), Some(1.0));
+    assert_eq!(
+        stack.sidecar.metric(CURRENT_REVISION),
+        Some(delivered.id as f64)
+    );
+    assert_eq!(stack.sidecar.metric(ENVOY_STATUS), Some(1.0));
 }
 
 // ------------------------------------------------------------ 2. Envoy restart
@@ -230,7 +250,7 @@ fn restarted_envoy_serves_the_file_and_follows_new_revisions() {
         .wait_for_limit("acme", 1000, 60, PROPAGATION)
         .expect("acme's limit reaches Envoy");
     let n = stack.revisions().last().cloned().unwrap();
-    let file = std::fs::read(stack.ecds_file()).unwrap();
+    let file = std::fs::read(stack.sidecar.ecds_file()).unwrap();
 
     // A new Envoy on the same directory serves revision N from its first request.
     stack.stop_envoy();
@@ -251,7 +271,7 @@ fn restarted_envoy_serves_the_file_and_follows_new_revisions() {
         Some(&n),
         "no re-delivery was needed"
     );
-    assert_eq!(std::fs::read(stack.ecds_file()).unwrap(), file);
+    assert_eq!(std::fs::read(stack.sidecar.ecds_file()).unwrap(), file);
 
     // A change reaches the new Envoy as revision N+1.
     stack.set_tenant_limit("acme", 7, 60);
@@ -267,13 +287,13 @@ fn restarted_envoy_serves_the_file_and_follows_new_revisions() {
     // The file is lost while Envoy is down: the next sync rewrites it (same
     // revision, no new audit row), and a new Envoy serves N+1 at once.
     stack.stop_envoy();
-    std::fs::remove_file(stack.ecds_file()).unwrap();
-    let reply = stack.post_sync();
+    std::fs::remove_file(stack.sidecar.ecds_file()).unwrap();
+    let reply = stack.sidecar.post_sync();
     assert_eq!(reply.status, 200, "{}", reply.text());
     let body = reply.json();
     assert_eq!(body["result"], "unchanged", "{body}");
     assert_eq!(body["revision_id"], n1.id);
-    let rewritten = std::fs::read_to_string(stack.ecds_file()).expect("file rewritten");
+    let rewritten = std::fs::read_to_string(stack.sidecar.ecds_file()).expect("file rewritten");
     assert!(rewritten.contains(&n1.revision));
     assert_eq!(stack.revisions().last(), Some(&n1), "no new revision");
     stack.start_envoy();
@@ -288,7 +308,7 @@ fn restarted_envoy_serves_the_file_and_follows_new_revisions() {
 // ------------------------------------------------- 3. ECDS path unwritable
 
 fn what_path(stack: &FaultStack) -> String {
-    stack.ecds_file().display().to_string()
+    stack.sidecar.ecds_file().display().to_string()
 }
 
 /// Breaks delivery with `fault`, changes acme's limit to `requests`, and checks
@@ -296,23 +316,23 @@ fn what_path(stack: &FaultStack) -> String {
 /// automatic delivery. `served` is the limit Envoy serves before.
 fn unwritable_round(stack: &FaultStack, mut fault: WriteFault, served: u64, requests: u64) {
     let what = fault.describe();
-    let errors_before = stack.metric(SYNC_ERRORS).unwrap();
+    let errors_before = stack.sidecar.metric(SYNC_ERRORS).unwrap();
     let audit_before = stack.revisions();
     stack.set_tenant_limit("acme", requests, 60);
 
     // The NOTIFY-triggered sync fails; so does a manual one, naming the path.
-    let reply = stack.post_sync();
+    let reply = stack.sidecar.post_sync();
     eprintln!("[{what}] POST /sync: {} {}", reply.status, reply.text());
     assert_eq!(reply.status, 500, "[{what}] {}", reply.text());
     let body = reply.json();
     assert_eq!(body["result"], "failed");
     let error = body["error"].as_str().unwrap_or_default();
     assert!(
-        error.contains(&stack.ecds_file().display().to_string()),
+        error.contains(&stack.sidecar.ecds_file().display().to_string()),
         "[{what}] the error names the ECDS file: {error}"
     );
-    assert_eq!(stack.metric(ENVOY_STATUS), Some(0.0), "[{what}]");
-    let errors = stack.metric(SYNC_ERRORS).unwrap();
+    assert_eq!(stack.sidecar.metric(ENVOY_STATUS), Some(0.0), "[{what}]");
+    let errors = stack.sidecar.metric(SYNC_ERRORS).unwrap();
     assert!(
         errors >= errors_before + 1.0,
         "[{what}] errors {errors_before} -> {errors}"
@@ -320,10 +340,10 @@ fn unwritable_round(stack: &FaultStack, mut fault: WriteFault, served: u64, requ
     // Retries on their own (backoff), each failing while the fault lasts.
     assert!(
         wait_until(Duration::from_secs(10), || {
-            stack.metric(SYNC_ERRORS).unwrap_or_default() >= errors + 2.0
+            stack.sidecar.metric(SYNC_ERRORS).unwrap_or_default() >= errors + 2.0
         }),
         "[{what}] the sidecar retries the failed delivery:\n{}",
-        stack.metrics()
+        stack.sidecar.metrics()
     );
     // Retries re-deliver the one recorded revision: the audit does not grow per attempt.
     let failed: Vec<RevisionRow> = stack.revisions()[audit_before.len()..].to_vec();
@@ -334,7 +354,7 @@ fn unwritable_round(stack: &FaultStack, mut fault: WriteFault, served: u64, requ
     assert!(
         failed[0]
             .error
-            .contains(&stack.ecds_file().display().to_string()),
+            .contains(&stack.sidecar.ecds_file().display().to_string()),
         "the audit records the error: {:?}",
         failed[0]
     );
@@ -352,9 +372,15 @@ fn unwritable_round(stack: &FaultStack, mut fault: WriteFault, served: u64, requ
     let repaired = Instant::now();
     stack
         .wait_for_limit("acme", requests, 60, PROPAGATION)
-        .unwrap_or_else(|| panic!("[{what}] not delivered after repair:\n{}", stack.metrics()));
+        .unwrap_or_else(|| {
+            panic!(
+                "[{what}] not delivered after repair:\n{}",
+                stack.sidecar.metrics()
+            )
+        });
     eprintln!("[{what}] repaired -> enforced in {:?}", repaired.elapsed());
     assert!(wait_until(Duration::from_secs(5), || stack
+        .sidecar
         .metric(ENVOY_STATUS)
         == Some(1.0)));
     let last = stack.revisions().last().cloned().unwrap();
@@ -367,7 +393,7 @@ fn unwritable_round(stack: &FaultStack, mut fault: WriteFault, served: u64, requ
         last.error.contains("delivered on retry after") && last.error.contains(&what_path(stack)),
         "the audit keeps what the retry overcame: {last:?}"
     );
-    assert_eq!(stack.metric(CURRENT_REVISION), Some(last.id as f64));
+    assert_eq!(stack.sidecar.metric(CURRENT_REVISION), Some(last.id as f64));
     assert!(stack
         .envoy()
         .wait_for_ecds_version(&last.revision, PROPAGATION));
@@ -388,7 +414,7 @@ fn unwritable_ecds_path_is_reported_retried_and_recovered() {
 
     // (a) The directory refuses new files (chattr +i as root, mode 0555 otherwise).
     let mut served = 1000;
-    match WriteFault::unwritable_dir(stack.ecds_dir()) {
+    match WriteFault::unwritable_dir(stack.sidecar.ecds_dir()) {
         Some(fault) => {
             unwritable_round(&stack, fault, served, 500);
             served = 500;
@@ -396,7 +422,7 @@ fn unwritable_ecds_path_is_reported_retried_and_recovered() {
         None => eprintln!("cannot make the ECDS directory unwritable here; skipping (a)"),
     }
     // (b) A directory stands where the ECDS file goes (the rename fails).
-    let fault = WriteFault::directory_as_file(&stack.ecds_file());
+    let fault = WriteFault::directory_as_file(&stack.sidecar.ecds_file());
     unwritable_round(&stack, fault, served, 250);
 }
 
@@ -567,6 +593,252 @@ fn corrupted_shared_data_reads_as_absent() {
     assert_eq!(upstream.hits(), hits + 2);
 
     // No panic: no VM was reloaded or created, nothing answered 5xx above.
+    let after = wasm_stats(envoy);
+    for name in [RELOAD_SUCCESS, RELOAD_BACKOFF, RELOAD_FAILURE, VMS_CREATED] {
+        assert_eq!(stat(&after, name), stat(&before, name), "{name}: {after:?}");
+    }
+}
+
+// ------------------------- 6. the VM dies while an idempotent request is in flight
+
+const ORDERS: &str = "/orders";
+const ORDER: &[u8] = b"{\"qty\":1}";
+const KEY: &str = "\"order-1\"";
+/// `in_flight_timeout_seconds`: how long the dead VM's claim keeps the key.
+const IN_FLIGHT: Duration = Duration::from_secs(3);
+/// Host wall clock (the claim's expiry) against the test's monotonic clock.
+const CLOCK_SLACK: Duration = Duration::from_millis(50);
+
+/// Tenant `shop` with idempotent POSTs, tenant `capped` limited to 1/60.
+fn crash_config() -> String {
+    let mut config = PluginConfig::new("r-crash")
+        .tenant_limit("capped", 1, 60)
+        .value()
+        .clone();
+    config["tenants"]["shop"] = json!({});
+    config["defaults"]["idempotency"] = json!({
+        "methods": ["POST"],
+        "required": true,
+        "ttl_seconds": 3600,
+        "max_body_bytes": 4096,
+        "in_flight_timeout_seconds": IN_FLIGHT.as_secs()
+    });
+    config.to_string()
+}
+
+fn post_order(client: &mut Client, extra: &[(&str, &str)]) -> Response {
+    let mut headers = vec![(TENANT_HEADER, "shop"), ("idempotency-key", KEY)];
+    headers.extend_from_slice(extra);
+    client.send("POST", ORDERS, &headers, ORDER)
+}
+
+/// Client A's request: upstream executes it, then the VM panics in the
+/// response headers. Returns A's answer and when it came (since `sent`).
+fn crash_mid_flight(client: &mut Client, backend: &Backend, sent: Instant) -> (Response, Duration) {
+    let a = post_order(client, &[(FAULT_HEADER, PANIC_IN_RESPONSE)]);
+    let answered = sent.elapsed();
+    eprintln!("A (VM panics after upstream answered): {a:?} after {answered:?}");
+    assert_envoy_unavailable(&a);
+    assert_eq!(
+        (backend.started(ORDERS), backend.completed(ORDERS)),
+        (1, 1),
+        "upstream executed A once, yet A got a 503"
+    );
+    (a, answered)
+}
+
+/// The retries of K: nothing reaches upstream until the claim lapses, then
+/// exactly one execution, no sooner than `IN_FLIGHT` after A was sent and
+/// promptly once it has passed `IN_FLIGHT` after A was answered.
+fn retries_until_second_execution(
+    client: &mut Client,
+    backend: &Backend,
+    sent: Instant,
+    a_answered: Duration,
+) -> Vec<Attempt> {
+    let attempts = client.retry_until_executed(
+        sent,
+        IN_FLIGHT + Duration::from_secs(5),
+        |c| post_order(c, &[]),
+        ORDERS,
+        |attempt| {
+            if attempt.seen != Seen::Executed {
+                assert_eq!(
+                    backend.started(ORDERS),
+                    1,
+                    "nothing reached upstream: {attempt:?}"
+                );
+            }
+        },
+    );
+    let runs = phases(&attempts);
+    eprintln!("retries of K: {runs:?}");
+    let executed = attempts.last().unwrap();
+    assert_eq!(executed.seen, Seen::Executed);
+    assert_eq!(backend.completed(ORDERS), 2, "K executed twice upstream");
+    assert!(
+        executed.answered + CLOCK_SLACK >= IN_FLIGHT,
+        "not before the claim lapsed: {executed:?}"
+    );
+    assert!(
+        executed.answered < a_answered + IN_FLIGHT + Duration::from_secs(1),
+        "as soon as the claim lapsed: {executed:?}, A answered at {a_answered:?}"
+    );
+    let last_409 = attempts.iter().rev().find(|a| a.seen == Seen::InFlight);
+    let last_409 = last_409.expect("the claim answered 409 before it lapsed");
+    assert!(
+        last_409.sent < a_answered + IN_FLIGHT + CLOCK_SLACK,
+        "409 only while the claim lives: {last_409:?}"
+    );
+    // The second execution was recorded: the next retry is a replay.
+    let replay = post_order(client, &[]);
+    assert_eq!(classify(&replay, ORDERS), Seen::Replayed, "{replay:?}");
+    assert_eq!(backend.completed(ORDERS), 2);
+    eprintln!(
+        "K executed again {:?} after A was sent ({:?} after A's 503)",
+        executed.answered,
+        executed.answered.saturating_sub(a_answered)
+    );
+    attempts
+}
+
+/// One worker (one HTTP/2 connection) under `FAIL_RELOAD`, as the sidecar
+/// renders it: A gets a 503 although upstream executed it; the retries get
+/// 503 during the reload backoff, then 409 from the reloaded VM (Envoy's
+/// shared data outlived the VM that wrote the claim) until
+/// `in_flight_timeout_seconds`, then K executes a second time.
+#[test]
+fn vm_crash_mid_flight_fail_reload_one_worker() {
+    let backend = Backend::start();
+    let fault = FaultEnvoy::start(&crash_config(), backend.port());
+    let envoy = &fault.envoy;
+    let mut client = Client::H2(RawH2::new(envoy.port()));
+    let warm = client.send("GET", "/warm", &[(TENANT_HEADER, "warm")], b"");
+    assert_eq!(warm.status, 200, "{warm:?}");
+    let before = wasm_stats(envoy);
+
+    let sent = Instant::now();
+    let (_, a_answered) = crash_mid_flight(&mut client, &backend, sent);
+    let attempts = retries_until_second_execution(&mut client, &backend, sent, a_answered);
+    let runs = phases(&attempts);
+    let kinds: Vec<Seen> = runs.iter().map(|(seen, _)| *seen).collect();
+    assert_eq!(
+        kinds,
+        [Seen::Unavailable, Seen::InFlight, Seen::Executed],
+        "503 while the VM backs off, 409 from the reloaded VM, then a second execution: {runs:?}"
+    );
+    let reloaded = attempts.iter().find(|a| a.seen == Seen::InFlight).unwrap();
+    eprintln!(
+        "VM reloaded: first 409 {:?} after A was sent",
+        reloaded.answered
+    );
+
+    // Envoy's account: every retry before the reload was refused by the
+    // backoff, then one reload, one new V8 VM.
+    let after = wasm_stats(envoy);
+    let delta = |name: &str| stat(&after, name) - stat(&before, name);
+    assert_eq!(delta(RELOAD_BACKOFF), runs[0].1 as u64, "{after:?}");
+    assert_eq!(delta(RELOAD_SUCCESS), 1, "{after:?}");
+    assert_eq!(delta(RELOAD_FAILURE), 0, "{after:?}");
+    assert_eq!(delta(VMS_CREATED), 1, "{after:?}");
+}
+
+/// HTTP/1 clients (a new connection per attempt, as Envoy closes it after a
+/// local reply sent before the body): A's 503 has `content-length: 0`; a
+/// retry gets 503 when it lands on the crashed worker during its backoff and
+/// 409 elsewhere, until the claim lapses; then K executes a second time.
+#[test]
+fn vm_crash_mid_flight_fail_reload_any_worker() {
+    let backend = Backend::start();
+    let fault = FaultEnvoy::start(&crash_config(), backend.port());
+    let mut client = Client::H1(fault.envoy.port());
+    let sent = Instant::now();
+    let (a, a_answered) = crash_mid_flight(&mut client, &backend, sent);
+    assert_eq!(a.header("content-length"), Some("0"), "{a:?}");
+    let attempts = retries_until_second_execution(&mut client, &backend, sent, a_answered);
+    let (executed, retries) = attempts.split_last().unwrap();
+    assert_eq!(executed.seen, Seen::Executed);
+    assert!(
+        retries
+            .iter()
+            .all(|a| matches!(a.seen, Seen::Unavailable | Seen::InFlight)),
+        "only 503 or 409 before the second execution: {:?}",
+        phases(&attempts)
+    );
+}
+
+/// `GET /limit` as tenant `capped` (1/60) on `client`.
+fn get_capped(client: &mut Client) -> Response {
+    client.send("GET", "/limit", &[(TENANT_HEADER, "capped")], b"")
+}
+
+/// `FAIL_CLOSED`, one worker: the dead filter is not replaced; every request
+/// on that worker, K's retries and other tenants' alike, is Envoy's 503 and
+/// none reaches upstream, for the 2 s watched (`FAIL_RELOAD` reloaded after
+/// about 1.1-1.3 s in the tests above).
+#[test]
+fn vm_crash_mid_flight_fail_closed_one_worker() {
+    let backend = Backend::start();
+    let fault =
+        FaultEnvoy::start_with_policy(&crash_config(), backend.port(), FailurePolicy::Closed);
+    let envoy = &fault.envoy;
+    let mut client = Client::H2(RawH2::new(envoy.port()));
+    assert_eq!(get_capped(&mut client).status, 200);
+    let before = wasm_stats(envoy);
+    let (_, _) = crash_mid_flight(&mut client, &backend, Instant::now());
+
+    let mut rounds = 0;
+    let mut last = Vec::new();
+    let answered = wait_until(Duration::from_secs(2), || {
+        rounds += 1;
+        let retry = post_order(&mut client, &[]);
+        let other = client.send("GET", "/other", &[(TENANT_HEADER, "other")], b"");
+        let refused = is_envoy_unavailable(&retry) && is_envoy_unavailable(&other);
+        last = vec![retry, other];
+        !refused
+    });
+    assert!(
+        !answered,
+        "the worker stays unavailable under FAIL_CLOSED: {last:?}"
+    );
+    eprintln!("FAIL_CLOSED: {rounds} rounds of retries, all Envoy's 503");
+    assert_eq!(backend.started(ORDERS), 1, "no retry reached upstream");
+    assert_eq!(backend.started("/other"), 0);
+    let after = wasm_stats(envoy);
+    for name in [RELOAD_SUCCESS, RELOAD_BACKOFF, RELOAD_FAILURE, VMS_CREATED] {
+        assert_eq!(stat(&after, name), stat(&before, name), "{name}: {after:?}");
+    }
+}
+
+/// `FAIL_OPEN`, one worker: the worker's requests skip the dead filter, so
+/// K's retry executes at once and again on every retry (no idempotency), a
+/// tenant over its limit is let through, and no correlation id is added.
+#[test]
+fn vm_crash_mid_flight_fail_open_one_worker() {
+    let backend = Backend::start();
+    let fault = FaultEnvoy::start_with_policy(&crash_config(), backend.port(), FailurePolicy::Open);
+    let envoy = &fault.envoy;
+    let mut client = Client::H2(RawH2::new(envoy.port()));
+    assert_eq!(get_capped(&mut client).status, 200);
+    assert_eq!(
+        get_capped(&mut client).status,
+        429,
+        "the filter enforces 1/60"
+    );
+    let before = wasm_stats(envoy);
+    let (_, _) = crash_mid_flight(&mut client, &backend, Instant::now());
+
+    for executions in [2, 3] {
+        let retry = post_order(&mut client, &[]);
+        assert_eq!(classify(&retry, ORDERS), Seen::Unfiltered, "{retry:?}");
+        assert_eq!(backend.completed(ORDERS), executions, "K executed again");
+    }
+    let capped = get_capped(&mut client);
+    assert_eq!(
+        capped.status, 200,
+        "no limit without the filter: {capped:?}"
+    );
+    assert!(capped.header("x-correlation-id").is_none(), "{capped:?}");
     let after = wasm_stats(envoy);
     for name in [RELOAD_SUCCESS, RELOAD_BACKOFF, RELOAD_FAILURE, VMS_CREATED] {
         assert_eq!(stat(&after, name), stat(&before, name), "{name}: {after:?}");

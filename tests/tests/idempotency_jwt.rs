@@ -16,6 +16,7 @@
 //! Every wait is a poll with a deadline; the only place wall time is allowed to
 //! pass on purpose is the 1 s idempotency TTL in the memory test, and even there
 //! the test polls for the condition (records expired / reclaimed).
+#![cfg(test)]
 
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};

@@ -7,6 +7,7 @@
 //! The backend counts complete requests per path and can hold a path's requests
 //! until the test releases them, so "in flight" is a state the test waits for,
 //! not a race it hopes to win.
+#![cfg(test)]
 
 use std::collections::HashMap;
 use std::path::Path;

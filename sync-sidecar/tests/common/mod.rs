@@ -1,7 +1,7 @@
-//! Helpers for the tests against the real PostgreSQL given by `DATABASE_URL`
-//! (default `postgres://postgres@127.0.0.1:5432/postgres`): a fresh schema per
-//! test, settings upserts, a tiny HTTP client, polling with a deadline, and an
-//! in-process daemon with its admin server on port 0.
+//! Helpers for the tests against the real PostgreSQL of the shared fixture
+//! ([`tenant_guard_sidecar::test_support`]: `DATABASE_URL`, a fresh schema per
+//! test dropped on drop): settings upserts, a tiny HTTP client, polling with
+//! a deadline, and an in-process daemon with its admin server on port 0.
 //!
 //! The sidecar trusts no tenant header by default; these tests have no JWT
 //! issuer, so [`TestDb::new`] turns header mode on explicitly (actor
@@ -9,27 +9,28 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod invalid_settings;
+pub mod settings_cli;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tenant_guard_sidecar::daemon::{self, RunConfig};
-use tenant_guard_sidecar::db::{self, DbConfig};
+use tenant_guard_sidecar::db::DbConfig;
 use tenant_guard_sidecar::envoy::ECDS_FILE_NAME;
 use tenant_guard_sidecar::sync::{EnvoyTarget, Syncer};
+use tenant_guard_sidecar::test_support::{self, TestSchema};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio_postgres::Client;
 
+/// The database the tests use (the fixture's `DATABASE_URL` or its default).
 pub fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    test_support::database_url()
 }
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// `updated_by` of the header-mode row [`TestDb::new`] writes.
 pub const SETUP_ACTOR: &str = "setup";
@@ -39,45 +40,33 @@ pub struct TestDb {
     pub config: DbConfig,
     pub client: Client,
     pub dir: tempfile::TempDir,
+    // Declared last: dropped (with the schema) after the session closed.
+    schema: TestSchema,
 }
 
 impl TestDb {
     /// A fresh schema with header mode on (`gateway.tenant.trust_header_without_jwt`).
     pub async fn new() -> Self {
-        let db = Self::bare().await;
-        db.set_global(
-            "gateway.tenant.trust_header_without_jwt",
-            Value::Bool(true),
-            SETUP_ACTOR,
-        )
-        .await;
-        db
+        Self::on(TestSchema::with_header_mode(SETUP_ACTOR)).await
     }
 
     /// A fresh schema without any settings.
     pub async fn bare() -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let schema = format!(
-            "tgt_{}_{}_{nanos}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let config = DbConfig::new(&database_url(), &schema).unwrap();
+        Self::on(TestSchema::create()).await
+    }
+
+    async fn on(schema: Result<TestSchema, test_support::FixtureError>) -> Self {
+        let schema =
+            schema.unwrap_or_else(|e| panic!("{}", tenant_guard_sidecar::text::error_text(&e)));
+        let config = schema.config().clone();
         let mut test_session = config.clone();
         test_session.application_name = "tenant-guard-sidecar-tests".to_owned();
-        let mut client = test_session.connect_spawned().await.expect(
-            "PostgreSQL is not reachable: run `export DATABASE_URL=$(bash tests/postgres.sh)`",
-        );
-        sweep_stale_schemas(&client).await;
-        db::migrate(&mut client, &schema).await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
+        let client = test_session.connect_spawned().await.unwrap();
         Self {
             config,
             client,
-            dir,
+            dir: tempfile::tempdir().unwrap(),
+            schema,
         }
     }
 
@@ -171,40 +160,9 @@ impl TestDb {
             .get(0)
     }
 
+    /// Drops the schema now (it is also dropped when the `TestDb` is).
     pub async fn drop_schema(self) {
-        let _ = self
-            .client
-            .batch_execute(&format!(
-                "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-                self.schema()
-            ))
-            .await;
-    }
-}
-
-/// Drops schemas left behind by failed runs: `tgt_<pid>_…` of processes that are gone.
-async fn sweep_stale_schemas(client: &Client) {
-    static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if SWEPT.swap(true, Ordering::SeqCst) {
-        return;
-    }
-    let Ok(rows) = client
-        .query(
-            "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'tgt\\_%'",
-            &[],
-        )
-        .await
-    else {
-        return;
-    };
-    for row in rows {
-        let name: String = row.get(0);
-        let pid = name.split('_').nth(1).unwrap_or_default();
-        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
-            let _ = client
-                .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
-                .await;
-        }
+        drop(self);
     }
 }
 
@@ -289,6 +247,11 @@ impl Daemon {
             Some(url) => DbConfig::new(url, db.schema()).unwrap(),
             None => db.config.clone(),
         };
+        Self::start_syncer(db_config, db.syncer()).await
+    }
+
+    /// A daemon on `db_config` running `syncer`.
+    pub async fn start_syncer(db_config: DbConfig, syncer: Syncer) -> Self {
         let mut config = RunConfig::new(db_config);
         config.resync_interval = Duration::from_secs(3600);
         config.debounce = Duration::from_millis(20);
@@ -296,7 +259,7 @@ impl Daemon {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(daemon::run(config, db.syncer(), listener, async move {
+        let handle = tokio::spawn(daemon::run(config, syncer, listener, async move {
             let _ = stopped.await;
         }));
         Self {

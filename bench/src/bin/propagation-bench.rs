@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! export DATABASE_URL="$(bash tests/postgres.sh)"   # optional: default 127.0.0.1:5432
-//! cargo run --release -p tenant-guard-e2e --bin propagation-bench -- [--changes N] [--debounce-ms MS]
+//! cargo run --release -p tenant-guard-bench --bin propagation-bench -- [--changes N] [--debounce-ms MS]
 //! ```
 //!
 //! Starts the same stack as `tests/sidecar_e2e.rs` (fresh schema, the sidecar
@@ -15,7 +15,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tenant_guard_e2e::bench::{self, Flags};
+use tenant_guard_bench::{self as bench, Flags};
 use tenant_guard_e2e::sidecar::{
     database_url, measure_propagation, ms, SidecarStack, StackOptions,
 };

@@ -2,7 +2,7 @@
 //! each filter feature, as a ratio against plain Envoy (no filter) in the same run.
 //!
 //! ```text
-//! cargo run --release -p tenant-guard-e2e --bin filter-bench -- [--requests N] [--connections C] [--rounds R] [--compare-wasm FILE]...
+//! cargo run --release -p tenant-guard-bench --bin filter-bench -- [--requests N] [--connections C] [--rounds R] [--compare-wasm FILE]...
 //! ```
 //!
 //! One Envoy (`--concurrency 1`, so one worker does all the work) per scenario,
@@ -38,10 +38,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tenant_guard_e2e::bench::{
-    self, clock_ticks_per_second, file_label, file_size, filter_config, median, min_max, with_jwt,
-    BenchEnvoy, Bootstrap, CpuTime, Flags,
+use tenant_guard_bench::{
+    self as bench, clock_ticks_per_second, file_label, file_size, filter_config, median, min_max,
+    with_jwt, BenchEnvoy, Bootstrap, CpuTime, Flags,
 };
+use tenant_guard_e2e::config::set_json;
 use tenant_guard_e2e::{envoy_binary, probe_wasm_path, wasm_path, Conn};
 
 const TENANT: &str = "x-tenant-id";
@@ -140,10 +141,14 @@ fn scenarios(compare_wasm: &[PathBuf]) -> Result<Vec<Scenario>, String> {
     let rsa = bench::rs256_token("acme")?;
 
     let mut idempotent = base_config("bench-idem", true);
-    idempotent["defaults"]["idempotency"] = json!({
-        "methods": ["POST"], "required": true, "ttl_seconds": 3600,
-        "max_body_bytes": 65536, "in_flight_timeout_seconds": 60
-    });
+    set_json(
+        &mut idempotent,
+        &["defaults", "idempotency"],
+        json!({
+            "methods": ["POST"], "required": true, "ttl_seconds": 3600,
+            "max_body_bytes": 65536, "in_flight_timeout_seconds": 60
+        }),
+    );
     let replay = |key: &str, body: &[u8]| Request {
         method: "POST",
         path: "/bench",

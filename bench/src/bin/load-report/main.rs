@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! sudo apt-get install -y wrk        # Debian's wrk
-//! cargo run --release -p tenant-guard-e2e --bin load-report -- \
+//! cargo run --release -p tenant-guard-bench --bin load-report -- \
 //!     [--duration S (5)] [--connections C (16)] [--reps R (3)] [--tenants T (10000)] \
 //!     [--exact-limit N (2000)] [--skip-10k] [--only-c1] [--compare-wasm FILE]...
 //! ```
@@ -23,25 +23,31 @@
 //! repetitions (and the CPU range), and ratios to plain Envoy with the same
 //! worker count.
 
-use std::collections::BTreeMap;
+mod exactness;
+mod tenants;
+mod wrk;
+
 use std::fmt::Write as _;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
 
-use serde_json::{json, Value};
+use serde_json::json;
+use tenant_guard_bench::{
+    self as bench, clock_ticks_per_second, command_output, file_label, file_size, filter_config,
+    median, min_max, rss_kib, with_jwt, BenchEnvoy, Bootstrap, CpuTime, Flags,
+};
 use tenant_guard_core::config;
 use tenant_guard_core::engine::{self, HostInputs, RequestView};
 use tenant_guard_core::store::MemoryStore;
-use tenant_guard_e2e::bench::{
-    self, clock_ticks_per_second, command_output, file_label, file_size, filter_config, median,
-    min_max, rss_kib, with_jwt, BenchEnvoy, Bootstrap, CpuTime, Flags,
-};
-use tenant_guard_e2e::sidecar::ms;
+use tenant_guard_e2e::config::set_json;
 use tenant_guard_e2e::tempdir::TempDir;
-use tenant_guard_e2e::{envoy_binary, probe_wasm_path, wait_until, wasm_path};
-use tenant_guard_sidecar::settings::{render, Scope, SettingRow, Validator};
+use tenant_guard_e2e::{envoy_binary, probe_wasm_path, wasm_path};
+
+use exactness::exactness;
+use tenants::ten_thousand;
+use wrk::{run_wrk, Load, STATUS_SCRIPT};
 
 const TENANT: &str = "acme";
 const PATH: &str = "/bench";
@@ -98,8 +104,6 @@ fn parse_args(flags: &mut Flags) -> Res<Args> {
     Ok(args)
 }
 
-// ------------------------------------------------------------------ Envoy
-
 /// The Lua + native `local_ratelimit` baseline: tenant `TENANT` gets `tokens` per `fill_seconds`.
 fn lua(tokens: u64, fill_seconds: u64) -> Bootstrap {
     Bootstrap::Lua {
@@ -107,131 +111,6 @@ fn lua(tokens: u64, fill_seconds: u64) -> Bootstrap {
         tokens,
         fill_seconds,
     }
-}
-
-// ------------------------------------------------------------------ wrk
-
-/// Counts response statuses per wrk thread and prints them in `done()`.
-const STATUS_SCRIPT: &str = r#"
-counts = {}
-function response(status, headers, body)
-  counts[status] = (counts[status] or 0) + 1
-end
-local threads = {}
-function setup(thread)
-  table.insert(threads, thread)
-end
-function done(summary, latency, requests)
-  for _, t in ipairs(threads) do
-    for status, n in pairs(t:get("counts")) do
-      io.write(string.format("status %d %d\n", status, n))
-    end
-  end
-end
-"#;
-
-/// Sends each request for a different tenant, `t00000` … (the 10k-tenant config).
-fn rotating_tenants_script(tenants: usize) -> String {
-    format!(
-        r#"
-local n = 0
-function request()
-  n = n + 1
-  return wrk.format("GET", "{PATH}", {{ ["x-tenant-id"] = string.format("t%05d", n % {tenants}) }})
-end
-"#
-    )
-}
-
-#[derive(Debug, Clone, Default)]
-struct WrkResult {
-    requests: u64,
-    rps: f64,
-    p50_us: f64,
-    p99_us: f64,
-    non_2xx: u64,
-    socket_errors: String,
-    statuses: BTreeMap<u16, u64>,
-}
-
-fn to_us(text: &str) -> Option<f64> {
-    let text = text.trim();
-    let (number, factor) = if let Some(n) = text.strip_suffix("us") {
-        (n, 1.0)
-    } else if let Some(n) = text.strip_suffix("ms") {
-        (n, 1e3)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1e6)
-    } else {
-        (text, 1.0)
-    };
-    number.trim().parse::<f64>().ok().map(|n| n * factor)
-}
-
-fn parse_wrk(output: &str) -> Res<WrkResult> {
-    let mut result = WrkResult::default();
-    for line in output.lines() {
-        let line = line.trim();
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["50%", value] => result.p50_us = to_us(value).unwrap_or(0.0),
-            ["99%", value] => result.p99_us = to_us(value).unwrap_or(0.0),
-            [count, "requests", "in", ..] => result.requests = count.parse().unwrap_or(0),
-            ["Requests/sec:", value] => result.rps = value.parse().unwrap_or(0.0),
-            ["Non-2xx", "or", "3xx", "responses:", value] => {
-                result.non_2xx = value.parse().unwrap_or(0)
-            }
-            ["status", status, count] => {
-                if let (Ok(status), Ok(count)) = (status.parse::<u16>(), count.parse::<u64>()) {
-                    *result.statuses.entry(status).or_default() += count;
-                }
-            }
-            _ if line.starts_with("Socket errors:") => line.clone_into(&mut result.socket_errors),
-            _ => {}
-        }
-    }
-    if result.requests == 0 {
-        return Err(format!("wrk served no requests:\n{output}"));
-    }
-    Ok(result)
-}
-
-struct Load<'a> {
-    port: u16,
-    seconds: u64,
-    connections: u32,
-    headers: &'a [(String, String)],
-    script: Option<&'a Path>,
-}
-
-fn run_wrk(load: &Load<'_>) -> Res<WrkResult> {
-    let mut command = Command::new("wrk");
-    command.args([
-        "-t1".to_owned(),
-        format!("-c{}", load.connections),
-        format!("-d{}s", load.seconds),
-        "--latency".to_owned(),
-    ]);
-    for (name, value) in load.headers {
-        command.arg("-H").arg(format!("{name}: {value}"));
-    }
-    if let Some(script) = load.script {
-        command.arg("-s").arg(script);
-    }
-    command.arg(format!("http://127.0.0.1:{}{PATH}", load.port));
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run wrk (apt-get install -y wrk): {e}"))?;
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    if !output.status.success() {
-        return Err(format!(
-            "wrk failed ({}): {text}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    parse_wrk(&text)
 }
 
 // ------------------------------------------------------------------ scenarios
@@ -254,7 +133,11 @@ fn scenarios(compare_wasm: &[PathBuf]) -> Res<Vec<Scenario>> {
     let tenant = vec![("x-tenant-id".to_owned(), TENANT.to_owned())];
     // No upstream revision header, RateLimit headers only on the 429.
     let mut lean = filter_config("load-lean", Some((1_000_000_000, 60)));
-    lean["headers"] = json!({ "revision": false, "rate_limit": "on_reject" });
+    set_json(
+        &mut lean,
+        &["headers"],
+        json!({ "revision": false, "rate_limit": "on_reject" }),
+    );
     let mut scenarios = vec![
         Scenario {
             name: "plain Envoy (no filter)".into(),
@@ -485,266 +368,6 @@ fn load_table(
         }
     }
     Ok(ok)
-}
-
-// ------------------------------------------------------------------ exactness
-
-fn exactness(args: &Args, upstream: u16, script: &Path, out: &mut String) -> Res<bool> {
-    let n = args.exact_limit;
-    let window = 86_400u64;
-    let emission_s = window as f64 / n as f64;
-    let mut ok = true;
-    let _ = writeln!(
-        out,
-        "Limit N = {n} per {window} s (burst N) on one tenant, Envoy `--concurrency 2`, \
-         `wrk -t1 -c{} -d{}s` with a status-counting Lua script. Allowed = N + \
-         ⌊run time / {emission_s:.1} s⌋ (GCRA refill), i.e. N for runs shorter than one \
-         emission interval.\n",
-        args.connections, args.duration
-    );
-    let _ = writeln!(
-        out,
-        "| limiter | requests | 200 (admitted) | 429 | other | allowed | admitted − allowed | filter stats allowed / rate_limited |"
-    );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
-    let tenant = "exact";
-    let mut config = filter_config("load-exact", Some((1_000_000_000, 60)));
-    config["tenants"][tenant] = json!({"rate_limit": {"requests": n, "per_seconds": window}});
-    let cases = [
-        (
-            "tenant-guard filter (shared-data CAS)",
-            Bootstrap::Filter(config.to_string()),
-            tenant,
-        ),
-        (
-            "native local_ratelimit (descriptor bucket)",
-            lua(n, window),
-            TENANT,
-        ),
-    ];
-    for (name, bootstrap, tenant) in cases {
-        let envoy = BenchEnvoy::start(&bootstrap, 2, upstream)?;
-        let headers = vec![("x-tenant-id".to_owned(), tenant.to_owned())];
-        let started = Instant::now();
-        let result = run_wrk(&Load {
-            port: envoy.port(),
-            seconds: args.duration,
-            connections: args.connections,
-            headers: &headers,
-            script: Some(script),
-        })?;
-        let elapsed = started.elapsed().as_secs_f64();
-        let admitted = result.statuses.get(&200).copied().unwrap_or(0);
-        let limited = result.statuses.get(&429).copied().unwrap_or(0);
-        let total: u64 = result.statuses.values().sum();
-        let other = total - admitted - limited;
-        let allowed = n + (elapsed / emission_s).floor() as u64;
-        let stats = match bootstrap {
-            Bootstrap::Filter(_) => {
-                // Each worker hands its counters to Envoy once a second.
-                let counted = || {
-                    (
-                        envoy.stat_suffix_sum("tenant_guard_allowed"),
-                        envoy.stat_suffix_sum("tenant_guard_rate_limited"),
-                    )
-                };
-                wait_until(Duration::from_secs(5), || {
-                    let (allowed, rejected) = counted();
-                    allowed >= admitted && rejected >= limited
-                });
-                let (allowed, rejected) = counted();
-                format!("{allowed} / {rejected}")
-            }
-            _ => format!(
-                "(native: ok {} / limited {})",
-                envoy.stat_suffix_sum("tenant_rate_limit.http_local_rate_limit.ok"),
-                envoy.stat_suffix_sum("tenant_rate_limit.http_local_rate_limit.rate_limited")
-            ),
-        };
-        let _ = writeln!(
-            out,
-            "| {name} | {total} | {admitted} | {limited} | {other} | {allowed} | {:+} | {stats} |",
-            admitted as i64 - allowed as i64
-        );
-        if admitted > allowed || other > 0 {
-            ok = false;
-        }
-    }
-    Ok(ok)
-}
-
-// ------------------------------------------------------------------ 10k tenants
-
-const ACTOR: &str = "load-report";
-
-fn row(scope: Scope, tenant: &str, route: &str, key: &str, value: Value) -> SettingRow {
-    SettingRow::new(scope, tenant, route, key, value, ACTOR)
-}
-
-fn settings_rows(tenants: usize) -> Vec<SettingRow> {
-    let mut rows = vec![
-        SettingRow::global("gateway.tenant.header", json!("x-tenant-id"), ACTOR),
-        SettingRow::global(
-            "gateway.tenant.trust_header_without_jwt",
-            json!(true),
-            ACTOR,
-        ),
-        SettingRow::global("gateway.tenant.unknown", json!("reject"), ACTOR),
-        SettingRow::global(
-            "gateway.rate_limit",
-            json!({"requests": 100, "per_seconds": 60}),
-            ACTOR,
-        ),
-    ];
-    for i in 0..tenants {
-        let tenant = format!("t{i:05}");
-        rows.push(row(
-            Scope::Tenant,
-            &tenant,
-            "",
-            "gateway.rate_limit",
-            json!({"requests": 1000 + i, "per_seconds": 60}),
-        ));
-        rows.push(row(
-            Scope::Route,
-            &tenant,
-            "orders",
-            "gateway.route.prefix",
-            json!("/orders"),
-        ));
-        rows.push(row(
-            Scope::Route,
-            &tenant,
-            "orders",
-            "gateway.route.method",
-            json!("POST"),
-        ));
-        rows.push(row(
-            Scope::Route,
-            &tenant,
-            "orders",
-            "gateway.rate_limit",
-            json!({"requests": 10 + i % 100, "per_seconds": 1}),
-        ));
-    }
-    rows
-}
-
-fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
-    let started = Instant::now();
-    let value = f();
-    (value, started.elapsed())
-}
-
-fn ten_thousand(args: &Args, upstream: u16, dir: &Path, out: &mut String) -> Res<()> {
-    let tenants = args.tenants;
-    let rows = settings_rows(tenants);
-    // (a) sidecar: render + validate (JSON Schema + the filter's parser).
-    let mut render_ms = Vec::new();
-    let mut validate_ms = Vec::new();
-    let mut document = String::new();
-    let (validator, validator_new) = timed(Validator::new);
-    let validator = validator.map_err(|e| e.to_string())?;
-    for _ in 0..5 {
-        let (rendered, t) = timed(|| render(&rows));
-        let rendered = rendered.map_err(|e| e.to_string())?;
-        render_ms.push(ms(t));
-        document = rendered.with_revision("r1-load-report");
-        let (valid, t) = timed(|| validator.validate(&rendered, &document));
-        valid.map_err(|e| e.to_string())?;
-        validate_ms.push(ms(t));
-    }
-    // (b) the filter's parse + compile, natively.
-    let mut parse_ms = Vec::new();
-    for _ in 0..20 {
-        let (compiled, t) = timed(|| config::parse(document.as_bytes()));
-        let compiled = compiled.map_err(|e| e.to_string())?;
-        if compiled.tenants.len() != tenants {
-            return Err(format!("parsed {} tenants", compiled.tenants.len()));
-        }
-        parse_ms.push(ms(t));
-    }
-    let _ = writeln!(
-        out,
-        "{tenants} tenants, each with a tenant rate limit and one route (`POST /orders`, own limit): \
-         {} settings rows → a {:.0} KiB plugin document.\n",
-        rows.len(),
-        document.len() as f64 / 1024.0
-    );
-    let _ = writeln!(out, "| step | median | min |");
-    let _ = writeln!(out, "|---|---:|---:|");
-    for (name, values) in [
-        ("sidecar `settings::render` (rows → document)", &render_ms),
-        (
-            "sidecar `Validator::validate` (JSON Schema + filter parser)",
-            &validate_ms,
-        ),
-        (
-            "filter `config::parse` natively (parse + compile)",
-            &parse_ms,
-        ),
-    ] {
-        let _ = writeln!(
-            out,
-            "| {name} | {:.1} ms | {:.1} ms |",
-            median(values),
-            min_max(values).0
-        );
-    }
-    let _ = writeln!(
-        out,
-        "| sidecar `Validator::new` (compile the schema, once) | {:.1} ms | |",
-        ms(validator_new)
-    );
-    // (c) Envoy memory per worker: tiny vs 10k config, 1 vs 2 workers; each
-    // Envoy then gets one request per tenant id (creating the shared-data keys
-    // in both configs alike) before RSS is read.
-    let tiny = filter_config("load-tiny", Some((100, 60))).to_string();
-    let script = dir.join("rotate.lua");
-    fs::write(&script, rotating_tenants_script(tenants)).map_err(|e| e.to_string())?;
-    let mut rss = BTreeMap::new();
-    let _ = writeln!(
-        out,
-        "\n| Envoy | workers | start → ready | RSS after start | RSS after {tenants}-tenant traffic |"
-    );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|");
-    for (label, config) in [("tiny config", &tiny), ("10k-tenant config", &document)] {
-        for concurrency in [1u32, 2] {
-            let envoy =
-                BenchEnvoy::start(&Bootstrap::Filter(config.clone()), concurrency, upstream)?;
-            let after_start = rss_kib(envoy.pid());
-            run_wrk(&Load {
-                port: envoy.port(),
-                seconds: 2,
-                connections: args.connections,
-                headers: &[],
-                script: Some(&script),
-            })?;
-            let after = rss_kib(envoy.pid());
-            rss.insert((label, concurrency), after);
-            let _ = writeln!(
-                out,
-                "| {label} | {concurrency} | {:.0} ms | {:.1} MiB | {:.1} MiB |",
-                ms(envoy.startup()),
-                after_start as f64 / 1024.0,
-                after as f64 / 1024.0
-            );
-        }
-    }
-    let get =
-        |label: &'static str, c: u32| rss.get(&(label, c)).copied().unwrap_or(0) as f64 / 1024.0;
-    let per_worker_tiny = get("tiny config", 2) - get("tiny config", 1);
-    let per_worker_10k = get("10k-tenant config", 2) - get("10k-tenant config", 1);
-    let _ = writeln!(
-        out,
-        "\nPer extra worker: {per_worker_10k:.1} MiB with the 10k config vs {per_worker_tiny:.1} MiB \
-         with the tiny one → the 10k-tenant config costs ≈ {:.1} MiB per worker. At 1 worker the \
-         10k config costs {:.1} MiB more in total (main-thread VM + worker VM + the config held by \
-         Envoy).",
-        per_worker_10k - per_worker_tiny,
-        get("10k-tenant config", 1) - get("tiny config", 1)
-    );
-    Ok(())
 }
 
 // ------------------------------------------------------------------ native policy cost

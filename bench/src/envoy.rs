@@ -1,0 +1,197 @@
+//! The bench Envoy ([`BenchEnvoy`]): one process per scenario with a chosen
+//! `--concurrency`, running plain Envoy, the filter (or another `.wasm`) or the
+//! Lua + `local_ratelimit` baseline ([`Bootstrap`]), rendered from the same
+//! `envoy/*.yaml` templates users run; its start-up time and admin stats.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tenant_guard_e2e::envoy::{counters, free_port, log_file_tail, render_template};
+use tenant_guard_e2e::tempdir::TempDir;
+use tenant_guard_e2e::{envoy_binary, http, repo_root, wait_until, wasm_path};
+
+/// How long a bench Envoy may take to become ready.
+const BENCH_STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Which bootstrap a [`BenchEnvoy`] runs.
+#[derive(Debug, Clone)]
+pub enum Bootstrap {
+    /// `envoy/static.yaml` with the Wasm filter entry removed: plain Envoy.
+    Plain,
+    /// `envoy/static.yaml` with this plugin config (JSON text).
+    Filter(String),
+    /// `envoy/static.yaml` loading another `.wasm` (the probe, or a build to
+    /// compare) with this plugin config.
+    OtherWasm { wasm: PathBuf, config: String },
+    /// `envoy/baseline-lua.yaml` (native `local_ratelimit` + Lua correlation id):
+    /// `tenant` gets `tokens` per `fill_seconds`.
+    Lua {
+        tenant: String,
+        tokens: u64,
+        fill_seconds: u64,
+    },
+}
+
+/// Adds the `.wasm` path and the plugin config (embedded in the bootstrap as a
+/// JSON string literal) to the template values.
+fn with_wasm(
+    values: &mut Vec<(&'static str, String)>,
+    wasm: &Path,
+    config: &str,
+) -> Result<(), String> {
+    values.push(("WASM_PATH", wasm.display().to_string()));
+    values.push((
+        "PLUGIN_CONFIG_JSON",
+        serde_json::to_string(config).map_err(|e| e.to_string())?,
+    ));
+    Ok(())
+}
+
+/// A bench Envoy in front of an upstream port; killed on drop.
+#[derive(Debug)]
+pub struct BenchEnvoy {
+    child: Child,
+    port: u16,
+    admin_port: u16,
+    startup: Duration,
+    // Declared last: removed after the process is gone.
+    _dir: TempDir,
+}
+
+impl Drop for BenchEnvoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `envoy/static.yaml` without the Wasm filter: everything from the
+/// `tenant-guard` filter entry up to the router filter is removed.
+fn without_filter(template: &str) -> Result<String, String> {
+    let lines: Vec<&str> = template.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.trim() == "- name: tenant-guard")
+        .ok_or("static.yaml: no `- name: tenant-guard` filter entry")?;
+    let end = lines
+        .iter()
+        .position(|l| l.trim() == "- name: envoy.filters.http.router")
+        .filter(|end| *end > start)
+        .ok_or("static.yaml: no router filter after the tenant-guard filter")?;
+    let mut out: Vec<&str> = Vec::with_capacity(lines.len());
+    out.extend(lines.get(..start).unwrap_or_default());
+    out.extend(lines.get(end..).unwrap_or_default());
+    Ok(out.join("\n") + "\n")
+}
+
+/// `envoy/<name>` from the repository.
+fn read_template(name: &str) -> Result<String, String> {
+    let path = repo_root().join("envoy").join(name);
+    fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+impl BenchEnvoy {
+    /// Renders `bootstrap`, starts Envoy with `--concurrency <concurrency>` (log
+    /// level `warn`) and waits until its admin `/ready` answers 200; the error
+    /// carries the log tail.
+    pub fn start(
+        bootstrap: &Bootstrap,
+        concurrency: u32,
+        upstream_port: u16,
+    ) -> Result<Self, String> {
+        let dir = TempDir::new("bench").map_err(|e| format!("temp dir: {e}"))?;
+        let admin_port = free_port();
+        let port = free_port();
+        let mut values = vec![
+            ("ADMIN_PORT", admin_port.to_string()),
+            ("LISTENER_PORT", port.to_string()),
+            ("UPSTREAM_PORT", upstream_port.to_string()),
+        ];
+        let template = match bootstrap {
+            Bootstrap::Plain => without_filter(&read_template("static.yaml")?)?,
+            Bootstrap::Filter(config) => {
+                with_wasm(&mut values, &wasm_path(), config)?;
+                read_template("static.yaml")?
+            }
+            Bootstrap::OtherWasm { wasm, config } => {
+                with_wasm(&mut values, wasm, config)?;
+                read_template("static.yaml")?
+            }
+            Bootstrap::Lua {
+                tenant,
+                tokens,
+                fill_seconds,
+            } => {
+                values.push(("TENANT", tenant.clone()));
+                values.push(("TENANT_TOKENS", tokens.to_string()));
+                values.push(("TENANT_FILL_SECONDS", fill_seconds.to_string()));
+                read_template("baseline-lua.yaml")?
+            }
+        };
+        let path = dir.path().join("bootstrap.yaml");
+        fs::write(&path, render_template(&template, &values)).map_err(|e| e.to_string())?;
+        let log = dir.path().join("envoy.log");
+        let out = fs::File::create(dir.path().join("envoy.stdout")).map_err(|e| e.to_string())?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let child = Command::new(envoy_binary())
+            .arg("-c")
+            .arg(&path)
+            .args(["--concurrency", &concurrency.to_string()])
+            .args(["--disable-hot-restart", "--log-level", "warn", "--log-path"])
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .map_err(|e| format!("cannot start Envoy: {e}"))?;
+        let mut envoy = Self {
+            child,
+            port,
+            admin_port,
+            startup: Duration::ZERO,
+            _dir: dir,
+        };
+        let ready = wait_until(BENCH_STARTUP_TIMEOUT, || {
+            matches!(envoy.child.try_wait(), Ok(None))
+                && http::try_get(admin_port, "/ready").is_some_and(|r| r.status == 200)
+        });
+        envoy.startup = started.elapsed();
+        if !ready {
+            return Err(format!(
+                "Envoy did not become ready:\n{}",
+                log_file_tail(&log, 20)
+            ));
+        }
+        Ok(envoy)
+    }
+
+    /// The HTTP listener port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The Envoy process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// From spawning the process to admin `/ready`.
+    pub fn startup(&self) -> Duration {
+        self.startup
+    }
+
+    /// The sum of all admin stats whose name ends with `suffix` (0 if the admin
+    /// port does not answer).
+    pub fn stat_suffix_sum(&self, suffix: &str) -> u64 {
+        let Some(response) = http::try_get(self.admin_port, "/stats") else {
+            return 0;
+        };
+        counters(&String::from_utf8_lossy(&response.body))
+            .filter(|(name, _)| name.ends_with(suffix))
+            .map(|(_, value)| value)
+            .sum()
+    }
+}

@@ -1,0 +1,22 @@
+//! What the benchmark binaries (`src/bin/filter-bench.rs`, `src/bin/load-report/`,
+//! `src/bin/propagation-bench.rs`) share, on top of the e2e harness
+//! (`tenant-guard-e2e`: filter build, Envoy binary, HTTP client, sidecar stack).
+//! Errors are `String`s, printed by the binaries.
+
+pub mod cli;
+pub mod configs;
+pub mod envoy;
+pub mod process;
+pub mod report;
+pub mod stats;
+pub mod upstream;
+
+pub use cli::{file_label, parse_command_line, Flags};
+pub use configs::{
+    es256_token, filter_config, rs256_token, with_jwt, SignedToken, JWT_AUDIENCE, JWT_ISSUER,
+};
+pub use envoy::{BenchEnvoy, Bootstrap};
+pub use process::{clock_ticks_per_second, rss_kib, CpuTime};
+pub use report::{command_output, file_size};
+pub use stats::{median, min_max};
+pub use upstream::start_upstream;

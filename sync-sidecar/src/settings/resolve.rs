@@ -1,0 +1,271 @@
+//! Rendering, phase 1: sorts the settings rows by scope into the places of
+//! the plugin document — global keys into their [`Slot`], tenant and route
+//! keys into per-tenant drafts — keeping with every value the row it came
+//! from, and reports the rows that cannot be placed (unknown key, wrong
+//! scope, oversized value, invalid tenant id).
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use super::{json_len, Issue, Origin, Scope, SettingRow, JWT_KEY, KEY_PREFIX, TRUST_KEY};
+
+/// A section of the document holding global keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Section {
+    Tenant,
+    Correlation,
+    Store,
+    Defaults,
+    Headers,
+}
+
+impl Section {
+    /// Its field in the document.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tenant => "tenant",
+            Self::Correlation => "correlation",
+            Self::Store => "store",
+            Self::Defaults => "defaults",
+            Self::Headers => "headers",
+        }
+    }
+}
+
+/// Where a global key lands in the document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Slot {
+    /// `<section>.<field>`.
+    In(Section, &'static str),
+    /// `if_match` (routes needing If-Match).
+    IfMatch,
+    /// `metrics`.
+    Metrics,
+}
+
+impl Slot {
+    /// The document path, as provenance records it.
+    pub fn path(self) -> Vec<String> {
+        match self {
+            Self::In(section, field) => vec![section.name().to_owned(), field.to_owned()],
+            Self::IfMatch => vec!["if_match".to_owned()],
+            Self::Metrics => vec!["metrics".to_owned()],
+        }
+    }
+}
+
+/// Global keys and where each one goes.
+pub(super) const GLOBAL_KEYS: &[(&str, Slot)] = {
+    use Section::*;
+    use Slot::In;
+    &[
+        ("gateway.tenant.header", In(Tenant, "header")),
+        ("gateway.tenant.required", In(Tenant, "required")),
+        (TRUST_KEY, In(Tenant, "trust_header_without_jwt")),
+        ("gateway.tenant.unknown", In(Tenant, "unknown")),
+        (JWT_KEY, In(Tenant, "jwt")),
+        ("gateway.tenant.user_header", In(Tenant, "user_header")),
+        ("gateway.tenant.org_header", In(Tenant, "org_header")),
+        ("gateway.correlation.header", In(Correlation, "header")),
+        ("gateway.correlation.generate", In(Correlation, "generate")),
+        ("gateway.correlation.echo", In(Correlation, "echo")),
+        (
+            "gateway.store.max_cas_retries",
+            In(Store, "max_cas_retries"),
+        ),
+        ("gateway.store.on_exhausted", In(Store, "on_exhausted")),
+        (
+            "gateway.store.idempotency_buckets",
+            In(Store, "idempotency_buckets"),
+        ),
+        ("gateway.store.namespace", In(Store, "namespace")),
+        (
+            "gateway.store.idempotency_tenant_share_percent",
+            In(Store, "idempotency_tenant_share_percent"),
+        ),
+        ("gateway.rate_limit", In(Defaults, "rate_limit")),
+        ("gateway.mode", In(Defaults, "mode")),
+        ("gateway.idempotency", In(Defaults, "idempotency")),
+        ("gateway.if_match", Slot::IfMatch),
+        ("gateway.headers.revision", In(Headers, "revision")),
+        ("gateway.headers.rate_limit", In(Headers, "rate_limit")),
+        ("gateway.metrics", Slot::Metrics),
+    ]
+};
+
+/// Keys valid only at tenant or route scope.
+const SCOPED_KEYS: &[&str] = &[
+    "gateway.enabled",
+    "gateway.route.prefix",
+    "gateway.route.method",
+];
+
+fn is_known_key(key: &str) -> bool {
+    GLOBAL_KEYS.iter().any(|(known, _)| *known == key) || SCOPED_KEYS.contains(&key)
+}
+
+/// A value and the row it came from.
+#[derive(Debug, Clone)]
+pub(super) struct Sourced {
+    pub value: Value,
+    pub origin: Origin,
+}
+
+#[derive(Debug)]
+pub(super) struct RouteDraft {
+    /// The `route` column.
+    pub name: String,
+    pub prefix: Option<Sourced>,
+    pub method: Option<Sourced>,
+    pub rate_limit: Option<Sourced>,
+}
+
+impl RouteDraft {
+    /// Length of a string prefix (0 for none or a non-string): longer first.
+    pub fn prefix_len(&self) -> usize {
+        self.prefix
+            .as_ref()
+            .and_then(|p| p.value.as_str().map(str::len))
+            .unwrap_or(0)
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct TenantDraft {
+    pub rate_limit: Option<Sourced>,
+    pub mode: Option<Sourced>,
+    pub idempotency: Option<Sourced>,
+    /// `gateway.enabled` (default true): a disabled tenant is left out with its routes.
+    pub enabled: bool,
+    pub routes: BTreeMap<String, RouteDraft>,
+}
+
+impl Default for TenantDraft {
+    fn default() -> Self {
+        Self {
+            rate_limit: None,
+            mode: None,
+            idempotency: None,
+            enabled: true,
+            routes: BTreeMap::new(),
+        }
+    }
+}
+
+/// The rows, placed.
+#[derive(Debug, Default)]
+pub(super) struct Resolved {
+    /// Global keys, in row order.
+    pub globals: Vec<(Slot, Sourced)>,
+    /// Global `gateway.rate_limit`: the limit of routes that have none of their own.
+    pub global_limit: Option<Sourced>,
+    pub tenants: BTreeMap<String, TenantDraft>,
+    /// A global row names a tenant identity source (JWT, or header mode not
+    /// `false`); it counts even when invalid: its own finding says what is wrong.
+    pub identity_source: bool,
+}
+
+/// Places the `gateway.` rows of `rows`; findings in row order.
+pub(super) fn resolve(rows: &[SettingRow], max_value_bytes: usize) -> (Resolved, Vec<Issue>) {
+    let mut resolved = Resolved::default();
+    let mut issues = Vec::new();
+    for row in rows.iter().filter(|r| r.key.starts_with(KEY_PREFIX)) {
+        if row.scope == Scope::Global
+            && (row.key == JWT_KEY || (row.key == TRUST_KEY && row.value != json!(false)))
+        {
+            resolved.identity_source = true;
+        }
+        issues.extend(place(&mut resolved, row, max_value_bytes));
+    }
+    (resolved, issues)
+}
+
+/// Places one row, or returns the finding that keeps it out.
+fn place(resolved: &mut Resolved, row: &SettingRow, max_value_bytes: usize) -> Option<Issue> {
+    let origin = row.origin();
+    let issue = |message: String| Issue {
+        origin: Some(origin.clone()),
+        path: String::new(),
+        message,
+        check: "settings",
+    };
+    let oversized = row.oversized_bytes.or_else(|| {
+        let size = json_len(&row.value);
+        (size > max_value_bytes).then(|| u64::try_from(size).unwrap_or(u64::MAX))
+    });
+    if let Some(size) = oversized {
+        return Some(issue(format!(
+            "value is {size} bytes, over the limit of {max_value_bytes} bytes per value (--max-value-bytes)"
+        )));
+    }
+    let wrong_scope = |allowed: &str| {
+        issue(format!(
+            "key is not allowed at {} scope ({allowed})",
+            row.scope.as_str()
+        ))
+    };
+    let unknown_key = || issue("unknown setting key".to_owned());
+    let sourced = || {
+        Some(Sourced {
+            value: row.value.clone(),
+            origin: origin.clone(),
+        })
+    };
+    if row.scope == Scope::Global {
+        return match GLOBAL_KEYS.iter().find(|(key, _)| *key == row.key) {
+            Some((_, slot)) => {
+                if row.key == "gateway.rate_limit" {
+                    resolved.global_limit = sourced();
+                }
+                resolved.globals.extend(sourced().map(|s| (*slot, s)));
+                None
+            }
+            None if is_known_key(&row.key) => Some(wrong_scope("tenant or route scope only")),
+            None => Some(unknown_key()),
+        };
+    }
+    if !tenant_guard_core::config::is_valid_tenant_id(&row.tenant) {
+        return Some(issue(
+            "tenant id must be 1-128 characters of [A-Za-z0-9._-]".to_owned(),
+        ));
+    }
+    let tenant = resolved.tenants.entry(row.tenant.clone()).or_default();
+    let slot = if row.scope == Scope::Tenant {
+        match row.key.as_str() {
+            "gateway.rate_limit" => &mut tenant.rate_limit,
+            "gateway.mode" => &mut tenant.mode,
+            "gateway.idempotency" => &mut tenant.idempotency,
+            "gateway.enabled" => {
+                return match row.value {
+                    Value::Bool(enabled) => {
+                        tenant.enabled = enabled;
+                        None
+                    }
+                    _ => Some(issue(format!("must be true or false, got {}", row.value))),
+                }
+            }
+            key if is_known_key(key) => return Some(wrong_scope("see the key table in the docs")),
+            _ => return Some(unknown_key()),
+        }
+    } else {
+        let route = tenant
+            .routes
+            .entry(row.route.clone())
+            .or_insert_with(|| RouteDraft {
+                name: row.route.clone(),
+                prefix: None,
+                method: None,
+                rate_limit: None,
+            });
+        match row.key.as_str() {
+            "gateway.route.prefix" => &mut route.prefix,
+            "gateway.route.method" => &mut route.method,
+            "gateway.rate_limit" => &mut route.rate_limit,
+            key if is_known_key(key) => return Some(wrong_scope("see the key table in the docs")),
+            _ => return Some(unknown_key()),
+        }
+    };
+    *slot = sourced();
+    None
+}
