@@ -5,7 +5,7 @@ use serde::Serialize;
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
 /// Every kind of rejection the filter produces, with its status and title.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProblemKind {
     TenantRequired,
     InvalidTenant,

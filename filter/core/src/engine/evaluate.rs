@@ -273,6 +273,7 @@ pub fn admit(
         response_headers.retain(|(name, _)| name != &config.correlation.header);
     }
     Evaluation {
+        tenant: tenant.as_ref().map(|tenant| tenant.to_string()),
         decision: Decision::Forward(Forward {
             correlation_id,
             tenant,
