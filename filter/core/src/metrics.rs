@@ -68,6 +68,19 @@ pub fn counter_name(config: &CompiledConfig, key: CounterKey) -> String {
     }
 }
 
+/// Every outcome a request can have: the glue defines their `_other_`
+/// counters up front, so every series a dashboard names exists from the start.
+pub fn every_outcome() -> impl Iterator<Item = Outcome> {
+    [
+        Outcome::Allowed,
+        Outcome::ShadowOverLimit,
+        Outcome::AllowedWithoutLimit,
+        Outcome::Replayed,
+    ]
+    .into_iter()
+    .chain(ProblemKind::ALL.into_iter().map(Outcome::Rejected))
+}
+
 /// Where an outcome's base name sits in [`OUTCOME_COUNTERS`].
 pub fn outcome_slot(outcome: Outcome) -> usize {
     match outcome {
@@ -128,5 +141,44 @@ mod tests {
             counter_key(&config, Some("acme"), Outcome::Allowed),
             counter_key(&config, Some("x2"), Outcome::Allowed)
         );
+    }
+}
+
+#[cfg(test)]
+mod completeness {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn every_outcome_is_listed_once() {
+        let listed: Vec<Outcome> = every_outcome().collect();
+        // An exhaustive match: a new kind fails to compile here until it is listed.
+        for kind in ProblemKind::ALL {
+            match kind {
+                ProblemKind::TenantRequired
+                | ProblemKind::InvalidTenant
+                | ProblemKind::InvalidPath
+                | ProblemKind::UnknownTenant
+                | ProblemKind::Unauthenticated
+                | ProblemKind::TenantMismatch
+                | ProblemKind::RateLimited
+                | ProblemKind::RateLimitUnavailable
+                | ProblemKind::PreconditionRequired
+                | ProblemKind::IdempotencyKeyMissing
+                | ProblemKind::IdempotencyKeyMalformed
+                | ProblemKind::IdempotencyKeyReused
+                | ProblemKind::IdempotencyInFlight
+                | ProblemKind::IdempotencyNotReplayable
+                | ProblemKind::IdempotencyUnavailable
+                | ProblemKind::BodyTooLarge => {}
+            }
+        }
+        let distinct: std::collections::HashSet<_> = listed.iter().collect();
+        assert_eq!(distinct.len(), listed.len());
+        assert_eq!(listed.len(), 4 + ProblemKind::ALL.len());
+        let slugs: std::collections::HashSet<_> =
+            ProblemKind::ALL.iter().map(|kind| kind.slug()).collect();
+        assert_eq!(slugs.len(), ProblemKind::ALL.len(), "ALL lists each kind once");
     }
 }

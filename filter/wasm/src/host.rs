@@ -280,10 +280,18 @@ impl Metrics {
             return Self::default();
         }
         let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).ok();
+        let defined = config.as_deref().map_or_else(HashMap::new, |config| {
+            metrics::every_outcome()
+                .map(|outcome| {
+                    let key = metrics::counter_key(config, None, outcome);
+                    (key, counter(&metrics::counter_name(config, key)))
+                })
+                .collect()
+        });
         Self {
             config,
             pending: RefCell::default(),
-            defined: RefCell::default(),
+            defined: RefCell::new(defined),
             config_rejected: counter("tenant_guard_config_rejected"),
             reclaimed: counter("tenant_guard_idempotency_reclaimed"),
             evicted: counter("tenant_guard_store_evicted"),
