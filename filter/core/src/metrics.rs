@@ -179,6 +179,10 @@ mod completeness {
         assert_eq!(listed.len(), 4 + ProblemKind::ALL.len());
         let slugs: std::collections::HashSet<_> =
             ProblemKind::ALL.iter().map(|kind| kind.slug()).collect();
-        assert_eq!(slugs.len(), ProblemKind::ALL.len(), "ALL lists each kind once");
+        assert_eq!(
+            slugs.len(),
+            ProblemKind::ALL.len(),
+            "ALL lists each kind once"
+        );
     }
 }
