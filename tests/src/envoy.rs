@@ -379,12 +379,20 @@ impl Envoy {
             .map(|(_, v)| v)
     }
 
-    /// The sum of all stats whose name ends with `suffix` (custom Wasm metrics get
-    /// host-specific prefixes such as `wasmcustom.`).
+    /// The sum of all stats named `suffix` after a host-specific prefix (custom
+    /// Wasm metrics get `wasmcustom.`), whatever labels follow it.
     pub fn stat_suffix_sum(&self, suffix: &str) -> u64 {
-        self.stats(&format!("{}$", suffix.replace('.', "\\.")))
+        let labelled = |name: &str| {
+            name.ends_with(suffix)
+                || [".tenant.", ".reason."]
+                    .iter()
+                    .any(|label| name.contains(&format!("{suffix}{label}")))
+        };
+        // The filter's counters carry labels after their base name
+        // (`tenant_guard_allowed.tenant.acme`): all of them count.
+        self.stats(&suffix.replace('.', "\\."))
             .into_iter()
-            .filter(|(n, _)| n.ends_with(suffix))
+            .filter(|(n, _)| labelled(n))
             .map(|(_, v)| v)
             .sum()
     }

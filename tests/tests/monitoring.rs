@@ -194,6 +194,16 @@ fn metric_name(series: &str) -> &str {
     series.split('{').next().unwrap_or(series)
 }
 
+/// The sum over every series of metric `name`, whatever its labels.
+fn total(text: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = samples(text)
+        .into_iter()
+        .filter(|(series, _)| metric_name(series) == name)
+        .map(|(_, v)| v)
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
 fn value(text: &str, series: &str) -> Option<f64> {
     samples(text)
         .into_iter()
@@ -304,21 +314,54 @@ fn every_metric_of_the_alerts_and_the_dashboard_is_in_a_real_scrape_and_moves() 
     assert!(
         wait_until(Duration::from_secs(10), || {
             let envoy = scrape(&stack).envoy;
-            value(&envoy, "tenant_guard_rate_limited").is_some_and(|v| v >= 1.0)
-                && value(&envoy, "tenant_guard_allowed").is_some_and(|v| v >= 1.0)
+            total(&envoy, "tenant_guard_rate_limited").is_some_and(|v| v >= 1.0)
+                && total(&envoy, "tenant_guard_allowed").is_some_and(|v| v >= 1.0)
         }),
         "tenant_guard_rate_limited / tenant_guard_allowed did not count the requests"
     );
 
+    // 2b. Per tenant, with bounded labels: acme's 429s under tenant="acme"; a
+    //     request naming a tenant that is not configured, and one naming none
+    //     validly, under tenant="_other_" with the rejection's reason.
+    let invalid = stack.get("not a tenant").expect("Envoy answers");
+    assert_eq!(invalid.status, 400, "{}", invalid.text());
+    let mut envoy = String::new();
+    let labelled = wait_until(Duration::from_secs(10), || {
+        envoy = scrape(&stack).envoy;
+        value(&envoy, "tenant_guard_rate_limited{tenant=\"acme\"}").is_some_and(|v| v >= 1.0)
+            && samples(&envoy).iter().any(|(series, v)| {
+                metric_name(series) == "tenant_guard_rejected"
+                    && series.contains("reason=\"invalid_tenant\"")
+                    && series.contains("tenant=\"_other_\"")
+                    && *v >= 1.0
+            })
+    });
+    assert!(
+        labelled,
+        "per-tenant series missing from the scrape:\n{envoy}"
+    );
+    let tenants: BTreeSet<String> = samples(&envoy)
+        .iter()
+        .filter(|(series, _)| series.starts_with("tenant_guard_"))
+        .filter_map(|(series, _)| {
+            let (_, rest) = series.split_once("tenant=\"")?;
+            Some(rest.split('"').next()?.to_string())
+        })
+        .collect();
+    assert!(
+        tenants.iter().all(|t| t == "acme" || t == "_other_"),
+        "only configured tenants get a label of their own: {tenants:?}"
+    );
+
     // 3. ConfigRejected's series: a plugin config the filter refuses (written
     //    past the sidecar, which would have refused it first).
-    let before = value(&scrape(&stack).envoy, "tenant_guard_config_rejected").unwrap_or(0.0);
+    let before = total(&scrape(&stack).envoy, "tenant_guard_config_rejected").unwrap_or(0.0);
     stack
         .envoy
         .write_ecds(r#"{"version":1,"no_such_field":true}"#, "rejected-1");
     assert!(
         wait_until(Duration::from_secs(10), || {
-            value(&scrape(&stack).envoy, "tenant_guard_config_rejected").is_some_and(|v| v > before)
+            total(&scrape(&stack).envoy, "tenant_guard_config_rejected").is_some_and(|v| v > before)
         }),
         "tenant_guard_config_rejected did not move:\n{}",
         stack.envoy.log_tail(20)

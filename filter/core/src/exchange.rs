@@ -141,11 +141,18 @@ pub struct Exchange {
     last_token: Token,
     /// The stream ended (reset, timeout, done) while a store call was out.
     ended: bool,
+    /// The tenant the request concerns, once decided (what `Effect::Count` counts under).
+    tenant: Option<String>,
 }
 
 impl Exchange {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The tenant the request concerns, once the headers are decided.
+    pub fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref()
     }
 
     /// A store call is out and its answer has not arrived.
@@ -435,6 +442,7 @@ impl Exchange {
         host: &HostInputs,
     ) -> Output {
         let mut effects = Vec::new();
+        self.tenant = evaluation.tenant;
         if let Some(message) = evaluation.log {
             effects.push(Effect::Log(LogLevel::Warn, message));
         }

@@ -11,6 +11,7 @@ pub mod headers;
 pub mod idempotency;
 pub mod jwt;
 pub mod maintenance;
+pub mod metrics;
 pub mod path;
 pub mod problem;
 pub mod ratelimit;

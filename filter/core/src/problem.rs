@@ -5,7 +5,7 @@ use serde::Serialize;
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
 /// Every kind of rejection the filter produces, with its status and title.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProblemKind {
     TenantRequired,
     InvalidTenant,
@@ -26,6 +26,26 @@ pub enum ProblemKind {
 }
 
 impl ProblemKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [ProblemKind; 16] = [
+        Self::TenantRequired,
+        Self::InvalidTenant,
+        Self::InvalidPath,
+        Self::UnknownTenant,
+        Self::Unauthenticated,
+        Self::TenantMismatch,
+        Self::RateLimited,
+        Self::RateLimitUnavailable,
+        Self::PreconditionRequired,
+        Self::IdempotencyKeyMissing,
+        Self::IdempotencyKeyMalformed,
+        Self::IdempotencyKeyReused,
+        Self::IdempotencyInFlight,
+        Self::IdempotencyNotReplayable,
+        Self::IdempotencyUnavailable,
+        Self::BodyTooLarge,
+    ];
+
     pub fn status(self) -> u32 {
         match self {
             Self::TenantRequired

@@ -7,12 +7,16 @@
 //! so only the `_bytes` variants are used and the core decides what a value
 //! means. `tests/tests/wasm_imports.rs` keeps the list of SDK calls allowed here.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
+use tenant_guard_core::config::CompiledConfig;
 use tenant_guard_core::engine::{HostInputs, LocalReply, Outcome};
+use tenant_guard_core::metrics::{self, CounterKey};
 use tenant_guard_core::store::{self, CasOutcome, HostSemantics, SharedStore, StoreError};
 
 /// Logs, ignoring a host that cannot log.
@@ -251,36 +255,19 @@ impl SharedStore for HostStore<'_> {
     }
 }
 
-/// The counter of each request outcome, indexed by [`outcome_slot`].
-const OUTCOME_COUNTERS: [&str; 6] = [
-    "tenant_guard_allowed",
-    "tenant_guard_rate_limited",
-    "tenant_guard_shadow_over_limit",
-    "tenant_guard_allowed_without_limit",
-    "tenant_guard_rejected",
-    "tenant_guard_idempotent_replayed",
-];
-
-fn outcome_slot(outcome: Outcome) -> usize {
-    match outcome {
-        Outcome::Allowed => 0,
-        Outcome::Rejected(tenant_guard_core::problem::ProblemKind::RateLimited) => 1,
-        Outcome::ShadowOverLimit => 2,
-        Outcome::AllowedWithoutLimit => 3,
-        Outcome::Rejected(_) => 4,
-        Outcome::Replayed => 5,
-    }
-}
-
 /// The filter's counters, exposed by Envoy under `wasmcustom.`.
 ///
 /// Request outcomes are counted in the VM and handed to the host by [`Metrics::flush`]
 /// (from the root context's tick), not per request: a host call per request costs
 /// more than the counter is worth, and a scrape a second late loses nothing.
+/// Each outcome counts under its tenant (`tenant_guard_core::metrics`); a counter is
+/// defined with the host the first time it has something to report.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    outcomes: [Option<u32>; OUTCOME_COUNTERS.len()],
-    pending: [Cell<u32>; OUTCOME_COUNTERS.len()],
+    /// `None`: metrics are off (Kong before 3.9), or no configuration yet.
+    config: Option<Rc<CompiledConfig>>,
+    pending: RefCell<HashMap<CounterKey, u32>>,
+    defined: RefCell<HashMap<CounterKey, Option<u32>>>,
     config_rejected: Option<u32>,
     reclaimed: Option<u32>,
     evicted: Option<u32>,
@@ -288,14 +275,23 @@ pub struct Metrics {
 
 impl Metrics {
     /// Defines the counters; `enabled: false` (Kong before 3.9) makes every count a no-op.
-    pub fn define(enabled: bool) -> Self {
+    pub fn define(enabled: bool, config: Option<Rc<CompiledConfig>>) -> Self {
         if !enabled {
             return Self::default();
         }
         let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).ok();
+        let defined = config.as_deref().map_or_else(HashMap::new, |config| {
+            metrics::every_outcome()
+                .map(|outcome| {
+                    let key = metrics::counter_key(config, None, outcome);
+                    (key, counter(&metrics::counter_name(config, key)))
+                })
+                .collect()
+        });
         Self {
-            outcomes: OUTCOME_COUNTERS.map(counter),
-            pending: Default::default(),
+            config,
+            pending: RefCell::default(),
+            defined: RefCell::new(defined),
             config_rejected: counter("tenant_guard_config_rejected"),
             reclaimed: counter("tenant_guard_idempotency_reclaimed"),
             evicted: counter("tenant_guard_store_evicted"),
@@ -303,23 +299,37 @@ impl Metrics {
     }
 
     pub fn enabled(&self) -> bool {
-        self.outcomes.iter().any(Option::is_some)
+        self.config_rejected.is_some()
     }
 
-    /// Counts one request outcome; the host sees it at the next [`Metrics::flush`].
-    pub fn count(&self, outcome: Outcome) {
-        if let Some(pending) = self.pending.get(outcome_slot(outcome)) {
-            pending.set(pending.get().saturating_add(1));
+    /// Counts one request outcome of `tenant`; the host sees it at the next [`Metrics::flush`].
+    pub fn count(&self, tenant: Option<&str>, outcome: Outcome) {
+        let Some(config) = self.config.as_deref() else {
+            return;
+        };
+        let key = metrics::counter_key(config, tenant, outcome);
+        if let Ok(mut pending) = self.pending.try_borrow_mut() {
+            let count = pending.entry(key).or_insert(0);
+            *count = count.saturating_add(1);
         }
     }
 
     /// Hands the outcomes counted since the last flush to the host.
     pub fn flush(&self) {
-        for (metric, pending) in self.outcomes.iter().zip(&self.pending) {
-            let count = pending.replace(0);
-            if count > 0 {
-                increment(*metric, i64::from(count));
-            }
+        let Some(config) = self.config.as_deref() else {
+            return;
+        };
+        let (Ok(mut pending), Ok(mut defined)) =
+            (self.pending.try_borrow_mut(), self.defined.try_borrow_mut())
+        else {
+            return;
+        };
+        for (key, count) in pending.drain() {
+            let metric = *defined.entry(key).or_insert_with(|| {
+                let name = metrics::counter_name(config, key);
+                hostcalls::define_metric(MetricType::Counter, &name).ok()
+            });
+            increment(metric, i64::from(count));
         }
     }
 

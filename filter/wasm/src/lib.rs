@@ -97,9 +97,13 @@ impl RootContext for Root {
         match config::parse(&bytes) {
             Ok(compiled) => {
                 self.metrics.flush();
-                self.metrics = Rc::new(Metrics::define(compiled.metrics));
+                let compiled = Rc::new(compiled);
+                self.metrics = Rc::new(Metrics::define(
+                    compiled.metrics,
+                    Some(Rc::clone(&compiled)),
+                ));
                 host::log(LogLevel::Info, &compiled.accepted_message());
-                self.config = Some(Rc::new(compiled));
+                self.config = Some(compiled);
                 let config = self.config.clone();
                 if self.maintenance.needs_probe() {
                     let store = instance_store(config.as_deref());
@@ -112,7 +116,10 @@ impl RootContext for Root {
             }
             Err(err) => {
                 self.metrics.flush();
-                self.metrics = Rc::new(Metrics::define(config::metrics_requested(&bytes)));
+                self.metrics = Rc::new(Metrics::define(
+                    config::metrics_requested(&bytes),
+                    self.config.clone(),
+                ));
                 host::log(LogLevel::Error, &config::rejected_message(&err));
                 self.metrics.count_config_rejected();
                 self.schedule_tick();
@@ -216,7 +223,7 @@ impl Request {
             Effect::RemoveRequestHeader(name) => host::remove_request_header(&name),
             Effect::SetResponseHeader(name, value) => host::set_response_header(&name, &value),
             Effect::Reply(reply) => host::send_local_reply(&reply),
-            Effect::Count(outcome) => self.metrics.count(outcome),
+            Effect::Count(outcome) => self.metrics.count(self.exchange.tenant(), outcome),
             Effect::Log(level, message) => host::log(log_level(level), &message),
         }
     }

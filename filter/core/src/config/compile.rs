@@ -146,7 +146,10 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
             .as_ref()
             .map_or(0, |compiled| compiled.cache_entries()),
     );
+    let mut tenant_ids: Vec<String> = tenants.keys().cloned().collect();
+    tenant_ids.sort_unstable();
     Ok(CompiledConfig {
+        tenant_ids,
         jwt: compiled_jwt,
         token_cache: Arc::new(Mutex::new(token_cache)),
         revision,

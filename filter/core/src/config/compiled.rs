@@ -51,6 +51,8 @@ pub struct CompiledConfig {
     pub store: StoreConfig,
     pub defaults: CompiledTenant,
     pub tenants: HashMap<String, CompiledTenant>,
+    /// The configured tenant ids, sorted (metric labels, `crate::metrics`).
+    pub tenant_ids: Vec<String>,
     pub if_match: Vec<IfMatchRule>,
     /// Any tenant (or the defaults) uses Idempotency-Key; computed once.
     pub idempotency_enabled: bool,

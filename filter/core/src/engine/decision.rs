@@ -49,7 +49,7 @@ pub struct HostInputs {
 }
 
 /// Counted outcome of a request (the glue maps these to metrics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
     Allowed,
     /// Over the limit in shadow mode: allowed, reported.
@@ -104,6 +104,8 @@ pub enum Decision {
 pub struct Evaluation {
     pub decision: Decision,
     pub outcome: Outcome,
+    /// The tenant the request concerns, once known (counted under it).
+    pub tenant: Option<String>,
     /// Something an operator should see in the gateway log.
     pub log: Option<String>,
 }

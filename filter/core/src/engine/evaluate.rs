@@ -93,17 +93,20 @@ pub fn screen(
         upstream_headers.push((REVISION_HEADER.to_owned(), config.revision.clone()));
     }
     let mut removed_upstream_headers = Vec::new();
+    let refuse = |problem: Problem| {
+        Err(rejected(
+            config,
+            problem,
+            correlation_id.clone(),
+            response_headers.clone(),
+            None,
+        ))
+    };
     let path = match path::normalize(request.path, config.paths.allow_encoded_slashes) {
         Ok(path) => path,
         Err(err) => {
             let problem = Problem::new(ProblemKind::InvalidPath, err.to_string());
-            return Err(rejected(
-                config,
-                problem,
-                correlation_id,
-                response_headers,
-                None,
-            ));
+            return refuse(problem);
         }
     };
     let method = request.method();
@@ -121,15 +124,7 @@ pub fn screen(
             Some(identity.tenant)
         }
         Ok(Identified::Header(tenant)) => tenant,
-        Err(problem) => {
-            return Err(rejected(
-                config,
-                problem,
-                correlation_id,
-                response_headers,
-                None,
-            ))
-        }
+        Err(problem) => return refuse(problem),
     };
     let mut idempotency = None;
     let mut limit = None;
@@ -141,13 +136,7 @@ pub fn screen(
                 format!("tenant `{tenant}` is not configured on this gateway"),
             )
             .for_tenant(tenant);
-            return Err(rejected(
-                config,
-                problem,
-                correlation_id,
-                response_headers,
-                None,
-            ));
+            return refuse(problem);
         };
         let if_match = request.if_match.is_some_and(headers::is_valid_if_match);
         if config.requires_if_match(method, &path.path) && !if_match {
@@ -159,25 +148,11 @@ pub fn screen(
                 ),
             )
             .for_tenant(tenant);
-            return Err(rejected(
-                config,
-                problem,
-                correlation_id,
-                response_headers,
-                None,
-            ));
+            return refuse(problem);
         }
         match pending_idempotency(tenant, settings.idempotency.as_ref(), method, request) {
             Ok(pending) => idempotency = pending,
-            Err(problem) => {
-                return Err(rejected(
-                    config,
-                    problem,
-                    correlation_id,
-                    response_headers,
-                    None,
-                ))
-            }
+            Err(problem) => return refuse(problem),
         }
         limit = settings.limit_for(method, &path.path);
     }
@@ -273,6 +248,7 @@ pub fn admit(
         response_headers.retain(|(name, _)| name != &config.correlation.header);
     }
     Evaluation {
+        tenant: tenant.as_ref().map(|tenant| tenant.to_string()),
         decision: Decision::Forward(Forward {
             correlation_id,
             tenant,

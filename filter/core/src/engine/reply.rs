@@ -17,6 +17,7 @@ pub(super) fn reject(
     let kind = problem.kind;
     Evaluation {
         outcome: Outcome::Rejected(kind),
+        tenant: problem.tenant.clone(),
         decision: Decision::Reject(local_reply(
             config,
             &problem,
