@@ -525,17 +525,7 @@ fn filter_panic_recovers_under_fail_reload() {
 #[test]
 fn corrupted_shared_data_reads_as_absent() {
     let upstream = Upstream::start();
-    let mut config = PluginConfig::new("r-corrupt")
-        .tenant_limit("acme", 3, 60)
-        .value()
-        .clone();
-    config["tenants"]["shop"] = json!({});
-    config["defaults"]["idempotency"] = json!({
-        "methods": ["POST"],
-        "required": true,
-        "ttl_seconds": 3600,
-        "max_body_bytes": 4096
-    });
+    let mut config = limited_and_idempotent("r-corrupt", "acme", 3);
     config["store"] = json!({ "idempotency_buckets": 1 });
     let fault = FaultEnvoy::start(&config.to_string(), upstream.port());
     let envoy = &fault.envoy;
@@ -611,8 +601,15 @@ const CLOCK_SLACK: Duration = Duration::from_millis(50);
 
 /// Tenant `shop` with idempotent POSTs, tenant `capped` limited to 1/60.
 fn crash_config() -> String {
-    let mut config = PluginConfig::new("r-crash")
-        .tenant_limit("capped", 1, 60)
+    let mut config = limited_and_idempotent("r-crash", "capped", 1);
+    config["defaults"]["idempotency"]["in_flight_timeout_seconds"] = json!(IN_FLIGHT.as_secs());
+    config.to_string()
+}
+
+/// `limited` at `requests` per minute, tenant `shop`, and idempotent POSTs for everyone.
+fn limited_and_idempotent(revision: &str, limited: &str, requests: u64) -> serde_json::Value {
+    let mut config = PluginConfig::new(revision)
+        .tenant_limit(limited, requests, 60)
         .value()
         .clone();
     config["tenants"]["shop"] = json!({});
@@ -620,10 +617,9 @@ fn crash_config() -> String {
         "methods": ["POST"],
         "required": true,
         "ttl_seconds": 3600,
-        "max_body_bytes": 4096,
-        "in_flight_timeout_seconds": IN_FLIGHT.as_secs()
+        "max_body_bytes": 4096
     });
-    config.to_string()
+    config
 }
 
 fn post_order(client: &mut Client, extra: &[(&str, &str)]) -> Response {
