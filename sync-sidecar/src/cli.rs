@@ -332,6 +332,17 @@ fn target(args: &DeliveryArgs) -> Result<Target, CliError> {
 }
 
 fn kong_target(args: &DeliveryArgs) -> Result<KongTarget, CliError> {
+    // Flags Kong delivery would silently not use: refuse them instead.
+    let envoy_only = [
+        ("--wasm", args.wasm.is_some()),
+        ("--wasm-path", args.wasm_path.is_some()),
+        ("--ecds-dir", args.ecds_dir.is_some()),
+    ];
+    if let Some((flag, _)) = envoy_only.iter().find(|(_, given)| *given) {
+        return Err(CliError::Usage(format!(
+            "{flag} is for --gateway envoy: Kong loads the filter module from its wasm_filters_path at start (kong/README.md, \"Rolling out a new filter build on Kong\")"
+        )));
+    }
     if args.kong_mode == KongMode::Db && args.kong_form == KongForm::Plugin {
         return Err(CliError::Usage(
             "--kong-form plugin is only rendered for DB-less Kong; use --kong-form filter-chain with --kong-mode db"

@@ -427,6 +427,27 @@ async fn errors_name_what_was_tried_and_print_each_cause_once() {
 }
 
 #[tokio::test]
+async fn envoy_only_flags_are_refused_with_kong() {
+    let db = TestDb::new().await;
+    for flags in [
+        &["--wasm", "filter.wasm"][..],
+        &["--wasm-path", "/x/filter.wasm"],
+        &["--ecds-dir", "/tmp"],
+    ] {
+        let out = sidecar_command(&db)
+            .args(["sync", "--dry-run", "--gateway", "kong"])
+            .args(flags)
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flags:?}");
+        let line = error_line(&out);
+        assert_contains(&line, &format!("{} is for --gateway envoy", flags[0]));
+    }
+    db.drop_schema().await;
+}
+
+#[tokio::test]
 async fn dry_run_compares_against_what_envoy_has() {
     let db = TestDb::new().await;
     db.set_tenant_limit("acme", 100, "alice").await;
