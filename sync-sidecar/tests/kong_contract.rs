@@ -494,6 +494,25 @@ fn assert_yaml_equals(yaml: &str, expected: &Value) {
 }
 
 #[tokio::test]
+async fn a_document_kong_refuses_never_reaches_kong_yml() {
+    let db = seeded_db().await;
+    let kong_yml = db.dir.path().join("kong.yml");
+    std::fs::write(&kong_yml, "# the last good configuration\n").unwrap();
+    let fake = FakeKong::start(vec![invalid_declarative_config()]).await;
+    let syncer = syncer(
+        &db,
+        kong_target(&fake.url(), KongMode::Dbless, Some(kong_yml.clone())),
+    );
+    syncer.sync(&db.client, "cli").await.unwrap_err();
+    assert_eq!(fake.requests().len(), 1);
+    assert_eq!(
+        std::fs::read_to_string(&kong_yml).unwrap(),
+        "# the last good configuration\n",
+        "a restarted Kong node must not load what Kong refused"
+    );
+}
+
+#[tokio::test]
 async fn contract_dbless_400_is_a_failed_revision_with_kongs_message_and_no_retry() {
     let db = seeded_db().await;
     let fake = FakeKong::start(vec![invalid_declarative_config()]).await;

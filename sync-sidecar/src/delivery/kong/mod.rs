@@ -114,15 +114,29 @@ impl KongTarget {
         })
     }
 
-    /// Writes kong.yml (if configured and different) and pushes `plugin_config`
-    /// through the Admin API; `revision` is recorded as a tag in DB mode.
+    /// Pushes `plugin_config` through the Admin API (`revision` is recorded as
+    /// a tag in DB mode) and writes kong.yml (if configured and different)
+    /// unless Kong refused the document: the file is what a restarted node
+    /// loads, and a document Kong refused there would stop it from starting.
+    /// An unreachable Kong still gets the file, for its next start.
     pub async fn deliver(
         &self,
         plugin_config: &str,
         revision: &str,
     ) -> Result<KongOutcome, KongDeliveryError> {
         let rendered = render(plugin_config, &self.layout)?;
-        self.write_rendered(&rendered)?;
+        let pushed = self.push(plugin_config, revision).await;
+        if !matches!(pushed, Err(KongDeliveryError::Rejected { .. })) {
+            self.write_rendered(&rendered)?;
+        }
+        pushed
+    }
+
+    async fn push(
+        &self,
+        plugin_config: &str,
+        revision: &str,
+    ) -> Result<KongOutcome, KongDeliveryError> {
         match self.mode {
             KongMode::Dbless => {
                 // The same declarative value as kong.yml, as compact JSON text
