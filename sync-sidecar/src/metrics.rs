@@ -13,8 +13,10 @@ pub struct Metrics {
     success: AtomicU64,
     errors: AtomicU64,
     current_revision: AtomicI64,
-    /// 1 when the last sync left Envoy on the current settings, 0 after a failure.
-    envoy_status: AtomicI64,
+    /// The `gateway` label of `gateway_deployment_status` (the delivery target's name).
+    gateway: &'static str,
+    /// 1 when the last sync left the gateway on the current settings, 0 after a failure.
+    deployment_status: AtomicI64,
     db_connected: AtomicBool,
     ready: AtomicBool,
     histogram: Mutex<Histogram>,
@@ -28,8 +30,12 @@ struct Histogram {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
-        Self::default()
+    /// The metrics of a sidecar delivering to `gateway` (`envoy`, `kong`).
+    pub fn for_gateway(gateway: &'static str) -> Self {
+        Self {
+            gateway,
+            ..Self::default()
+        }
     }
 
     /// Records a successful sync that left `revision_id` deployed.
@@ -37,14 +43,14 @@ impl Metrics {
         self.observe(duration);
         self.success.fetch_add(1, Ordering::Relaxed);
         self.current_revision.store(revision_id, Ordering::Relaxed);
-        self.envoy_status.store(1, Ordering::Relaxed);
+        self.deployment_status.store(1, Ordering::Relaxed);
         self.ready.store(true, Ordering::Release);
     }
 
     pub fn sync_failed(&self, duration: Duration) {
         self.observe(duration);
         self.errors.fetch_add(1, Ordering::Relaxed);
-        self.envoy_status.store(0, Ordering::Relaxed);
+        self.deployment_status.store(0, Ordering::Relaxed);
     }
 
     pub fn set_db_connected(&self, connected: bool) {
@@ -117,10 +123,10 @@ impl Metrics {
         );
         gauge(
             &mut out,
-            "gateway_deployment_status{gateway=\"envoy\"}",
+            &format!("gateway_deployment_status{{gateway=\"{}\"}}", self.gateway),
             "gauge",
             "1 when the gateway runs the current settings, 0 after a failed sync.",
-            self.envoy_status.load(Ordering::Relaxed).to_string(),
+            self.deployment_status.load(Ordering::Relaxed).to_string(),
         );
         gauge(
             &mut out,
@@ -137,5 +143,24 @@ impl Metrics {
             u8::from(self.db_connected.load(Ordering::Relaxed)).to_string(),
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deployment_status_names_the_gateway_it_delivers_to() {
+        for gateway in ["envoy", "kong"] {
+            let metrics = Metrics::for_gateway(gateway);
+            metrics.sync_succeeded(Duration::from_millis(3), 7);
+            let text = metrics.render();
+            let series = format!("gateway_deployment_status{{gateway=\"{gateway}\"}} 1");
+            assert!(text.lines().any(|line| line == series), "{text}");
+            metrics.sync_failed(Duration::from_millis(3));
+            let series = format!("gateway_deployment_status{{gateway=\"{gateway}\"}} 0");
+            assert!(metrics.render().lines().any(|line| line == series));
+        }
     }
 }

@@ -20,6 +20,7 @@ use tokio_postgres::Client;
 
 use crate::admin::{self, SyncReply, SyncRequest, SyncResult};
 use crate::db::{DbConfig, DbError, Trigger};
+use crate::delivery::Delivery;
 use crate::metrics::Metrics;
 use crate::sync::{timed, SyncError, SyncOutcome, Syncer};
 use crate::text::{bounded, error_text};
@@ -85,7 +86,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let shutdown = Shutdown::on(shutdown);
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::for_gateway(syncer.target.name()));
     let (requests_tx, requests) = mpsc::channel::<SyncRequest>(16);
     let admin = tokio::spawn(admin::serve(
         listener,
