@@ -276,16 +276,12 @@ start_envoy() {
 seed_tenants() {
   phase "Seeding two tenants in PostgreSQL (one transaction; its trigger NOTIFYs the sidecar)" \
     "the sidecar log above says why it delivered nothing (e.g. a rejected setting)"
-  local idempotency=""
-  if ((IDEMPOTENCY)); then
-    idempotency=",
-      ('tenant', 'globex', 'gateway.idempotency',
-       '{\"methods\": [\"POST\"], \"required\": false, \"ttl_seconds\": 3600, \"max_body_bytes\": 65536, \"in_flight_timeout_seconds\": 30}', 'bob@globex')"
-  fi
   sql "INSERT INTO tg_settings (scope, tenant, key, value, updated_by) VALUES
       ('global', '', 'gateway.rate_limit', '{\"requests\": 100, \"per_seconds\": 60}', 'platform-team'),
       ('tenant', 'acme', 'gateway.rate_limit', '{\"requests\": 3, \"per_seconds\": 60}', 'alice@acme'),
-      ('tenant', 'globex', 'gateway.rate_limit', '{\"requests\": 100, \"per_seconds\": 60}', 'bob@globex')$idempotency" >/dev/null
+      ('tenant', 'globex', 'gateway.rate_limit', '{\"requests\": 100, \"per_seconds\": 60}', 'bob@globex'),
+      ('tenant', 'globex', 'gateway.idempotency',
+       '{\"methods\": [\"POST\"], \"required\": false, \"ttl_seconds\": 3600, \"max_body_bytes\": 65536, \"in_flight_timeout_seconds\": 30}', 'bob@globex')" >/dev/null
   sql_table "SELECT scope, tenant, key, value, updated_by FROM tg_settings ORDER BY scope, tenant, key"
   tg_wait_for 15 "the sidecar to deliver the seeded settings" sidecar_beyond "$FIRST_ID" ||
     die "the sidecar did not deliver a new revision"
@@ -397,11 +393,6 @@ demo_metrics() {
 }
 
 main() {
-  IDEMPOTENCY=0
-  if grep -q '"idempotency"' "$TG_REPO_ROOT/filter/schema/tenant-guard.schema.json" &&
-    grep -q 'gateway.idempotency' "$TG_REPO_ROOT/sync-sidecar/src/settings.rs"; then
-    IDEMPOTENCY=1
-  fi
   setup_database
   build
   start_upstream
@@ -411,7 +402,7 @@ main() {
   demo_correlation
   demo_rate_limit
   demo_tenant_required
-  if ((IDEMPOTENCY)); then demo_idempotency; fi
+  demo_idempotency
   demo_live_change
   demo_metrics
   TG_STEP=""

@@ -9,7 +9,8 @@
 #      in the copy only);
 #   3. runs `bash envoy/demo.sh` in the clone with that RUSTUP_HOME and none of
 #      the shortcuts (no ENVOY_BIN, WASM_PATH, SIDECAR_BIN, CARGO_TARGET_DIR);
-#   4. asserts the demo ended with "all N checks passed", that the targets and
+#   4. asserts the demo ended with "all N checks passed" for every check in
+#      envoy/demo.sh (none skipped), that the targets and
 #      components are now installed in the throwaway RUSTUP_HOME, and that the
 #      clone installed Envoy 1.40.0 into its own .tools/venv.
 #
@@ -134,7 +135,11 @@ set -e
 DEMO_SECONDS=$((SECONDS - T_DEMO))
 tail -n 25 "$SCRATCH/demo.log" | sed 's/^/   | /' >&2
 ((DEMO_RC == 0)) || fail "bash envoy/demo.sh exited with $DEMO_RC after ${DEMO_SECONDS}s"
-grep -Eq '^Done: all [0-9]+ checks passed' "$SCRATCH/demo.log" || fail "the demo did not print 'all N checks passed'"
+# Every check the demo has must have run: a scenario skipped silently would
+# lower the count.
+EXPECTED_CHECKS="$(grep -c '^ *check "' "$CLONE/envoy/demo.sh")"
+grep -Eq "^Done: all $EXPECTED_CHECKS checks passed" "$SCRATCH/demo.log" ||
+  fail "the demo did not print 'all $EXPECTED_CHECKS checks passed' ($(grep -Eo 'all [0-9]+ checks passed' "$SCRATCH/demo.log" || echo 'no summary'))"
 
 tg_step "what the demo installed" "compare with the demo log above"
 AFTER="$(fresh_rustup target list --installed --toolchain "$CHANNEL")"

@@ -5,7 +5,7 @@
 //! bodies and errors: 400 with Kong's error JSON, 429 + `Retry-After`, 5xx,
 //! connection refused). What these tests prove is conformance to the documented
 //! contract, not behaviour of a real Kong; sources are cited in
-//! `sync-sidecar/src/kong.rs`.
+//! `sync-sidecar/src/delivery/kong/`.
 //!
 //! Revisions are audited in the real PostgreSQL (`DATABASE_URL`), one fresh
 //! schema per test. Also here: the committed `kong/` files are exactly what the
