@@ -103,13 +103,7 @@ pub async fn dry_run(
         } else {
             current.label.clone()
         };
-        text.push_str(
-            &similar::TextDiff::from_lines(&old_text, &new_text)
-                .unified_diff()
-                .context_radius(3)
-                .header(&old_label, &new_label)
-                .to_string(),
-        );
+        text.push_str(&unified_diff(&old_text, &new_text, &old_label, &new_label));
     } else {
         let _ = writeln!(
             text,
@@ -220,7 +214,18 @@ fn labelled(document: Option<Value>, what: &str, absent: String, nowhere: String
     }
 }
 
-fn pretty(value: &Value) -> String {
+/// A unified diff of two plugin documents' texts (3 lines of context), as
+/// every dry run shows it.
+pub fn unified_diff(old: &str, new: &str, old_label: &str, new_label: &str) -> String {
+    similar::TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .header(old_label, new_label)
+        .to_string()
+}
+
+/// A document as its diffs show it: pretty JSON, ending in a newline.
+pub fn pretty(value: &Value) -> String {
     let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
     text.push('\n');
     text

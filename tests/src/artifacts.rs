@@ -1,6 +1,7 @@
 //! Locating the build artifacts the tests need: the filter `.wasm` (built once per
 //! test process) and an Envoy binary.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -13,7 +14,8 @@ pub fn repo_root() -> PathBuf {
     manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
-fn target_dir() -> PathBuf {
+/// The workspace target directory (`$CARGO_TARGET_DIR`, relative to the root, else `target/`).
+pub fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) if !dir.is_empty() => {
             let dir = PathBuf::from(dir);
@@ -73,37 +75,36 @@ fn build_wasm(override_var: &str, package: &str, feature: Option<&str>) -> PathB
         );
         return path;
     }
-    let target = match feature {
-        Some(feature) => target_dir().join(feature),
+    build_wasm_in(feature, package, feature, &[])
+}
+
+/// A release wasm32 build of `package` (with `feature`, and `envs` set for
+/// cargo) into `<target>/<subdir>` (the workspace target directory itself
+/// when `None`); returns the `.wasm` path.
+pub fn build_wasm_in(
+    subdir: Option<&str>,
+    package: &str,
+    feature: Option<&str>,
+    envs: &[(&str, &OsStr)],
+) -> PathBuf {
+    let target = match subdir {
+        Some(subdir) => target_dir().join(subdir),
         None => target_dir(),
     };
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    command
-        .current_dir(repo_root())
-        .env("CARGO_TARGET_DIR", &target)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip1",
-            "-p",
-            package,
-        ]);
+    let mut args = vec![
+        "build",
+        "--release",
+        "--target",
+        "wasm32-wasip1",
+        "-p",
+        package,
+    ];
     if let Some(feature) = feature {
-        command.args(["--features", feature]);
+        args.extend(["--features", feature]);
     }
-    let output = command
-        .output()
-        .unwrap_or_else(|e| fail(format!("cannot run cargo to build {package}: {e}")));
-    if !output.status.success() {
-        fail(format!(
-            "building {package} ({feature:?}) failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
+    let mut envs = envs.to_vec();
+    envs.push(("CARGO_TARGET_DIR", target.as_os_str()));
+    cargo_build(&args, &envs, &format!("{package} ({feature:?})"));
     let path = target.join(format!(
         "wasm32-wasip1/release/{}.wasm",
         package.replace('-', "_")
@@ -114,6 +115,28 @@ fn build_wasm(override_var: &str, package: &str, feature: Option<&str>) -> PathB
         path.display()
     );
     path
+}
+
+/// Runs `cargo <args>` (with `envs`) in the workspace; fails the test with
+/// cargo's output when it fails.
+pub fn cargo_build(args: &[&str], envs: &[(&str, &OsStr)], label: &str) {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.current_dir(repo_root()).args(args);
+    for (name, value) in envs {
+        command.env(name, value);
+    }
+    let output = command
+        .output()
+        .unwrap_or_else(|e| fail(format!("cannot run cargo to build {label}: {e}")));
+    if !output.status.success() {
+        fail(format!(
+            "building {label} failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
 }
 
 /// The Envoy binary: `$ENVOY_BIN`, else `<repo>/.tools/venv/bin/envoy`, else

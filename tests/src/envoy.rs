@@ -24,6 +24,11 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// (the sidecar puts the revision there), e.g. `"r3-1a2b3c4d5e6f"` with the quotes.
 pub const ECDS_VERSION_STAT: &str =
     "extension_config_discovery.http_filter.tenant-guard.version_text";
+/// Envoy's count of ECDS updates of the filter it applied.
+pub const ECDS_RELOAD_STAT: &str =
+    "extension_config_discovery.http_filter.tenant-guard.config_reload";
+/// Envoy's count of ECDS updates of the filter it rejected (the previous one keeps serving).
+pub const ECDS_FAIL_STAT: &str = "extension_config_discovery.http_filter.tenant-guard.config_fail";
 
 /// Which bootstrap template to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::artifacts::repo_root;
+use crate::artifacts::{build_wasm_in, cargo_build, target_dir};
 use crate::envoy::Envoy;
 use crate::failure::fail;
 use crate::http::{self, Conn};
@@ -26,69 +26,21 @@ use crate::wait::{wait_for, wait_until};
 /// The response header carrying the filter's compile-time build id.
 pub const BUILD_HEADER: &str = "x-tenant-guard-build";
 
-/// Envoy's count of ECDS updates of the filter it applied.
-pub const ECDS_RELOAD_STAT: &str =
-    "extension_config_discovery.http_filter.tenant-guard.config_reload";
-/// Envoy's count of ECDS updates of the filter it rejected (the previous one keeps serving).
-pub const ECDS_FAIL_STAT: &str = "extension_config_discovery.http_filter.tenant-guard.config_fail";
+pub use crate::envoy::{ECDS_FAIL_STAT, ECDS_RELOAD_STAT};
 /// Client connections Envoy closed itself (a roll must not close any).
 pub const ENVOY_CLOSED_CX_STAT: &str = "http.ingress.downstream_cx_destroy_local";
-
-fn target_root() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
-        Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir),
-        Some(dir) => repo_root().join(dir),
-        None => repo_root().join("target"),
-    }
-}
-
-/// Runs `cargo` with `args` (and `envs`) in the workspace; panics with its output on failure.
-fn cargo(args: &[&str], envs: &[(&str, &OsStr)], label: &str) {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    command.current_dir(repo_root()).args(args);
-    for (name, value) in envs {
-        command.env(name, value);
-    }
-    let output = command
-        .output()
-        .unwrap_or_else(|e| fail(format!("cannot run cargo to build {label}: {e}")));
-    if !output.status.success() {
-        fail(format!(
-            "building {label} failed ({}):\n{}",
-            output.status,
-            text_tail(&String::from_utf8_lossy(&output.stderr), 40)
-        ));
-    }
-}
 
 /// A release build of the filter with `TENANT_GUARD_BUILD_ID=<id>`, in
 /// `<target>/rolling-<id>` so builds of different ids (and the main `.wasm`)
 /// do not invalidate each other. Returns the `.wasm` path.
 pub fn filter_build(id: &str) -> PathBuf {
-    let target = target_root().join(format!("rolling-{}", id.to_ascii_lowercase()));
-    cargo(
-        &[
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip1",
-            "-p",
-            "tenant-guard-filter",
-        ],
-        &[
-            ("CARGO_TARGET_DIR", target.as_os_str()),
-            ("TENANT_GUARD_BUILD_ID", OsStr::new(id)),
-        ],
-        &format!("filter build {id}"),
-    );
-    let path = target.join("wasm32-wasip1/release/tenant_guard_filter.wasm");
-    assert!(
-        path.is_file(),
-        "cargo succeeded but {} is missing",
-        path.display()
-    );
-    path
+    let subdir = format!("rolling-{}", id.to_ascii_lowercase());
+    build_wasm_in(
+        Some(&subdir),
+        "tenant-guard-filter",
+        None,
+        &[("TENANT_GUARD_BUILD_ID", OsStr::new(id))],
+    )
 }
 
 /// The `tenant-guard-sidecar` binary: `$TENANT_GUARD_SIDECAR_BIN`, else a
@@ -97,7 +49,7 @@ pub fn sidecar_binary() -> PathBuf {
     if let Some(bin) = std::env::var_os("TENANT_GUARD_SIDECAR_BIN").filter(|b| !b.is_empty()) {
         return PathBuf::from(bin);
     }
-    cargo(
+    cargo_build(
         &[
             "build",
             "-p",
@@ -108,7 +60,7 @@ pub fn sidecar_binary() -> PathBuf {
         &[],
         "the sidecar",
     );
-    let path = target_root().join("debug/tenant-guard-sidecar");
+    let path = target_dir().join("debug/tenant-guard-sidecar");
     assert!(
         path.is_file(),
         "cargo succeeded but {} is missing",

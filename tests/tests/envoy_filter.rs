@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tenant_guard_e2e::config::PluginConfig;
+use tenant_guard_e2e::envoy::{ECDS_FAIL_STAT, ECDS_VERSION_STAT};
 use tenant_guard_e2e::http::Response;
 use tenant_guard_e2e::wait::{wait_for, wait_until};
 use tenant_guard_e2e::{Envoy, Upstream};
@@ -15,8 +16,6 @@ use tenant_guard_e2e::{Envoy, Upstream};
 const CORRELATION: &str = "x-correlation-id";
 const TENANT: &str = "x-tenant-id";
 const PROBLEM_JSON: &str = "application/problem+json";
-const ECDS_FAIL_STAT: &str = "extension_config_discovery.http_filter.tenant-guard.config_fail";
-const ECDS_VERSION_STAT: &str = "extension_config_discovery.http_filter.tenant-guard.version_text";
 
 /// Lower-case UUIDv7 (8-4-4-4-12 hex, version nibble 7, RFC 9562 variant).
 fn is_uuidv7(s: &str) -> bool {

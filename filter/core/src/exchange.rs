@@ -27,8 +27,6 @@ use crate::engine::{
 };
 use crate::idempotency::{Begin, Claim};
 use crate::problem::ProblemKind;
-use crate::ratelimit::CheckError;
-use crate::store::StoreError;
 use crate::store_ops::{StoreAnswer, StoreCall, StoreOp, Token};
 
 /// How loud a log line is.
@@ -335,12 +333,11 @@ impl Exchange {
 
     /// The stream is over: completed, reset or timed out. A key still claimed goes back.
     pub fn on_stream_end(&mut self) -> Output {
+        self.ended = true;
         if self.waiting.is_some() {
             // The answer decides what to give back.
-            self.ended = true;
             return Output::proceed();
         }
-        self.ended = true;
         let Some(state) = self.idempotent.as_mut() else {
             return Output::proceed();
         };
@@ -379,13 +376,7 @@ impl Exchange {
                 end_of_stream,
                 request_line,
             } => {
-                let checked = match answer {
-                    StoreAnswer::Admit(checked) => checked,
-                    StoreAnswer::Claim(_) | StoreAnswer::Update(_) => {
-                        Err(CheckError::Store(mismatched()))
-                    }
-                };
-                let evaluation = engine::admit(config, screened, Some(checked));
+                let evaluation = engine::admit(config, screened, Some(answer.into_admit()));
                 self.decided(config, evaluation, end_of_stream, request_line, host)
             }
             Waiting::Claim { body_known } => self.claim_answered(config, body_known, answer),
@@ -530,7 +521,7 @@ impl Exchange {
             &state.pending,
             &state.context,
             body_known,
-            engine::claim_result(answer),
+            answer.into_claim(),
         );
         match step {
             IdempotencyStep::Proceed(claim) => {
@@ -587,10 +578,6 @@ impl Exchange {
 
 fn too_large() -> Outcome {
     Outcome::Rejected(ProblemKind::BodyTooLarge)
-}
-
-fn mismatched() -> StoreError {
-    StoreError("the store answered another operation".to_owned())
 }
 
 /// A failed record update is the operator's business, not the client's.

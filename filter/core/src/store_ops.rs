@@ -10,7 +10,7 @@ use crate::idempotency::{
     self, Begin, Claim, Fingerprint, IdempotencyError, Lifetimes, StoreParams, StoredResponse,
 };
 use crate::ratelimit::{self, CheckError, RateKey, RateParams, Verdict};
-use crate::store::SharedStore;
+use crate::store::{SharedStore, StoreError};
 use crate::tenant::TenantId;
 
 /// Names one outstanding store call of an exchange; an answer with another
@@ -66,6 +66,41 @@ pub enum StoreAnswer {
     /// To [`StoreOp::Seal`], [`StoreOp::Complete`] and [`StoreOp::Release`]:
     /// `Ok(false)` when the claim had lapsed.
     Update(Result<bool, IdempotencyError>),
+}
+
+impl StoreAnswer {
+    /// The answer to an [`StoreOp::Admit`]; an answer of another kind is a store error.
+    pub fn into_admit(self) -> Result<Verdict, CheckError> {
+        match self {
+            StoreAnswer::Admit(checked) => checked,
+            StoreAnswer::Claim(_) | StoreAnswer::Update(_) => Err(CheckError::Store(mismatched())),
+        }
+    }
+
+    /// The answer to a [`StoreOp::Claim`]; an answer of another kind is a store error.
+    pub fn into_claim(self) -> Result<Begin, IdempotencyError> {
+        match self {
+            StoreAnswer::Claim(begun) => begun,
+            StoreAnswer::Admit(_) | StoreAnswer::Update(_) => {
+                Err(IdempotencyError::Store(mismatched()))
+            }
+        }
+    }
+
+    /// The answer to a seal, complete or release; an answer of another kind is a store error.
+    pub fn into_update(self) -> Result<bool, IdempotencyError> {
+        match self {
+            StoreAnswer::Update(updated) => updated,
+            StoreAnswer::Admit(_) | StoreAnswer::Claim(_) => {
+                Err(IdempotencyError::Store(mismatched()))
+            }
+        }
+    }
+}
+
+/// A store that answers an operation with the answer to another kind.
+fn mismatched() -> StoreError {
+    StoreError("the store answered another operation".to_owned())
 }
 
 /// Carries out `op` on shared data in the calling thread (Envoy's and

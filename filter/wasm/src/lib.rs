@@ -39,14 +39,9 @@ mod entry {
     }}
 }
 
-fn host_store(config: &CompiledConfig) -> HostStore<'_> {
-    HostStore {
-        namespace: config.store.namespace.as_deref(),
-    }
-}
-
-/// The store of a plugin instance, whatever its configuration (or none yet).
-fn instance_store(config: Option<&CompiledConfig>) -> HostStore<'_> {
+/// The VM's shared data as `config` names it (its namespace), or as the
+/// plugin instance sees it before any configuration.
+fn host_store(config: Option<&CompiledConfig>) -> HostStore<'_> {
     HostStore {
         namespace: config.and_then(|config| config.store.namespace.as_deref()),
     }
@@ -65,7 +60,7 @@ impl Root {
         let ticks = self.maintenance.wants_tick(
             self.config.as_deref(),
             self.metrics.enabled(),
-            &instance_store(self.config.as_deref()),
+            &host_store(self.config.as_deref()),
         );
         host::set_tick_period(if ticks { TICK } else { Duration::ZERO });
     }
@@ -103,14 +98,13 @@ impl RootContext for Root {
                     Some(Rc::clone(&compiled)),
                 ));
                 host::log(LogLevel::Info, &compiled.accepted_message());
-                self.config = Some(compiled);
-                let config = self.config.clone();
                 if self.maintenance.needs_probe() {
-                    let store = instance_store(config.as_deref());
+                    let store = host_store(Some(&compiled));
                     let probe = host::probe_store(store.namespace);
                     let logs = self.maintenance.probed(probe, &store, host::now_unix_ns());
                     Self::log_all(logs);
                 }
+                self.config = Some(compiled);
                 self.schedule_tick();
                 true
             }
@@ -132,7 +126,7 @@ impl RootContext for Root {
         let config = self.config.clone();
         let report = self.maintenance.tick(
             config.as_deref(),
-            &instance_store(config.as_deref()),
+            &host_store(config.as_deref()),
             host::now_unix_ns(),
         );
         let evicted = host::take_evictions();
@@ -191,7 +185,8 @@ impl Request {
                 Next::Continue => return Action::Continue,
                 Next::Pause => return Action::Pause,
                 Next::Store(call) => {
-                    let answer = store_ops::execute_local(&config, &host_store(&config), call.op);
+                    let answer =
+                        store_ops::execute_local(&config, &host_store(Some(&config)), call.op);
                     let inputs = *inputs.get_or_insert_with(host::inputs);
                     self.exchange
                         .on_store_answer(&config, call.token, answer, &inputs)

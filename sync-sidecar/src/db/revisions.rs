@@ -366,23 +366,21 @@ pub async fn insert_revision(client: &Client, rev: &Revision) -> Result<(), DbEr
 
 /// Marks a recorded revision as failed (its delivery did not happen).
 pub async fn mark_failed(client: &Client, id: i64, error: &str) -> Result<(), DbError> {
-    let error = crate::text::bounded(error);
-    client
-        .execute(
-            "UPDATE tg_revisions SET status = 'failed', error = $2 WHERE id = $1",
-            &[&id, &error.as_ref()],
-        )
-        .await?;
-    Ok(())
+    set_status(client, id, Status::Failed, error).await
 }
 
 /// A failed revision delivered on a later attempt; `note` says what it overcame.
 pub async fn mark_delivered(client: &Client, id: i64, note: &str) -> Result<(), DbError> {
-    let note = crate::text::bounded(note);
+    set_status(client, id, Status::Delivered, note).await
+}
+
+/// Sets a recorded revision's status and its (bounded) error or note.
+async fn set_status(client: &Client, id: i64, status: Status, text: &str) -> Result<(), DbError> {
+    let text = crate::text::bounded(text);
     client
         .execute(
-            "UPDATE tg_revisions SET status = 'delivered', error = $2 WHERE id = $1",
-            &[&id, &note.as_ref()],
+            "UPDATE tg_revisions SET status = $3, error = $2 WHERE id = $1",
+            &[&id, &text.as_ref(), &status.as_str()],
         )
         .await?;
     Ok(())

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use super::address::Address;
 use super::store::Stored;
+use crate::dryrun;
 use crate::settings::{self, render_parts, Rendered, SettingRow, Validator};
 use crate::text::bounded_to;
 
@@ -236,21 +237,16 @@ impl Checked {
 /// Unified diff of the plugin document (pretty JSON, no `revision`) from
 /// `before` to `after`; `None` when they are equal.
 pub fn document_diff(before: &Rendered, after: &Rendered) -> Option<String> {
-    let old = pretty(&before.document);
-    let new = pretty(&after.document);
+    let old = dryrun::pretty(&before.document);
+    let new = dryrun::pretty(&after.document);
     (old != new).then(|| {
-        similar::TextDiff::from_lines(&old, &new)
-            .unified_diff()
-            .context_radius(3)
-            .header("plugin document now", "plugin document after the change")
-            .to_string()
+        dryrun::unified_diff(
+            &old,
+            &new,
+            "plugin document now",
+            "plugin document after the change",
+        )
     })
-}
-
-fn pretty(value: &Value) -> String {
-    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
-    text.push('\n');
-    text
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use crate::path;
 use crate::problem::{Problem, ProblemKind};
 use crate::ratelimit::{self, CheckError, Verdict};
 use crate::store::SharedStore;
-use crate::store_ops::{self, StoreAnswer, StoreOp};
+use crate::store_ops::{self, StoreOp};
 use crate::tenant::TenantId;
 
 use super::decision::{
@@ -34,10 +34,7 @@ pub fn evaluate(
     };
     let checked = screened
         .rate_limit_op(config, host.now_unix_ns)
-        .and_then(|op| match store_ops::execute_local(config, store, op) {
-            StoreAnswer::Admit(checked) => Some(checked),
-            StoreAnswer::Claim(_) | StoreAnswer::Update(_) => None,
-        });
+        .map(|op| store_ops::execute_local(config, store, op).into_admit());
     admit(config, screened, checked)
 }
 

@@ -58,8 +58,6 @@ pub enum IdempotencyFailure {
     NotSealed(IdempotencyError),
     NotRecorded(IdempotencyError),
     NotReleased(IdempotencyError),
-    /// The store answered an operation with the answer to another kind.
-    MismatchedAnswer,
 }
 
 impl std::fmt::Display for IdempotencyFailure {
@@ -78,31 +76,11 @@ impl std::fmt::Display for IdempotencyFailure {
             Self::NotSealed(err) => write!(f, "idempotency fingerprint not sealed: {err}"),
             Self::NotRecorded(err) => write!(f, "idempotency record not updated: {err}"),
             Self::NotReleased(err) => write!(f, "idempotency key not released: {err}"),
-            Self::MismatchedAnswer => {
-                f.write_str("idempotency record not updated: the store answered another operation")
-            }
         }
     }
 }
 
 impl std::error::Error for IdempotencyFailure {}
-
-/// The answer to a claim, or a store error standing in for an answer of the wrong kind.
-pub fn claim_result(answer: StoreAnswer) -> Result<Begin, IdempotencyError> {
-    match answer {
-        StoreAnswer::Claim(result) => result,
-        StoreAnswer::Admit(_) | StoreAnswer::Update(_) => Err(IdempotencyError::Store(StoreError(
-            "the store answered another operation".to_owned(),
-        ))),
-    }
-}
-
-fn update_result(answer: StoreAnswer) -> Option<Result<bool, IdempotencyError>> {
-    match answer {
-        StoreAnswer::Update(result) => Some(result),
-        StoreAnswer::Admit(_) | StoreAnswer::Claim(_) => None,
-    }
-}
 
 /// The claim of `pending`'s key; `body` is `None` while the body is still to come.
 pub fn claim_op(
@@ -226,7 +204,7 @@ pub fn begin_idempotent(
     store: &dyn SharedStore,
 ) -> IdempotencyStep {
     let op = claim_op(config, pending, request, body, host);
-    let answer = claim_result(store_ops::execute_local(config, store, op));
+    let answer = store_ops::execute_local(config, store, op).into_claim();
     claim_answered(
         config,
         pending,
@@ -381,11 +359,10 @@ pub fn seal_op(claim: &Claim, body: &[u8]) -> StoreOp {
 
 /// What the answer to [`seal_op`] means.
 pub fn sealed(answer: StoreAnswer) -> Result<(), IdempotencyFailure> {
-    match update_result(answer) {
-        Some(Ok(true)) => Ok(()),
-        Some(Ok(false)) => Err(IdempotencyFailure::LapsedBeforeBody),
-        Some(Err(err)) => Err(IdempotencyFailure::NotSealed(err)),
-        None => Err(IdempotencyFailure::MismatchedAnswer),
+    match answer.into_update() {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(IdempotencyFailure::LapsedBeforeBody),
+        Err(err) => Err(IdempotencyFailure::NotSealed(err)),
     }
 }
 
@@ -414,24 +391,22 @@ pub fn recorded(
     pending: &PendingIdempotency,
     answer: StoreAnswer,
 ) -> Result<(), IdempotencyFailure> {
-    match update_result(answer) {
-        Some(Ok(true)) => Ok(()),
-        Some(Ok(false)) => Err(IdempotencyFailure::LapsedBeforeResponse {
+    match answer.into_update() {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(IdempotencyFailure::LapsedBeforeResponse {
             tenant: pending.tenant.clone(),
             in_flight_timeout_seconds: pending.settings.in_flight_timeout_seconds,
         }),
-        Some(Err(err)) => Err(IdempotencyFailure::NotRecorded(err)),
-        None => Err(IdempotencyFailure::MismatchedAnswer),
+        Err(err) => Err(IdempotencyFailure::NotRecorded(err)),
     }
 }
 
 /// What the answer to a release after a reset means (a lapsed claim is fine).
 pub fn released(answer: StoreAnswer) -> Result<(), IdempotencyFailure> {
-    match update_result(answer) {
-        Some(Ok(_)) => Ok(()),
-        Some(Err(err)) => Err(IdempotencyFailure::NotReleased(err)),
-        None => Err(IdempotencyFailure::MismatchedAnswer),
-    }
+    answer
+        .into_update()
+        .map(|_| ())
+        .map_err(IdempotencyFailure::NotReleased)
 }
 
 /// [`seal_op`] against a store that answers at once.

@@ -22,7 +22,7 @@ pub use decision::{
 };
 pub use evaluate::{admit, evaluate, screen, Screened};
 pub use idempotent::{
-    abandon_idempotent, begin_idempotent, body_too_large, claim_answered, claim_op, claim_result,
+    abandon_idempotent, begin_idempotent, body_too_large, claim_answered, claim_op,
     finish_idempotent, finish_op, reclaim_idempotency, recorded, released, seal_idempotent,
     seal_op, sealed, IdempotencyFailure, IdempotencyStep, ReplyContext, ResponseCapture,
 };
