@@ -177,13 +177,15 @@ tg_render_static() {
   local out="$1" config="$2" admin="$3" listener="$4" upstream="$5" wasm="$6"
   tg_render "$TG_ENVOY_DIR/static.yaml" "$out" \
     "ADMIN_PORT=$admin" "LISTENER_PORT=$listener" "UPSTREAM_PORT=$upstream" \
+    "STORE_PORT=${TG_STORE_PORT:-9912}" \
     "WASM_PATH=$wasm" "PLUGIN_CONFIG_JSON=$(tg_json_string_literal "$config")"
 }
 
 tg_render_ecds_bootstrap() {
   local out="$1" ecds_dir="$2" admin="$3" listener="$4" upstream="$5"
   tg_render "$TG_ENVOY_DIR/ecds.yaml" "$out" \
-    "ADMIN_PORT=$admin" "LISTENER_PORT=$listener" "UPSTREAM_PORT=$upstream" "ECDS_DIR=$ecds_dir"
+    "ADMIN_PORT=$admin" "LISTENER_PORT=$listener" "UPSTREAM_PORT=$upstream" \
+    "STORE_PORT=${TG_STORE_PORT:-9912}" "ECDS_DIR=$ecds_dir"
 }
 
 tg_write_ecds_resource() {

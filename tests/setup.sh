@@ -8,7 +8,9 @@
 #     (they run the core unit tests compiled to wasm32);
 #   - Envoy 1.40.0 (envoy/install-envoy.sh);
 #   - psql/pg_isready and a PostgreSQL (tests/postgres.sh: the server on
-#     127.0.0.1:5432 if one answers, else one it installs and starts).
+#     127.0.0.1:5432 if one answers, else one it installs and starts);
+#   - redis-server and redis-cli (Debian): the fleet tests start their own
+#     Redis servers and a 3-node Redis Cluster on free loopback ports.
 # A second run installs nothing. It stops at the first failed step, naming it.
 # Use: eval "$(bash tests/setup.sh)"
 set -euo pipefail
@@ -45,6 +47,12 @@ tg_step "PostgreSQL (tests/postgres.sh)" \
 tg_ensure_command pg_isready postgresql-client
 DATABASE_URL="${DATABASE_URL:-$(bash tests/postgres.sh)}"
 tg_note "${DATABASE_URL%%\?*}"
+
+tg_step "Redis (redis-server, redis-cli)" \
+  "install Debian's redis-server and redis-tools, or put redis-server and redis-cli on PATH"
+tg_ensure_command redis-server redis-server
+tg_ensure_command redis-cli redis-tools
+tg_note "$(redis-server --version | cut -d' ' -f1-3)"
 TG_STEP=""
 
 echo "export ENVOY_BIN='$ENVOY_BIN'"

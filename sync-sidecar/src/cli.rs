@@ -1,6 +1,7 @@
 //! Command line: typed options (flags and environment, ranges checked) and the
-//! subcommands `run`, `sync [--dry-run]`, `history`, `rollback --to REV`,
-//! `migrate`. Read-only commands (`history`, `sync --dry-run`) open read-only
+//! subcommands `run` (optionally hosting the store endpoint: `--store-addr`),
+//! `store` (the store endpoint alone, no PostgreSQL), `sync [--dry-run]`,
+//! `history`, `rollback --to REV`, `migrate`. Read-only commands (`history`, `sync --dry-run`) open read-only
 //! sessions and create nothing; output goes through [`emit`], which treats a
 //! closed stdout (`| head -1`) as the reader having seen enough.
 
@@ -19,6 +20,7 @@ use crate::settings::{self, Rendered};
 use crate::sync::{self, EnvoyTarget, SetupError, SyncError, SyncOutcome, Syncer, Target};
 
 use crate::settings_cli::{self, SettingsArgs, SettingsCliError};
+use crate::store::{RedisStore, RedisTarget, StoreError, StoreServer};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -62,6 +64,62 @@ pub enum Command {
     Migrate,
     /// Settings as code: list, get, set, unset, export, apply (validated before writing).
     Settings(SettingsArgs),
+    /// Serve only the store endpoint (rate limits and idempotency records in
+    /// Redis for `store.backend: cluster`); needs no PostgreSQL.
+    Store(StoreArgs),
+}
+
+/// Where the store endpoint's Redis is (one of the two).
+#[derive(Debug, Args)]
+pub struct RedisArgs {
+    /// Redis server of the store endpoint (`redis://host:port[/db]`).
+    #[arg(
+        long,
+        env = "TG_REDIS_URL",
+        hide_env_values = true,
+        conflicts_with = "redis_cluster_url"
+    )]
+    pub redis_url: Option<String>,
+    /// A seed node of the store endpoint's Redis Cluster (`redis://host:port`;
+    /// repeat for more nodes).
+    #[arg(
+        long,
+        env = "TG_REDIS_CLUSTER_URL",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub redis_cluster_url: Vec<String>,
+}
+
+impl RedisArgs {
+    /// The Redis to use; a usage error when none (or both) was given.
+    fn target(&self) -> Result<RedisTarget, CliError> {
+        match (&self.redis_url, self.redis_cluster_url.is_empty()) {
+            (Some(_), false) => Err(CliError::Usage(
+                "--redis-url and --redis-cluster-url exclude each other: pass one".to_owned(),
+            )),
+            (Some(url), true) => Ok(RedisTarget::Standalone(url.clone())),
+            (None, false) => Ok(RedisTarget::Cluster(self.redis_cluster_url.clone())),
+            (None, true) => Err(CliError::Usage(
+                "the store endpoint needs Redis: pass --redis-url redis://HOST:PORT or --redis-cluster-url redis://HOST:PORT (repeatable)"
+                    .to_owned(),
+            )),
+        }
+    }
+
+    fn given(&self) -> bool {
+        self.redis_url.is_some() || !self.redis_cluster_url.is_empty()
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Store endpoint listen address (`POST /v1/lease|claim|complete|release`,
+    /// `GET /metrics`); port 0 picks one.
+    #[arg(long, env = "TG_STORE_ADDR")]
+    pub store_addr: SocketAddr,
+    #[command(flatten)]
+    pub redis: RedisArgs,
 }
 
 /// The gateway one sidecar process delivers to (run one sidecar per gateway;
@@ -147,6 +205,12 @@ pub struct RunArgs {
     /// Time an in-flight sync may take to finish after SIGTERM (at most 10 min).
     #[arg(long, env = "TG_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_shutdown_grace)]
     pub shutdown_grace: Duration,
+    /// Also serve the store endpoint here (`POST /v1/lease|claim|complete|release`;
+    /// needs --redis-url or --redis-cluster-url); port 0 picks one.
+    #[arg(long, env = "TG_STORE_ADDR")]
+    pub store_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    pub redis: RedisArgs,
 }
 
 #[derive(Debug, Args)]
@@ -290,12 +354,17 @@ pub enum CliError {
     DryRunInvalid,
     #[error(transparent)]
     Settings(#[from] SettingsCliError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Usage(_) | Self::Setup(_) | Self::Listen { .. } => 2,
+            Self::Usage(_)
+            | Self::Setup(_)
+            | Self::Listen { .. }
+            | Self::Store(StoreError::Config(_)) => 2,
             Self::Db(error) | Self::Run(RunError::Db(error)) | Self::Sync(SyncError::Db(error))
                 if error.is_config_error() =>
             {
@@ -319,6 +388,7 @@ impl Cli {
             Command::Sync(args) => args.dry_run,
             Command::Run(_) | Command::Rollback(_) | Command::Migrate => false,
             Command::Settings(args) => args.read_only(),
+            Command::Store(_) => true,
         };
         Ok(config)
     }
@@ -385,10 +455,25 @@ pub async fn execute(
     cli: Cli,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), CliError> {
+    if let Command::Store(args) = &cli.command {
+        let store = bind_store(args.store_addr, &args.redis).await?;
+        return Ok(store.serve(shutdown).await?);
+    }
     let db_config = cli.db_config()?;
     let max_value_bytes = cli.max_value_bytes;
     match &cli.command {
         Command::Run(args) => {
+            // Usage errors first: nothing is bound or connected before they are.
+            let store_target = match args.store_addr {
+                Some(_) => Some(args.redis.target()?),
+                None if args.redis.given() => {
+                    return Err(CliError::Usage(
+                        "--redis-url / --redis-cluster-url are for the store endpoint: pass --store-addr too"
+                            .to_owned(),
+                    ))
+                }
+                None => None,
+            };
             let syncer = Syncer::new(&db_config.schema, target(&args.delivery)?)?
                 .with_max_value_bytes(max_value_bytes);
             let listener = tokio::net::TcpListener::bind(args.admin_addr)
@@ -407,8 +492,38 @@ pub async fn execute(
             config.resync_interval = args.resync_interval;
             config.debounce = args.debounce;
             config.shutdown_grace = args.shutdown_grace;
-            daemon::run(config, syncer, listener, shutdown).await?;
+            match (args.store_addr, store_target) {
+                (Some(addr), Some(redis)) => {
+                    let store = bind_store_on(addr, &redis).await?;
+                    crate::metrics::register_store(store.metrics());
+                    // One shutdown for both: the signal ends the sync loop and
+                    // the store endpoint; a sync loop that ends early (a
+                    // configuration error) ends the store endpoint too.
+                    let (stop, stopped) = tokio::sync::watch::channel(false);
+                    let stop = std::sync::Arc::new(stop);
+                    let store_shutdown = async move {
+                        let mut stopped = stopped;
+                        let _ = stopped.wait_for(|stopped| *stopped).await;
+                    };
+                    let store_task = tokio::spawn(store.serve(store_shutdown));
+                    let signal_stop = stop.clone();
+                    let sync_shutdown = async move {
+                        shutdown.await;
+                        let _ = signal_stop.send(true);
+                    };
+                    let ran = daemon::run(config, syncer, listener, sync_shutdown).await;
+                    let _ = stop.send(true);
+                    match tokio::time::timeout(Duration::from_secs(5), store_task).await {
+                        Ok(Ok(result)) => result?,
+                        Ok(Err(error)) => tracing::warn!(%error, "store endpoint task failed"),
+                        Err(_) => tracing::warn!("store endpoint did not stop in time"),
+                    }
+                    ran?;
+                }
+                _ => daemon::run(config, syncer, listener, shutdown).await?,
+            }
         }
+        Command::Store(_) => {}
         Command::Sync(args) if args.dry_run => {
             let kong;
             let against = match args.delivery.gateway {
@@ -493,6 +608,26 @@ pub async fn execute(
         }
     }
     Ok(())
+}
+
+/// Binds the store endpoint on `addr` (Redis from `redis`) and prints its
+/// listening line.
+async fn bind_store(addr: SocketAddr, redis: &RedisArgs) -> Result<StoreServer, CliError> {
+    bind_store_on(addr, &redis.target()?).await
+}
+
+async fn bind_store_on(addr: SocketAddr, redis: &RedisTarget) -> Result<StoreServer, CliError> {
+    let store = std::sync::Arc::new(RedisStore::new(redis)?);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| CliError::Listen { addr, source })?;
+    let server = StoreServer::new(listener, store, std::sync::Arc::default());
+    let bound = server
+        .local_addr()
+        .map_err(|source| CliError::Listen { addr, source })?;
+    tracing::info!(%bound, "store endpoint listening");
+    emit(&format!("store endpoint listening on {bound}\n"))?;
+    Ok(server)
 }
 
 fn print_warnings(warnings: &[String]) {

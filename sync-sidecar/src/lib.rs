@@ -10,11 +10,12 @@
 //! - [`files`]: atomic file replacement and content hashes.
 //! - [`daemon`]: the `run` loop (LISTEN/NOTIFY, timer, reconnect, shutdown).
 //! - [`admin`], [`metrics`]: `/live`, `/ready`, `/metrics`, `POST /sync`.
+//! - [`store`]: the store endpoint (HTTP → Redis) of `store.backend: cluster`.
 //! - [`cli`]: the command line.
 //! - [`settings_cli`]: `settings list|get|set|unset|export|apply` (settings as code).
 //! - [`text`]: bounded error texts, each cause printed once.
-//! - `test_support` (feature `test-support`): the PostgreSQL fixture of the
-//!   sidecar's tests and the e2e harness.
+//! - `test_support` (feature `test-support`): the PostgreSQL and Redis
+//!   fixtures of the sidecar's tests and the e2e harness.
 
 pub mod admin;
 pub mod cli;
@@ -26,6 +27,7 @@ pub mod files;
 pub mod metrics;
 pub mod settings;
 pub mod settings_cli;
+pub mod store;
 pub mod sync;
 pub mod text;
 

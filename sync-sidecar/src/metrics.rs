@@ -1,8 +1,13 @@
-//! Prometheus metrics of the sync loop, rendered in the text exposition format.
+//! Prometheus metrics of the sync loop and of the store endpoint
+//! ([`StoreMetrics`]), rendered in the text exposition format.
+//!
+//! The store endpoint's metrics are served on its own listener (`GET
+//! /metrics`); a `run` that hosts the endpoint also [`register_store`]s them,
+//! so the admin API's `/metrics` carries them too.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
@@ -142,13 +147,205 @@ impl Metrics {
             "1 while the sidecar holds a database session.",
             u8::from(self.db_connected.load(Ordering::Relaxed)).to_string(),
         );
+        if let Some(store) = REGISTERED_STORE.get() {
+            store.render_into(&mut out);
+        }
         out
+    }
+}
+
+/// The store metrics the admin API renders next to the sync loop's.
+static REGISTERED_STORE: OnceLock<Arc<StoreMetrics>> = OnceLock::new();
+
+/// Has the admin API's `/metrics` render `store` too (the first registration
+/// of the process stands: one `run` hosts at most one store endpoint).
+pub fn register_store(store: Arc<StoreMetrics>) {
+    let _ = REGISTERED_STORE.set(store);
+}
+
+/// Buckets of `tenant_guard_store_redis_seconds`.
+const STORE_BUCKETS: [f64; 10] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+];
+
+/// An operation of the store endpoint (the `op` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    Lease,
+    Claim,
+    Complete,
+    Release,
+}
+
+impl StoreOp {
+    pub const ALL: [Self; 4] = [Self::Lease, Self::Claim, Self::Complete, Self::Release];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Lease => "lease",
+            Self::Claim => "claim",
+            Self::Complete => "complete",
+            Self::Release => "release",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::Lease => 0,
+            Self::Claim => 1,
+            Self::Complete => 2,
+            Self::Release => 3,
+        }
+    }
+}
+
+/// How a store request ended (the `outcome` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOutcome {
+    /// Answered `200`.
+    Ok,
+    /// Refused with `400`/`413`.
+    BadRequest,
+    /// Redis failed or timed out: `503`.
+    RedisError,
+}
+
+impl StoreOutcome {
+    pub const ALL: [Self; 3] = [Self::Ok, Self::BadRequest, Self::RedisError];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::BadRequest => "bad_request",
+            Self::RedisError => "redis_error",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::Ok => 0,
+            Self::BadRequest => 1,
+            Self::RedisError => 2,
+        }
+    }
+}
+
+/// Counters and the Redis latency histogram of the store endpoint.
+#[derive(Debug, Default)]
+pub struct StoreMetrics {
+    /// `[op][outcome]`.
+    requests: [[AtomicU64; 3]; 4],
+    redis: Mutex<StoreHistogram>,
+}
+
+#[derive(Debug, Default)]
+struct StoreHistogram {
+    counts: [u64; STORE_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl StoreMetrics {
+    /// Counts one request of `op` that ended as `outcome`.
+    pub fn request(&self, op: StoreOp, outcome: StoreOutcome) {
+        if let Some(counter) = self
+            .requests
+            .get(op.index())
+            .and_then(|row| row.get(outcome.index()))
+        {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Requests of `op` that ended as `outcome` so far.
+    pub fn requests(&self, op: StoreOp, outcome: StoreOutcome) -> u64 {
+        self.requests
+            .get(op.index())
+            .and_then(|row| row.get(outcome.index()))
+            .map_or(0, |counter| counter.load(Ordering::Relaxed))
+    }
+
+    /// Records how long one Redis call took (answered or not).
+    pub fn redis_call(&self, duration: Duration) {
+        let seconds = duration.as_secs_f64();
+        if let Ok(mut h) = self.redis.lock() {
+            for (count, bound) in h.counts.iter_mut().zip(STORE_BUCKETS) {
+                if seconds <= bound {
+                    *count += 1;
+                }
+            }
+            h.count += 1;
+            h.sum += seconds;
+        }
+    }
+
+    /// The Prometheus text exposition of the store endpoint alone.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        self.render_into(&mut out);
+        out
+    }
+
+    fn render_into(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP tenant_guard_store_requests_total Store endpoint requests by operation and outcome."
+        );
+        let _ = writeln!(out, "# TYPE tenant_guard_store_requests_total counter");
+        for op in StoreOp::ALL {
+            for outcome in StoreOutcome::ALL {
+                let _ = writeln!(
+                    out,
+                    "tenant_guard_store_requests_total{{op=\"{}\",outcome=\"{}\"}} {}",
+                    op.as_str(),
+                    outcome.as_str(),
+                    self.requests(op, outcome)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tenant_guard_store_redis_seconds Duration of the store endpoint's Redis calls."
+        );
+        let _ = writeln!(out, "# TYPE tenant_guard_store_redis_seconds histogram");
+        if let Ok(h) = self.redis.lock() {
+            for (count, bound) in h.counts.iter().zip(STORE_BUCKETS) {
+                let _ = writeln!(
+                    out,
+                    "tenant_guard_store_redis_seconds_bucket{{le=\"{bound}\"}} {count}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "tenant_guard_store_redis_seconds_bucket{{le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(out, "tenant_guard_store_redis_seconds_sum {}", h.sum);
+            let _ = writeln!(out, "tenant_guard_store_redis_seconds_count {}", h.count);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_requests_are_counted_by_operation_and_outcome() {
+        let metrics = StoreMetrics::default();
+        metrics.request(StoreOp::Claim, StoreOutcome::RedisError);
+        metrics.request(StoreOp::Claim, StoreOutcome::RedisError);
+        metrics.redis_call(Duration::from_micros(700));
+        let text = metrics.render();
+        let series = "tenant_guard_store_requests_total{op=\"claim\",outcome=\"redis_error\"} 2";
+        assert!(text.lines().any(|line| line == series), "{text}");
+        assert!(text
+            .lines()
+            .any(|line| line == "tenant_guard_store_redis_seconds_bucket{le=\"0.0005\"} 0"));
+        assert!(text
+            .lines()
+            .any(|line| line == "tenant_guard_store_redis_seconds_bucket{le=\"0.001\"} 1"));
+    }
 
     #[test]
     fn the_deployment_status_names_the_gateway_it_delivers_to() {

@@ -690,3 +690,69 @@ async fn jwt_if_match_headers_and_kong_switches_are_global_settings() {
     assert_eq!(still["tenant"]["jwt"]["user_claim"], "sub");
     db.drop_schema().await;
 }
+
+#[tokio::test]
+async fn a_fleet_switches_to_the_cluster_store_from_postgres() {
+    use tenant_guard_core::config::{RateLimitFallback, StoreBackend};
+    let db = TestDb::new().await;
+    let syncer = db.syncer();
+    db.set_tenant_limit("acme", 10, "bob").await;
+    db.set_global("gateway.store.backend", json!("cluster"), "carol")
+        .await;
+    db.set_global(
+        "gateway.store.cluster",
+        json!({"upstream": "tenant_guard_store", "timeout_ms": 150,
+               "rate_limit_fallback": "unlimited", "fallback_share_percent": 34}),
+        "carol",
+    )
+    .await;
+    syncer.sync(&db.client, "test").await.unwrap();
+    let compiled = compile(&db.document());
+    assert_eq!(compiled.store.backend, StoreBackend::Cluster);
+    let cluster = compiled.store.cluster.clone().unwrap();
+    assert_eq!(cluster.timeout_ms, 150);
+    assert_eq!(cluster.rate_limit_fallback, RateLimitFallback::Unlimited);
+    assert_eq!(cluster.fallback_share_percent, 34);
+    assert_eq!(
+        cluster.lease_max, 16,
+        "omitted fields take the filter's defaults"
+    );
+    let before = std::fs::read(db.ecds_file()).unwrap();
+    let good = deployed_revision(&db).await.unwrap().id;
+
+    // A share of 0 never reaches the gateway.
+    db.set_global(
+        "gateway.store.cluster",
+        json!({"fallback_share_percent": 0}),
+        "mallory",
+    )
+    .await;
+    assert_sync_fails(
+        &syncer,
+        &db,
+        &[
+            "global setting `gateway.store.cluster` (updated by mallory)",
+            "store.cluster.fallback_share_percent",
+        ],
+    )
+    .await;
+    assert_eq!(std::fs::read(db.ecds_file()).unwrap(), before);
+
+    // Nor does a cluster object while the backend is `local`.
+    db.set_global("gateway.store.cluster", json!({}), "dave")
+        .await;
+    db.set_global("gateway.store.backend", json!("local"), "dave")
+        .await;
+    assert_sync_fails(
+        &syncer,
+        &db,
+        &[
+            "global setting `gateway.store.cluster` (updated by dave)",
+            "only allowed with global `gateway.store.backend` = \"cluster\"",
+        ],
+    )
+    .await;
+    assert_eq!(std::fs::read(db.ecds_file()).unwrap(), before);
+    assert_eq!(deployed_revision(&db).await.unwrap().id, good);
+    db.drop_schema().await;
+}

@@ -73,6 +73,13 @@ const HS_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY";
 const EC_X: &str = "t77kwLw5mylfL8Gz7INnx2p0w04bnPkmkfpqWcFmxT8";
 const EC_Y: &str = "6wjgIZ_Qf9168P5Lvh98VC2uKRl3btgwHG6YsLC1X1Q";
 
+/// `store.backend: cluster` with one field of `store.cluster` set.
+fn cluster(field: &str, value: Value) -> Value {
+    let mut settings = serde_json::Map::new();
+    settings.insert(field.to_owned(), value);
+    doc(json!({"store": {"backend": "cluster", "cluster": settings}}))
+}
+
 fn jwt(key: Value) -> Value {
     json!({"version": 1, "tenant": {"jwt": {"issuers": [
         {"iss": "https://idp", "audiences": ["api"], "jwks": {"keys": [key]}}]}}})
@@ -120,6 +127,18 @@ fn valid() -> Vec<Value> {
         ),
         jwt(json!({"kty": "EC", "crv": "P-256", "alg": "ES256", "x": EC_X, "y": EC_Y})),
         jwt_with(json!({"user_claim": "sub", "leeway_seconds": 3600, "cache_entries": 0})),
+        doc(json!({"store": {"backend": "local"}})),
+        doc(json!({"store": {"backend": "cluster"}})),
+        doc(json!({"store": {"backend": "cluster", "cluster": {}}})),
+        doc(json!({"store": {"backend": "cluster", "cluster": {
+            "upstream": "store.internal:9912", "timeout_ms": 10000, "lease_max": 1000,
+            "lease_ttl_ms": 60000, "rate_limit_fallback": "unlimited", "fallback_share_percent": 100,
+            "idempotency_fallback": "local", "probe_interval_ms": 60000}}})),
+        doc(json!({"store": {"backend": "cluster", "cluster": {
+            "upstream": "u".repeat(255), "timeout_ms": 1, "lease_max": 1, "lease_ttl_ms": 1,
+            "rate_limit_fallback": "share", "fallback_share_percent": 1,
+            "idempotency_fallback": "reject", "probe_interval_ms": 1}}})),
+        cluster("upstream", json!("tenant-guard-store.ns.svc.cluster.local")),
     ]
 }
 
@@ -347,6 +366,82 @@ fn invalid() -> Vec<(&'static str, Value)> {
         (
             "on_exhausted",
             doc(json!({"store": {"on_exhausted": "maybe"}})),
+        ),
+        (
+            "unknown backend",
+            doc(json!({"store": {"backend": "redis"}})),
+        ),
+        (
+            "backend not a string",
+            doc(json!({"store": {"backend": true}})),
+        ),
+        (
+            "cluster with backend local",
+            doc(json!({"store": {"backend": "local", "cluster": {}}})),
+        ),
+        (
+            "cluster without backend",
+            doc(json!({"store": {"cluster": {"timeout_ms": 100}}})),
+        ),
+        (
+            "cluster not an object",
+            doc(json!({"store": {"backend": "cluster", "cluster": "redis:6379"}})),
+        ),
+        (
+            "unknown cluster field",
+            cluster("redis_url", json!("redis://x")),
+        ),
+        ("empty upstream", cluster("upstream", json!(""))),
+        (
+            "upstream too long",
+            cluster("upstream", json!("u".repeat(256))),
+        ),
+        (
+            "upstream with a slash",
+            cluster("upstream", json!("http://store")),
+        ),
+        (
+            "upstream with a space",
+            cluster("upstream", json!("store sidecar")),
+        ),
+        ("upstream not a string", cluster("upstream", json!(9912))),
+        ("store timeout 0", cluster("timeout_ms", json!(0))),
+        (
+            "store timeout over 10 s",
+            cluster("timeout_ms", json!(10_001)),
+        ),
+        ("lease_max 0", cluster("lease_max", json!(0))),
+        ("lease_max 1001", cluster("lease_max", json!(1001))),
+        ("lease ttl 0", cluster("lease_ttl_ms", json!(0))),
+        (
+            "lease ttl over a minute",
+            cluster("lease_ttl_ms", json!(60_001)),
+        ),
+        ("lease ttl negative", cluster("lease_ttl_ms", json!(-1))),
+        ("probe interval 0", cluster("probe_interval_ms", json!(0))),
+        (
+            "probe interval over a minute",
+            cluster("probe_interval_ms", json!(60_001)),
+        ),
+        (
+            "rate-limit fallback",
+            cluster("rate_limit_fallback", json!("local")),
+        ),
+        (
+            "fallback share 0",
+            cluster("fallback_share_percent", json!(0)),
+        ),
+        (
+            "fallback share 101",
+            cluster("fallback_share_percent", json!(101)),
+        ),
+        (
+            "fallback share fractional",
+            cluster("fallback_share_percent", json!(50.5)),
+        ),
+        (
+            "idempotency fallback",
+            cluster("idempotency_fallback", json!("allow")),
         ),
         (
             "rate-limit headers",

@@ -57,6 +57,9 @@ pub struct Envoy {
 }
 
 /// A free TCP port on 127.0.0.1 (bind to port 0 and release it).
+/// The store sidecar's port when a test does not name one (`envoy/lib.sh` too).
+pub const DEFAULT_STORE_PORT: u16 = 9912;
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -71,6 +74,9 @@ pub fn render_template(template: &str, values: &[(&str, String)]) -> String {
     for (key, value) in values {
         text = text.replace(&format!("__{key}__"), value);
     }
+    // The store sidecar's port matters in cluster mode only; local-mode
+    // tests leave it at its default.
+    text = text.replace("__STORE_PORT__", &DEFAULT_STORE_PORT.to_string());
     for line in text.lines() {
         let code = line.trim_start();
         if !code.starts_with('#') {
@@ -142,15 +148,47 @@ impl Envoy {
         Self::start_with(mode, plugin_config, upstream_port, None)
     }
 
+    /// The static bootstrap whose `tenant_guard_store` cluster points at
+    /// `store_port` (a store sidecar, for `store.backend: cluster`).
+    pub fn start_static_with_store(
+        plugin_config: &str,
+        upstream_port: u16,
+        store_port: u16,
+    ) -> Self {
+        Self::start_ports(
+            EnvoyMode::Static,
+            plugin_config,
+            upstream_port,
+            None,
+            Some(store_port),
+        )
+    }
+
     fn start_with(
         mode: EnvoyMode,
         plugin_config: &str,
         upstream_port: u16,
         external_ecds: Option<&Path>,
     ) -> Self {
+        Self::start_ports(mode, plugin_config, upstream_port, external_ecds, None)
+    }
+
+    fn start_ports(
+        mode: EnvoyMode,
+        plugin_config: &str,
+        upstream_port: u16,
+        external_ecds: Option<&Path>,
+        store_port: Option<u16>,
+    ) -> Self {
         let mut last_error = String::new();
         for _attempt in 0..3 {
-            match Self::try_start(mode, plugin_config, upstream_port, external_ecds) {
+            match Self::try_start(
+                mode,
+                plugin_config,
+                upstream_port,
+                external_ecds,
+                store_port,
+            ) {
                 Ok(envoy) => return envoy,
                 Err(e) if e.contains("Address already in use") || e.contains("bind") => {
                     last_error = e;
@@ -166,6 +204,7 @@ impl Envoy {
         plugin_config: &str,
         upstream_port: u16,
         external_ecds: Option<&Path>,
+        store_port: Option<u16>,
     ) -> Result<Self, String> {
         let wasm = wasm_path();
         let envoy = envoy_binary();
@@ -190,6 +229,10 @@ impl Envoy {
             ("ADMIN_PORT", admin_port.to_string()),
             ("LISTENER_PORT", listener_port.to_string()),
             ("UPSTREAM_PORT", upstream_port.to_string()),
+            (
+                "STORE_PORT",
+                store_port.unwrap_or(DEFAULT_STORE_PORT).to_string(),
+            ),
         ];
         let template_name = match mode {
             EnvoyMode::Static => {

@@ -13,6 +13,7 @@ pub mod envoy;
 pub mod expect;
 pub mod failure;
 pub mod fault;
+pub mod fleet;
 pub mod http;
 pub mod nginx;
 pub mod pg;

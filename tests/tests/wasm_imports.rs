@@ -69,7 +69,7 @@ const KONG_NYI_IMPORTED_NOT_CALLED: &[(&str, &str)] = &[
     ),
     (
         "proxy_get_status",
-        "SDK glue for gRPC/HTTP call responses; the filter dispatches nothing",
+        "SDK glue for gRPC call responses; the filter reads HTTP call answers with get_map_value_bytes and get_buffer",
     ),
     (
         "proxy_grpc_call",
@@ -263,9 +263,11 @@ fn every_import_is_provided_by_kongs_ngx_wasm_module() {
 }
 
 /// The filter's own code never calls what Kong traps on (the imports above
-/// are SDK glue), never dispatches calls (Kong: no gRPC dispatch; HTTP
-/// dispatch takes `host:port`, not an Envoy cluster), and never pauses in a
-/// response phase (ngx_wasm_module cannot). A source-level guard: if it fails,
+/// are SDK glue), dispatches HTTP only to the store sidecar (cluster mode:
+/// `store.cluster.upstream` is an Envoy cluster there and `host:port` on
+/// Kong; Kong has no gRPC dispatch), and never pauses in a response phase
+/// (ngx_wasm_module cannot: there the core sends completing and releasing a
+/// claim without waiting; only on Envoy does a response wait for its record). A source-level guard: if it fails,
 /// read kong/README.md "Behaviour on Kong's engine" before changing it.
 #[test]
 fn filter_source_avoids_what_kong_cannot_do() {
@@ -277,8 +279,12 @@ fn filter_source_avoids_what_kong_cannot_do() {
             sources.push_str(&std::fs::read_to_string(&path).unwrap());
         }
     }
+    assert_eq!(
+        sources.matches("dispatch_http_call").count(),
+        1,
+        "filter/wasm/src dispatches HTTP calls outside `host::dispatch_store_call`"
+    );
     for forbidden in [
-        "dispatch_http_call",
         "dispatch_grpc_call",
         "open_grpc_stream",
         "call_foreign_function",
@@ -329,6 +335,23 @@ const SDK_CALLS_ALLOWED: &[(&str, &str)] = &[
     ("get_shared_data", "bytes out; corrupt values are decoded by the core as absent"),
     ("set_shared_data", "bytes in"),
     ("define_metric", "fixed names"),
+    (
+        "dispatch_http_call",
+        "store calls only (host::dispatch_store_call): headers and body the filter produced; Envoy and ngx_wasm_module answer Ok, BadArgument or InternalFailure, the statuses it maps to Err",
+    ),
+    (
+        "set_effective_context",
+        "only ids the host gave (the plugin's root and this request); Ok or BadArgument, both mapped",
+    ),
+    (
+        "resume_http_request",
+        "no input; called only after a paused request callback, where both hosts answer Ok",
+    ),
+    (
+        "resume_http_response",
+        "no input; Envoy only (a response waiting for its idempotency record), which answers Ok",
+    ),
+
     ("increment_metric", "ids from define_metric"),
 ];
 

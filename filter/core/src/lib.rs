@@ -3,6 +3,7 @@
 //! passed in, so the same code runs natively, in wasm-bindgen tests and in the
 //! gateway.
 
+pub mod cluster;
 pub mod config;
 pub mod correlation;
 pub mod engine;

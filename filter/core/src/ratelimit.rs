@@ -142,15 +142,19 @@ pub fn state_key(tenant: &str, policy_name: &str) -> String {
 pub struct RateKey {
     logical: String,
     table: Option<String>,
+    /// Tenant and limit name, for the cluster store (`None` for a raw key).
+    parts: Option<(String, String)>,
 }
 
 impl RateKey {
     pub fn new(config: &CompiledConfig, tenant: &str, policy_name: &str) -> Self {
         let logical = state_key(tenant, policy_name);
+        let parts = Some((tenant.to_owned(), policy_name.to_owned()));
         if config.tenants.contains_key(tenant) {
             return Self {
                 logical,
                 table: None,
+                parts,
             };
         }
         let tag = store::key_tag(&logical);
@@ -158,7 +162,39 @@ impl RateKey {
         Self {
             logical,
             table: Some(format!("tg:rl:u:{slot}")),
+            parts,
         }
+    }
+
+    /// Tenant and limit name (what the cluster store keys on).
+    pub fn parts(&self) -> Option<(&str, &str)> {
+        self.parts
+            .as_ref()
+            .map(|(tenant, limit)| (tenant.as_str(), limit.as_str()))
+    }
+
+    /// The same key in another family of shared-data keys (`tg:<family>:…`
+    /// instead of `tg:rl:…`), bounded the same way.
+    pub fn in_family(&self, family: &str) -> RateKey {
+        let rename = |key: &str| match key.strip_prefix("tg:rl:") {
+            Some(rest) => format!("tg:{family}:{rest}"),
+            None => format!("tg:{family}:{key}"),
+        };
+        RateKey {
+            logical: rename(&self.logical),
+            table: self.table.as_deref().map(rename),
+            parts: self.parts.clone(),
+        }
+    }
+
+    /// The logical key (what a stored value is tagged with).
+    pub fn logical(&self) -> &str {
+        &self.logical
+    }
+
+    /// The bounded table slot unknown tenants share, if this key is one.
+    pub fn table(&self) -> Option<&str> {
+        self.table.as_deref()
     }
 
     /// The first storage key tried.
@@ -172,6 +208,7 @@ impl From<&str> for RateKey {
         Self {
             logical: key.to_owned(),
             table: None,
+            parts: None,
         }
     }
 }

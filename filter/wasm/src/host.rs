@@ -14,6 +14,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
+use tenant_guard_core::cluster::{wire, Call, CallOutcome, StoreEvent};
 use tenant_guard_core::config::CompiledConfig;
 use tenant_guard_core::engine::{HostInputs, LocalReply, Outcome};
 use tenant_guard_core::metrics::{self, CounterKey};
@@ -271,6 +272,7 @@ pub struct Metrics {
     config_rejected: Option<u32>,
     reclaimed: Option<u32>,
     evicted: Option<u32>,
+    store: Option<StoreCounters>,
 }
 
 impl Metrics {
@@ -280,6 +282,9 @@ impl Metrics {
             return Self::default();
         }
         let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).ok();
+        let cluster_mode = config
+            .as_deref()
+            .is_some_and(|config| config.store.cluster.is_some());
         let defined = config.as_deref().map_or_else(HashMap::new, |config| {
             metrics::every_outcome()
                 .map(|outcome| {
@@ -295,7 +300,29 @@ impl Metrics {
             config_rejected: counter("tenant_guard_config_rejected"),
             reclaimed: counter("tenant_guard_idempotency_reclaimed"),
             evicted: counter("tenant_guard_store_evicted"),
+            store: cluster_mode.then(|| StoreCounters {
+                round_trips: counter("tenant_guard_store_round_trips"),
+                failures: counter("tenant_guard_store_failures"),
+                fallbacks: counter("tenant_guard_store_fallbacks"),
+                down: counter("tenant_guard_store_down"),
+                recovered: counter("tenant_guard_store_recovered"),
+            }),
         }
+    }
+
+    /// Counts one cluster-store event (defined only in cluster mode).
+    pub fn count_store(&self, event: &StoreEvent) {
+        let Some(counters) = &self.store else {
+            return;
+        };
+        let metric = match event {
+            StoreEvent::RoundTrip => counters.round_trips,
+            StoreEvent::Failed(_) => counters.failures,
+            StoreEvent::FellBack => counters.fallbacks,
+            StoreEvent::WentDown(_) => counters.down,
+            StoreEvent::CameBack => counters.recovered,
+        };
+        increment(metric, 1);
     }
 
     pub fn enabled(&self) -> bool {
@@ -344,6 +371,89 @@ impl Metrics {
     /// Shared-data entries the host evicted (a canary or a record that vanished).
     pub fn count_evicted(&self, count: u32) {
         increment(self.evicted, i64::from(count));
+    }
+}
+
+/// The cluster-store counters of one configuration.
+#[derive(Debug, Default)]
+struct StoreCounters {
+    round_trips: Option<u32>,
+    failures: Option<u32>,
+    fallbacks: Option<u32>,
+    down: Option<u32>,
+    recovered: Option<u32>,
+}
+
+/// Sends `call` to the store sidecar; the host token its answer will carry.
+/// `on_behalf_of` makes another context (the plugin's root, which outlives
+/// the request) own the call, so Envoy does not cancel it when the request
+/// ends; `back_to` is the context to return to.
+pub fn dispatch_store_call(call: &Call, on_behalf_of: Option<(u32, u32)>) -> Result<u32, String> {
+    let timeout = Duration::from_millis(call.timeout_ms);
+    let headers = vec![
+        (":method", "POST"),
+        (":path", call.path),
+        (":authority", wire::AUTHORITY),
+        ("content-type", "application/json"),
+    ];
+    if let Some((owner, _)) = on_behalf_of {
+        let _ = hostcalls::set_effective_context(owner);
+    }
+    let dispatched = hostcalls::dispatch_http_call(
+        &call.upstream,
+        headers,
+        Some(&call.body),
+        Vec::new(),
+        timeout,
+    );
+    if let Some((_, back_to)) = on_behalf_of {
+        let _ = hostcalls::set_effective_context(back_to);
+    }
+    dispatched.map_err(|status| {
+        format!(
+            "the host refused the call to `{}` ({status:?})",
+            call.upstream
+        )
+    })
+}
+
+/// What the store answered to a call (read in `on_http_call_response`).
+pub fn store_call_outcome(body_size: usize) -> CallOutcome {
+    let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .and_then(|value| std::str::from_utf8(&value).ok()?.parse::<u16>().ok());
+    let Some(status) = status else {
+        return CallOutcome::Failed(
+            "no answer from the store (refused, reset or timed out)".to_owned(),
+        );
+    };
+    if body_size > wire::MAX_ANSWER_BYTES {
+        return CallOutcome::Failed(format!("the store answered {body_size} bytes"));
+    }
+    let body = match hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size) {
+        Ok(body) => body.unwrap_or_default(),
+        Err(status) => {
+            return CallOutcome::Failed(format!("the answer body could not be read ({status:?})"))
+        }
+    };
+    CallOutcome::Answered { status, body }
+}
+
+/// Lets a stream that waited for a store answer go on. A response waits only
+/// on Envoy (ngx_wasm_module cannot pause response phases; the core sends
+/// instead of waiting there).
+pub fn resume(response_phase: bool) {
+    let resumed = if response_phase {
+        hostcalls::resume_http_response()
+    } else {
+        hostcalls::resume_http_request()
+    };
+    if let Err(status) = resumed {
+        log(
+            LogLevel::Error,
+            &format!("could not resume the stream after a store answer ({status:?})"),
+        );
     }
 }
 

@@ -14,12 +14,13 @@ use std::time::Duration;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
+use tenant_guard_core::cluster::{CallOutcome, ClusterStore, Route};
 use tenant_guard_core::config::{self, CompiledConfig};
 use tenant_guard_core::engine::{HostInputs, RequestView};
 use tenant_guard_core::exchange::{self, Effect, Exchange, Next, Output};
 use tenant_guard_core::idempotency::KEY_HEADER;
 use tenant_guard_core::maintenance::{self, Maintenance};
-use tenant_guard_core::store_ops;
+use tenant_guard_core::store_ops::{self, StoreAnswer, StoreCall, Token};
 
 /// How often each worker flushes its counters and sweeps idempotency records.
 const TICK: Duration = Duration::from_secs(maintenance::TICK_SECONDS);
@@ -33,8 +34,11 @@ use host::{HostStore, Metrics};
 #[allow(unsafe_code)]
 mod entry {
     proxy_wasm::main! {{
-        proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
-            Box::new(super::Root::default())
+        proxy_wasm::set_root_context(|context_id| -> Box<dyn proxy_wasm::traits::RootContext> {
+            Box::new(super::Root {
+                context_id,
+                ..super::Root::default()
+            })
         });
     }}
 }
@@ -50,6 +54,7 @@ fn host_store(config: Option<&CompiledConfig>) -> HostStore<'_> {
 /// One plugin instance: holds the config that `on_configure` accepted last.
 #[derive(Default)]
 struct Root {
+    context_id: u32,
     config: Option<Rc<CompiledConfig>>,
     metrics: Rc<Metrics>,
     maintenance: Maintenance,
@@ -141,12 +146,18 @@ impl RootContext for Root {
         self.metrics.flush();
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let config = self.config.clone()?;
         Some(Box::new(Request {
             config,
             metrics: Rc::clone(&self.metrics),
             exchange: Exchange::new(),
+            cluster: ClusterStore::new(),
+            awaited: None,
+            sent: Vec::new(),
+            context_id,
+            root_context_id: self.context_id,
+            in_response: false,
             #[cfg(feature = "fault-injection")]
             panic_in_response: false,
         }))
@@ -163,13 +174,91 @@ struct Request {
     config: Rc<CompiledConfig>,
     metrics: Rc<Metrics>,
     exchange: Exchange,
+    /// Cluster mode: how store operations reach the store sidecar.
+    cluster: ClusterStore,
+    /// The store call the stream waits for.
+    awaited: Option<Awaited>,
+    /// Host tokens of calls sent without waiting (complete, release).
+    sent: Vec<u32>,
+    context_id: u32,
+    root_context_id: u32,
+    /// The host is delivering the response (set from its first callback).
+    in_response: bool,
     #[cfg(feature = "fault-injection")]
     panic_in_response: bool,
 }
 
+/// A store call in flight that the stream waits for.
+#[derive(Debug, Clone, Copy)]
+struct Awaited {
+    host_token: u32,
+    store_token: Token,
+    end_of_stream: bool,
+    /// Paused in a response callback (Envoy only: a completed claim's record).
+    response_phase: bool,
+}
+
 impl Request {
+    /// Carries out one store call: answered by shared data at once (local
+    /// mode, and cluster mode when the core can answer itself), or sent to the
+    /// store sidecar. `None`: the stream waits for `on_http_call_response`.
+    fn store_call(&mut self, call: StoreCall, end_of_stream: bool) -> Option<StoreAnswer> {
+        let config = Rc::clone(&self.config);
+        let store = host_store(Some(&config));
+        if config.store.cluster.is_none() {
+            return Some(store_ops::execute_local(&config, &store, call.op));
+        }
+        let route = self
+            .cluster
+            .begin(&config, &store, call.op, host::now_unix_ns());
+        let answer = match route {
+            Route::Answer(answer) => Some(answer),
+            Route::Await(request) => match host::dispatch_store_call(&request, None) {
+                Ok(host_token) => {
+                    self.awaited = Some(Awaited {
+                        host_token,
+                        store_token: call.token,
+                        end_of_stream,
+                        response_phase: self.in_response,
+                    });
+                    None
+                }
+                Err(reason) => self.cluster.on_answer(
+                    &config,
+                    &store,
+                    CallOutcome::Failed(reason),
+                    host::now_unix_ns(),
+                ),
+            },
+            Route::Send(request, answer) => {
+                let owner = Some((self.root_context_id, self.context_id));
+                match host::dispatch_store_call(&request, owner) {
+                    Ok(host_token) => self.sent.push(host_token),
+                    Err(reason) => self.cluster.on_settled(
+                        &config,
+                        &store,
+                        CallOutcome::Failed(reason),
+                        host::now_unix_ns(),
+                    ),
+                }
+                Some(answer)
+            }
+        };
+        self.report_store_events();
+        answer
+    }
+
+    fn report_store_events(&mut self) {
+        for event in self.cluster.take_events() {
+            self.metrics.count_store(&event);
+            if let Some(line) = event.log_line() {
+                host::log(LogLevel::Warn, &line);
+            }
+        }
+    }
+
     /// Carries out `output` and every step it leads to; returns what the host
-    /// callback answers. Store calls are answered at once by shared data.
+    /// callback answers.
     fn drive(
         &mut self,
         mut output: Output,
@@ -185,11 +274,13 @@ impl Request {
                 Next::Continue => return Action::Continue,
                 Next::Pause => return Action::Pause,
                 Next::Store(call) => {
-                    let answer =
-                        store_ops::execute_local(&config, &host_store(Some(&config)), call.op);
+                    let token = call.token;
+                    let Some(answer) = self.store_call(call, end_of_stream) else {
+                        return Action::Pause;
+                    };
                     let inputs = *inputs.get_or_insert_with(host::inputs);
                     self.exchange
-                        .on_store_answer(&config, call.token, answer, &inputs)
+                        .on_store_answer(&config, token, answer, &inputs)
                 }
                 Next::ReadRequestBody(size) => {
                     let inputs = *inputs.get_or_insert_with(host::inputs);
@@ -232,7 +323,44 @@ fn log_level(level: exchange::LogLevel) -> LogLevel {
     }
 }
 
-impl Context for Request {}
+impl Context for Request {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let config = Rc::clone(&self.config);
+        let store = host_store(Some(&config));
+        let outcome = host::store_call_outcome(body_size);
+        let now = host::now_unix_ns();
+        if let Some(index) = self.sent.iter().position(|token| *token == token_id) {
+            self.sent.swap_remove(index);
+            self.cluster.on_settled(&config, &store, outcome, now);
+            self.report_store_events();
+            return;
+        }
+        let Some(awaited) = self
+            .awaited
+            .take_if(|awaited| awaited.host_token == token_id)
+        else {
+            return;
+        };
+        let answer = self.cluster.on_answer(&config, &store, outcome, now);
+        self.report_store_events();
+        let Some(answer) = answer else {
+            return;
+        };
+        let inputs = host::inputs();
+        let output = self
+            .exchange
+            .on_store_answer(&config, awaited.store_token, answer, &inputs);
+        if self.drive(output, awaited.end_of_stream, Some(inputs)) == Action::Continue {
+            host::resume(awaited.response_phase);
+        }
+    }
+}
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -297,6 +425,7 @@ impl HttpContext for Request {
         if self.panic_in_response {
             fault::panic_in_response();
         }
+        self.in_response = true;
         if let Some(build) = BUILD_ID {
             host::set_response_header(BUILD_HEADER, build);
         }

@@ -16,6 +16,8 @@
 //! | global | `gateway.tenant.{user_header,org_header}` | `tenant.*`                        |
 //! | global | `gateway.correlation.{header,generate,echo}` | `correlation.*`                |
 //! | global | `gateway.store.{max_cas_retries,on_exhausted,idempotency_buckets,namespace,idempotency_tenant_share_percent}` | `store.*` |
+//! | global | `gateway.store.backend`              | `store.backend` (`local`/`cluster`)    |
+//! | global | `gateway.store.cluster`              | `store.cluster` (only with backend `cluster`) |
 //! | global | `gateway.if_match`                   | `if_match` (routes needing If-Match)   |
 //! | global | `gateway.metrics`                    | `metrics` (`false` for Kong < 3.9)     |
 //! | global | `gateway.headers.{revision,rate_limit}` | `headers.*` (informational headers)  |
@@ -34,6 +36,13 @@
 //! `{"methods": ["POST"], "required": false, "ttl_seconds": 86400,
 //! "max_body_bytes": 65536, "in_flight_timeout_seconds": 60}` (omitted fields take
 //! the filter's defaults).
+//!
+//! `gateway.store.cluster` is the schema's `store.cluster` object, e.g.
+//! `{"upstream": "tenant_guard_store", "timeout_ms": 200, "lease_max": 16,
+//! "lease_ttl_ms": 2000, "rate_limit_fallback": "share", "fallback_share_percent": 50,
+//! "idempotency_fallback": "reject", "probe_interval_ms": 1000}` (omitted fields
+//! take the filter's defaults); a row of it without `gateway.store.backend` =
+//! `"cluster"` is a finding and left out.
 //!
 //! A tenant appears in the document as soon as it has any tenant or route row.
 //! Routes are ordered most specific first: longer prefix, then with a method.

@@ -84,6 +84,8 @@ pub(super) const GLOBAL_KEYS: &[(&str, Slot)] = {
             "gateway.store.idempotency_tenant_share_percent",
             In(Store, "idempotency_tenant_share_percent"),
         ),
+        (BACKEND_KEY, In(Store, "backend")),
+        (CLUSTER_KEY, In(Store, "cluster")),
         ("gateway.rate_limit", In(Defaults, "rate_limit")),
         ("gateway.mode", In(Defaults, "mode")),
         ("gateway.idempotency", In(Defaults, "idempotency")),
@@ -93,6 +95,11 @@ pub(super) const GLOBAL_KEYS: &[(&str, Slot)] = {
         ("gateway.metrics", Slot::Metrics),
     ]
 };
+
+/// `store.backend`: `"local"` (default) or `"cluster"`.
+const BACKEND_KEY: &str = "gateway.store.backend";
+/// `store.cluster`, one object; only with `gateway.store.backend` = `"cluster"`.
+const CLUSTER_KEY: &str = "gateway.store.cluster";
 
 /// Keys valid only at tenant or route scope.
 const SCOPED_KEYS: &[&str] = &[
@@ -178,7 +185,40 @@ pub(super) fn resolve(rows: &[SettingRow], max_value_bytes: usize) -> (Resolved,
         }
         issues.extend(place(&mut resolved, row, max_value_bytes));
     }
+    issues.extend(cluster_without_cluster_backend(&mut resolved));
     (resolved, issues)
+}
+
+/// `gateway.store.cluster` is refused (and left out) unless
+/// `gateway.store.backend` says `"cluster"`: the filter would refuse the
+/// document, and the schema's finding could not name the row.
+fn cluster_without_cluster_backend(resolved: &mut Resolved) -> Option<Issue> {
+    let position = |key: &str| {
+        resolved
+            .globals
+            .iter()
+            .position(|(_, sourced)| sourced.origin.key == key)
+    };
+    let cluster = position(CLUSTER_KEY)?;
+    let backend = resolved
+        .globals
+        .iter()
+        .find(|(_, sourced)| sourced.origin.key == BACKEND_KEY)
+        .map(|(_, sourced)| sourced.value.clone());
+    if backend == Some(json!("cluster")) {
+        return None;
+    }
+    let (_, Sourced { origin, .. }) = resolved.globals.remove(cluster);
+    let backend = backend.map_or_else(|| "not set (`local`)".to_owned(), |v| v.to_string());
+    Some(Issue {
+        origin: Some(origin),
+        path: "store.cluster".to_owned(),
+        message: format!(
+            "is only allowed with global `{BACKEND_KEY}` = \"cluster\" (`{BACKEND_KEY}` is \
+             {backend}): set it to \"cluster\" or remove this row"
+        ),
+        check: "settings",
+    })
 }
 
 /// Places one row, or returns the finding that keeps it out.

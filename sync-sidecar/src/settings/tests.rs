@@ -186,10 +186,17 @@ fn schema_error_names_the_row() -> Result<(), SettingsError> {
 fn every_global_key_lands_where_its_provenance_says() {
     for (key, slot) in resolve::GLOBAL_KEYS {
         let marker = json!({"marker": *key});
-        let rows = vec![
+        let mut rows = vec![
             header_mode(),
             SettingRow::global(key, marker.clone(), "alice"),
         ];
+        if *key == "gateway.store.cluster" {
+            rows.push(SettingRow::global(
+                "gateway.store.backend",
+                json!("cluster"),
+                "alice",
+            ));
+        }
         let (rendered, _) = render_parts(&rows, DEFAULT_MAX_VALUE_BYTES);
         let pointer = format!("/{}", slot.path().join("/"));
         assert_eq!(
@@ -200,4 +207,141 @@ fn every_global_key_lands_where_its_provenance_says() {
         let origin = rendered.origin_of(&slot.path()).map(|o| o.key);
         assert_eq!(origin.as_deref(), Some(*key), "{key}");
     }
+}
+
+fn cluster_rows(backend: Option<Value>, cluster: Value) -> Vec<SettingRow> {
+    let mut rows = vec![
+        header_mode(),
+        row(
+            Scope::Tenant,
+            "acme",
+            "",
+            "gateway.rate_limit",
+            json!({"requests": 10, "per_seconds": 1}),
+        ),
+        SettingRow::global("gateway.store.cluster", cluster, "carol"),
+    ];
+    rows.extend(backend.map(|b| SettingRow::global("gateway.store.backend", b, "carol")));
+    rows
+}
+
+#[test]
+fn a_fleet_switches_to_the_cluster_store_by_two_global_settings() -> Result<(), SettingsError> {
+    use tenant_guard_core::config::{IdempotencyFallback, RateLimitFallback, StoreBackend};
+    let rows = cluster_rows(
+        Some(json!("cluster")),
+        json!({"upstream": "store.internal:9912", "timeout_ms": 150, "lease_max": 32,
+               "lease_ttl_ms": 1500, "rate_limit_fallback": "unlimited",
+               "fallback_share_percent": 25, "idempotency_fallback": "local",
+               "probe_interval_ms": 500}),
+    );
+    let rendered = render(&rows)?;
+    let text = rendered.with_revision("r1");
+    Validator::new()?.validate(&rendered, &text)?;
+    let compiled =
+        tenant_guard_core::config::parse(text.as_bytes()).expect("the filter accepts it");
+    assert_eq!(compiled.store.backend, StoreBackend::Cluster);
+    let cluster = compiled.store.cluster.expect("store.cluster");
+    assert_eq!(cluster.upstream, "store.internal:9912");
+    assert_eq!(
+        (cluster.timeout_ms, cluster.lease_max, cluster.lease_ttl_ms),
+        (150, 32, 1500)
+    );
+    assert_eq!(cluster.rate_limit_fallback, RateLimitFallback::Unlimited);
+    assert_eq!(cluster.fallback_share_percent, 25);
+    assert_eq!(cluster.idempotency_fallback, IdempotencyFallback::Local);
+    assert_eq!(cluster.probe_interval_ms, 500);
+
+    // Omitted fields and an omitted object take the filter's defaults.
+    for cluster in [json!({}), json!({"fallback_share_percent": 100})] {
+        let rendered = render(&cluster_rows(Some(json!("cluster")), cluster))?;
+        Validator::new()?.validate(&rendered, &rendered.with_revision("r2"))?;
+    }
+    let rows = vec![
+        header_mode(),
+        SettingRow::global("gateway.store.backend", json!("cluster"), "carol"),
+    ];
+    let rendered = render(&rows)?;
+    let text = rendered.with_revision("r3");
+    Validator::new()?.validate(&rendered, &text)?;
+    let compiled =
+        tenant_guard_core::config::parse(text.as_bytes()).expect("the filter accepts it");
+    assert_eq!(compiled.store.backend, StoreBackend::Cluster);
+    Ok(())
+}
+
+#[test]
+fn invalid_cluster_store_settings_are_findings_naming_the_row() -> Result<(), SettingsError> {
+    let validator = Validator::new()?;
+    let refused = |rows: Vec<SettingRow>| -> Result<Vec<String>, SettingsError> {
+        let (rendered, issues) = render_parts(&rows, DEFAULT_MAX_VALUE_BYTES);
+        let document = rendered.with_revision("r1");
+        Ok(validator
+            .validate_with(&rendered, &document, issues)
+            .map(|()| vec![format!("accepted: {document}")])
+            .unwrap_or_else(|error| messages(&error)))
+    };
+    let cluster_row = "global setting `gateway.store.cluster` (updated by carol)";
+    for (what, rows, expected) in [
+        (
+            "fallback share 0",
+            cluster_rows(Some(json!("cluster")), json!({"fallback_share_percent": 0})),
+            vec![
+                cluster_row,
+                "`store.cluster.fallback_share_percent` 0 is less than the minimum of 1 [schema]",
+            ],
+        ),
+        (
+            "lease ttl over a minute",
+            cluster_rows(Some(json!("cluster")), json!({"lease_ttl_ms": 60_001})),
+            vec![cluster_row, "`store.cluster.lease_ttl_ms`", "[schema]"],
+        ),
+        (
+            "unknown cluster field",
+            cluster_rows(Some(json!("cluster")), json!({"redis_url": "redis://x"})),
+            vec![cluster_row, "`store.cluster`", "redis_url", "[schema]"],
+        ),
+        (
+            "cluster with backend local",
+            cluster_rows(Some(json!("local")), json!({})),
+            vec![
+                cluster_row,
+                "`store.cluster` is only allowed with global `gateway.store.backend` = \"cluster\"",
+                "is \"local\"",
+                "[settings]",
+            ],
+        ),
+        (
+            "cluster without backend",
+            cluster_rows(None, json!({"timeout_ms": 100})),
+            vec![cluster_row, "is not set (`local`)", "[settings]"],
+        ),
+        (
+            "unknown backend",
+            vec![
+                header_mode(),
+                SettingRow::global("gateway.store.backend", json!("redis"), "carol"),
+            ],
+            vec![
+                "global setting `gateway.store.backend` (updated by carol)",
+                "`store.backend` \"redis\" is not one of",
+            ],
+        ),
+    ] {
+        let lines = refused(rows)?;
+        assert_eq!(lines.len(), 1, "{what}: {lines:#?}");
+        for fragment in expected {
+            assert!(
+                lines[0].contains(fragment),
+                "{what}: {fragment} missing in {lines:#?}"
+            );
+        }
+    }
+    // A refused cluster row is left out: the document shows what the valid rows would do.
+    let (rendered, _) = render_parts(
+        &cluster_rows(Some(json!("local")), json!({})),
+        DEFAULT_MAX_VALUE_BYTES,
+    );
+    assert_eq!(rendered.document["store"], json!({"backend": "local"}));
+    Ok(())
 }

@@ -58,7 +58,7 @@ fn case(
     }
 }
 
-/// All kinds (19).
+/// All kinds (21).
 pub fn cases() -> Vec<InvalidCase> {
     let acme = |key: &str| format!("tenant `acme` setting `{key}` (updated by {ACTOR})");
     let orders =
@@ -259,6 +259,26 @@ pub fn cases() -> Vec<InvalidCase> {
                 &["`defaults.rate_limit` \"per_seconds\" is a required property"],
             ),
             global("gateway.rate_limit"),
+        ),
+        with(
+            case(
+                "store cluster without the cluster backend",
+                "@global",
+                "gateway.store.cluster",
+                json!({"lease_max": 8}),
+                &["`store.cluster` is only allowed with global `gateway.store.backend` = \"cluster\""],
+            ),
+            global("gateway.store.cluster"),
+        ),
+        with(
+            case(
+                "unknown store backend",
+                "@global",
+                "gateway.store.backend",
+                json!("redis"),
+                &["`store.backend` \"redis\" is not one of [\"local\",\"cluster\"]"],
+            ),
+            global("gateway.store.backend"),
         ),
     ]
 }

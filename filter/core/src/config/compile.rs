@@ -97,6 +97,7 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
             "must be between 1 and 100",
         ));
     }
+    validate_store_backend(&document.store)?;
     for (index, rule) in document.if_match.iter().enumerate() {
         validate_prefix(&format!("if_match.{index}.prefix"), &rule.prefix)?;
         if rule.methods.is_empty() {
@@ -155,7 +156,13 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
         revision,
         tenant: document.tenant.clone(),
         correlation: document.correlation.clone(),
-        store: document.store.clone(),
+        store: StoreConfig {
+            cluster: match document.store.backend {
+                StoreBackend::Local => None,
+                StoreBackend::Cluster => Some(document.store.cluster.clone().unwrap_or_default()),
+            },
+            ..document.store.clone()
+        },
         defaults,
         tenants,
         if_match: document.if_match.clone(),
@@ -361,4 +368,60 @@ pub(super) fn is_valid_policy_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+pub(super) const MAX_STORE_TIMEOUT_MS: u64 = 10_000;
+pub(super) const MAX_LEASE: u64 = 1_000;
+pub(super) const MAX_LEASE_TTL_MS: u64 = 60_000;
+pub(super) const MAX_UPSTREAM_LEN: usize = 255;
+
+/// `store.backend` and `store.cluster` agree, and every cluster bound is sane.
+fn validate_store_backend(store: &StoreConfig) -> Result<(), ConfigError> {
+    let cluster = match (store.backend, &store.cluster) {
+        (StoreBackend::Local, None) => return Ok(()),
+        (StoreBackend::Local, Some(_)) => {
+            return Err(invalid(
+                "store.cluster",
+                "is set but store.backend is `local`: set store.backend to `cluster` or remove store.cluster",
+            ))
+        }
+        (StoreBackend::Cluster, cluster) => cluster.clone().unwrap_or_default(),
+    };
+    let upstream = &cluster.upstream;
+    if upstream.is_empty()
+        || upstream.len() > MAX_UPSTREAM_LEN
+        || !upstream
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+    {
+        return Err(invalid(
+            "store.cluster.upstream",
+            format!("must be an Envoy cluster name or host:port of at most {MAX_UPSTREAM_LEN} characters (letters, digits, `.`, `_`, `-`, `:`)"),
+        ));
+    }
+    let bounded = [
+        ("timeout_ms", cluster.timeout_ms, MAX_STORE_TIMEOUT_MS),
+        ("lease_max", cluster.lease_max, MAX_LEASE),
+        ("lease_ttl_ms", cluster.lease_ttl_ms, MAX_LEASE_TTL_MS),
+        (
+            "probe_interval_ms",
+            cluster.probe_interval_ms,
+            MAX_LEASE_TTL_MS,
+        ),
+    ];
+    for (field, value, max) in bounded {
+        if !(1..=max).contains(&value) {
+            return Err(invalid(
+                format!("store.cluster.{field}"),
+                format!("must be between 1 and {max}"),
+            ));
+        }
+    }
+    if !(1..=100).contains(&cluster.fallback_share_percent) {
+        return Err(invalid(
+            "store.cluster.fallback_share_percent",
+            "must be between 1 and 100",
+        ));
+    }
+    Ok(())
 }

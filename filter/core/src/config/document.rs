@@ -220,6 +220,85 @@ pub struct StoreConfig {
     /// has no default zone).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// Where rate-limit state and idempotency records live: this gateway's
+    /// shared data (`local`), or Redis behind the store sidecar (`cluster`),
+    /// shared by every replica.
+    #[serde(skip_serializing_if = "StoreBackend::is_local")]
+    pub backend: StoreBackend,
+    /// How the filter reaches the store sidecar; only with `backend: cluster`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStoreConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    #[default]
+    Local,
+    Cluster,
+}
+
+impl StoreBackend {
+    pub fn is_local(&self) -> bool {
+        *self == StoreBackend::Local
+    }
+}
+
+/// The store sidecar as the filter calls it, and what happens when it is away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterStoreConfig {
+    /// Envoy: the name of the cluster that points at the sidecar's
+    /// `--store-addr`. Kong: that address as `host:port`.
+    pub upstream: String,
+    /// Per store call; after it the call counts as failed and the fallback answers.
+    pub timeout_ms: u64,
+    /// The most emission slots one lease takes from Redis at once.
+    pub lease_max: u64,
+    /// Unused slots of a lease lapse after this long.
+    pub lease_ttl_ms: u64,
+    /// Rate limits while the store is away.
+    pub rate_limit_fallback: RateLimitFallback,
+    /// The share of each limit one gateway enforces alone while the store is
+    /// away (e.g. 100 / replicas).
+    pub fallback_share_percent: u8,
+    /// Idempotency while the store is away.
+    pub idempotency_fallback: IdempotencyFallback,
+    /// While the store is away, one request per interval tries it again.
+    pub probe_interval_ms: u64,
+}
+
+impl Default for ClusterStoreConfig {
+    fn default() -> Self {
+        Self {
+            upstream: "tenant_guard_store".to_owned(),
+            timeout_ms: 200,
+            lease_max: 16,
+            lease_ttl_ms: 2_000,
+            rate_limit_fallback: RateLimitFallback::Share,
+            fallback_share_percent: 50,
+            idempotency_fallback: IdempotencyFallback::Reject,
+            probe_interval_ms: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitFallback {
+    /// The local exact limiter at `fallback_share_percent` of each limit.
+    Share,
+    /// Admit everything (logged and counted); only when the operator asks.
+    Unlimited,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdempotencyFallback {
+    /// 503 problem+json `idempotency-unavailable` with `Retry-After`.
+    Reject,
+    /// This gateway's own records (exactly once per gateway only).
+    Local,
 }
 
 impl Default for StoreConfig {
@@ -231,6 +310,8 @@ impl Default for StoreConfig {
             idempotency_tenant_share_percent: 25,
             unknown_tenant_slots: 8192,
             namespace: None,
+            backend: StoreBackend::Local,
+            cluster: None,
         }
     }
 }

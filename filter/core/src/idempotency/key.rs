@@ -108,7 +108,7 @@ pub fn body_hash(body: &[u8]) -> [u8; 8] {
     hash
 }
 
-pub(super) fn owner_hash(tenant: &str, key: &str) -> [u8; 16] {
+pub(crate) fn owner_hash(tenant: &str, key: &str) -> [u8; 16] {
     let mut hasher = Sha256::new();
     hasher.update(tenant.as_bytes());
     hasher.update([0]);

@@ -19,6 +19,7 @@ mod record;
 
 #[allow(unused_imports)]
 use self::{key::*, params::*, record::*};
+pub(crate) use key::owner_hash;
 pub use key::{body_hash, parse_key, Fingerprint, KeyError};
 pub use params::{tenant_bucket_slots, tenant_slots, IdempotencyConfig, Lifetimes, StoreParams};
 pub use record::StoredResponse;
@@ -46,6 +47,19 @@ pub struct Claim {
     owner: [u8; 16],
     /// The tenant's share unit (`crate::share`), given back on release.
     share: Option<([u8; 8], u64)>,
+}
+
+impl Claim {
+    /// A claim held in the cluster store: it names no local slot.
+    pub fn remote(generation: u64) -> Self {
+        Self {
+            bucket: u32::MAX,
+            slot: u8::MAX,
+            generation: u32::try_from(generation & u64::from(u32::MAX)).unwrap_or(u32::MAX),
+            owner: [0; 16],
+            share: None,
+        }
+    }
 }
 
 /// What `begin` found for a key.

@@ -1,0 +1,613 @@
+//! One request's store operations in cluster mode: each [`StoreOp`] becomes
+//! an answer given at once (a lease slot, a remembered refusal, the fallback
+//! while the store is down, a seal) or a [`Call`] to the store sidecar, whose
+//! outcome [`ClusterStore::on_answer`] turns into the [`StoreAnswer`] the
+//! exchange waits for. On Envoy the response waits until its record is in
+//! Redis (so a retry that follows the response can only replay); on
+//! ngx_wasm_module, which cannot pause response phases, completing is sent
+//! and answered at once ([`Route::Send`]). Releasing is always sent (it may
+//! come from the stream's end, where nothing can wait; a lost release only
+//! keeps the key in flight until its timeout).
+//!
+//! A claim remembers where it was made (Redis, or this gateway's records when
+//! `idempotency_fallback: local` answered it) so it is settled in the same place.
+
+use crate::config::{ClusterStoreConfig, CompiledConfig, IdempotencyFallback, RateLimitFallback};
+use crate::idempotency::{
+    self, Begin, Fingerprint, IdempotencyError, Lifetimes, StoreParams, StoredResponse,
+    MAX_STORED_HEADER_BYTES,
+};
+use crate::ratelimit::{self, CheckError, RateKey, RateParams, Verdict};
+use crate::store::{HostSemantics, SharedStore, StoreError};
+use crate::store_ops::{self, StoreAnswer, StoreOp};
+
+use super::health::{self, Transition};
+use super::lease::{self, Taken};
+use super::wire::{self, ClaimAnswer, LeaseAnswer, UpdateAnswer, WireResponse};
+
+const NANOS_PER_MS: u64 = 1_000_000;
+/// Longest store error text carried into a log line or problem detail.
+const MAX_DETAIL: usize = 160;
+
+/// An HTTP call to the store sidecar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub upstream: String,
+    pub path: &'static str,
+    pub body: Vec<u8>,
+    pub timeout_ms: u64,
+}
+
+/// What to do with one store operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// The answer, now.
+    Answer(StoreAnswer),
+    /// Make the call; the stream waits for [`ClusterStore::on_answer`].
+    Await(Call),
+    /// Make the call and answer the exchange now; the call's outcome goes to
+    /// [`ClusterStore::on_settled`] if it arrives while the request lives.
+    Send(Call, StoreAnswer),
+}
+
+/// How a call ended, as the host reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// The sidecar answered with this status and body.
+    Answered { status: u16, body: Vec<u8> },
+    /// No answer: refused, reset, timed out, or the host would not dispatch.
+    Failed(String),
+}
+
+/// Something the glue counts (and, for transitions, logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// A call to the store completed with a usable answer.
+    RoundTrip,
+    /// A call failed (its reason, bounded).
+    Failed(String),
+    /// An operation was answered by the fallback.
+    FellBack,
+    /// This gateway now sees the store as down (logged once per transition).
+    WentDown(String),
+    /// The store answers again.
+    CameBack,
+}
+
+impl StoreEvent {
+    /// The log line of a transition.
+    pub fn log_line(&self) -> Option<String> {
+        match self {
+            StoreEvent::WentDown(reason) => Some(format!(
+                "cluster store unavailable ({reason}): rate limits and idempotency use the configured fallback until it answers again"
+            )),
+            StoreEvent::CameBack => Some("cluster store answers again: fallback ended".to_owned()),
+            StoreEvent::RoundTrip | StoreEvent::Failed(_) | StoreEvent::FellBack => None,
+        }
+    }
+}
+
+/// Where this request's claim lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Held {
+    Remote {
+        scope: String,
+        key: String,
+        generation: u64,
+        body: Option<[u8; 8]>,
+    },
+    Local,
+}
+
+/// The call this request waits for, and what its answer is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Waiting {
+    Lease {
+        key: RateKey,
+        rate: RateParams,
+    },
+    Claim {
+        op: StoreOp,
+        scope: String,
+        key: String,
+        body: Option<[u8; 8]>,
+    },
+    Complete,
+}
+
+/// The per-request side of cluster mode.
+#[derive(Debug, Default)]
+pub struct ClusterStore {
+    waiting: Option<Waiting>,
+    held: Option<Held>,
+    events: Vec<StoreEvent>,
+}
+
+fn bounded(mut text: String) -> String {
+    if text.len() > MAX_DETAIL {
+        let mut end = MAX_DETAIL;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+fn call(cluster: &ClusterStoreConfig, path: &'static str, body: &impl serde::Serialize) -> Call {
+    Call {
+        upstream: cluster.upstream.clone(),
+        path,
+        // Serialising plain structs of strings and numbers cannot fail.
+        body: serde_json::to_vec(body).unwrap_or_default(),
+        timeout_ms: cluster.timeout_ms,
+    }
+}
+
+/// The limit one gateway enforces alone while the store is away.
+fn fallback_rate(rate: &RateParams, percent: u8) -> RateParams {
+    let share = |value: u64| (value.saturating_mul(u64::from(percent)) / 100).max(1);
+    RateParams::new(share(rate.requests), rate.per_seconds, share(rate.burst))
+}
+
+impl ClusterStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// What happened since the last call (counted and logged by the glue).
+    pub fn take_events(&mut self) -> Vec<StoreEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Routes one operation. `config` must be in cluster mode (`store.cluster`).
+    pub fn begin(
+        &mut self,
+        config: &CompiledConfig,
+        store: &dyn SharedStore,
+        op: StoreOp,
+        now_ns: u64,
+    ) -> Route {
+        let Some(cluster) = config.store.cluster.as_ref() else {
+            return Route::Answer(store_ops::execute_local(config, store, op));
+        };
+        let down = health::route(store, now_ns, cluster.probe_interval_ms * NANOS_PER_MS)
+            == health::Route::FallBack;
+        match op {
+            StoreOp::Admit {
+                key,
+                rate,
+                now_unix_ns,
+            } => self.admit(config, cluster, store, key, rate, now_unix_ns, down),
+            StoreOp::Claim {
+                ref tenant,
+                ref key,
+                fingerprint,
+                lifetimes,
+                ..
+            } => {
+                let scope = if lifetimes.pooled_share {
+                    wire::POOLED_SCOPE.to_owned()
+                } else {
+                    tenant.to_string()
+                };
+                let key = wire::to_hex(&idempotency::owner_hash(tenant, key));
+                if down {
+                    return Route::Answer(self.claim_fallback(config, cluster, store, op));
+                }
+                let request = claim_request(config, &scope, &key, fingerprint, lifetimes);
+                self.waiting = Some(Waiting::Claim {
+                    op,
+                    scope,
+                    key,
+                    body: fingerprint.body,
+                });
+                Route::Await(call(cluster, wire::CLAIM_PATH, &request))
+            }
+            StoreOp::Seal { body_hash, .. } => match &mut self.held {
+                Some(Held::Remote { body, .. }) => {
+                    *body = Some(body_hash);
+                    Route::Answer(StoreAnswer::Update(Ok(true)))
+                }
+                Some(Held::Local) | None => {
+                    Route::Answer(store_ops::execute_local(config, store, op))
+                }
+            },
+            StoreOp::Complete {
+                ref response,
+                status,
+                ttl_seconds,
+                ..
+            } => match self.held.take() {
+                Some(Held::Remote {
+                    scope,
+                    key,
+                    generation,
+                    body,
+                }) => {
+                    let request = wire::CompleteRequest {
+                        scope,
+                        key,
+                        generation,
+                        body: body.map(|hash| wire::to_hex(&hash)),
+                        status,
+                        response: response.as_ref().map(|stored| WireResponse {
+                            status: stored.status,
+                            headers: stored.headers.clone(),
+                            body: wire::to_hex(&stored.body),
+                        }),
+                        ttl_ms: ttl_seconds.saturating_mul(1_000),
+                    };
+                    let call = call(cluster, wire::COMPLETE_PATH, &request);
+                    match store.semantics() {
+                        HostSemantics::Envoy => {
+                            self.waiting = Some(Waiting::Complete);
+                            Route::Await(call)
+                        }
+                        HostSemantics::NgxWasm => Route::Send(call, StoreAnswer::Update(Ok(true))),
+                    }
+                }
+                Some(Held::Local) | None => {
+                    Route::Answer(store_ops::execute_local(config, store, op))
+                }
+            },
+            StoreOp::Release { .. } => match self.held.take() {
+                Some(Held::Remote {
+                    scope,
+                    key,
+                    generation,
+                    ..
+                }) => {
+                    let request = wire::ReleaseRequest {
+                        scope,
+                        key,
+                        generation,
+                    };
+                    Route::Send(
+                        call(cluster, wire::RELEASE_PATH, &request),
+                        StoreAnswer::Update(Ok(true)),
+                    )
+                }
+                Some(Held::Local) | None => {
+                    Route::Answer(store_ops::execute_local(config, store, op))
+                }
+            },
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn admit(
+        &mut self,
+        config: &CompiledConfig,
+        cluster: &ClusterStoreConfig,
+        store: &dyn SharedStore,
+        key: RateKey,
+        rate: RateParams,
+        now_ns: u64,
+        down: bool,
+    ) -> Route {
+        if down || key.parts().is_none() {
+            return Route::Answer(StoreAnswer::Admit(
+                self.admit_fallback(config, cluster, store, &key, &rate, now_ns),
+            ));
+        }
+        let cap = lease::cap(&rate, cluster.lease_max);
+        let taken = match lease::take(store, &key, cap, now_ns, config.store.max_cas_retries) {
+            Ok(taken) => taken,
+            Err(err) => return Route::Answer(StoreAnswer::Admit(Err(CheckError::Store(err)))),
+        };
+        match taken {
+            Taken::Slot {
+                remaining,
+                reset_seconds,
+            } => Route::Answer(StoreAnswer::Admit(Ok(Verdict {
+                allowed: true,
+                remaining,
+                reset_seconds,
+                retry_after_seconds: 0,
+            }))),
+            Taken::Refused {
+                retry_after_seconds,
+            } => Route::Answer(StoreAnswer::Admit(Ok(Verdict {
+                allowed: false,
+                remaining: 0,
+                reset_seconds: retry_after_seconds,
+                retry_after_seconds,
+            }))),
+            Taken::Empty { want } => {
+                let (scope, limit) = key.parts().unwrap_or_default();
+                let emission_us = rate.emission_ns().div_ceil(1_000).max(1);
+                let request = wire::LeaseRequest {
+                    scope: scope.to_owned(),
+                    limit: limit.to_owned(),
+                    emission_us,
+                    capacity_us: emission_us.saturating_mul(rate.burst.max(1)),
+                    want,
+                };
+                self.waiting = Some(Waiting::Lease { key, rate });
+                Route::Await(call(cluster, wire::LEASE_PATH, &request))
+            }
+        }
+    }
+
+    fn admit_fallback(
+        &mut self,
+        config: &CompiledConfig,
+        cluster: &ClusterStoreConfig,
+        store: &dyn SharedStore,
+        key: &RateKey,
+        rate: &RateParams,
+        now_ns: u64,
+    ) -> Result<Verdict, CheckError> {
+        self.events.push(StoreEvent::FellBack);
+        match cluster.rate_limit_fallback {
+            RateLimitFallback::Unlimited => Ok(Verdict {
+                allowed: true,
+                remaining: rate.burst,
+                reset_seconds: 0,
+                retry_after_seconds: 0,
+            }),
+            RateLimitFallback::Share => ratelimit::check_and_consume(
+                store,
+                key,
+                &fallback_rate(rate, cluster.fallback_share_percent),
+                now_ns,
+                &config.store,
+            ),
+        }
+    }
+
+    fn claim_fallback(
+        &mut self,
+        config: &CompiledConfig,
+        cluster: &ClusterStoreConfig,
+        store: &dyn SharedStore,
+        op: StoreOp,
+    ) -> StoreAnswer {
+        self.events.push(StoreEvent::FellBack);
+        match cluster.idempotency_fallback {
+            IdempotencyFallback::Reject => StoreAnswer::Claim(Err(IdempotencyError::Store(
+                StoreError("the cluster store is unavailable".to_owned()),
+            ))),
+            IdempotencyFallback::Local => {
+                let answer = store_ops::execute_local(config, store, op);
+                if matches!(answer, StoreAnswer::Claim(Ok(Begin::Claimed(_)))) {
+                    self.held = Some(Held::Local);
+                }
+                answer
+            }
+        }
+    }
+
+    /// The outcome of the [`Route::Await`] call; `None` when no call was awaited.
+    pub fn on_answer(
+        &mut self,
+        config: &CompiledConfig,
+        store: &dyn SharedStore,
+        outcome: CallOutcome,
+        now_ns: u64,
+    ) -> Option<StoreAnswer> {
+        let waiting = self.waiting.take()?;
+        let cluster = config.store.cluster.as_ref()?;
+        let answer = match waiting {
+            Waiting::Lease { key, rate } => {
+                match self.parse::<LeaseAnswer>(store, cluster, outcome, now_ns) {
+                    Some(answer) => {
+                        self.leased(config, cluster, store, &key, &rate, answer, now_ns)
+                    }
+                    None => StoreAnswer::Admit(
+                        self.admit_fallback(config, cluster, store, &key, &rate, now_ns),
+                    ),
+                }
+            }
+            Waiting::Claim {
+                op,
+                scope,
+                key,
+                body,
+            } => match self
+                .parse::<ClaimAnswer>(store, cluster, outcome, now_ns)
+                .map(|answer| (answer.generation(), begin_of(answer)))
+            {
+                Some((generation, Ok(begun))) => {
+                    if let Some(generation) = generation {
+                        self.held = Some(Held::Remote {
+                            scope,
+                            key,
+                            generation,
+                            body,
+                        });
+                    }
+                    StoreAnswer::Claim(Ok(begun))
+                }
+                Some((_, Err(err))) => {
+                    self.events
+                        .push(StoreEvent::Failed(bounded(err.to_string())));
+                    StoreAnswer::Claim(Err(err))
+                }
+                None => self.claim_fallback(config, cluster, store, op),
+            },
+            Waiting::Complete => {
+                match self.parse::<UpdateAnswer>(store, cluster, outcome, now_ns) {
+                    Some(answer) => StoreAnswer::Update(Ok(answer.updated)),
+                    None => StoreAnswer::Update(Err(IdempotencyError::Store(StoreError(
+                        "the cluster store did not record the response".to_owned(),
+                    )))),
+                }
+            }
+        };
+        Some(answer)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn leased(
+        &mut self,
+        config: &CompiledConfig,
+        cluster: &ClusterStoreConfig,
+        store: &dyn SharedStore,
+        key: &RateKey,
+        rate: &RateParams,
+        answer: LeaseAnswer,
+        now_ns: u64,
+    ) -> StoreAnswer {
+        let recorded = lease::answered(
+            store,
+            key,
+            &answer,
+            lease::cap(rate, cluster.lease_max),
+            cluster.lease_ttl_ms * NANOS_PER_MS,
+            rate.emission_ns().min(cluster.lease_ttl_ms * NANOS_PER_MS),
+            now_ns,
+            config.store.max_cas_retries,
+        );
+        if let Err(err) = recorded {
+            // Slots Redis granted but this gateway cannot hold lapse unused:
+            // under-admission, never over-admission.
+            self.events
+                .push(StoreEvent::Failed(bounded(err.to_string())));
+        }
+        let verdict = if answer.granted > 0 {
+            Verdict {
+                allowed: true,
+                remaining: answer.remaining.saturating_add(answer.granted - 1),
+                reset_seconds: answer.reset_seconds,
+                retry_after_seconds: 0,
+            }
+        } else {
+            Verdict {
+                allowed: false,
+                remaining: 0,
+                reset_seconds: answer.retry_after_seconds.max(1),
+                retry_after_seconds: answer.retry_after_seconds.max(1),
+            }
+        };
+        StoreAnswer::Admit(Ok(verdict))
+    }
+
+    /// The outcome of a [`Route::Send`] call that arrived while the request
+    /// lived: only the store's health and the counters learn from it.
+    pub fn on_settled(
+        &mut self,
+        config: &CompiledConfig,
+        store: &dyn SharedStore,
+        outcome: CallOutcome,
+        now_ns: u64,
+    ) {
+        if let Some(cluster) = config.store.cluster.as_ref() {
+            let _ = self.parse::<UpdateAnswer>(store, cluster, outcome, now_ns);
+        }
+    }
+
+    /// A usable answer, or `None` after marking the store down.
+    fn parse<T: serde::de::DeserializeOwned>(
+        &mut self,
+        store: &dyn SharedStore,
+        cluster: &ClusterStoreConfig,
+        outcome: CallOutcome,
+        now_ns: u64,
+    ) -> Option<T> {
+        let parsed = match outcome {
+            CallOutcome::Answered { status: 200, body } => serde_json::from_slice::<T>(&body)
+                .map_err(|err| format!("the store answered an unreadable body: {err}")),
+            CallOutcome::Answered { status, .. } => {
+                Err(format!("the store answered status {status}"))
+            }
+            CallOutcome::Failed(reason) => Err(reason),
+        };
+        match parsed {
+            Ok(answer) => {
+                self.events.push(StoreEvent::RoundTrip);
+                if health::succeeded(store) == Some(Transition::CameBack) {
+                    self.events.push(StoreEvent::CameBack);
+                }
+                Some(answer)
+            }
+            Err(reason) => {
+                let reason = bounded(reason);
+                self.events.push(StoreEvent::Failed(reason.clone()));
+                let interval = cluster.probe_interval_ms * NANOS_PER_MS;
+                if health::failed(store, now_ns, interval) == Some(Transition::WentDown) {
+                    self.events.push(StoreEvent::WentDown(reason));
+                }
+                None
+            }
+        }
+    }
+}
+
+fn claim_request(
+    config: &CompiledConfig,
+    scope: &str,
+    key: &str,
+    fingerprint: Fingerprint,
+    lifetimes: Lifetimes,
+) -> wire::ClaimRequest {
+    wire::ClaimRequest {
+        scope: scope.to_owned(),
+        key: key.to_owned(),
+        route: wire::to_hex(&fingerprint.route),
+        body: fingerprint.body.map(|hash| wire::to_hex(&hash)),
+        in_flight_ms: lifetimes
+            .in_flight_timeout_seconds
+            .saturating_mul(1_000)
+            .max(1),
+        scope_limit: u64::from(StoreParams::of(&config.store).tenant_slots),
+    }
+}
+
+/// A claim answer as the policy reads it; a replay that is not what this
+/// filter stores is a store error, never replayed.
+fn begin_of(answer: ClaimAnswer) -> Result<Begin, IdempotencyError> {
+    Ok(match answer {
+        ClaimAnswer::Claimed { generation } => {
+            Begin::Claimed(idempotency::Claim::remote(generation))
+        }
+        ClaimAnswer::InFlight => Begin::InFlight,
+        ClaimAnswer::Mismatch => Begin::FingerprintMismatch,
+        ClaimAnswer::NeedBody => Begin::NeedBody,
+        ClaimAnswer::NotReplayable { status } => Begin::NotReplayable { status },
+        ClaimAnswer::TenantFull {
+            retry_after_seconds,
+        } => Begin::TenantFull {
+            retry_after_seconds: retry_after_seconds.max(1),
+        },
+        ClaimAnswer::Replay { response } => Begin::Replay(stored_of(response)?),
+    })
+}
+
+fn stored_of(response: WireResponse) -> Result<StoredResponse, IdempotencyError> {
+    let unusable = |what: &str| {
+        IdempotencyError::Store(StoreError(format!(
+            "the store returned an unusable response to replay: {what}"
+        )))
+    };
+    if !(100..=599).contains(&response.status) {
+        return Err(unusable("status"));
+    }
+    let header_bytes: usize = response
+        .headers
+        .iter()
+        .map(|(name, value)| name.len() + value.len())
+        .sum();
+    if header_bytes > MAX_STORED_HEADER_BYTES {
+        return Err(unusable("headers too large"));
+    }
+    for (name, value) in &response.headers {
+        let name_ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        let value_ok = value
+            .bytes()
+            .all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
+        if !name_ok || !value_ok || !idempotency::is_stored_header(name) {
+            return Err(unusable("header"));
+        }
+    }
+    let body = wire::from_hex(&response.body).ok_or_else(|| unusable("body"))?;
+    Ok(StoredResponse {
+        status: response.status,
+        headers: response.headers,
+        body,
+    })
+}

@@ -1,0 +1,345 @@
+//! [`ClusterStore`] against hand-written sidecar answers: leases spent
+//! locally, refusals remembered, the fallback and its recovery, claims held
+//! remotely and settled without waiting, answers that must not be trusted.
+
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use serde_json::Value;
+
+use super::wire;
+use super::{CallOutcome, ClusterStore, Route, StoreEvent};
+use crate::config::{self, CompiledConfig};
+use crate::idempotency::{Begin, Claim, Fingerprint, IdempotencyError, Lifetimes, StoredResponse};
+use crate::ratelimit::{RateKey, RateParams};
+use crate::store::{Eviction, MemoryStore};
+use crate::store_ops::{StoreAnswer, StoreOp};
+
+const SECOND: u64 = 1_000_000_000;
+const T0: u64 = 1_700_000_000 * SECOND;
+
+fn config(idempotency_fallback: &str) -> CompiledConfig {
+    let text = format!(
+        r#"{{"version":1,"tenant":{{"trust_header_without_jwt":true}},
+        "store":{{"backend":"cluster","cluster":{{"upstream":"store","fallback_share_percent":50,
+            "probe_interval_ms":1000,"idempotency_fallback":"{idempotency_fallback}"}}}},
+        "tenants":{{"acme":{{"rate_limit":{{"requests":40,"per_seconds":60}}}}}}}}"#
+    );
+    config::parse(text.as_bytes()).unwrap()
+}
+
+fn admit(config: &CompiledConfig, now: u64) -> StoreOp {
+    StoreOp::Admit {
+        key: RateKey::new(config, "acme", "tenant"),
+        rate: RateParams::new(40, 60, 40),
+        now_unix_ns: now,
+    }
+}
+
+fn claim_op(now: u64) -> StoreOp {
+    StoreOp::Claim {
+        tenant: crate::tenant::TenantId::parse("acme").unwrap(),
+        key: "k-1".to_owned(),
+        fingerprint: Fingerprint::of("POST", "/orders", None),
+        lifetimes: Lifetimes {
+            in_flight_timeout_seconds: 30,
+            ttl_seconds: 60,
+            pooled_share: false,
+        },
+        now_unix_ns: now,
+        generation: 1,
+    }
+}
+
+fn ok(body: &str) -> CallOutcome {
+    CallOutcome::Answered {
+        status: 200,
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+fn awaited(route: Route) -> (String, Value) {
+    match route {
+        Route::Await(call) => (
+            call.path.to_owned(),
+            serde_json::from_slice(&call.body).unwrap(),
+        ),
+        other => panic!("expected a call, got {other:?}"),
+    }
+}
+
+fn verdict(answer: StoreAnswer) -> (bool, u64) {
+    let verdict = answer.into_admit().unwrap();
+    (verdict.allowed, verdict.retry_after_seconds)
+}
+
+#[test]
+fn a_lease_admits_locally_until_spent() {
+    let config = config("reject");
+    let store = MemoryStore::new();
+    let mut client = ClusterStore::new();
+    let (path, body) = awaited(client.begin(&config, &store, admit(&config, T0), T0));
+    assert_eq!(path, wire::LEASE_PATH);
+    assert_eq!(body["scope"], "acme");
+    assert_eq!(body["limit"], "tenant");
+    assert_eq!(body["want"], 1);
+    assert_eq!(body["emission_us"], 1_500_000);
+    assert_eq!(body["capacity_us"], 60_000_000);
+    let answer = client
+        .on_answer(
+            &config,
+            &store,
+            ok(r#"{"granted":3,"remaining":37,"reset_seconds":5,"retry_after_seconds":0}"#),
+            T0,
+        )
+        .unwrap();
+    assert_eq!(verdict(answer), (true, 0));
+    assert_eq!(client.take_events(), vec![StoreEvent::RoundTrip]);
+    // Two slots left: answered without a call, by any request of this gateway.
+    for _ in 0..2 {
+        let mut other = ClusterStore::new();
+        match other.begin(&config, &store, admit(&config, T0), T0) {
+            Route::Answer(answer) => assert_eq!(verdict(answer), (true, 0)),
+            route => panic!("expected a local answer, got {route:?}"),
+        }
+    }
+    let (path, _) = awaited(ClusterStore::new().begin(&config, &store, admit(&config, T0), T0));
+    assert_eq!(path, wire::LEASE_PATH);
+}
+
+#[test]
+fn a_refusal_is_answered_locally_while_it_holds() {
+    let config = config("reject");
+    let store = MemoryStore::new();
+    let mut client = ClusterStore::new();
+    let _ = awaited(client.begin(&config, &store, admit(&config, T0), T0));
+    let answer = client
+        .on_answer(
+            &config,
+            &store,
+            ok(r#"{"granted":0,"remaining":0,"reset_seconds":60,"retry_after_seconds":2}"#),
+            T0,
+        )
+        .unwrap();
+    assert_eq!(verdict(answer), (false, 2));
+    match ClusterStore::new().begin(&config, &store, admit(&config, T0), T0) {
+        Route::Answer(answer) => assert!(!verdict(answer).0),
+        route => panic!("expected a local refusal, got {route:?}"),
+    }
+    // The refusal lasts no longer than one emission interval (1.5 s).
+    let later = T0 + 2 * SECOND;
+    let _ = awaited(ClusterStore::new().begin(&config, &store, admit(&config, later), later));
+}
+
+#[test]
+fn a_failed_call_falls_back_to_the_share_and_recovers_on_a_probe() {
+    let config = config("reject");
+    let store = MemoryStore::new();
+    let mut client = ClusterStore::new();
+    let _ = awaited(client.begin(&config, &store, admit(&config, T0), T0));
+    let answer = client
+        .on_answer(
+            &config,
+            &store,
+            CallOutcome::Failed("refused".to_owned()),
+            T0,
+        )
+        .unwrap();
+    assert_eq!(verdict(answer), (true, 0));
+    let events = client.take_events();
+    assert!(
+        events.contains(&StoreEvent::WentDown("refused".to_owned())),
+        "{events:?}"
+    );
+    assert!(events.contains(&StoreEvent::FellBack));
+    // Down: the share (20 of 40) is enforced locally, with no calls.
+    let mut admitted = 1;
+    for _ in 0..40 {
+        match ClusterStore::new().begin(&config, &store, admit(&config, T0), T0) {
+            Route::Answer(answer) => admitted += u32::from(verdict(answer).0),
+            route => panic!("down: expected the fallback, got {route:?}"),
+        }
+    }
+    assert_eq!(admitted, 20);
+    // After the probe interval one request calls; its success ends the fallback.
+    let later = T0 + 2 * SECOND;
+    let mut probe = ClusterStore::new();
+    let _ = awaited(probe.begin(&config, &store, admit(&config, later), later));
+    let _ = probe.on_answer(
+        &config,
+        &store,
+        ok(r#"{"granted":1,"remaining":0,"reset_seconds":1,"retry_after_seconds":0}"#),
+        later,
+    );
+    assert!(probe.take_events().contains(&StoreEvent::CameBack));
+}
+
+#[test]
+fn a_remote_claim_is_sealed_here_and_completed_without_waiting() {
+    let config = config("reject");
+    let store = MemoryStore::new();
+    let mut client = ClusterStore::new();
+    let (path, body) = awaited(client.begin(&config, &store, claim_op(T0), T0));
+    assert_eq!(path, wire::CLAIM_PATH);
+    assert_eq!(body["scope"], "acme");
+    assert!(wire::is_valid_key(body["key"].as_str().unwrap()));
+    assert!(body.get("body").is_none());
+    assert_eq!(body["in_flight_ms"], 30_000);
+    let answer = client
+        .on_answer(
+            &config,
+            &store,
+            ok(r#"{"result":"claimed","generation":9}"#),
+            T0,
+        )
+        .unwrap();
+    let Ok(Begin::Claimed(claim)) = answer.into_claim() else {
+        panic!("not claimed");
+    };
+    let seal = StoreOp::Seal {
+        claim,
+        body_hash: [7; 8],
+    };
+    assert_eq!(
+        client.begin(&config, &store, seal, T0),
+        Route::Answer(StoreAnswer::Update(Ok(true)))
+    );
+    let complete = StoreOp::Complete {
+        claim,
+        response: Some(StoredResponse {
+            status: 201,
+            headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+            body: b"{}".to_vec(),
+        }),
+        status: 201,
+        ttl_seconds: 60,
+        now_unix_ns: T0,
+    };
+    // Envoy: the response waits until its record is in Redis.
+    let (path, body) = awaited(client.begin(&config, &store, complete.clone(), T0));
+    assert_eq!(path, wire::COMPLETE_PATH);
+    assert_eq!(body["generation"], 9);
+    assert_eq!(body["body"], "0707070707070707");
+    assert_eq!(body["response"]["body"], "7b7d");
+    assert_eq!(body["ttl_ms"], 60_000);
+    let answer = client.on_answer(&config, &store, ok(r#"{"updated":false}"#), T0);
+    assert_eq!(answer, Some(StoreAnswer::Update(Ok(false))));
+
+    // ngx_wasm_module cannot pause response phases: sent, answered at once.
+    let ngx = MemoryStore::ngx_wasm(1 << 20, Eviction::None);
+    let mut client = ClusterStore::new();
+    let _ = awaited(client.begin(&config, &ngx, claim_op(T0), T0));
+    let _ = client.on_answer(
+        &config,
+        &ngx,
+        ok(r#"{"result":"claimed","generation":9}"#),
+        T0,
+    );
+    match client.begin(&config, &ngx, complete, T0) {
+        Route::Send(call, StoreAnswer::Update(Ok(true))) => {
+            assert_eq!(call.path, wire::COMPLETE_PATH)
+        }
+        route => panic!("expected a send, got {route:?}"),
+    }
+}
+
+#[test]
+fn with_the_store_down_claims_are_refused_or_kept_local_as_configured() {
+    for (fallback, local) in [("reject", false), ("local", true)] {
+        let config = config(fallback);
+        let store = MemoryStore::new();
+        let mut client = ClusterStore::new();
+        let _ = awaited(client.begin(&config, &store, claim_op(T0), T0));
+        let answer = client
+            .on_answer(
+                &config,
+                &store,
+                CallOutcome::Answered {
+                    status: 503,
+                    body: Vec::new(),
+                },
+                T0,
+            )
+            .unwrap();
+        match (answer.into_claim(), local) {
+            (Err(IdempotencyError::Store(_)), false) => {}
+            (Ok(Begin::Claimed(claim)), true) => {
+                // Settled where it was made: in this gateway's records.
+                let release = StoreOp::Release { claim };
+                assert_eq!(
+                    client.begin(&config, &store, release, T0),
+                    Route::Answer(StoreAnswer::Update(Ok(true)))
+                );
+            }
+            (other, _) => panic!("{fallback}: unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn replays_the_filter_would_not_have_stored_are_refused() {
+    let config = config("reject");
+    let store = MemoryStore::new();
+    for response in [
+        r#"{"status":201,"headers":[["content-length","2"]],"body":"7b7d"}"#,
+        r#"{"status":201,"headers":[["x-a","b\r\nc"]],"body":"7b7d"}"#,
+        r#"{"status":201,"headers":[],"body":"zz"}"#,
+        r#"{"status":42,"headers":[],"body":""}"#,
+    ] {
+        let mut client = ClusterStore::new();
+        let _ = awaited(client.begin(&config, &store, claim_op(T0), T0));
+        let text = format!(r#"{{"result":"replay","response":{response}}}"#);
+        let answer = client.on_answer(&config, &store, ok(&text), T0).unwrap();
+        assert!(
+            matches!(answer.into_claim(), Err(IdempotencyError::Store(_))),
+            "{response}"
+        );
+    }
+    let mut client = ClusterStore::new();
+    let _ = awaited(client.begin(&config, &store, claim_op(T0), T0));
+    let good = r#"{"result":"replay","response":{"status":201,"headers":[["content-type","application/json"]],"body":"7b7d"}}"#;
+    let answer = client.on_answer(&config, &store, ok(good), T0).unwrap();
+    assert!(matches!(answer.into_claim(), Ok(Begin::Replay(stored)) if stored.body == b"{}"));
+}
+
+#[test]
+fn unreadable_answers_count_as_failures() {
+    let config = config("reject");
+    let store = MemoryStore::new();
+    let mut client = ClusterStore::new();
+    let _ = awaited(client.begin(&config, &store, admit(&config, T0), T0));
+    let answer = client.on_answer(&config, &store, ok("{\"granted\":\"many\"}"), T0);
+    assert!(answer.is_some());
+    assert!(client
+        .take_events()
+        .iter()
+        .any(|event| matches!(event, StoreEvent::WentDown(_))));
+    // An answer nobody waits for is ignored.
+    assert_eq!(client.on_answer(&config, &store, ok("{}"), T0), None);
+    let _ = Claim::remote(1);
+}
+
+#[test]
+fn cluster_config_is_validated() {
+    let bad = [
+        r#"{"backend":"local","cluster":{}}"#,
+        r#"{"backend":"cluster","cluster":{"fallback_share_percent":0}}"#,
+        r#"{"backend":"cluster","cluster":{"timeout_ms":0}}"#,
+        r#"{"backend":"cluster","cluster":{"upstream":"a b"}}"#,
+        r#"{"backend":"cluster","cluster":{"nope":1}}"#,
+        r#"{"backend":"sharded"}"#,
+    ];
+    for store in bad {
+        let text = format!(
+            r#"{{"version":1,"tenant":{{"trust_header_without_jwt":true}},"store":{store}}}"#
+        );
+        assert!(config::parse(text.as_bytes()).is_err(), "{store} accepted");
+    }
+    let text =
+        r#"{"version":1,"tenant":{"trust_header_without_jwt":true},"store":{"backend":"cluster"}}"#;
+    let compiled = config::parse(text.as_bytes()).unwrap();
+    assert_eq!(
+        compiled.store.cluster.unwrap().upstream,
+        "tenant_guard_store"
+    );
+}

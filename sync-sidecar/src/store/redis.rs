@@ -1,0 +1,379 @@
+//! The Redis side of the store endpoint: one connection (a standalone
+//! server through [`ConnectionManager`], or a Redis Cluster through
+//! [`ClusterConnection`]) and one Lua script per operation (`scripts/*.lua`).
+//!
+//! Every script touches only keys of one scope, all passed in `KEYS` and all
+//! carrying the scope as hash tag (`tg:{<scope>}:…`), so each call runs on one
+//! shard; every timestamp is Redis `TIME`. Calls never wait longer than
+//! [`RedisStore::timeout`]: a slow or absent Redis is an error for the caller
+//! to answer, never a stall.
+//!
+//! Connections are made lazily and remade after failures: the endpoint
+//! starts while Redis is down and recovers once it is back (the connection
+//! manager reconnects a standalone server; a cluster connection that failed
+//! is dropped and built again on the next call).
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Script, ScriptInvocation, Value};
+use tenant_guard_core::cluster::wire::{
+    ClaimAnswer, ClaimRequest, CompleteRequest, LeaseAnswer, LeaseRequest, ReleaseRequest,
+    UpdateAnswer, WireResponse,
+};
+use tokio::sync::Mutex;
+
+use super::error::StoreError;
+
+/// How long one call may take before it is answered as unavailable.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Where Redis is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One server (`redis://host:port[/db]`).
+    Standalone(String),
+    /// Seed nodes of a Redis Cluster (`redis://host:port` each).
+    Cluster(Vec<String>),
+}
+
+/// The four scripts, loaded (`SCRIPT LOAD`) on first use and again after a
+/// restart of Redis (`NOSCRIPT`).
+struct Scripts {
+    lease: Script,
+    claim: Script,
+    complete: Script,
+    release: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            lease: Script::new(include_str!("scripts/lease.lua")),
+            claim: Script::new(include_str!("scripts/claim.lua")),
+            complete: Script::new(include_str!("scripts/complete.lua")),
+            release: Script::new(include_str!("scripts/release.lua")),
+        }
+    }
+}
+
+enum Backend {
+    Standalone(ConnectionManager),
+    Cluster(Box<ClusterBackend>),
+}
+
+struct ClusterBackend {
+    client: ClusterClient,
+    /// `None` until connected, and again after a failure.
+    connection: Mutex<Option<ClusterConnection>>,
+}
+
+/// Redis for the store endpoint: safe to share between requests.
+pub struct RedisStore {
+    backend: Backend,
+    scripts: Scripts,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.backend {
+            Backend::Standalone(_) => "standalone",
+            Backend::Cluster(_) => "cluster",
+        };
+        f.debug_struct("RedisStore")
+            .field("backend", &kind)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Connection timeouts below the call timeout, so a dead server fails the
+/// connection attempt rather than the whole call.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(400);
+
+/// Keys of one scope: `tg:{<scope>}:…`.
+fn key(scope: &str, rest: &str) -> String {
+    format!("tg:{{{scope}}}:{rest}")
+}
+
+impl RedisStore {
+    /// A store on `target`. Connects lazily: nothing is sent before the
+    /// first call, so this succeeds while Redis is down. Needs a Tokio runtime.
+    pub fn new(target: &RedisTarget) -> Result<Self, StoreError> {
+        let backend = match target {
+            RedisTarget::Standalone(url) => {
+                let client = redis::Client::open(url.as_str()).map_err(StoreError::Config)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(CONNECT_TIMEOUT))
+                    .set_number_of_retries(1)
+                    .set_min_delay(Duration::from_millis(20))
+                    .set_max_delay(Duration::from_millis(200));
+                Backend::Standalone(
+                    ConnectionManager::new_lazy_with_config(client, config)
+                        .map_err(StoreError::Config)?,
+                )
+            }
+            RedisTarget::Cluster(urls) => {
+                let client = ClusterClient::builder(urls.iter().map(String::as_str))
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .response_timeout(CONNECT_TIMEOUT)
+                    .retries(3)
+                    .build()
+                    .map_err(StoreError::Config)?;
+                Backend::Cluster(Box::new(ClusterBackend {
+                    client,
+                    connection: Mutex::new(None),
+                }))
+            }
+        };
+        Ok(Self {
+            backend,
+            scripts: Scripts::new(),
+            timeout: DEFAULT_TIMEOUT,
+        })
+    }
+
+    /// The same store with another call timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The longest a call may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// `POST /v1/lease` (the request is valid: see `super::validate`).
+    pub async fn lease(&self, request: &LeaseRequest) -> Result<LeaseAnswer, StoreError> {
+        let mut invocation = self
+            .scripts
+            .lease
+            .key(key(&request.scope, &format!("rl:{}", request.limit)));
+        invocation
+            .arg(request.emission_us)
+            .arg(request.capacity_us)
+            .arg(request.want);
+        let reply = self.invoke(&invocation).await?;
+        match ints(&reply).as_deref() {
+            Some(&[granted, remaining, reset_seconds, retry_after_seconds]) => Ok(LeaseAnswer {
+                granted,
+                remaining,
+                reset_seconds,
+                retry_after_seconds,
+            }),
+            _ => Err(StoreError::Reply("lease")),
+        }
+    }
+
+    /// `POST /v1/claim`.
+    pub async fn claim(&self, request: &ClaimRequest) -> Result<ClaimAnswer, StoreError> {
+        let mut invocation = self
+            .scripts
+            .claim
+            .key(key(&request.scope, &format!("idem:{}", request.key)));
+        invocation
+            .key(key(&request.scope, "idem:live"))
+            .key(key(&request.scope, "idem:gen"))
+            .arg(&request.key)
+            .arg(&request.route)
+            .arg(request.body.as_deref().unwrap_or_default())
+            .arg(request.in_flight_ms)
+            .arg(request.scope_limit);
+        let reply = self.invoke(&invocation).await?;
+        claim_answer(&reply).ok_or(StoreError::Reply("claim"))
+    }
+
+    /// `POST /v1/complete`.
+    pub async fn complete(&self, request: &CompleteRequest) -> Result<UpdateAnswer, StoreError> {
+        let response = match &request.response {
+            Some(response) => {
+                serde_json::to_string(response).map_err(|_| StoreError::Reply("response"))?
+            }
+            None => String::new(),
+        };
+        let mut invocation = self
+            .scripts
+            .complete
+            .key(key(&request.scope, &format!("idem:{}", request.key)));
+        invocation
+            .key(key(&request.scope, "idem:live"))
+            .arg(&request.key)
+            .arg(request.generation)
+            .arg(request.body.as_deref().unwrap_or_default())
+            .arg(request.status)
+            .arg(response)
+            .arg(request.ttl_ms);
+        let reply = self.invoke(&invocation).await?;
+        updated(&reply).ok_or(StoreError::Reply("complete"))
+    }
+
+    /// `POST /v1/release`.
+    pub async fn release(&self, request: &ReleaseRequest) -> Result<UpdateAnswer, StoreError> {
+        let mut invocation = self
+            .scripts
+            .release
+            .key(key(&request.scope, &format!("idem:{}", request.key)));
+        invocation
+            .key(key(&request.scope, "idem:live"))
+            .arg(&request.key)
+            .arg(request.generation);
+        let reply = self.invoke(&invocation).await?;
+        updated(&reply).ok_or(StoreError::Reply("release"))
+    }
+
+    /// Runs `invocation` within [`Self::timeout`].
+    async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, StoreError> {
+        let millis = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
+        match tokio::time::timeout(self.timeout, self.invoke_untimed(invocation)).await {
+            Ok(result) => result,
+            Err(_) => {
+                // A cluster connection that stalls is rebuilt, like one that failed.
+                self.forget_cluster_connection().await;
+                Err(StoreError::Timeout(millis))
+            }
+        }
+    }
+
+    async fn invoke_untimed(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, StoreError> {
+        match &self.backend {
+            Backend::Standalone(manager) => {
+                let mut manager = manager.clone();
+                Ok(invocation.invoke_async(&mut manager).await?)
+            }
+            Backend::Cluster(cluster) => {
+                let mut held = {
+                    let mut slot = cluster.connection.lock().await;
+                    match slot.as_ref() {
+                        Some(connection) => connection.clone(),
+                        None => {
+                            let fresh = cluster.client.get_async_connection().await?;
+                            *slot = Some(fresh.clone());
+                            fresh
+                        }
+                    }
+                };
+                let result = invocation.invoke_async(&mut held).await;
+                if let Err(error) = &result {
+                    if is_connection_error(error) {
+                        *cluster.connection.lock().await = None;
+                    }
+                }
+                Ok(result?)
+            }
+        }
+    }
+
+    async fn forget_cluster_connection(&self) {
+        if let Backend::Cluster(cluster) = &self.backend {
+            *cluster.connection.lock().await = None;
+        }
+    }
+}
+
+/// Errors after which a cluster connection is not trusted any more.
+fn is_connection_error(error: &redis::RedisError) -> bool {
+    error.is_io_error()
+        || error.is_unrecoverable_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_timeout()
+        || error.is_cluster_error()
+}
+
+fn int(value: &Value) -> Option<u64> {
+    match value {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
+fn ints(value: &Value) -> Option<Vec<u64>> {
+    match value {
+        Value::Array(items) => items.iter().map(int).collect(),
+        _ => None,
+    }
+}
+
+fn text(value: &Value) -> Option<&[u8]> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(text) => Some(text.as_bytes()),
+        _ => None,
+    }
+}
+
+fn updated(value: &Value) -> Option<UpdateAnswer> {
+    match int(value)? {
+        0 => Some(UpdateAnswer { updated: false }),
+        1 => Some(UpdateAnswer { updated: true }),
+        _ => None,
+    }
+}
+
+/// The claim script's reply: `[result, value?]`.
+fn claim_answer(value: &Value) -> Option<ClaimAnswer> {
+    let Value::Array(items) = value else {
+        return None;
+    };
+    let (result, rest) = items.split_first()?;
+    let argument = rest.first();
+    Some(match text(result)? {
+        b"claimed" => ClaimAnswer::Claimed {
+            generation: int(argument?)?,
+        },
+        b"in_flight" => ClaimAnswer::InFlight,
+        b"mismatch" => ClaimAnswer::Mismatch,
+        b"need_body" => ClaimAnswer::NeedBody,
+        b"replay" => ClaimAnswer::Replay {
+            response: serde_json::from_slice::<WireResponse>(text(argument?)?).ok()?,
+        },
+        b"not_replayable" => ClaimAnswer::NotReplayable {
+            status: u16::try_from(int(argument?)?).ok()?,
+        },
+        b"tenant_full" => ClaimAnswer::TenantFull {
+            retry_after_seconds: int(argument?)?,
+        },
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_carry_the_scope_as_hash_tag() {
+        assert_eq!(key("acme", "rl:tenant"), "tg:{acme}:rl:tenant");
+        assert_eq!(key("~pooled", "idem:live"), "tg:{~pooled}:idem:live");
+    }
+
+    #[test]
+    fn claim_replies_are_read_and_garbage_is_refused() {
+        let reply = |items: Vec<Value>| Value::Array(items);
+        let word = |w: &str| Value::BulkString(w.as_bytes().to_vec());
+        assert_eq!(
+            claim_answer(&reply(vec![word("claimed"), Value::Int(3)])),
+            Some(ClaimAnswer::Claimed { generation: 3 })
+        );
+        assert_eq!(
+            claim_answer(&reply(vec![word("need_body")])),
+            Some(ClaimAnswer::NeedBody)
+        );
+        assert_eq!(claim_answer(&reply(vec![word("claimed")])), None);
+        assert_eq!(claim_answer(&reply(vec![word("what")])), None);
+        assert_eq!(
+            claim_answer(&reply(vec![word("not_replayable"), Value::Int(70_000)])),
+            None
+        );
+        assert_eq!(
+            updated(&Value::Int(1)),
+            Some(UpdateAnswer { updated: true })
+        );
+        assert_eq!(updated(&Value::Int(2)), None);
+    }
+}
