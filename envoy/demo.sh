@@ -22,6 +22,10 @@
 # Env: DATABASE_URL  TG_DEMO_SCHEMA [tenant_guard_demo]
 #      LISTENER_PORT ADMIN_PORT UPSTREAM_PORT SIDECAR_ADMIN_ADDR [free ports]
 #      WASM_PATH SIDECAR_BIN ENVOY_BIN (skip building/installing) KEEP_WORK_DIR CARGO_TARGET_DIR
+#
+# `bash envoy/demo.sh --fleet`: two Envoys share one limit and one set of
+# idempotency records through two store sidecars and Redis (envoy/demo-fleet.sh).
+if [[ "${1:-}" == "--fleet" ]]; then shift; exec bash "$(dirname "${BASH_SOURCE[0]}")/demo-fleet.sh" "$@"; fi
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

@@ -44,6 +44,10 @@ tg_step "all native tests: core, sidecar (real PostgreSQL), e2e (real Envoy)" \
   "the failing test is named above; \`cargo test -p CRATE --test NAME -- TEST\` repeats one (ENVOY_BIN and DATABASE_URL as printed by tests/setup.sh)"
 cargo test --workspace
 
+tg_step "demo --fleet (2 Envoys + 2 store sidecars + Redis)" \
+  "its own report above names the failed step and keeps the logs; \`bash envoy/demo.sh --fleet\` repeats it"
+WASM_PATH="$WASM" ENVOY_BIN="$ENVOY_BIN" bash envoy/demo.sh --fleet
+
 tg_step "fuzz smoke: ${FUZZ_SECONDS:-30}s per target (bash filter/core/fuzz/run.sh SECONDS for long runs)" \
   "a crash input is saved under filter/core/fuzz/artifacts/; \`bash filter/core/fuzz/run.sh\` repeats the smoke"
 bash filter/core/fuzz/run.sh "${FUZZ_SECONDS:-30}"

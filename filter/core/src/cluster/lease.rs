@@ -15,7 +15,7 @@ use crate::store::{self, CasOutcome, Located, SharedStore, StoreError};
 use super::wire::LeaseAnswer;
 
 const NANOS_PER_SECOND: u64 = 1_000_000_000;
-const LEASE_LEN: usize = 6 * 8;
+const LEASE_LEN: usize = 7 * 8;
 
 /// One lease as stored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -29,6 +29,9 @@ struct Lease {
     remaining_hint: u64,
     /// When the bucket is full again, as of the last answer.
     reset_at_ns: u64,
+    /// When the refused request may be retried (`Retry-After`), which can be
+    /// later than the refusal is remembered.
+    retry_at_ns: u64,
 }
 
 impl Lease {
@@ -45,6 +48,7 @@ impl Lease {
             size: next(),
             remaining_hint: next(),
             reset_at_ns: next(),
+            retry_at_ns: next(),
         })
     }
 
@@ -56,6 +60,7 @@ impl Lease {
             self.size,
             self.remaining_hint,
             self.reset_at_ns,
+            self.retry_at_ns,
         ]
         .iter()
         .flat_map(|word| word.to_le_bytes())
@@ -129,7 +134,10 @@ pub fn take(
         if live == 0 {
             if now_ns < lease.refused_until_ns {
                 return Ok(Taken::Refused {
-                    retry_after_seconds: (lease.refused_until_ns - now_ns)
+                    retry_after_seconds: lease
+                        .retry_at_ns
+                        .max(lease.refused_until_ns)
+                        .saturating_sub(now_ns)
                         .div_ceil(NANOS_PER_SECOND)
                         .max(1),
                 });
@@ -183,11 +191,9 @@ pub fn answered(
         let reset_at_ns =
             now_ns.saturating_add(answer.reset_seconds.saturating_mul(NANOS_PER_SECOND));
         if answer.granted == 0 {
-            let wait = answer
-                .retry_after_seconds
-                .saturating_mul(NANOS_PER_SECOND)
-                .min(refusal_ns);
-            lease.refused_until_ns = now_ns.saturating_add(wait);
+            let retry_after = answer.retry_after_seconds.saturating_mul(NANOS_PER_SECOND);
+            lease.refused_until_ns = now_ns.saturating_add(retry_after.min(refusal_ns));
+            lease.retry_at_ns = now_ns.saturating_add(retry_after);
             lease.reset_at_ns = reset_at_ns;
             lease.remaining_hint = 0;
         } else {
@@ -317,10 +323,11 @@ mod tests {
             retry_after_seconds: 30,
         };
         let _ = answered(&store, &key(), &refused, 8, 2 * SECOND, SECOND, SECOND, 8);
+        // Remembered for one second, but the client is told the real wait.
         assert_eq!(
             take(&store, &key(), 8, SECOND, 8),
             Ok(Taken::Refused {
-                retry_after_seconds: 1
+                retry_after_seconds: 30
             })
         );
         assert_eq!(
