@@ -8,6 +8,7 @@
 #[cfg(feature = "fault-injection")]
 mod fault;
 mod host;
+mod outbox;
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -30,6 +31,7 @@ const BUILD_ID: Option<&str> = option_env!("TENANT_GUARD_BUILD_ID");
 const BUILD_HEADER: &str = "x-tenant-guard-build";
 
 use host::{HostStore, Metrics};
+use outbox::Outbox;
 
 #[allow(unsafe_code)]
 mod entry {
@@ -56,17 +58,28 @@ fn host_store(config: Option<&CompiledConfig>) -> HostStore<'_> {
 struct Root {
     context_id: u32,
     config: Option<Rc<CompiledConfig>>,
+    /// Cluster mode on ngx_wasm_module: calls the requests left for the tick.
+    outbox: Outbox,
+    /// Counts and health for the outbox's calls.
+    settle: ClusterStore,
+    /// Host tokens of the outbox's calls in flight.
+    sent: Vec<u32>,
     metrics: Rc<Metrics>,
     maintenance: Maintenance,
 }
 
 impl Root {
     fn schedule_tick(&self) {
-        let ticks = self.maintenance.wants_tick(
-            self.config.as_deref(),
-            self.metrics.enabled(),
-            &host_store(self.config.as_deref()),
-        );
+        let cluster_mode = self
+            .config
+            .as_deref()
+            .is_some_and(|config| config.store.cluster.is_some());
+        let ticks = cluster_mode
+            || self.maintenance.wants_tick(
+                self.config.as_deref(),
+                self.metrics.enabled(),
+                &host_store(self.config.as_deref()),
+            );
         host::set_tick_period(if ticks { TICK } else { Duration::ZERO });
     }
 
@@ -81,6 +94,30 @@ impl Context for Root {
     fn on_done(&mut self) -> bool {
         self.metrics.flush();
         true
+    }
+
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some(index) = self.sent.iter().position(|token| *token == token_id) else {
+            return;
+        };
+        self.sent.swap_remove(index);
+        let Some(config) = self.config.clone() else {
+            return;
+        };
+        let outcome = host::store_call_outcome(body_size);
+        self.settle.on_settled(
+            &config,
+            &host_store(Some(&config)),
+            outcome,
+            host::now_unix_ns(),
+        );
+        outbox::report(&mut self.settle, &self.metrics);
     }
 }
 
@@ -129,6 +166,12 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         let config = self.config.clone();
+        if let Some(config) = config.as_deref() {
+            if !self.outbox.is_empty() {
+                let sent = self.outbox.flush(config, &mut self.settle, &self.metrics);
+                self.sent.extend(sent);
+            }
+        }
         let report = self.maintenance.tick(
             config.as_deref(),
             &host_store(config.as_deref()),
@@ -153,6 +196,7 @@ impl RootContext for Root {
             metrics: Rc::clone(&self.metrics),
             exchange: Exchange::new(),
             cluster: ClusterStore::new(),
+            outbox: self.outbox.clone(),
             awaited: None,
             sent: Vec::new(),
             context_id,
@@ -176,6 +220,8 @@ struct Request {
     exchange: Exchange,
     /// Cluster mode: how store operations reach the store sidecar.
     cluster: ClusterStore,
+    /// Calls left for the plugin's next tick (ngx_wasm_module).
+    outbox: Outbox,
     /// The store call the stream waits for.
     awaited: Option<Awaited>,
     /// Host tokens of calls sent without waiting (complete, release).
@@ -243,18 +289,24 @@ impl Request {
                 }
                 Some(answer)
             }
+            Route::Queue(request, answer) => {
+                if !self.outbox.push(request) {
+                    self.cluster.on_settled(
+                        &config,
+                        &store,
+                        CallOutcome::Failed("the store call outbox is full".to_owned()),
+                        host::now_unix_ns(),
+                    );
+                }
+                Some(answer)
+            }
         };
         self.report_store_events();
         answer
     }
 
     fn report_store_events(&mut self) {
-        for event in self.cluster.take_events() {
-            self.metrics.count_store(&event);
-            if let Some(line) = event.log_line() {
-                host::log(LogLevel::Warn, &line);
-            }
-        }
+        outbox::report(&mut self.cluster, &self.metrics);
     }
 
     /// Carries out `output` and every step it leads to; returns what the host

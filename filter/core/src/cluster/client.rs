@@ -3,11 +3,11 @@
 //! while the store is down, a seal) or a [`Call`] to the store sidecar, whose
 //! outcome [`ClusterStore::on_answer`] turns into the [`StoreAnswer`] the
 //! exchange waits for. On Envoy the response waits until its record is in
-//! Redis (so a retry that follows the response can only replay); on
-//! ngx_wasm_module, which cannot pause response phases, completing is sent
-//! and answered at once ([`Route::Send`]). Releasing is always sent (it may
-//! come from the stream's end, where nothing can wait; a lost release only
-//! keeps the key in flight until its timeout).
+//! Redis (so a retry that follows the response can only replay) and a
+//! release is sent at once without waiting ([`Route::Send`]).
+//! ngx_wasm_module dispatches calls only from request phases and ticks (it
+//! traps the instance otherwise), so there completing and releasing are
+//! answered at once and handed to the plugin's next tick ([`Route::Queue`]).
 //!
 //! A claim remembers where it was made (Redis, or this gateway's records when
 //! `idempotency_fallback: local` answered it) so it is settled in the same place.
@@ -48,6 +48,9 @@ pub enum Route {
     /// Make the call and answer the exchange now; the call's outcome goes to
     /// [`ClusterStore::on_settled`] if it arrives while the request lives.
     Send(Call, StoreAnswer),
+    /// Answer the exchange now and make the call from the plugin's next tick
+    /// (ngx_wasm_module: no dispatch from response phases or the stream's end).
+    Queue(Call, StoreAnswer),
 }
 
 /// How a call ended, as the host reports it.
@@ -244,7 +247,7 @@ impl ClusterStore {
                             self.waiting = Some(Waiting::Complete);
                             Route::Await(call)
                         }
-                        HostSemantics::NgxWasm => Route::Send(call, StoreAnswer::Update(Ok(true))),
+                        HostSemantics::NgxWasm => Route::Queue(call, StoreAnswer::Update(Ok(true))),
                     }
                 }
                 Some(Held::Local) | None => {
@@ -263,10 +266,12 @@ impl ClusterStore {
                         key,
                         generation,
                     };
-                    Route::Send(
-                        call(cluster, wire::RELEASE_PATH, &request),
-                        StoreAnswer::Update(Ok(true)),
-                    )
+                    let call = call(cluster, wire::RELEASE_PATH, &request);
+                    let answer = StoreAnswer::Update(Ok(true));
+                    match store.semantics() {
+                        HostSemantics::Envoy => Route::Send(call, answer),
+                        HostSemantics::NgxWasm => Route::Queue(call, answer),
+                    }
                 }
                 Some(Held::Local) | None => {
                     Route::Answer(store_ops::execute_local(config, store, op))
@@ -484,8 +489,9 @@ impl ClusterStore {
         StoreAnswer::Admit(Ok(verdict))
     }
 
-    /// The outcome of a [`Route::Send`] call that arrived while the request
-    /// lived: only the store's health and the counters learn from it.
+    /// The outcome of a [`Route::Send`] or [`Route::Queue`] call (if it
+    /// arrives while its context lives): only the store's health and the
+    /// counters learn from it.
     pub fn on_settled(
         &mut self,
         config: &CompiledConfig,
@@ -592,15 +598,17 @@ fn stored_of(response: WireResponse) -> Result<StoredResponse, IdempotencyError>
     if header_bytes > MAX_STORED_HEADER_BYTES {
         return Err(unusable("headers too large"));
     }
+    // Names as the host captured them (ngx_wasm_module keeps the upstream's
+    // spelling); what matters is that nothing can split a header.
     for (name, value) in &response.headers {
         let name_ok = !name.is_empty()
             && name
                 .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
         let value_ok = value
             .bytes()
             .all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
-        if !name_ok || !value_ok || !idempotency::is_stored_header(name) {
+        if !name_ok || !value_ok {
             return Err(unusable("header"));
         }
     }

@@ -235,11 +235,12 @@ fn a_remote_claim_is_sealed_here_and_completed_without_waiting() {
         ok(r#"{"result":"claimed","generation":9}"#),
         T0,
     );
+    // ngx_wasm_module dispatches only from request phases and ticks: queued.
     match client.begin(&config, &ngx, complete, T0) {
-        Route::Send(call, StoreAnswer::Update(Ok(true))) => {
+        Route::Queue(call, StoreAnswer::Update(Ok(true))) => {
             assert_eq!(call.path, wire::COMPLETE_PATH)
         }
-        route => panic!("expected a send, got {route:?}"),
+        route => panic!("expected a queued call, got {route:?}"),
     }
 }
 
@@ -281,7 +282,7 @@ fn replays_the_filter_would_not_have_stored_are_refused() {
     let config = config("reject");
     let store = MemoryStore::new();
     for response in [
-        r#"{"status":201,"headers":[["content-length","2"]],"body":"7b7d"}"#,
+        r#"{"status":201,"headers":[["a b","2"]],"body":"7b7d"}"#,
         r#"{"status":201,"headers":[["x-a","b\r\nc"]],"body":"7b7d"}"#,
         r#"{"status":201,"headers":[],"body":"zz"}"#,
         r#"{"status":42,"headers":[],"body":""}"#,
