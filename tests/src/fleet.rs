@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::envoy::{free_port, Envoy};
 use crate::failure::fail;
+use crate::http::Response;
 use crate::rolling::sidecar_binary;
 
 /// How long a store sidecar may take to say it listens.
@@ -167,4 +168,70 @@ pub fn start_fleet(
             Replica { envoy, store }
         })
         .collect()
+}
+
+/// How many of `statuses` were admitted (200).
+pub fn admitted(statuses: &[u16]) -> u64 {
+    statuses.iter().filter(|status| **status == 200).count() as u64
+}
+
+/// Every status is one of `allowed` (a 5xx during a fallback is a bug).
+pub fn assert_only(statuses: &[u16], allowed: &[u16]) {
+    let other: Vec<_> = statuses.iter().filter(|s| !allowed.contains(s)).collect();
+    if !other.is_empty() {
+        fail(format!("statuses other than {allowed:?}: {other:?}"));
+    }
+}
+
+/// The problem type of a problem+json answer, without its URN prefix.
+pub fn problem_type(response: &Response) -> String {
+    let body: serde_json::Value =
+        serde_json::from_slice(&response.body).unwrap_or(serde_json::Value::Null);
+    body.get("type")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .trim_start_matches("urn:tenant-guard:problem:")
+        .to_owned()
+}
+
+/// `count` POSTs to `/orders` for tenant `orders` with one Idempotency-Key,
+/// all at once, spread round-robin over `ports`: their statuses, and how many
+/// executed (201 without `idempotent-replayed`).
+pub fn concurrent_same_key_posts(
+    ports: &[u16],
+    count: usize,
+    key: &str,
+    body: &'static [u8],
+) -> (Vec<u16>, u64) {
+    let key = format!("\"{key}\"");
+    let handles: Vec<_> = (0..count)
+        .filter_map(|index| ports.get(index % ports.len().max(1)).copied())
+        .map(|port| {
+            let key = key.clone();
+            std::thread::spawn(move || {
+                let response = crate::http::request(
+                    port,
+                    "POST",
+                    "/orders",
+                    &[("x-tenant-id", "orders"), ("idempotency-key", &key)],
+                    body,
+                );
+                let executed =
+                    response.status == 201 && response.header("idempotent-replayed").is_none();
+                (response.status, executed)
+            })
+        })
+        .collect();
+    let mut statuses = Vec::with_capacity(count);
+    let mut executed = 0;
+    for handle in handles {
+        match handle.join() {
+            Ok((status, ran)) => {
+                statuses.push(status);
+                executed += u64::from(ran);
+            }
+            Err(_) => fail("a POST thread panicked"),
+        }
+    }
+    (statuses, executed)
 }

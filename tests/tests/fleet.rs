@@ -17,20 +17,20 @@
     clippy::indexing_slicing
 )]
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tenant_guard_e2e::backend::{Backend, Route};
-use tenant_guard_e2e::fleet::{start_fleet, RedisTarget, Replica};
+use tenant_guard_e2e::fleet::{
+    admitted, assert_only, concurrent_same_key_posts, problem_type, start_fleet, RedisTarget,
+    Replica,
+};
 use tenant_guard_e2e::http::Response;
 use tenant_guard_e2e::wait_until;
 use tenant_guard_sidecar::test_support::{RedisCluster, RedisServer};
 
 const TENANT: &str = "x-tenant-id";
 const KEY: &str = "idempotency-key";
-const PROBLEM: &str = "urn:tenant-guard:problem:";
 const REPLICAS: usize = 3;
 /// The storm tenant's limit: 50 per hour, so no slot frees during a test.
 const LIMIT: u64 = 50;
@@ -98,18 +98,6 @@ fn storm(fleet: &[Replica], tenant: &str, path: &str, total: usize) -> Vec<u16> 
         .collect()
 }
 
-fn admitted(statuses: &[u16]) -> u64 {
-    statuses.iter().filter(|status| **status == 200).count() as u64
-}
-
-fn assert_only(statuses: &[u16], allowed: &[u16]) {
-    let other: Vec<_> = statuses.iter().filter(|s| !allowed.contains(s)).collect();
-    assert!(
-        other.is_empty(),
-        "statuses other than {allowed:?}: {other:?}"
-    );
-}
-
 fn post(replica: &Replica, key: &str, body: &[u8]) -> Response {
     replica.envoy.request(
         "POST",
@@ -117,15 +105,6 @@ fn post(replica: &Replica, key: &str, body: &[u8]) -> Response {
         &[(TENANT, "orders"), (KEY, &format!("\"{key}\""))],
         body,
     )
-}
-
-fn problem_type(response: &Response) -> String {
-    let body: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
-    body["type"]
-        .as_str()
-        .unwrap_or_default()
-        .trim_start_matches(PROBLEM)
-        .to_owned()
 }
 
 fn store_counter(replica: &Replica, name: &str) -> u64 {
@@ -174,33 +153,9 @@ fn limits_and_idempotency_hold_across_the_fleet(fleet: &[Replica], backend: &Bac
     );
     let ports: Vec<u16> = fleet.iter().map(|r| r.envoy.port()).collect();
     let key = "fleet-order-1";
-    let created = Arc::new(AtomicU64::new(0));
-    let handles: Vec<_> = (0..100)
-        .map(|i| {
-            let port = ports[i % ports.len()];
-            let created = Arc::clone(&created);
-            std::thread::spawn(move || {
-                let response = tenant_guard_e2e::http::request(
-                    port,
-                    "POST",
-                    "/orders",
-                    &[(TENANT, "orders"), (KEY, &format!("\"{key}\""))],
-                    b"{\"qty\":1}",
-                );
-                if response.status == 201 && response.header("idempotent-replayed").is_none() {
-                    created.fetch_add(1, Ordering::SeqCst);
-                }
-                response.status
-            })
-        })
-        .collect();
-    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let (statuses, created) = concurrent_same_key_posts(&ports, 100, key, b"{\"qty\":1}");
     assert_only(&statuses, &[201, 409]);
-    assert_eq!(
-        created.load(Ordering::SeqCst),
-        1,
-        "exactly one POST executed: {statuses:?}"
-    );
+    assert_eq!(created, 1, "exactly one POST executed: {statuses:?}");
     assert_eq!(
         backend.completed("/orders"),
         1,
@@ -240,42 +195,31 @@ fn limits_and_idempotency_hold_across_the_fleet(fleet: &[Replica], backend: &Bac
     }
 }
 
+/// `replicas` replicas on `redis`, in front of a fresh backend.
+fn fleet_on(replicas: usize, redis: RedisTarget) -> (Backend, Vec<Replica>) {
+    let backend = Backend::start();
+    let fleet = start_fleet(replicas, &fleet_config(), backend.port(), &redis);
+    (backend, fleet)
+}
+
 #[test]
 fn a_fleet_on_standalone_redis_enforces_one_limit_and_executes_once() {
     let redis = RedisServer::start();
-    let backend = Backend::start();
-    let fleet = start_fleet(
-        REPLICAS,
-        &fleet_config(),
-        backend.port(),
-        &RedisTarget::Standalone(redis.url()),
-    );
+    let (backend, fleet) = fleet_on(REPLICAS, RedisTarget::Standalone(redis.url()));
     limits_and_idempotency_hold_across_the_fleet(&fleet, &backend);
 }
 
 #[test]
 fn a_fleet_on_a_redis_cluster_enforces_one_limit_and_executes_once() {
     let cluster = RedisCluster::start(3);
-    let backend = Backend::start();
-    let fleet = start_fleet(
-        REPLICAS,
-        &fleet_config(),
-        backend.port(),
-        &RedisTarget::Cluster(cluster.urls()),
-    );
+    let (backend, fleet) = fleet_on(REPLICAS, RedisTarget::Cluster(cluster.urls()));
     limits_and_idempotency_hold_across_the_fleet(&fleet, &backend);
 }
 
 #[test]
 fn redis_down_falls_back_to_shares_and_recovers() {
     let mut redis = RedisServer::start();
-    let backend = Backend::start();
-    let fleet = start_fleet(
-        REPLICAS,
-        &fleet_config(),
-        backend.port(),
-        &RedisTarget::Standalone(redis.url()),
-    );
+    let (backend, fleet) = fleet_on(REPLICAS, RedisTarget::Standalone(redis.url()));
     // Redis killed mid-storm: every request is still answered, and what is
     // admitted stays within what Redis granted plus each replica's share.
     let storm_fleet: Vec<u16> = fleet.iter().map(|replica| replica.envoy.port()).collect();
@@ -346,13 +290,7 @@ fn redis_down_falls_back_to_shares_and_recovers() {
 #[test]
 fn a_restarted_store_sidecar_falls_back_then_recovers() {
     let redis = RedisServer::start();
-    let backend = Backend::start();
-    let mut fleet = start_fleet(
-        2,
-        &fleet_config(),
-        backend.port(),
-        &RedisTarget::Standalone(redis.url()),
-    );
+    let (_backend, mut fleet) = fleet_on(2, RedisTarget::Standalone(redis.url()));
     let first = post(&fleet[0], "before-restart", b"{}");
     assert!(matches!(first.status, 200 | 201), "{first:?}");
 

@@ -33,14 +33,14 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tenant_guard_e2e::backend::{Backend, Route};
-use tenant_guard_e2e::fleet::{RedisTarget, StoreSidecar};
-use tenant_guard_e2e::http::{self, Response};
+use tenant_guard_e2e::fleet::{
+    admitted, assert_only, concurrent_same_key_posts, problem_type, RedisTarget, StoreSidecar,
+};
+use tenant_guard_e2e::http::Response;
 use tenant_guard_e2e::nginx::{nginx_or_skip, Nginx};
 use tenant_guard_e2e::wait_until;
 use tenant_guard_sidecar::test_support::RedisServer;
@@ -49,7 +49,6 @@ const SUITE: &str = "kong_engine_fleet";
 const TENANT: &str = "x-tenant-id";
 const KEY: &str = "idempotency-key";
 const REPLAYED: &str = "idempotent-replayed";
-const PROBLEM: &str = "urn:tenant-guard:problem:";
 const INSTANCES: usize = 2;
 /// The limited tenant's limit: 10 per hour, so no slot frees during a test.
 const LIMIT: u64 = 10;
@@ -126,27 +125,6 @@ fn post(instance: &Instance, key: &str, body: &[u8]) -> Response {
         &[(TENANT, "orders"), (KEY, &format!("\"{key}\""))],
         body,
     )
-}
-
-fn problem_type(response: &Response) -> String {
-    let body: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
-    body["type"]
-        .as_str()
-        .unwrap_or_default()
-        .trim_start_matches(PROBLEM)
-        .to_owned()
-}
-
-fn admitted(statuses: &[u16]) -> u64 {
-    statuses.iter().filter(|status| **status == 200).count() as u64
-}
-
-fn assert_only(statuses: &[u16], allowed: &[u16]) {
-    let other: Vec<_> = statuses.iter().filter(|s| !allowed.contains(s)).collect();
-    assert!(
-        other.is_empty(),
-        "statuses other than {allowed:?}: {other:?}"
-    );
 }
 
 /// `total` GETs for `tenant`, alternating over the instances.
@@ -273,33 +251,9 @@ fn an_idempotent_post_executes_once_across_two_kong_engine_instances() {
         },
     );
     let ports: Vec<u16> = fleet.iter().map(|i| i.nginx.port()).collect();
-    let created = Arc::new(AtomicU64::new(0));
-    let handles: Vec<_> = (0..20)
-        .map(|i| {
-            let port = ports[i % ports.len()];
-            let created = Arc::clone(&created);
-            std::thread::spawn(move || {
-                let response = http::request(
-                    port,
-                    "POST",
-                    "/orders",
-                    &[(TENANT, "orders"), (KEY, "\"order-storm\"")],
-                    b"{\"qty\":2}",
-                );
-                if response.status == 201 && response.header(REPLAYED).is_none() {
-                    created.fetch_add(1, Ordering::SeqCst);
-                }
-                response.status
-            })
-        })
-        .collect();
-    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let (statuses, created) = concurrent_same_key_posts(&ports, 20, "order-storm", b"{\"qty\":2}");
     assert_only(&statuses, &[201, 409]);
-    assert_eq!(
-        created.load(Ordering::SeqCst),
-        1,
-        "exactly one POST executed: {statuses:?}"
-    );
+    assert_eq!(created, 1, "exactly one POST executed: {statuses:?}");
     assert_eq!(backend.completed("/orders"), 2, "the upstream ran it once");
     let errors = errors_and_traps(&fleet);
     assert!(errors.is_empty(), "{errors:#?}");
