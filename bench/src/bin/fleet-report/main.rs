@@ -50,14 +50,15 @@ use std::fs;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use tenant_guard_bench::{self as bench, clock_ticks_per_second, command_output, Flags};
+use tenant_guard_bench::{
+    self as bench, clock_ticks_per_second, command_output, Flags, STATUS_SCRIPT,
+};
 use tenant_guard_e2e::rolling::sidecar_binary;
 use tenant_guard_e2e::tempdir::TempDir;
 use tenant_guard_e2e::{envoy_binary, wasm_path};
 
 use fleet::{install_cleanup_hook, Fleet, Mode};
 use measure::{Exactness, Executions, Throughput};
-use wrk::STATUS_SCRIPT;
 
 type Res<T> = Result<T, String>;
 
@@ -160,7 +161,11 @@ fn run_mode(mode: Mode, args: &Args, ticks: u64, script: &std::path::Path) -> Re
 /// What must hold in `outcome`'s mode; the violations.
 fn violations(outcome: &Outcome) -> Vec<String> {
     let mut bad = Vec::new();
-    let (t, e, x) = (&outcome.throughput, &outcome.exactness, &outcome.executions);
+    let (t, e, x) = (
+        &outcome.throughput.wrk,
+        &outcome.exactness,
+        &outcome.executions,
+    );
     if t.non_2xx > 0 {
         bad.push(format!(
             "{} non-2xx answers in the throughput run",
@@ -237,14 +242,14 @@ fn table(outcomes: &[Outcome], out: &mut String) {
     row(out, "**1. throughput** req/s (3 replicas)", &|o| {
         format!(
             "{:.0} ({} requests)",
-            o.throughput.rps, o.throughput.requests
+            o.throughput.wrk.rps, o.throughput.wrk.requests
         )
     });
     row(out, "p50 µs (worst replica)", &|o| {
-        format!("{:.0}", o.throughput.p50_us)
+        format!("{:.0}", o.throughput.wrk.p50_us)
     });
     row(out, "p99 µs (worst replica)", &|o| {
-        format!("{:.0}", o.throughput.p99_us)
+        format!("{:.0}", o.throughput.wrk.p99_us)
     });
     row(out, "Envoy CPU µs/request (3 Envoys)", &|o| {
         format!("{:.1}", o.throughput.envoy_cpu_us)
@@ -258,7 +263,7 @@ fn table(outcomes: &[Outcome], out: &mut String) {
     row(out, "store round trips / 100 requests", &|o| {
         format!("{:.2}", o.throughput.round_trips_per_100)
     });
-    row(out, "non-2xx", &|o| o.throughput.non_2xx.to_string());
+    row(out, "non-2xx", &|o| o.throughput.wrk.non_2xx.to_string());
     row(out, "**2. exactness** requests sent", &|o| {
         format!("{} in {:.1} s", o.exactness.sent, o.exactness.seconds)
     });
@@ -406,9 +411,9 @@ fn run(args: &Args) -> Res<bool> {
             "\nSummary: cluster mode adds {:+.0} µs to the p99 (worst replica: {:.0} vs {:.0} µs local), \
              {:+.1} Envoy CPU µs/request, and makes {:.2} store round trips per 100 requests; \
              exactness {:.2} × the limit (local {:.2} ×), {:.2} executions per key (local {:.2}).",
-            cluster.throughput.p99_us - local.throughput.p99_us,
-            cluster.throughput.p99_us,
-            local.throughput.p99_us,
+            cluster.throughput.wrk.p99_us - local.throughput.wrk.p99_us,
+            cluster.throughput.wrk.p99_us,
+            local.throughput.wrk.p99_us,
             cluster.throughput.envoy_cpu_us - local.throughput.envoy_cpu_us,
             cluster.throughput.round_trips_per_100,
             cluster.exactness.admitted as f64 / cluster.exactness.allowed.max(1) as f64,
@@ -418,7 +423,7 @@ fn run(args: &Args) -> Res<bool> {
         );
     }
     for outcome in &outcomes {
-        for errors in &outcome.throughput.socket_errors {
+        for errors in outcome.throughput.wrk.socket_errors.lines() {
             let _ = writeln!(out, "<!-- {}: {errors} -->", outcome.mode.label());
         }
     }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tenant_guard_bench::WrkResult;
 use tenant_guard_e2e::backend::Route;
 use tenant_guard_e2e::http::{Conn, Response};
 
@@ -22,18 +23,12 @@ const PROBLEM: &str = "urn:tenant-guard:problem:";
 /// Throughput of all replicas under wrk at once.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Throughput {
-    pub(crate) requests: u64,
-    pub(crate) rps: f64,
-    /// The highest of the replicas' p50.
-    pub(crate) p50_us: f64,
-    /// The worst replica's p99.
-    pub(crate) p99_us: f64,
+    /// All replicas' wrk reports combined: p50 and p99 the worst replica's.
+    pub(crate) wrk: WrkResult,
     pub(crate) envoy_cpu_us: f64,
     /// Store sidecars + Redis, `None` without such processes.
     pub(crate) helper_cpu_us: Option<f64>,
     pub(crate) round_trips_per_100: f64,
-    pub(crate) non_2xx: u64,
-    pub(crate) socket_errors: Vec<String>,
 }
 
 fn cpu_delta(before: &FleetCpu, after: &FleetCpu, ticks: u64, requests: f64) -> (f64, Option<f64>) {
@@ -65,27 +60,16 @@ pub(crate) fn throughput(fleet: &Fleet, args: &Args, ticks: u64) -> Res<Throughp
     };
     let trips_before = fleet.store_counters()?[0];
     let cpu_before = fleet.cpu()?;
-    let results = run_wrk_all(&ports, &load)?;
+    let wrk = run_wrk_all(&ports, &load)?;
     let cpu_after = fleet.cpu()?;
     let trips_after = fleet.store_counters()?[0];
-    let requests: u64 = results.iter().map(|r| r.requests).sum();
-    let (envoy_cpu_us, helper_cpu_us) =
-        cpu_delta(&cpu_before, &cpu_after, ticks, requests.max(1) as f64);
+    let requests = wrk.requests.max(1) as f64;
+    let (envoy_cpu_us, helper_cpu_us) = cpu_delta(&cpu_before, &cpu_after, ticks, requests);
     Ok(Throughput {
-        requests,
-        rps: results.iter().map(|r| r.rps).sum(),
-        p50_us: results.iter().map(|r| r.p50_us).fold(0.0, f64::max),
-        p99_us: results.iter().map(|r| r.p99_us).fold(0.0, f64::max),
+        wrk,
         envoy_cpu_us,
         helper_cpu_us,
-        round_trips_per_100: trips_after.saturating_sub(trips_before) as f64 * 100.0
-            / requests.max(1) as f64,
-        non_2xx: results.iter().map(|r| r.non_2xx).sum(),
-        socket_errors: results
-            .iter()
-            .filter(|r| !r.socket_errors.is_empty())
-            .map(|r| r.socket_errors.clone())
-            .collect(),
+        round_trips_per_100: trips_after.saturating_sub(trips_before) as f64 * 100.0 / requests,
     })
 }
 
@@ -130,7 +114,7 @@ pub(crate) fn allowed(mode: Mode, replicas: u64, seconds: f64) -> u64 {
 pub(crate) fn exactness(fleet: &Fleet, mode: Mode, args: &Args, script: &Path) -> Res<Exactness> {
     let path = "/exact";
     let started = Instant::now();
-    let results = run_wrk_all(
+    let mut statuses = run_wrk_all(
         &fleet.ports(),
         &Load {
             seconds: args.duration,
@@ -139,14 +123,9 @@ pub(crate) fn exactness(fleet: &Fleet, mode: Mode, args: &Args, script: &Path) -
             path,
             script: Some(script),
         },
-    )?;
+    )?
+    .statuses;
     let seconds = started.elapsed().as_secs_f64();
-    let mut statuses = BTreeMap::<u16, u64>::new();
-    for result in &results {
-        for (status, count) in &result.statuses {
-            *statuses.entry(*status).or_default() += count;
-        }
-    }
     let admitted = statuses.remove(&200).unwrap_or(0);
     let limited = statuses.remove(&429).unwrap_or(0);
     Ok(Exactness {

@@ -36,7 +36,7 @@ use std::time::Instant;
 use serde_json::json;
 use tenant_guard_bench::{
     self as bench, clock_ticks_per_second, command_output, file_label, file_size, filter_config,
-    median, min_max, rss_kib, with_jwt, BenchEnvoy, Bootstrap, CpuTime, Flags,
+    median, min_max, rss_kib, with_jwt, BenchEnvoy, Bootstrap, CpuTime, Flags, STATUS_SCRIPT,
 };
 use tenant_guard_core::config;
 use tenant_guard_core::engine::{self, HostInputs, RequestView};
@@ -47,7 +47,7 @@ use tenant_guard_e2e::{envoy_binary, probe_wasm_path, wasm_path};
 
 use exactness::exactness;
 use tenants::ten_thousand;
-use wrk::{run_wrk, Load, STATUS_SCRIPT};
+use wrk::{run_wrk, Load};
 
 const TENANT: &str = "acme";
 const PATH: &str = "/bench";

@@ -1,30 +1,12 @@
-//! Driving `wrk`: its Lua scripts (status counting, rotating tenants), one run
-//! against a bench Envoy, and parsing its report.
+//! load-report's `wrk` runs: the rotating-tenants Lua script and one run
+//! against a bench Envoy ([`run_wrk`]). The command line, the status-counting
+//! script and the report parser are the library's (`tenant_guard_bench::wrk`).
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+
+use tenant_guard_bench::{cannot_run_wrk, wrk_command, wrk_output, WrkResult};
 
 use super::{Res, PATH};
-
-/// Counts response statuses per wrk thread and prints them in `done()`.
-pub(crate) const STATUS_SCRIPT: &str = r#"
-counts = {}
-function response(status, headers, body)
-  counts[status] = (counts[status] or 0) + 1
-end
-local threads = {}
-function setup(thread)
-  table.insert(threads, thread)
-end
-function done(summary, latency, requests)
-  for _, t in ipairs(threads) do
-    for status, n in pairs(t:get("counts")) do
-      io.write(string.format("status %d %d\n", status, n))
-    end
-  end
-end
-"#;
 
 /// Sends each request for a different tenant, `t00000` … (the 10k-tenant config).
 pub(crate) fn rotating_tenants_script(tenants: usize) -> String {
@@ -39,59 +21,6 @@ end
     )
 }
 
-#[derive(Debug, Clone, Default)]
-pub(crate) struct WrkResult {
-    pub(crate) requests: u64,
-    pub(crate) rps: f64,
-    pub(crate) p50_us: f64,
-    pub(crate) p99_us: f64,
-    pub(crate) non_2xx: u64,
-    pub(crate) socket_errors: String,
-    pub(crate) statuses: BTreeMap<u16, u64>,
-}
-
-fn to_us(text: &str) -> Option<f64> {
-    let text = text.trim();
-    let (number, factor) = if let Some(n) = text.strip_suffix("us") {
-        (n, 1.0)
-    } else if let Some(n) = text.strip_suffix("ms") {
-        (n, 1e3)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1e6)
-    } else {
-        (text, 1.0)
-    };
-    number.trim().parse::<f64>().ok().map(|n| n * factor)
-}
-
-fn parse_wrk(output: &str) -> Res<WrkResult> {
-    let mut result = WrkResult::default();
-    for line in output.lines() {
-        let line = line.trim();
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["50%", value] => result.p50_us = to_us(value).unwrap_or(0.0),
-            ["99%", value] => result.p99_us = to_us(value).unwrap_or(0.0),
-            [count, "requests", "in", ..] => result.requests = count.parse().unwrap_or(0),
-            ["Requests/sec:", value] => result.rps = value.parse().unwrap_or(0.0),
-            ["Non-2xx", "or", "3xx", "responses:", value] => {
-                result.non_2xx = value.parse().unwrap_or(0)
-            }
-            ["status", status, count] => {
-                if let (Ok(status), Ok(count)) = (status.parse::<u16>(), count.parse::<u64>()) {
-                    *result.statuses.entry(status).or_default() += count;
-                }
-            }
-            _ if line.starts_with("Socket errors:") => line.clone_into(&mut result.socket_errors),
-            _ => {}
-        }
-    }
-    if result.requests == 0 {
-        return Err(format!("wrk served no requests:\n{output}"));
-    }
-    Ok(result)
-}
-
 pub(crate) struct Load<'a> {
     pub(crate) port: u16,
     pub(crate) seconds: u64,
@@ -100,32 +29,15 @@ pub(crate) struct Load<'a> {
     pub(crate) script: Option<&'a Path>,
 }
 
+/// One `wrk` run of `load` against `http://127.0.0.1:<port>`[`PATH`].
 pub(crate) fn run_wrk(load: &Load<'_>) -> Res<WrkResult> {
-    let mut command = Command::new("wrk");
-    command.args([
-        "-t1".to_owned(),
-        format!("-c{}", load.connections),
-        format!("-d{}s", load.seconds),
-        "--latency".to_owned(),
-    ]);
+    let mut command = wrk_command(load.connections, load.seconds, load.script);
     for (name, value) in load.headers {
         command.arg("-H").arg(format!("{name}: {value}"));
     }
-    if let Some(script) = load.script {
-        command.arg("-s").arg(script);
-    }
-    command.arg(format!("http://127.0.0.1:{}{PATH}", load.port));
     let output = command
-        .stdin(Stdio::null())
+        .arg(format!("http://127.0.0.1:{}{PATH}", load.port))
         .output()
-        .map_err(|e| format!("cannot run wrk (apt-get install -y wrk): {e}"))?;
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    if !output.status.success() {
-        return Err(format!(
-            "wrk failed ({}): {text}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    parse_wrk(&text)
+        .map_err(cannot_run_wrk)?;
+    wrk_output(&output)
 }
