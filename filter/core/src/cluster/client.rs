@@ -174,14 +174,18 @@ impl ClusterStore {
         let Some(cluster) = config.store.cluster.as_ref() else {
             return Route::Answer(store_ops::execute_local(config, store, op));
         };
-        let down = health::route(store, now_ns, cluster.probe_interval_ms * NANOS_PER_MS)
-            == health::Route::FallBack;
+        // Only admits and claims consult the store's health: a seal, complete
+        // or release must neither fall back nor take the probe's turn.
+        let down = || {
+            health::route(store, now_ns, cluster.probe_interval_ms * NANOS_PER_MS)
+                == health::Route::FallBack
+        };
         match op {
             StoreOp::Admit {
                 key,
                 rate,
                 now_unix_ns,
-            } => self.admit(config, cluster, store, key, rate, now_unix_ns, down),
+            } => self.admit(config, cluster, store, key, rate, now_unix_ns, down()),
             StoreOp::Claim {
                 ref tenant,
                 ref key,
@@ -195,7 +199,7 @@ impl ClusterStore {
                     tenant.to_string()
                 };
                 let key = wire::to_hex(&idempotency::owner_hash(tenant, key));
-                if down {
+                if down() {
                     return Route::Answer(self.claim_fallback(config, cluster, store, op));
                 }
                 let request = claim_request(config, &scope, &key, fingerprint, lifetimes);
