@@ -214,6 +214,10 @@ doc = {
                     "value": config,
                 },
                 "failure_policy": "FAIL_RELOAD",
+                # As the sidecar renders it: Envoy holds the headers for the
+                # filter only when the document says so too.
+                "allow_on_headers_stop_iteration": bool(
+                    json.loads(config).get("host", {}).get("allow_on_headers_stop_iteration", False)),
             },
         },
     }],

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use crate::store::Persistence;
+
 const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
 /// Counters and gauges shared by the sync loop and the admin server.
@@ -236,6 +238,10 @@ pub struct StoreMetrics {
     /// `[op][outcome]`.
     requests: [[AtomicU64; 3]; 4],
     redis: Mutex<StoreHistogram>,
+    /// Lease requests served out of another request's call.
+    lease_joined: AtomicU64,
+    /// What Redis keeps across a restart, as last read.
+    persistence: Mutex<Option<Persistence>>,
 }
 
 #[derive(Debug, Default)]
@@ -263,6 +269,23 @@ impl StoreMetrics {
             .get(op.index())
             .and_then(|row| row.get(outcome.index()))
             .map_or(0, |counter| counter.load(Ordering::Relaxed))
+    }
+
+    /// Counts one lease request served out of another request's call.
+    pub fn lease_joined(&self) {
+        self.lease_joined.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Lease requests served out of another request's call so far.
+    pub fn leases_joined(&self) -> u64 {
+        self.lease_joined.load(Ordering::Relaxed)
+    }
+
+    /// Redis's persistence settings, as just read.
+    pub fn set_persistence(&self, mode: Persistence) {
+        if let Ok(mut slot) = self.persistence.lock() {
+            *slot = Some(mode);
+        }
     }
 
     /// Records how long one Redis call took (answered or not).
@@ -322,6 +345,30 @@ impl StoreMetrics {
             );
             let _ = writeln!(out, "tenant_guard_store_redis_seconds_sum {}", h.sum);
             let _ = writeln!(out, "tenant_guard_store_redis_seconds_count {}", h.count);
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tenant_guard_store_lease_joined_total Lease requests served out of another request's Redis call (one call in flight per tenant limit)."
+        );
+        let _ = writeln!(out, "# TYPE tenant_guard_store_lease_joined_total counter");
+        let _ = writeln!(
+            out,
+            "tenant_guard_store_lease_joined_total {}",
+            self.leases_joined()
+        );
+        let current = self.persistence.lock().ok().and_then(|slot| *slot);
+        let _ = writeln!(
+            out,
+            "# HELP tenant_guard_store_redis_persistence What the store's Redis keeps across a restart (1 for the mode read last; unknown until read)."
+        );
+        let _ = writeln!(out, "# TYPE tenant_guard_store_redis_persistence gauge");
+        for mode in Persistence::ALL {
+            let value = u8::from(current.unwrap_or(Persistence::Unknown) == mode);
+            let _ = writeln!(
+                out,
+                "tenant_guard_store_redis_persistence{{mode=\"{}\"}} {value}",
+                mode.label()
+            );
         }
     }
 }

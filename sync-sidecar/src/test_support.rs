@@ -318,8 +318,8 @@ fn redis_command(port: u16, command: &str) -> Option<String> {
     (!reply.is_empty()).then(|| String::from_utf8_lossy(&reply).into_owned())
 }
 
-/// A `redis-server` of the tests on 127.0.0.1: no persistence, a directory
-/// of its own, killed on drop.
+/// A `redis-server` of the tests on 127.0.0.1: no persistence (unless
+/// [`RedisServer::start_persistent`]), a directory of its own, killed on drop.
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
@@ -337,12 +337,24 @@ impl RedisServer {
 
     /// [`Self::start`], as a `Result`.
     pub fn try_start() -> Result<Self, FixtureError> {
+        Self::try_start_with(&[])
+    }
+
+    /// A server that keeps its data in an append-only file fsynced on every
+    /// write (`appendonly yes`, `appendfsync always`), in its own directory:
+    /// after [`Self::kill`], [`Self::restart`] finds every acknowledged write.
+    pub fn start_persistent() -> Self {
+        Self::try_start_with(&["--appendonly", "yes", "--appendfsync", "always"])
+            .unwrap_or_else(|error| fixture_failed(&error))
+    }
+
+    fn try_start_with(extra: &[&str]) -> Result<Self, FixtureError> {
         let mut last = None;
         for _ in 0..5 {
             let port = free_port()?;
             let mut server = Self {
                 port,
-                extra: Vec::new(),
+                extra: extra.iter().map(|arg| (*arg).to_owned()).collect(),
                 child: None,
                 dir: ScratchDir::create("redis")?,
             };
@@ -384,6 +396,12 @@ impl RedisServer {
         self.port
     }
 
+    /// Sends one inline command (e.g. `KEYS tg:*`) and returns the raw
+    /// RESP reply; `None` when the server does not answer.
+    pub fn command(&self, command: &str) -> Option<String> {
+        redis_command(self.port, command)
+    }
+
     /// Whether the server process runs (it may still be starting).
     pub fn is_running(&mut self) -> bool {
         self.child
@@ -400,7 +418,8 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again, empty, on the same port; fails the calling test when it cannot.
+    /// Starts it again on the same port (empty, unless it persists: then with
+    /// what its append-only file holds); fails the calling test when it cannot.
     pub fn restart(&mut self) {
         self.try_restart()
             .unwrap_or_else(|error| fixture_failed(&error));

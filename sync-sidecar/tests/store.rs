@@ -195,6 +195,9 @@ fn lease_request(scope: &str, want: u64) -> LeaseRequest {
         emission_us: 1_200_000,
         capacity_us: 50 * 1_200_000,
         want,
+        need: 1,
+        returned: 0,
+        lease_ttl_ms: 0,
     }
 }
 
@@ -213,6 +216,7 @@ fn claim_request(scope: &str, key: &str, body: Option<&str>) -> ClaimRequest {
         body: body.map(str::to_owned),
         in_flight_ms: 30_000,
         scope_limit: 1000,
+        ttl_ms: 0,
     }
 }
 
@@ -528,6 +532,97 @@ async fn a_changed_limit_keeps_its_backlog() {
     };
     let answer = endpoint.lease(&doubled).await;
     assert!((90..=91).contains(&answer.granted), "{answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_get_a_fair_share_and_unused_slots_come_back() {
+    let redis = RedisServer::start();
+    // Two store sidecars: two lease holders on one limit of 400 per hour.
+    let (a, b) = (
+        Endpoint::standalone(&redis).await,
+        Endpoint::standalone(&redis).await,
+    );
+    let limit = |want: u64, returned: u64| LeaseRequest {
+        emission_us: 9_000_000,
+        capacity_us: 400 * 9_000_000,
+        need: want.min(1),
+        returned,
+        ..lease_request("acme", want)
+    };
+    // Alone, a gateway may take what it asks for.
+    assert_eq!(a.lease(&limit(100, 0)).await.granted, 100);
+    // With two holders, each batch is at most half of what is left beyond
+    // the asking request's own slot: 1 + ⌊(300 - 1) / 2⌋.
+    let answer = b.lease(&limit(400, 0)).await;
+    assert_eq!((answer.granted, answer.remaining), (150, 150), "{answer:?}");
+    assert_eq!(a.lease(&limit(400, 0)).await.granted, 75);
+    // A request that needs a slot gets it even when its share is nothing more.
+    let answer = b.lease(&limit(1, 0)).await;
+    assert_eq!(answer.granted, 1, "{answer:?}");
+    // Unused slots given back are free again, never more than the burst.
+    let answer = a.lease(&limit(0, 60)).await;
+    assert_eq!((answer.granted, answer.remaining), (0, 134), "{answer:?}");
+    let answer = b.lease(&limit(0, 10_000)).await;
+    assert_eq!(answer.remaining, 400, "{answer:?}");
+    let answer = a.lease(&limit(1, 0)).await;
+    assert_eq!((answer.granted, answer.remaining), (1, 399), "{answer:?}");
+}
+
+/// Claims `key` for 200 ms (kept completable for 60 s) and waits until its
+/// in-flight time is over; its generation.
+async fn claim_and_let_lapse(endpoint: &Endpoint, key: &str) -> u64 {
+    let started = Instant::now();
+    let claimed = generation(&endpoint.claim(&short_claim(key)).await);
+    poll(Duration::from_secs(5), "the in-flight time", || async {
+        (started.elapsed() > Duration::from_millis(300)).then_some(())
+    })
+    .await;
+    claimed
+}
+
+fn short_claim(key: &str) -> ClaimRequest {
+    ClaimRequest {
+        in_flight_ms: 200,
+        ttl_ms: 60_000,
+        ..claim_request("acme", key, Some(BODY))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_complete_after_the_in_flight_time_still_records_unless_claimed_again() {
+    let redis = RedisServer::start();
+    let endpoint = Endpoint::standalone(&redis).await;
+    // Nobody claimed the key again: the late complete records the response.
+    let first = claim_and_let_lapse(&endpoint, &key(40)).await;
+    let done = complete_request("acme", &key(40), first, Some(stored_response()));
+    assert!(endpoint.complete(&done).await);
+    assert!(matches!(
+        endpoint.claim(&short_claim(&key(40))).await,
+        ClaimAnswer::Replay { .. }
+    ));
+    // Claimed again after the lapse: the first claim cannot complete any more.
+    let first = claim_and_let_lapse(&endpoint, &key(41)).await;
+    let second = generation(&endpoint.claim(&short_claim(&key(41))).await);
+    assert_ne!(first, second);
+    let late = complete_request("acme", &key(41), first, Some(stored_response()));
+    assert!(!endpoint.complete(&late).await);
+    let done = complete_request("acme", &key(41), second, Some(stored_response()));
+    assert!(endpoint.complete(&done).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_reports_whether_redis_persists() {
+    let volatile = RedisServer::start();
+    let persistent = RedisServer::start_persistent();
+    for (redis, mode) in [(&volatile, "none"), (&persistent, "aof_always")] {
+        let endpoint = Endpoint::standalone(redis).await;
+        let series = format!("tenant_guard_store_redis_persistence{{mode=\"{mode}\"}} 1");
+        poll(Duration::from_secs(10), &series, || async {
+            let text = endpoint.metrics.render();
+            text.lines().any(|line| line == series).then_some(())
+        })
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -120,6 +120,15 @@ impl StoreSidecar {
         let _ = child.wait();
     }
 
+    /// Kills the process at once (SIGKILL), as a crash would: calls in
+    /// flight get no answer.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Starts it again on the same port.
     pub fn restart(&mut self) {
         self.stop();

@@ -67,8 +67,10 @@ pub enum Next {
     /// Read the response status and headers and hand them to
     /// [`Exchange::on_response_head_read`].
     ReadResponseHead,
-    /// Read this response body chunk and hand it to [`Exchange::on_response_body_read`].
-    ReadResponseBody(usize),
+    /// Read bytes `from..to` of the response body the host holds and hand
+    /// them to [`Exchange::on_response_body_read`] (`from` is 0 unless the
+    /// exchange holds the response: then the host keeps what came before).
+    ReadResponseBody { from: usize, to: usize },
 }
 
 /// The answer to one event.
@@ -141,11 +143,31 @@ pub struct Exchange {
     ended: bool,
     /// The tenant the request concerns, once decided (what `Effect::Count` counts under).
     tenant: Option<String>,
+    /// Request body that arrived while a store call was out: its size so far
+    /// and whether it is complete (a host that delivers the body while the
+    /// headers are held: Envoy with `allow_on_headers_stop_iteration`).
+    held_body: Option<(usize, bool)>,
+    /// Hold a captured response until its record is stored (a store behind
+    /// the network on a host that can pause response phases), so the client
+    /// cannot retry before a replay is possible.
+    holds_response: bool,
+    /// Bytes of a held response body read so far.
+    response_read: usize,
 }
 
 impl Exchange {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An exchange that holds a captured response (up to the replay limit)
+    /// until its record is stored: for a store that answers in a later
+    /// callback, on a host that can pause the response (Envoy).
+    pub fn holding_response(holds: bool) -> Self {
+        Self {
+            holds_response: holds,
+            ..Self::default()
+        }
     }
 
     /// The tenant the request concerns, once the headers are decided.
@@ -199,8 +221,10 @@ impl Exchange {
     ) -> Output {
         if self.waiting.is_some() {
             // The headers' store call is still out: hold the body until it is answered.
+            self.held_body = Some((body_size, end_of_stream));
             return Output::then(Vec::new(), Next::Pause);
         }
+        self.held_body = None;
         let Some(state) = self.idempotent.as_mut() else {
             return Output::proceed();
         };
@@ -298,7 +322,18 @@ impl Exchange {
             return Output::proceed();
         };
         if capture.wants_body() {
-            return Output::then(Vec::new(), Next::ReadResponseBody(body_size));
+            let from = if self.holds_response {
+                self.response_read.min(body_size)
+            } else {
+                0
+            };
+            return Output::then(
+                Vec::new(),
+                Next::ReadResponseBody {
+                    from,
+                    to: body_size,
+                },
+            );
         }
         if end_of_stream {
             return self.finish(now_unix_ns);
@@ -313,15 +348,22 @@ impl Exchange {
         end_of_stream: bool,
         now_unix_ns: u64,
     ) -> Output {
+        self.response_read = self.response_read.saturating_add(chunk.len());
+        let mut still_capturing = false;
         if let Some(capture) = self
             .idempotent
             .as_mut()
             .and_then(|state| state.capture.as_mut())
         {
             capture.push_body(chunk);
+            still_capturing = capture.wants_body();
         }
         if end_of_stream {
             return self.finish(now_unix_ns);
+        }
+        if self.holds_response && still_capturing {
+            // Keep the body with the host until the record is stored.
+            return Output::then(Vec::new(), Next::Pause);
         }
         Output::proceed()
     }
@@ -476,8 +518,28 @@ impl Exchange {
             settled: false,
         });
         self.response_headers = forward.response_headers;
+        if !end_of_stream && config.host.allow_on_headers_stop_iteration {
+            // The host delivers the body while the headers are held: decide
+            // on the whole request before any of it goes upstream.
+            if let Some(state) = self.idempotent.as_mut() {
+                state.reading_body = true;
+            }
+            return self.read_held_body(config, effects);
+        }
         let empty: &[u8] = &[];
         self.claim(config, end_of_stream.then_some(empty), host, effects)
+    }
+
+    /// Once a store call is answered and the body is needed: take a body
+    /// that arrived meanwhile as if it arrived now (its size checked), or
+    /// wait for it.
+    fn read_held_body(&mut self, config: &CompiledConfig, mut effects: Vec<Effect>) -> Output {
+        let Some((size, end_of_stream)) = self.held_body.take() else {
+            return Output::then(effects, Next::Pause);
+        };
+        let mut output = self.on_request_body(config, size, end_of_stream);
+        effects.append(&mut output.effects);
+        Output::then(effects, output.next)
     }
 
     /// Claims the key; `body` is `None` while it is still to come.
@@ -527,10 +589,17 @@ impl Exchange {
             IdempotencyStep::Proceed(claim) => {
                 state.claim = Some(claim);
                 state.reading_body = !body_known;
+                if self.held_body.is_some() && !body_known {
+                    // Body came while the claim was out: seal it once complete.
+                    return self.read_held_body(config, Vec::new());
+                }
                 Output::proceed()
             }
             IdempotencyStep::AwaitBody => {
                 state.reading_body = true;
+                if self.held_body.is_some() {
+                    return self.read_held_body(config, Vec::new());
+                }
                 Output::proceed()
             }
             IdempotencyStep::Reply(reply, outcome) => {

@@ -96,8 +96,8 @@ impl<'a> Driver<'a> {
                     end_of_stream,
                     T0,
                 ),
-                Next::ReadResponseBody(size) => {
-                    assert_eq!(size, self.response_chunk.len());
+                Next::ReadResponseBody { from, to } => {
+                    assert_eq!((from, to), (0, self.response_chunk.len()));
                     let chunk = self.response_chunk.clone();
                     self.exchange
                         .on_response_body_read(&chunk, end_of_stream, T0)
@@ -393,4 +393,132 @@ fn a_failed_store_answers_503_for_the_idempotent_request() {
         .headers
         .iter()
         .any(|(name, value)| name == "retry-after" && value == "1"));
+}
+
+/// [`CONFIG`] on a host that delivers the body while the headers are held.
+fn holding_config() -> CompiledConfig {
+    let text = CONFIG
+        .replacen(
+            r#"{"version":1,"#,
+            r#"{"version":1,"host":{"allow_on_headers_stop_iteration":true},"#,
+            1,
+        )
+        .replacen(r#""requests":3"#, r#""requests":100"#, 1);
+    config::parse(text.as_bytes()).unwrap()
+}
+
+#[test]
+fn with_held_headers_replays_and_422s_are_decided_before_anything_goes_upstream() {
+    let (config, store) = (holding_config(), MemoryStore::new());
+    // The first POST: the headers wait for the body, then both go on together.
+    let mut first = Driver::new(&config, &store);
+    assert_eq!(first.headers("POST", Some("\"h1\""), false), Next::Pause);
+    assert_eq!(first.body(b"{\"a\":1}"), Next::Continue);
+    assert_eq!(first.respond(&CREATED), Next::Continue);
+    assert_eq!(first.end(), Next::Continue);
+    // Its retry and a different body: answered while the headers are still held.
+    for (body, expected) in [(&b"{\"a\":1}"[..], 201), (&b"{\"a\":2}"[..], 422)] {
+        let mut retry = Driver::new(&config, &store);
+        assert_eq!(retry.headers("POST", Some("\"h1\""), false), Next::Pause);
+        assert_eq!(retry.body(body), Next::Pause);
+        assert_eq!(status(&retry), Some(expected));
+    }
+    // A body over the limit: 413, and the key was never claimed.
+    let mut large = Driver::new(&config, &store);
+    assert_eq!(large.headers("POST", Some("\"h2\""), false), Next::Pause);
+    let output = large.exchange.on_request_body(&config, 17, false);
+    assert_eq!(large.drive(output, false), Next::Pause);
+    assert_eq!(status(&large), Some(413));
+    let mut after = Driver::new(&config, &store);
+    assert_eq!(after.headers("POST", Some("\"h2\""), false), Next::Pause);
+    assert_eq!(after.body(b"{}"), Next::Continue);
+}
+
+#[test]
+fn a_body_that_arrives_while_a_store_call_is_out_is_read_when_it_is_answered() {
+    let (config, store) = (holding_config(), MemoryStore::new());
+    let mut request = Driver::new(&config, &store);
+    // The rate-limit call of the headers is out (a store behind the network)…
+    request.hold = true;
+    assert!(matches!(
+        request.headers("POST", Some("\"h3\""), false),
+        Next::Store(_)
+    ));
+    // …while the host already delivered the whole body: held, not lost.
+    request.request_body = b"{\"a\":3}".to_vec();
+    let output = request.exchange.on_request_body(&config, 7, true);
+    assert_eq!(request.drive(output, true), Next::Pause);
+    // The answer reads it, claims with it and lets the request go on.
+    assert_eq!(request.answer_held(), Next::Continue);
+    assert!(request
+        .effects
+        .iter()
+        .all(|effect| !matches!(effect, Effect::Reply(_))));
+    // A retry with the same body replays.
+    executed_replays(&config, &store, "\"h3\"", b"{\"a\":3}", &mut request);
+
+    // A held body over the limit is refused when the answer comes (413).
+    let mut large = Driver::new(&config, &store);
+    large.hold = true;
+    assert!(matches!(
+        large.headers("POST", Some("\"h4\""), false),
+        Next::Store(_)
+    ));
+    let output = large.exchange.on_request_body(&config, 17, true);
+    assert_eq!(large.drive(output, true), Next::Pause);
+    assert_eq!(large.answer_held(), Next::Pause);
+    assert_eq!(status(&large), Some(413));
+}
+
+/// Finishes `first` (upstream answers 201), then a retry of `key` with
+/// `body` is replayed on the held headers.
+fn executed_replays(
+    config: &CompiledConfig,
+    store: &MemoryStore,
+    key: &str,
+    body: &[u8],
+    first: &mut Driver<'_>,
+) {
+    assert_eq!(first.respond(&CREATED), Next::Continue);
+    assert_eq!(first.end(), Next::Continue);
+    let mut retry = Driver::new(config, store);
+    assert_eq!(retry.headers("POST", Some(key), false), Next::Pause);
+    assert_eq!(retry.body(body), Next::Pause);
+    assert_eq!(status(&retry), Some(201));
+}
+
+#[test]
+fn a_held_response_waits_for_its_record_and_is_read_once() {
+    let (config, store) = (config(), MemoryStore::new());
+    let mut request = Driver::new(&config, &store);
+    request.exchange = Exchange::holding_response(true);
+    assert_eq!(
+        request.headers("POST", Some("\"r1\""), true),
+        Next::Continue
+    );
+    let output = request.exchange.on_response_headers();
+    assert_eq!(request.drive(output, false), Next::Continue);
+    // The host keeps what the filter holds: the second callback sees both chunks.
+    let output = request.exchange.on_response_body(3, false, T0);
+    assert_eq!(output.next, Next::ReadResponseBody { from: 0, to: 3 });
+    let output = request.exchange.on_response_body_read(b"{\"i", false, T0);
+    assert_eq!(output.next, Next::Pause, "held until the record is stored");
+    let output = request.exchange.on_response_body(8, true, T0);
+    assert_eq!(output.next, Next::ReadResponseBody { from: 3, to: 8 });
+    let output = request.exchange.on_response_body_read(b"d\":1}", true, T0);
+    let Next::Store(call) = output.next else {
+        panic!("the record is stored before the response goes on: {output:?}");
+    };
+    let answer = store_ops::execute_local(&config, &store, call.op);
+    let output = request
+        .exchange
+        .on_store_answer(&config, call.token, answer, &host(T0));
+    assert_eq!(output.next, Next::Continue);
+    // The stored body is the whole body, once.
+    let mut retry = Driver::new(&config, &store);
+    assert_eq!(retry.headers("POST", Some("\"r1\""), true), Next::Pause);
+    assert_eq!(
+        retry.reply().map(|reply| reply.body.clone()),
+        Some(b"{\"id\":1}".to_vec())
+    );
 }

@@ -95,15 +95,16 @@ pub fn send_local_reply(reply: &LocalReply) {
 }
 
 pub fn request_body(size: usize) -> Vec<u8> {
-    body(BufferType::HttpRequestBody, size)
+    body(BufferType::HttpRequestBody, 0, size)
 }
 
-pub fn response_body(size: usize) -> Vec<u8> {
-    body(BufferType::HttpResponseBody, size)
+/// Bytes `from..to` of the response body the host holds.
+pub fn response_body(from: usize, to: usize) -> Vec<u8> {
+    body(BufferType::HttpResponseBody, from, to.saturating_sub(from))
 }
 
-fn body(buffer: BufferType, size: usize) -> Vec<u8> {
-    match hostcalls::get_buffer(buffer, 0, size) {
+fn body(buffer: BufferType, from: usize, size: usize) -> Vec<u8> {
+    match hostcalls::get_buffer(buffer, from, size) {
         Ok(bytes) => bytes.unwrap_or_default(),
         Err(status) => {
             log(
@@ -306,6 +307,9 @@ impl Metrics {
                 fallbacks: counter("tenant_guard_store_fallbacks"),
                 down: counter("tenant_guard_store_down"),
                 recovered: counter("tenant_guard_store_recovered"),
+                returned: counter("tenant_guard_store_lease_returned"),
+                retries: counter("tenant_guard_store_retries"),
+                abandoned: counter("tenant_guard_store_retries_abandoned"),
             }),
         }
     }
@@ -315,14 +319,19 @@ impl Metrics {
         let Some(counters) = &self.store else {
             return;
         };
-        let metric = match event {
-            StoreEvent::RoundTrip => counters.round_trips,
-            StoreEvent::Failed(_) => counters.failures,
-            StoreEvent::FellBack => counters.fallbacks,
-            StoreEvent::WentDown(_) => counters.down,
-            StoreEvent::CameBack => counters.recovered,
+        let (metric, by) = match event {
+            StoreEvent::RoundTrip => (counters.round_trips, 1),
+            StoreEvent::Failed(_) => (counters.failures, 1),
+            StoreEvent::FellBack => (counters.fallbacks, 1),
+            StoreEvent::WentDown(_) => (counters.down, 1),
+            StoreEvent::CameBack => (counters.recovered, 1),
+            StoreEvent::Returned(slots) => {
+                (counters.returned, i64::try_from(*slots).unwrap_or(i64::MAX))
+            }
+            StoreEvent::Retried => (counters.retries, 1),
+            StoreEvent::RetryAbandoned => (counters.abandoned, 1),
         };
-        increment(metric, 1);
+        increment(metric, by);
     }
 
     pub fn enabled(&self) -> bool {
@@ -382,6 +391,12 @@ struct StoreCounters {
     fallbacks: Option<u32>,
     down: Option<u32>,
     recovered: Option<u32>,
+    /// Lapsed lease slots given back to Redis.
+    returned: Option<u32>,
+    /// Completes and releases sent again after a failure.
+    retries: Option<u32>,
+    /// Completes and releases given up (deadline passed, queue full).
+    abandoned: Option<u32>,
 }
 
 /// Sends `call` to the store sidecar; the host token its answer will carry.

@@ -8,7 +8,7 @@
 #[cfg(feature = "fault-injection")]
 mod fault;
 mod host;
-mod outbox;
+mod settle;
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -31,7 +31,7 @@ const BUILD_ID: Option<&str> = option_env!("TENANT_GUARD_BUILD_ID");
 const BUILD_HEADER: &str = "x-tenant-guard-build";
 
 use host::{HostStore, Metrics};
-use outbox::Outbox;
+use settle::{Sent, Settle};
 
 #[allow(unsafe_code)]
 mod entry {
@@ -58,12 +58,12 @@ fn host_store(config: Option<&CompiledConfig>) -> HostStore<'_> {
 struct Root {
     context_id: u32,
     config: Option<Rc<CompiledConfig>>,
-    /// Cluster mode on ngx_wasm_module: calls the requests left for the tick.
-    outbox: Outbox,
-    /// Counts and health for the outbox's calls.
-    settle: ClusterStore,
-    /// Host tokens of the outbox's calls in flight.
-    sent: Vec<u32>,
+    /// Cluster mode: the calls requests left for the tick, the leases to sweep.
+    settle: Settle,
+    /// Counts and health for the calls the root sends.
+    root_store: ClusterStore,
+    /// Host tokens of the root's calls in flight.
+    sent: Vec<(u32, Sent)>,
     metrics: Rc<Metrics>,
     maintenance: Maintenance,
 }
@@ -103,21 +103,16 @@ impl Context for Root {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        let Some(index) = self.sent.iter().position(|token| *token == token_id) else {
+        let Some(index) = self.sent.iter().position(|(token, _)| *token == token_id) else {
             return;
         };
-        self.sent.swap_remove(index);
+        let (_, sent) = self.sent.swap_remove(index);
         let Some(config) = self.config.clone() else {
             return;
         };
         let outcome = host::store_call_outcome(body_size);
-        self.settle.on_settled(
-            &config,
-            &host_store(Some(&config)),
-            outcome,
-            host::now_unix_ns(),
-        );
-        outbox::report(&mut self.settle, &self.metrics);
+        self.settle
+            .answered(&config, &mut self.root_store, sent, outcome, &self.metrics);
     }
 }
 
@@ -167,8 +162,10 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         let config = self.config.clone();
         if let Some(config) = config.as_deref() {
-            if !self.outbox.is_empty() {
-                let sent = self.outbox.flush(config, &mut self.settle, &self.metrics);
+            if !self.settle.is_idle() {
+                let sent = self
+                    .settle
+                    .tick(config, &mut self.root_store, &self.metrics);
                 self.sent.extend(sent);
             }
         }
@@ -191,12 +188,16 @@ impl RootContext for Root {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let config = self.config.clone()?;
+        // Envoy pauses response phases: a record stored behind the network
+        // is in Redis before the client has the whole response.
+        let holds_response = config.store.cluster.is_some()
+            && host::semantics() == tenant_guard_core::store::HostSemantics::Envoy;
         Some(Box::new(Request {
             config,
             metrics: Rc::clone(&self.metrics),
-            exchange: Exchange::new(),
+            exchange: Exchange::holding_response(holds_response),
             cluster: ClusterStore::new(),
-            outbox: self.outbox.clone(),
+            settle: self.settle.clone(),
             awaited: None,
             sent: Vec::new(),
             context_id,
@@ -220,12 +221,12 @@ struct Request {
     exchange: Exchange,
     /// Cluster mode: how store operations reach the store sidecar.
     cluster: ClusterStore,
-    /// Calls left for the plugin's next tick (ngx_wasm_module).
-    outbox: Outbox,
+    /// Calls left for the plugin's tick, leases for it to sweep.
+    settle: Settle,
     /// The store call the stream waits for.
     awaited: Option<Awaited>,
-    /// Host tokens of calls sent without waiting (complete, release).
-    sent: Vec<u32>,
+    /// Calls sent without waiting (release on Envoy), by host token.
+    sent: Vec<(u32, tenant_guard_core::cluster::Call)>,
     context_id: u32,
     root_context_id: u32,
     /// The host is delivering the response (set from its first callback).
@@ -279,24 +280,15 @@ impl Request {
             Route::Send(request, answer) => {
                 let owner = Some((self.root_context_id, self.context_id));
                 match host::dispatch_store_call(&request, owner) {
-                    Ok(host_token) => self.sent.push(host_token),
-                    Err(reason) => self.cluster.on_settled(
-                        &config,
-                        &store,
-                        CallOutcome::Failed(reason),
-                        host::now_unix_ns(),
-                    ),
+                    Ok(host_token) => self.sent.push((host_token, request)),
+                    Err(reason) => self.settled(&request, CallOutcome::Failed(reason)),
                 }
                 Some(answer)
             }
             Route::Queue(request, answer) => {
-                if !self.outbox.push(request) {
-                    self.cluster.on_settled(
-                        &config,
-                        &store,
-                        CallOutcome::Failed("the store call outbox is full".to_owned()),
-                        host::now_unix_ns(),
-                    );
+                if !self.settle.queue(request) {
+                    self.cluster
+                        .note_retry(tenant_guard_core::cluster::settle::Retry::Dropped);
                 }
                 Some(answer)
             }
@@ -305,8 +297,21 @@ impl Request {
         answer
     }
 
+    /// The outcome of a call sent without waiting: a failure that must not
+    /// be lost goes to the root's retry queue.
+    fn settled(&mut self, call: &tenant_guard_core::cluster::Call, outcome: CallOutcome) {
+        let config = Rc::clone(&self.config);
+        let store = host_store(Some(&config));
+        let settled = self
+            .cluster
+            .on_settled(&config, &store, call, outcome, host::now_unix_ns());
+        if settled == tenant_guard_core::cluster::Settled::Failed {
+            self.cluster.retry_later(call);
+        }
+    }
+
     fn report_store_events(&mut self) {
-        outbox::report(&mut self.cluster, &self.metrics);
+        self.settle.collect(&mut self.cluster, &self.metrics);
     }
 
     /// Carries out `output` and every step it leads to; returns what the host
@@ -346,8 +351,8 @@ impl Request {
                     end_of_stream,
                     host::now_unix_ns(),
                 ),
-                Next::ReadResponseBody(size) => self.exchange.on_response_body_read(
-                    &host::response_body(size),
+                Next::ReadResponseBody { from, to } => self.exchange.on_response_body_read(
+                    &host::response_body(from, to),
                     end_of_stream,
                     host::now_unix_ns(),
                 ),
@@ -387,9 +392,9 @@ impl Context for Request {
         let store = host_store(Some(&config));
         let outcome = host::store_call_outcome(body_size);
         let now = host::now_unix_ns();
-        if let Some(index) = self.sent.iter().position(|token| *token == token_id) {
-            self.sent.swap_remove(index);
-            self.cluster.on_settled(&config, &store, outcome, now);
+        if let Some(index) = self.sent.iter().position(|(token, _)| *token == token_id) {
+            let (_, call) = self.sent.swap_remove(index);
+            self.settled(&call, outcome);
             self.report_store_events();
             return;
         }

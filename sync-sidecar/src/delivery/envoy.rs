@@ -174,12 +174,24 @@ pub fn read_deployed(file: &Path) -> Result<Option<serde_json::Value>, String> {
     })
 }
 
-/// Renders the ECDS `DiscoveryResponse` carrying the Wasm filter with `plugin_config` (JSON text).
+/// Renders the ECDS `DiscoveryResponse` carrying the Wasm filter with
+/// `plugin_config` (JSON text). Envoy's `allow_on_headers_stop_iteration`
+/// follows the document's `host.allow_on_headers_stop_iteration`, so the two
+/// never disagree (the filter holds headers only where Envoy still delivers
+/// the body).
 pub fn render_ecds_resource(
     plugin_config: &str,
     wasm_path: &Path,
     version_info: &str,
 ) -> Result<String, EnvoyDeliveryError> {
+    let holds_headers = serde_json::from_str::<serde_json::Value>(plugin_config)
+        .ok()
+        .and_then(|document| {
+            document
+                .pointer("/host/allow_on_headers_stop_iteration")
+                .and_then(serde_json::Value::as_bool)
+        })
+        .unwrap_or(false);
     let resource = serde_json::json!({
         "version_info": version_info,
         "resources": [{
@@ -199,7 +211,8 @@ pub fn render_ecds_resource(
                         "@type": "type.googleapis.com/google.protobuf.StringValue",
                         "value": plugin_config
                     },
-                    "failure_policy": "FAIL_RELOAD"
+                    "failure_policy": "FAIL_RELOAD",
+                    "allow_on_headers_stop_iteration": holds_headers
                 }
             }
         }]

@@ -34,6 +34,8 @@ struct Document {
     defaults: Fields,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     headers: Fields,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    host: Fields,
     #[serde(skip_serializing_if = "Option::is_none")]
     if_match: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -51,6 +53,7 @@ impl Document {
             store: Fields::new(),
             defaults: Fields::new(),
             headers: Fields::new(),
+            host: Fields::new(),
             if_match: None,
             metrics: None,
             tenants: BTreeMap::new(),
@@ -66,6 +69,7 @@ impl Document {
                     Section::Store => &mut self.store,
                     Section::Defaults => &mut self.defaults,
                     Section::Headers => &mut self.headers,
+                    Section::Host => &mut self.host,
                 };
                 fields.insert(field, value);
             }

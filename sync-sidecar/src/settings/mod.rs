@@ -21,6 +21,7 @@
 //! | global | `gateway.if_match`                   | `if_match` (routes needing If-Match)   |
 //! | global | `gateway.metrics`                    | `metrics` (`false` for Kong < 3.9)     |
 //! | global | `gateway.headers.{revision,rate_limit}` | `headers.*` (informational headers)  |
+//! | global | `gateway.host.allow_on_headers_stop_iteration` | `host.*` (Envoy ≥ 1.35; the ECDS delivery sets Envoy's field to match) |
 //! | global | `gateway.rate_limit`                 | `defaults.rate_limit`                  |
 //! | global | `gateway.mode`                       | `defaults.mode`                        |
 //! | global | `gateway.idempotency`                | `defaults.idempotency`                 |

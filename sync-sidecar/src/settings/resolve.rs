@@ -18,6 +18,7 @@ pub(super) enum Section {
     Store,
     Defaults,
     Headers,
+    Host,
 }
 
 impl Section {
@@ -29,6 +30,7 @@ impl Section {
             Self::Store => "store",
             Self::Defaults => "defaults",
             Self::Headers => "headers",
+            Self::Host => "host",
         }
     }
 }
@@ -92,6 +94,10 @@ pub(super) const GLOBAL_KEYS: &[(&str, Slot)] = {
         ("gateway.if_match", Slot::IfMatch),
         ("gateway.headers.revision", In(Headers, "revision")),
         ("gateway.headers.rate_limit", In(Headers, "rate_limit")),
+        (
+            "gateway.host.allow_on_headers_stop_iteration",
+            In(Host, "allow_on_headers_stop_iteration"),
+        ),
         ("gateway.metrics", Slot::Metrics),
     ]
 };

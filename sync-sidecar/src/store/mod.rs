@@ -19,6 +19,8 @@
 //! the operation's JSON, whatever it is labelled.
 
 pub mod error;
+pub mod flight;
+pub mod persistence;
 pub mod redis;
 
 use std::future::Future;
@@ -42,6 +44,8 @@ use tenant_guard_core::cluster::wire::{
 use tokio::net::TcpListener;
 
 pub use self::error::StoreError;
+use self::flight::{Flights, Served};
+pub use self::persistence::Persistence;
 pub use self::redis::{RedisStore, RedisTarget};
 use crate::metrics::{StoreMetrics, StoreOp, StoreOutcome};
 use crate::text::{bounded_to, error_text};
@@ -52,6 +56,9 @@ pub const MAX_MICROS: u64 = 1 << 52;
 
 /// Largest millisecond value (`in_flight_ms`, `ttl_ms`) accepted (≈ 35 years).
 pub const MAX_MILLIS: u64 = 1 << 40;
+
+/// Most slots one lease call may ask for or give back.
+pub const MAX_SLOTS: u64 = 1 << 20;
 
 /// Upper bound (bytes) of a problem's `detail`.
 pub const MAX_DETAIL_BYTES: usize = 512;
@@ -69,7 +76,12 @@ struct StoreState {
     metrics: Arc<StoreMetrics>,
     /// Whether the last Redis call failed (logged on change only).
     down: Arc<AtomicBool>,
+    /// One lease call in flight per tenant limit.
+    flights: Arc<Flights>,
 }
+
+/// How often the Redis persistence settings are read again.
+pub const PERSISTENCE_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl StoreServer {
     /// Serves `store` on `listener` (bound by the caller: port 0 is fine).
@@ -80,6 +92,7 @@ impl StoreServer {
                 store,
                 metrics,
                 down: Arc::new(AtomicBool::new(false)),
+                flights: Arc::new(Flights::new()),
             },
         }
     }
@@ -94,16 +107,44 @@ impl StoreServer {
         self.listener.local_addr()
     }
 
-    /// Answers requests until `shutdown` resolves (in-flight requests finish).
+    /// Answers requests until `shutdown` resolves (in-flight requests
+    /// finish). Reads Redis's persistence settings at once (and every
+    /// [`PERSISTENCE_CHECK`]), logging them when they change.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StoreError> {
+        let watcher = tokio::spawn(watch_persistence(
+            self.state.store.clone(),
+            self.state.metrics.clone(),
+        ));
         let app = router(self.state);
-        axum::serve(self.listener, app)
+        let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
-            .await?;
+            .await;
+        watcher.abort();
+        served?;
         Ok(())
+    }
+}
+
+/// Reads the persistence settings now and then; logs each change (the first
+/// reading too: operators see at start-up whether records survive a restart).
+async fn watch_persistence(store: Arc<RedisStore>, metrics: Arc<StoreMetrics>) {
+    let mut last = None;
+    loop {
+        let mode = store.persistence().await;
+        metrics.set_persistence(mode);
+        if last != Some(mode) {
+            match mode {
+                Persistence::AofAlways | Persistence::AofEverysec => {
+                    tracing::info!(mode = mode.label(), "Redis persistence: {mode}");
+                }
+                _ => tracing::warn!(mode = mode.label(), "Redis persistence: {mode}"),
+            }
+            last = Some(mode);
+        }
+        tokio::time::sleep(PERSISTENCE_CHECK).await;
     }
 }
 
@@ -258,7 +299,13 @@ async fn lease(State(state): State<StoreState>, body: Result<Bytes, BytesRejecti
         Err(refusal) => return refusal.into_response(),
     };
     let started = Instant::now();
-    let result = state.store.lease(&request).await;
+    let (result, served) = state
+        .flights
+        .lease(&request, || state.store.lease(&request))
+        .await;
+    if served == Served::Joined {
+        state.metrics.lease_joined();
+    }
     answer(&state, op, started, result)
 }
 
@@ -348,14 +395,24 @@ fn check_lease(request: &LeaseRequest) -> Result<(), String> {
     }
     check_range("emission_us", request.emission_us, 1, MAX_MICROS)?;
     check_range("capacity_us", request.capacity_us, 0, MAX_MICROS)?;
-    check_range("want", request.want, 1, u64::MAX)
+    // Slot counts times `emission_us` stay below 2^53 as well.
+    check_range("want", request.want, 0, MAX_SLOTS)?;
+    check_range("need", request.need, 0, request.want)?;
+    check_range("returned", request.returned, 0, MAX_SLOTS)?;
+    check_range("lease_ttl_ms", request.lease_ttl_ms, 0, MAX_MILLIS)?;
+    match (request.want, request.need, request.returned) {
+        (0, _, 0) => Err("`want` is 0 and nothing is `returned`: nothing to do".to_owned()),
+        (want, 0, _) if want > 0 => Err("`need` must be at least 1 when `want` is".to_owned()),
+        _ => Ok(()),
+    }
 }
 
 fn check_claim(request: &ClaimRequest) -> Result<(), String> {
     check_scope_and_key(&request.scope, Some(&request.key))?;
     check_hash16("route", Some(&request.route))?;
     check_hash16("body", request.body.as_deref())?;
-    check_range("in_flight_ms", request.in_flight_ms, 1, MAX_MILLIS)
+    check_range("in_flight_ms", request.in_flight_ms, 1, MAX_MILLIS)?;
+    check_range("ttl_ms", request.ttl_ms, 0, MAX_MILLIS)
 }
 
 fn check_complete(request: &CompleteRequest) -> Result<(), String> {
@@ -385,6 +442,9 @@ mod tests {
             emission_us: 1_200_000,
             capacity_us: 60_000_000,
             want: 1,
+            need: 1,
+            returned: 0,
+            lease_ttl_ms: 0,
         }
     }
 
@@ -400,6 +460,13 @@ mod tests {
         let mut request = lease_request();
         request.want = 0;
         assert!(check_lease(&request).is_err());
+        request.need = 0;
+        assert!(check_lease(&request).is_err(), "nothing to do");
+        request.returned = 3;
+        assert_eq!(check_lease(&request), Ok(()), "slots given back only");
+        let mut request = lease_request();
+        request.need = 2;
+        assert!(check_lease(&request).is_err(), "need over want");
         let mut request = lease_request();
         request.emission_us = MAX_MICROS + 1;
         assert!(check_lease(&request).is_err());
@@ -410,6 +477,7 @@ mod tests {
             body: Some("EF".repeat(8)),
             in_flight_ms: 1000,
             scope_limit: 10,
+            ttl_ms: 0,
         };
         assert!(check_claim(&claim).is_err());
         assert_eq!(

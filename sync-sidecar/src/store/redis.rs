@@ -26,6 +26,7 @@ use tenant_guard_core::cluster::wire::{
 use tokio::sync::Mutex;
 
 use super::error::StoreError;
+use super::persistence::Persistence;
 
 /// How long one call may take before it is answered as unavailable.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -66,6 +67,8 @@ enum Backend {
 
 struct ClusterBackend {
     client: ClusterClient,
+    /// The seed nodes, each asked on its own for its persistence settings.
+    seeds: Vec<String>,
     /// `None` until connected, and again after a failure.
     connection: Mutex<Option<ClusterConnection>>,
 }
@@ -75,7 +78,14 @@ pub struct RedisStore {
     backend: Backend,
     scripts: Scripts,
     timeout: Duration,
+    /// This endpoint as a lease holder (random, per process): the fair share
+    /// of a limit counts the holders that leased it lately.
+    holder: String,
 }
+
+/// How long a holder counts as active when the filter does not say (its
+/// default `lease_ttl_ms`).
+pub const DEFAULT_LEASE_WINDOW_MS: u64 = 2_000;
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -126,6 +136,7 @@ impl RedisStore {
                     .map_err(StoreError::Config)?;
                 Backend::Cluster(Box::new(ClusterBackend {
                     client,
+                    seeds: urls.clone(),
                     connection: Mutex::new(None),
                 }))
             }
@@ -134,6 +145,7 @@ impl RedisStore {
             backend,
             scripts: Scripts::new(),
             timeout: DEFAULT_TIMEOUT,
+            holder: format!("{:016x}", fastrand::u64(..)),
         })
     }
 
@@ -154,10 +166,19 @@ impl RedisStore {
             .scripts
             .lease
             .key(key(&request.scope, &format!("rl:{}", request.limit)));
+        let window_ms = match request.lease_ttl_ms {
+            0 => DEFAULT_LEASE_WINDOW_MS,
+            ttl => ttl,
+        };
         invocation
+            .key(key(&request.scope, &format!("lh:{}", request.limit)))
             .arg(request.emission_us)
             .arg(request.capacity_us)
-            .arg(request.want);
+            .arg(request.want)
+            .arg(request.need)
+            .arg(request.returned)
+            .arg(&self.holder)
+            .arg(window_ms);
         let reply = self.invoke(&invocation).await?;
         match ints(&reply).as_deref() {
             Some(&[granted, remaining, reset_seconds, retry_after_seconds]) => Ok(LeaseAnswer {
@@ -183,7 +204,8 @@ impl RedisStore {
             .arg(&request.route)
             .arg(request.body.as_deref().unwrap_or_default())
             .arg(request.in_flight_ms)
-            .arg(request.scope_limit);
+            .arg(request.scope_limit)
+            .arg(request.ttl_ms);
         let reply = self.invoke(&invocation).await?;
         claim_answer(&reply).ok_or(StoreError::Reply("claim"))
     }
@@ -224,6 +246,59 @@ impl RedisStore {
             .arg(request.generation);
         let reply = self.invoke(&invocation).await?;
         updated(&reply).ok_or(StoreError::Reply("release"))
+    }
+
+    /// Whether Redis keeps its data across a restart (every seed node of a
+    /// cluster asked; the weakest counts). Never fails: an unanswered or
+    /// refused `CONFIG GET` reads as [`Persistence::Unknown`].
+    pub async fn persistence(&self) -> Persistence {
+        match &self.backend {
+            Backend::Standalone(manager) => {
+                let mut manager = manager.clone();
+                self.node_persistence(&mut manager).await
+            }
+            Backend::Cluster(cluster) => {
+                let mut weakest = None;
+                for seed in &cluster.seeds {
+                    let node = match redis::Client::open(seed.as_str()) {
+                        Ok(client) => {
+                            let connect = client.get_multiplexed_async_connection();
+                            match tokio::time::timeout(self.timeout, connect).await {
+                                Ok(Ok(mut connection)) => {
+                                    self.node_persistence(&mut connection).await
+                                }
+                                _ => Persistence::Unknown,
+                            }
+                        }
+                        Err(_) => Persistence::Unknown,
+                    };
+                    weakest = Some(weakest.map_or(node, |seen: Persistence| seen.weakest(node)));
+                }
+                weakest.unwrap_or(Persistence::Unknown)
+            }
+        }
+    }
+
+    async fn node_persistence(
+        &self,
+        connection: &mut impl redis::aio::ConnectionLike,
+    ) -> Persistence {
+        let mut values = Vec::with_capacity(3);
+        for name in ["appendonly", "appendfsync", "save"] {
+            let mut command = redis::cmd("CONFIG");
+            command.arg("GET").arg(name);
+            let get = command.query_async::<Vec<String>>(connection);
+            match tokio::time::timeout(self.timeout, get).await {
+                Ok(Ok(pair)) => values.push(pair.get(1).cloned().unwrap_or_default()),
+                _ => return Persistence::Unknown,
+            }
+        }
+        match values.as_slice() {
+            [appendonly, appendfsync, save] => {
+                Persistence::from_config(appendonly, appendfsync, save)
+            }
+            _ => Persistence::Unknown,
+        }
     }
 
     /// Runs `invocation` within [`Self::timeout`].

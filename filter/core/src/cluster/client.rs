@@ -22,10 +22,12 @@ use crate::store::{HostSemantics, SharedStore, StoreError};
 use crate::store_ops::{self, StoreAnswer, StoreOp};
 
 use super::health::{self, Transition};
-use super::lease::{self, Taken};
+use super::lease::{self, Role, Taken};
+use super::settle::{HeldLease, Retry};
 use super::wire::{self, ClaimAnswer, LeaseAnswer, UpdateAnswer, WireResponse};
 
 const NANOS_PER_MS: u64 = 1_000_000;
+const NANOS_PER_SECOND: u64 = 1_000_000_000;
 /// Longest store error text carried into a log line or problem detail.
 const MAX_DETAIL: usize = 160;
 
@@ -36,6 +38,10 @@ pub struct Call {
     pub path: &'static str,
     pub body: Vec<u8>,
     pub timeout_ms: u64,
+    /// A call that must not be lost (complete, release): if it fails, the
+    /// root context sends it again until the store acknowledges it or this
+    /// deadline passes (`super::settle::RetryQueue`). `None`: never retried.
+    pub retry_until_ns: Option<u64>,
 }
 
 /// What to do with one store operation.
@@ -51,6 +57,17 @@ pub enum Route {
     /// Answer the exchange now and make the call from the plugin's next tick
     /// (ngx_wasm_module: no dispatch from response phases or the stream's end).
     Queue(Call, StoreAnswer),
+}
+
+/// What became of a call sent without waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// The store acknowledged it.
+    Acknowledged,
+    /// The store refused it (4xx), or it is not one to retry.
+    Refused,
+    /// No usable answer: worth sending again.
+    Failed,
 }
 
 /// How a call ended, as the host reports it.
@@ -75,6 +92,13 @@ pub enum StoreEvent {
     WentDown(String),
     /// The store answers again.
     CameBack,
+    /// Lapsed lease slots given back to Redis (this many).
+    Returned(u64),
+    /// A complete or release was sent again after a failure.
+    Retried,
+    /// A complete or release was given up: its deadline passed, or the retry
+    /// queue was full.
+    RetryAbandoned,
 }
 
 impl StoreEvent {
@@ -85,7 +109,14 @@ impl StoreEvent {
                 "cluster store unavailable ({reason}): rate limits and idempotency use the configured fallback until it answers again"
             )),
             StoreEvent::CameBack => Some("cluster store answers again: fallback ended".to_owned()),
-            StoreEvent::RoundTrip | StoreEvent::Failed(_) | StoreEvent::FellBack => None,
+            StoreEvent::RetryAbandoned => Some(
+                "a complete or release could not be delivered to the cluster store before its deadline: the claim is freed by its in-flight timeout".to_owned(),
+            ),
+            StoreEvent::RoundTrip
+            | StoreEvent::Failed(_)
+            | StoreEvent::FellBack
+            | StoreEvent::Returned(_)
+            | StoreEvent::Retried => None,
         }
     }
 }
@@ -98,6 +129,8 @@ enum Held {
         key: String,
         generation: u64,
         body: Option<[u8; 8]>,
+        /// When the claim lapses in Redis: a release is pointless after it.
+        in_flight_until_ns: u64,
     },
     Local,
 }
@@ -108,14 +141,17 @@ enum Waiting {
     Lease {
         key: RateKey,
         rate: RateParams,
+        role: Role,
     },
     Claim {
         op: StoreOp,
         scope: String,
         key: String,
         body: Option<[u8; 8]>,
+        in_flight_until_ns: u64,
     },
-    Complete,
+    /// The call, kept to be retried from the root context if it fails.
+    Complete(Call),
 }
 
 /// The per-request side of cluster mode.
@@ -124,6 +160,10 @@ pub struct ClusterStore {
     waiting: Option<Waiting>,
     held: Option<Held>,
     events: Vec<StoreEvent>,
+    /// Leases this request refilled, for the root's [`super::settle::LeaseBook`].
+    refilled: Vec<HeldLease>,
+    /// Calls that failed and must be sent again from the root context.
+    retries: Vec<Call>,
 }
 
 fn bounded(mut text: String) -> String {
@@ -144,7 +184,41 @@ fn call(cluster: &ClusterStoreConfig, path: &'static str, body: &impl serde::Ser
         // Serialising plain structs of strings and numbers cannot fail.
         body: serde_json::to_vec(body).unwrap_or_default(),
         timeout_ms: cluster.timeout_ms,
+        retry_until_ns: None,
     }
+}
+
+/// A `/v1/lease` call for `key`: `want` slots (`need` of them for the asking
+/// request), giving `returned` lapsed slots back first. `None` for a key the
+/// store cannot name (no tenant and limit).
+pub(super) fn lease_call(
+    upstream: &str,
+    timeout_ms: u64,
+    key: &RateKey,
+    rate: &RateParams,
+    want: u64,
+    returned: u64,
+    lease_ttl_ms: u64,
+) -> Option<Call> {
+    let (scope, limit) = key.parts()?;
+    let emission_us = rate.emission_ns().div_ceil(1_000).max(1);
+    let request = wire::LeaseRequest {
+        scope: scope.to_owned(),
+        limit: limit.to_owned(),
+        emission_us,
+        capacity_us: emission_us.saturating_mul(rate.burst.max(1)),
+        want,
+        need: want.min(1),
+        returned,
+        lease_ttl_ms,
+    };
+    Some(Call {
+        upstream: upstream.to_owned(),
+        path: wire::LEASE_PATH,
+        body: serde_json::to_vec(&request).unwrap_or_default(),
+        timeout_ms,
+        retry_until_ns: None,
+    })
 }
 
 /// The limit one gateway enforces alone while the store is away.
@@ -161,6 +235,24 @@ impl ClusterStore {
     /// What happened since the last call (counted and logged by the glue).
     pub fn take_events(&mut self) -> Vec<StoreEvent> {
         std::mem::take(&mut self.events)
+    }
+
+    /// Leases refilled since the last call, for the root's lease book.
+    pub fn take_refilled(&mut self) -> Vec<HeldLease> {
+        std::mem::take(&mut self.refilled)
+    }
+
+    /// Calls that failed and must be sent again, for the root's retry queue.
+    pub fn take_retries(&mut self) -> Vec<Call> {
+        std::mem::take(&mut self.retries)
+    }
+
+    /// Counts what the root's retry queue did with a call.
+    pub fn note_retry(&mut self, retry: Retry) {
+        match retry {
+            Retry::Scheduled => {}
+            Retry::Abandoned | Retry::Dropped => self.events.push(StoreEvent::RetryAbandoned),
+        }
     }
 
     /// Routes one operation. `config` must be in cluster mode (`store.cluster`).
@@ -203,11 +295,17 @@ impl ClusterStore {
                     return Route::Answer(self.claim_fallback(config, cluster, store, op));
                 }
                 let request = claim_request(config, &scope, &key, fingerprint, lifetimes);
+                let in_flight_until_ns = now_ns.saturating_add(
+                    lifetimes
+                        .in_flight_timeout_seconds
+                        .saturating_mul(NANOS_PER_SECOND),
+                );
                 self.waiting = Some(Waiting::Claim {
                     op,
                     scope,
                     key,
                     body: fingerprint.body,
+                    in_flight_until_ns,
                 });
                 Route::Await(call(cluster, wire::CLAIM_PATH, &request))
             }
@@ -231,6 +329,7 @@ impl ClusterStore {
                     key,
                     generation,
                     body,
+                    ..
                 }) => {
                     let request = wire::CompleteRequest {
                         scope,
@@ -245,10 +344,14 @@ impl ClusterStore {
                         }),
                         ttl_ms: ttl_seconds.saturating_mul(1_000),
                     };
-                    let call = call(cluster, wire::COMPLETE_PATH, &request);
+                    let mut call = call(cluster, wire::COMPLETE_PATH, &request);
+                    // The upstream answered: the record must reach Redis, for
+                    // as long as it would be kept there.
+                    call.retry_until_ns =
+                        Some(now_ns.saturating_add(ttl_seconds.saturating_mul(NANOS_PER_SECOND)));
                     match store.semantics() {
                         HostSemantics::Envoy => {
-                            self.waiting = Some(Waiting::Complete);
+                            self.waiting = Some(Waiting::Complete(call.clone()));
                             Route::Await(call)
                         }
                         HostSemantics::NgxWasm => Route::Queue(call, StoreAnswer::Update(Ok(true))),
@@ -263,6 +366,7 @@ impl ClusterStore {
                     scope,
                     key,
                     generation,
+                    in_flight_until_ns,
                     ..
                 }) => {
                     let request = wire::ReleaseRequest {
@@ -270,7 +374,8 @@ impl ClusterStore {
                         key,
                         generation,
                     };
-                    let call = call(cluster, wire::RELEASE_PATH, &request);
+                    let mut call = call(cluster, wire::RELEASE_PATH, &request);
+                    call.retry_until_ns = Some(in_flight_until_ns);
                     let answer = StoreAnswer::Update(Ok(true));
                     match store.semantics() {
                         HostSemantics::Envoy => Route::Send(call, answer),
@@ -301,7 +406,9 @@ impl ClusterStore {
             ));
         }
         let cap = lease::cap(&rate, cluster.lease_max);
-        let taken = match lease::take(store, &key, cap, now_ns, config.store.max_cas_retries) {
+        let refill_ns = cluster.timeout_ms.saturating_mul(NANOS_PER_MS);
+        let attempts = config.store.max_cas_retries;
+        let taken = match lease::take(store, &key, cap, refill_ns, now_ns, attempts) {
             Ok(taken) => taken,
             Err(err) => return Route::Answer(StoreAnswer::Admit(Err(CheckError::Store(err)))),
         };
@@ -323,19 +430,41 @@ impl ClusterStore {
                 reset_seconds: retry_after_seconds,
                 retry_after_seconds,
             }))),
-            Taken::Empty { want } => {
-                let (scope, limit) = key.parts().unwrap_or_default();
-                let emission_us = rate.emission_ns().div_ceil(1_000).max(1);
-                let request = wire::LeaseRequest {
-                    scope: scope.to_owned(),
-                    limit: limit.to_owned(),
-                    emission_us,
-                    capacity_us: emission_us.saturating_mul(rate.burst.max(1)),
-                    want,
-                };
-                self.waiting = Some(Waiting::Lease { key, rate });
-                Route::Await(call(cluster, wire::LEASE_PATH, &request))
+            Taken::Refill { want, returned } => {
+                self.lease_request(cluster, key, rate, Role::Refill, want, returned)
             }
+            Taken::Join => self.lease_request(cluster, key, rate, Role::Join, 1, 0),
+        }
+    }
+
+    /// Asks the store for `want` slots of `key` (one of them this request's).
+    fn lease_request(
+        &mut self,
+        cluster: &ClusterStoreConfig,
+        key: RateKey,
+        rate: RateParams,
+        role: Role,
+        want: u64,
+        returned: u64,
+    ) -> Route {
+        let call = lease_call(
+            &cluster.upstream,
+            cluster.timeout_ms,
+            &key,
+            &rate,
+            want,
+            returned,
+            cluster.lease_ttl_ms,
+        );
+        match call {
+            Some(call) => {
+                self.waiting = Some(Waiting::Lease { key, rate, role });
+                Route::Await(call)
+            }
+            // `admit` only asks for keys the store can name.
+            None => Route::Answer(StoreAnswer::Admit(Err(CheckError::Store(StoreError(
+                "the rate-limit key names no tenant and limit".to_owned(),
+            ))))),
         }
     }
 
@@ -399,14 +528,21 @@ impl ClusterStore {
         let waiting = self.waiting.take()?;
         let cluster = config.store.cluster.as_ref()?;
         let answer = match waiting {
-            Waiting::Lease { key, rate } => {
+            Waiting::Lease { key, rate, role } => {
                 match self.parse::<LeaseAnswer>(store, cluster, outcome, now_ns) {
                     Some(answer) => {
-                        self.leased(config, cluster, store, &key, &rate, answer, now_ns)
+                        self.leased(config, cluster, store, key, rate, role, answer, now_ns)
                     }
-                    None => StoreAnswer::Admit(
-                        self.admit_fallback(config, cluster, store, &key, &rate, now_ns),
-                    ),
+                    None => {
+                        if role == Role::Refill {
+                            // Nobody waits for a refill that failed.
+                            let attempts = config.store.max_cas_retries;
+                            let _ = lease::abandoned(store, &key, now_ns, attempts);
+                        }
+                        StoreAnswer::Admit(
+                            self.admit_fallback(config, cluster, store, &key, &rate, now_ns),
+                        )
+                    }
                 }
             }
             Waiting::Claim {
@@ -414,6 +550,7 @@ impl ClusterStore {
                 scope,
                 key,
                 body,
+                in_flight_until_ns,
             } => match self
                 .parse::<ClaimAnswer>(store, cluster, outcome, now_ns)
                 .map(|answer| (answer.generation(), begin_of(answer)))
@@ -425,6 +562,7 @@ impl ClusterStore {
                             key,
                             generation,
                             body,
+                            in_flight_until_ns,
                         });
                     }
                     StoreAnswer::Claim(Ok(begun))
@@ -436,12 +574,15 @@ impl ClusterStore {
                 }
                 None => self.claim_fallback(config, cluster, store, op),
             },
-            Waiting::Complete => {
+            Waiting::Complete(call) => {
                 match self.parse::<UpdateAnswer>(store, cluster, outcome, now_ns) {
                     Some(answer) => StoreAnswer::Update(Ok(answer.updated)),
-                    None => StoreAnswer::Update(Err(IdempotencyError::Store(StoreError(
-                        "the cluster store did not record the response".to_owned(),
-                    )))),
+                    None => {
+                        self.retries.push(call);
+                        StoreAnswer::Update(Err(IdempotencyError::Store(StoreError(
+                            "the cluster store did not record the response yet: the gateway sends it again until the store acknowledges it".to_owned(),
+                        ))))
+                    }
                 }
             }
         };
@@ -454,26 +595,33 @@ impl ClusterStore {
         config: &CompiledConfig,
         cluster: &ClusterStoreConfig,
         store: &dyn SharedStore,
-        key: &RateKey,
-        rate: &RateParams,
+        key: RateKey,
+        rate: RateParams,
+        role: Role,
         answer: LeaseAnswer,
         now_ns: u64,
     ) -> StoreAnswer {
+        let lease_ttl_ns = cluster.lease_ttl_ms * NANOS_PER_MS;
         let recorded = lease::answered(
             store,
-            key,
+            &key,
+            role,
             &answer,
-            lease::cap(rate, cluster.lease_max),
-            cluster.lease_ttl_ms * NANOS_PER_MS,
-            rate.emission_ns().min(cluster.lease_ttl_ms * NANOS_PER_MS),
+            lease_ttl_ns,
+            rate.emission_ns().min(lease_ttl_ns),
             now_ns,
             config.store.max_cas_retries,
         );
-        if let Err(err) = recorded {
+        match recorded {
+            Ok(()) if role == Role::Refill && answer.granted > 1 => {
+                self.refilled.push(HeldLease { key, rate });
+            }
+            Ok(()) => {}
             // Slots Redis granted but this gateway cannot hold lapse unused:
             // under-admission, never over-admission.
-            self.events
-                .push(StoreEvent::Failed(bounded(err.to_string())));
+            Err(err) => self
+                .events
+                .push(StoreEvent::Failed(bounded(err.to_string()))),
         }
         let verdict = if answer.granted > 0 {
             Verdict {
@@ -496,15 +644,44 @@ impl ClusterStore {
     /// The outcome of a [`Route::Send`] or [`Route::Queue`] call (if it
     /// arrives while its context lives): only the store's health and the
     /// counters learn from it.
+    ///
+    /// Returns whether the call was acknowledged. A failed `call` that must
+    /// not be lost goes to [`Self::take_retries`], unless `retrying` says the
+    /// caller (the root's retry queue) takes care of it.
     pub fn on_settled(
         &mut self,
         config: &CompiledConfig,
         store: &dyn SharedStore,
+        call: &Call,
         outcome: CallOutcome,
         now_ns: u64,
-    ) {
-        if let Some(cluster) = config.store.cluster.as_ref() {
-            let _ = self.parse::<UpdateAnswer>(store, cluster, outcome, now_ns);
+    ) -> Settled {
+        let Some(cluster) = config.store.cluster.as_ref() else {
+            return Settled::Failed;
+        };
+        let permanent =
+            matches!(outcome, CallOutcome::Answered { status, .. } if (400..500).contains(&status));
+        let acknowledged = if call.path == wire::LEASE_PATH {
+            self.parse::<LeaseAnswer>(store, cluster, outcome, now_ns)
+                .is_some()
+        } else {
+            self.parse::<UpdateAnswer>(store, cluster, outcome, now_ns)
+                .is_some()
+        };
+        if acknowledged {
+            Settled::Acknowledged
+        } else if permanent || call.retry_until_ns.is_none() {
+            // The store refused the call itself: sending it again cannot help.
+            Settled::Refused
+        } else {
+            Settled::Failed
+        }
+    }
+
+    /// Hands a failed call that must not be lost to the root's retry queue.
+    pub fn retry_later(&mut self, call: &Call) {
+        if call.retry_until_ns.is_some() {
+            self.retries.push(call.clone());
         }
     }
 
@@ -562,6 +739,7 @@ fn claim_request(
             .saturating_mul(1_000)
             .max(1),
         scope_limit: u64::from(StoreParams::of(&config.store).tenant_slots),
+        ttl_ms: lifetimes.ttl_seconds.saturating_mul(1_000),
     }
 }
 

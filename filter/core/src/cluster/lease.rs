@@ -1,13 +1,25 @@
 //! The emission slots one gateway holds for a tenant limit, in its shared data
 //! (so every worker of the gateway spends the same lease).
 //!
-//! A lease is a batch of GCRA slots Redis granted (`/v1/lease`); each admits
-//! one request here with no round trip. Slots lapse `lease_ttl_ms` after the
-//! grant, so a slot is always spent close to when Redis counted it, and a
-//! refusal is remembered until the next slot can be free, so a tenant over
-//! its limit costs no round trips either. The batch size adapts: it doubles
-//! when a lease ran out before it lapsed (the gateway is busy) and halves when
-//! slots lapsed unused, within `1..=cap`.
+//! A lease is one batch of GCRA slots Redis granted (`/v1/lease`); each admits
+//! one request here with no round trip. The gateway holds at most one batch
+//! per limit and refills it through one call at a time:
+//!
+//! - the request that finds the lease empty marks a refill as out (until
+//!   `refill_ns` has passed) and asks for the batch;
+//! - requests that find it empty while the refill is out *join* it: they ask
+//!   the store for their own slot only, which the store sidecar serves from
+//!   the refill it is waiting for (a paused proxy-wasm request can only be
+//!   woken by the answer to a call of its own);
+//! - slots lapse `lease_ttl_ms` after the grant, so a slot is always spent
+//!   close to when Redis counted it, and lapsed slots go back to Redis: with
+//!   the next refill, or from the tick ([`sweep`]) when traffic stopped;
+//! - a refusal is remembered until the next slot can be free, but only while
+//!   the lease holds no live slot.
+//!
+//! The batch size adapts: it doubles when a lease ran out before it lapsed
+//! (the gateway is busy) and halves when slots lapsed unused, within `1..=cap`;
+//! the store caps each grant at a fair share of what is left.
 
 use crate::ratelimit::{RateKey, RateParams};
 use crate::store::{self, CasOutcome, Located, SharedStore, StoreError};
@@ -15,7 +27,9 @@ use crate::store::{self, CasOutcome, Located, SharedStore, StoreError};
 use super::wire::LeaseAnswer;
 
 const NANOS_PER_SECOND: u64 = 1_000_000_000;
-const LEASE_LEN: usize = 7 * 8;
+/// Words of a lease as stored; the first seven are the layout of earlier builds.
+const WORDS: usize = 9;
+const OLD_WORDS: usize = 7;
 
 /// One lease as stored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -32,12 +46,18 @@ struct Lease {
     /// When the refused request may be retried (`Retry-After`), which can be
     /// later than the refusal is remembered.
     retry_at_ns: u64,
+    /// A refill is out until then (its request waits for the store).
+    refill_until_ns: u64,
+    /// Slots that lapsed unused and have not been given back yet.
+    lapsed: u64,
 }
 
 impl Lease {
     fn decode(bytes: &[u8]) -> Option<Self> {
-        let array: [u8; LEASE_LEN] = bytes.try_into().ok()?;
-        let mut words = array
+        if bytes.len() != WORDS * 8 && bytes.len() != OLD_WORDS * 8 {
+            return None;
+        }
+        let mut words = bytes
             .chunks_exact(8)
             .map(|chunk| chunk.try_into().map(u64::from_le_bytes).unwrap_or(0));
         let mut next = || words.next().unwrap_or(0);
@@ -49,11 +69,13 @@ impl Lease {
             remaining_hint: next(),
             reset_at_ns: next(),
             retry_at_ns: next(),
+            refill_until_ns: next(),
+            lapsed: next(),
         })
     }
 
-    fn encode(&self) -> Vec<u8> {
-        [
+    fn encode(&self) -> [u8; WORDS * 8] {
+        let words = [
             self.slots,
             self.expires_ns,
             self.refused_until_ns,
@@ -61,10 +83,14 @@ impl Lease {
             self.remaining_hint,
             self.reset_at_ns,
             self.retry_at_ns,
-        ]
-        .iter()
-        .flat_map(|word| word.to_le_bytes())
-        .collect()
+            self.refill_until_ns,
+            self.lapsed,
+        ];
+        let mut out = [0u8; WORDS * 8];
+        for (chunk, word) in out.chunks_exact_mut(8).zip(words) {
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+        out
     }
 
     fn live_slots(&self, now_ns: u64) -> u64 {
@@ -75,8 +101,24 @@ impl Lease {
         }
     }
 
+    /// Moves slots that lapsed into `lapsed`; whether any did.
+    fn retire_expired(&mut self, now_ns: u64) -> bool {
+        if self.slots > 0 && now_ns >= self.expires_ns {
+            self.lapsed = self.lapsed.saturating_add(self.slots);
+            self.slots = 0;
+            return true;
+        }
+        false
+    }
+
+    /// Nothing held, nothing owed back, nothing remembered: the entry may be
+    /// reused by another key of a shared table.
     fn idle(&self, now_ns: u64) -> bool {
-        self.live_slots(now_ns) == 0 && self.refused_until_ns <= now_ns
+        self.live_slots(now_ns) == 0
+            && self.slots == 0
+            && self.lapsed == 0
+            && self.refused_until_ns <= now_ns
+            && self.refill_until_ns <= now_ns
     }
 }
 
@@ -85,10 +127,23 @@ impl Lease {
 pub enum Taken {
     /// Admitted from the lease.
     Slot { remaining: u64, reset_seconds: u64 },
-    /// Redis refused recently and no slot can be free yet.
+    /// Redis refused recently, no slot is held and none can be free yet.
     Refused { retry_after_seconds: u64 },
-    /// Nothing held: ask Redis for this many slots.
-    Empty { want: u64 },
+    /// This request refills the lease: ask for `want` slots (one of them its
+    /// own), giving `returned` lapsed slots back first.
+    Refill { want: u64, returned: u64 },
+    /// A refill is out: ask for this request's own slot, which the store
+    /// serves from that refill when it can.
+    Join,
+}
+
+/// Who asked the store, and so what its answer changes in the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The refill: the answer becomes the lease.
+    Refill,
+    /// A joining request: the answer is its own slot only.
+    Join,
 }
 
 /// The largest batch one lease asks for: `lease_max`, and never more than a
@@ -115,14 +170,15 @@ fn locate(store: &dyn SharedStore, key: &RateKey, now_ns: u64) -> Result<Located
     })
 }
 
-/// Spends one slot of the lease, or says why not. `attempts` bounds the CAS loop.
-pub fn take(
+/// Reads, changes and writes one lease with compare-and-swap, at most
+/// `attempts` times. `change` returns what to answer and whether to write.
+fn update<T>(
     store: &dyn SharedStore,
     key: &RateKey,
-    cap: u64,
     now_ns: u64,
     attempts: u32,
-) -> Result<Taken, StoreError> {
+    mut change: impl FnMut(&mut Lease) -> (T, bool),
+) -> Result<T, StoreError> {
     let key = lease_key(key);
     for _ in 0..attempts {
         let located = locate(store, &key, now_ns)?;
@@ -130,33 +186,12 @@ pub fn take(
             .payload()
             .and_then(Lease::decode)
             .unwrap_or_default();
-        let live = lease.live_slots(now_ns);
-        if live == 0 {
-            if now_ns < lease.refused_until_ns {
-                return Ok(Taken::Refused {
-                    retry_after_seconds: lease
-                        .retry_at_ns
-                        .max(lease.refused_until_ns)
-                        .saturating_sub(now_ns)
-                        .div_ceil(NANOS_PER_SECOND)
-                        .max(1),
-                });
-            }
-            return Ok(Taken::Empty {
-                want: lease.size.clamp(1, cap),
-            });
+        let (answer, write) = change(&mut lease);
+        if !write {
+            return Ok(answer);
         }
-        lease.slots = live - 1;
         match located.write(store, &lease.encode())? {
-            CasOutcome::Written => {
-                return Ok(Taken::Slot {
-                    remaining: lease.slots.saturating_add(lease.remaining_hint),
-                    reset_seconds: lease
-                        .reset_at_ns
-                        .saturating_sub(now_ns)
-                        .div_ceil(NANOS_PER_SECOND),
-                })
-            }
+            CasOutcome::Written => return Ok(answer),
             CasOutcome::Conflict => continue,
         }
     }
@@ -166,30 +201,87 @@ pub fn take(
     )))
 }
 
-/// Records what Redis answered to a lease call, one slot of a grant already
-/// spent by the request that asked. A refusal is remembered for at most
-/// `refusal_ns` (so a changed limit or a freed slot is seen soon).
+fn seconds_until(at_ns: u64, now_ns: u64) -> u64 {
+    at_ns.saturating_sub(now_ns).div_ceil(NANOS_PER_SECOND)
+}
+
+/// Spends one slot of the lease, or says what to ask the store for.
+/// `refill_ns` bounds how long a refill counts as out (the call's timeout).
+pub fn take(
+    store: &dyn SharedStore,
+    key: &RateKey,
+    cap: u64,
+    refill_ns: u64,
+    now_ns: u64,
+    attempts: u32,
+) -> Result<Taken, StoreError> {
+    update(store, key, now_ns, attempts, |lease| {
+        let live = lease.live_slots(now_ns);
+        if live > 0 {
+            lease.slots = live - 1;
+            let taken = Taken::Slot {
+                remaining: lease.slots.saturating_add(lease.remaining_hint),
+                reset_seconds: seconds_until(lease.reset_at_ns, now_ns),
+            };
+            return (taken, true);
+        }
+        if now_ns < lease.refused_until_ns {
+            let retry_after_seconds =
+                seconds_until(lease.retry_at_ns.max(lease.refused_until_ns), now_ns).max(1);
+            return (
+                Taken::Refused {
+                    retry_after_seconds,
+                },
+                false,
+            );
+        }
+        if now_ns < lease.refill_until_ns {
+            return (Taken::Join, false);
+        }
+        // The previous batch either ran out while live (busy: ask for more)
+        // or lapsed with slots left (quiet: ask for fewer).
+        let size = lease.size.clamp(1, cap);
+        lease.size = if lease.retire_expired(now_ns) {
+            (size / 2).max(1)
+        } else if lease.expires_ns > now_ns {
+            size.saturating_mul(2).min(cap)
+        } else {
+            size
+        };
+        let returned = std::mem::take(&mut lease.lapsed);
+        lease.refill_until_ns = now_ns.saturating_add(refill_ns);
+        let taken = Taken::Refill {
+            want: lease.size,
+            returned,
+        };
+        (taken, true)
+    })
+}
+
+/// Records what the store answered to a refill or a joining request (one
+/// slot of a grant is the asking request's own). A refusal is remembered for
+/// at most `refusal_ns`, so a changed limit or a freed slot is seen soon.
 #[allow(clippy::too_many_arguments)]
 pub fn answered(
     store: &dyn SharedStore,
     key: &RateKey,
+    role: Role,
     answer: &LeaseAnswer,
-    cap: u64,
     lease_ttl_ns: u64,
     refusal_ns: u64,
     now_ns: u64,
     attempts: u32,
 ) -> Result<(), StoreError> {
-    let key = lease_key(key);
-    for _ in 0..attempts {
-        let located = locate(store, &key, now_ns)?;
-        let old = located
-            .payload()
-            .and_then(Lease::decode)
-            .unwrap_or_default();
-        let mut lease = old;
+    if role == Role::Join && answer.granted > 0 {
+        // The store served this request alone: the lease is not changed.
+        return Ok(());
+    }
+    update(store, key, now_ns, attempts, |lease| {
         let reset_at_ns =
             now_ns.saturating_add(answer.reset_seconds.saturating_mul(NANOS_PER_SECOND));
+        if role == Role::Refill {
+            lease.refill_until_ns = 0;
+        }
         if answer.granted == 0 {
             let retry_after = answer.retry_after_seconds.saturating_mul(NANOS_PER_SECOND);
             lease.refused_until_ns = now_ns.saturating_add(retry_after.min(refusal_ns));
@@ -197,31 +289,73 @@ pub fn answered(
             lease.reset_at_ns = reset_at_ns;
             lease.remaining_hint = 0;
         } else {
-            let ran_out_early = old.slots == 0 && now_ns < old.expires_ns;
-            let lapsed_unused = old.slots > 0 && now_ns >= old.expires_ns;
-            let size = old.size.clamp(1, cap);
-            lease.size = if ran_out_early {
-                size.saturating_mul(2).min(cap)
-            } else if lapsed_unused {
-                (size / 2).max(1)
-            } else {
-                size
-            };
-            lease.slots = old.live_slots(now_ns) + answer.granted - 1;
+            lease.retire_expired(now_ns);
+            lease.slots = lease.live_slots(now_ns).saturating_add(answer.granted - 1);
             lease.expires_ns = now_ns.saturating_add(lease_ttl_ns);
             lease.refused_until_ns = 0;
             lease.remaining_hint = answer.remaining;
             lease.reset_at_ns = reset_at_ns;
         }
-        match located.write(store, &lease.encode())? {
-            CasOutcome::Written => return Ok(()),
-            CasOutcome::Conflict => continue,
+        ((), true)
+    })
+}
+
+/// The refill's call failed: others may refill at once. Slots it was giving
+/// back are not restored (Redis may have taken them): lost, never doubled.
+pub fn abandoned(
+    store: &dyn SharedStore,
+    key: &RateKey,
+    now_ns: u64,
+    attempts: u32,
+) -> Result<(), StoreError> {
+    update(store, key, now_ns, attempts, |lease| {
+        let pending = lease.refill_until_ns != 0;
+        lease.refill_until_ns = 0;
+        ((), pending)
+    })
+}
+
+/// What [`sweep`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Lapsed slots taken out of the lease, to give back to Redis now.
+    pub returned: u64,
+    /// The lease still holds live slots (or has a refill out): sweep it again later.
+    pub held: bool,
+}
+
+/// From the tick: takes the slots that lapsed unused out of the lease, so
+/// they can go back to Redis when traffic stopped.
+pub fn sweep(
+    store: &dyn SharedStore,
+    key: &RateKey,
+    now_ns: u64,
+    attempts: u32,
+) -> Result<Swept, StoreError> {
+    update(store, key, now_ns, attempts, |lease| {
+        lease.retire_expired(now_ns);
+        let returned = std::mem::take(&mut lease.lapsed);
+        let held = lease.live_slots(now_ns) > 0 || now_ns < lease.refill_until_ns;
+        (Swept { returned, held }, returned > 0)
+    })
+}
+
+/// Puts back one slot a request took but did not spend (its decision was
+/// refused by another limit); a lapsed lease takes it as lapsed.
+pub fn put_back(
+    store: &dyn SharedStore,
+    key: &RateKey,
+    now_ns: u64,
+    attempts: u32,
+) -> Result<(), StoreError> {
+    update(store, key, now_ns, attempts, |lease| {
+        if now_ns < lease.expires_ns {
+            lease.slots = lease.slots.saturating_add(1);
+        } else {
+            lease.lapsed = lease.lapsed.saturating_add(1);
         }
-    }
-    Err(StoreError(format!(
-        "lease `{}` still contended after {attempts} attempts",
-        key.logical()
-    )))
+        ((), true)
+    })
 }
 
 #[cfg(test)]
@@ -229,7 +363,12 @@ mod tests {
     use super::*;
     use crate::store::MemoryStore;
 
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     const SECOND: u64 = NANOS_PER_SECOND;
+    const TTL: u64 = 2 * SECOND;
+    const REFILL: u64 = SECOND / 5;
 
     fn grant(granted: u64) -> LeaseAnswer {
         LeaseAnswer {
@@ -240,100 +379,186 @@ mod tests {
         }
     }
 
+    fn refused(retry_after_seconds: u64) -> LeaseAnswer {
+        LeaseAnswer {
+            granted: 0,
+            remaining: 0,
+            reset_seconds: 60,
+            retry_after_seconds,
+        }
+    }
+
     fn key() -> RateKey {
         RateKey::from("tg:rl:acme:tenant")
     }
 
-    #[test]
-    fn an_empty_lease_asks_for_one_slot_first() {
-        let store = MemoryStore::new();
-        assert_eq!(
-            take(&store, &key(), 8, SECOND, 8),
-            Ok(Taken::Empty { want: 1 })
-        );
+    fn take_at(store: &MemoryStore, now: u64) -> Taken {
+        take(store, &key(), 8, REFILL, now, 8).unwrap()
+    }
+
+    fn answer_at(store: &MemoryStore, role: Role, answer: LeaseAnswer, now: u64) {
+        answered(store, &key(), role, &answer, TTL, SECOND, now, 8).unwrap();
     }
 
     #[test]
-    fn granted_slots_admit_until_spent_then_ask_for_more() {
+    fn an_empty_lease_is_refilled_by_one_request_while_the_others_join() {
         let store = MemoryStore::new();
         assert_eq!(
-            answered(&store, &key(), &grant(3), 8, 2 * SECOND, SECOND, SECOND, 8),
-            Ok(())
+            take_at(&store, SECOND),
+            Taken::Refill {
+                want: 1,
+                returned: 0
+            }
         );
-        // One slot went to the request that asked: two are left.
+        // The refill is out: everyone else joins it instead of asking for a batch.
+        assert_eq!(take_at(&store, SECOND), Taken::Join);
+        assert_eq!(take_at(&store, SECOND + REFILL - 1), Taken::Join);
+        // A joiner's own slot leaves the lease alone.
+        answer_at(&store, Role::Join, grant(1), SECOND);
+        assert_eq!(take_at(&store, SECOND), Taken::Join);
+        // The refill's answer fills it; the refill's own slot is spent.
+        answer_at(&store, Role::Refill, grant(3), SECOND);
         assert!(matches!(
-            take(&store, &key(), 8, SECOND, 8),
-            Ok(Taken::Slot { remaining: 11, .. })
+            take_at(&store, SECOND),
+            Taken::Slot { remaining: 11, .. }
         ));
         assert!(matches!(
-            take(&store, &key(), 8, SECOND, 8),
-            Ok(Taken::Slot { remaining: 10, .. })
+            take_at(&store, SECOND),
+            Taken::Slot { remaining: 10, .. }
         ));
         // Ran out before it lapsed: the next batch is twice as large.
         assert_eq!(
-            answered(&store, &key(), &grant(1), 8, 2 * SECOND, SECOND, SECOND, 8),
-            Ok(())
-        );
-        assert_eq!(
-            take(&store, &key(), 8, SECOND, 8),
-            Ok(Taken::Empty { want: 2 })
+            take_at(&store, SECOND),
+            Taken::Refill {
+                want: 2,
+                returned: 0
+            }
         );
     }
 
     #[test]
-    fn slots_lapse_after_the_lease_ttl_and_the_size_shrinks() {
+    fn a_refill_that_never_answers_stops_holding_the_others_back() {
+        let store = MemoryStore::new();
+        let _ = take_at(&store, SECOND);
+        assert_eq!(
+            take_at(&store, SECOND + REFILL),
+            Taken::Refill {
+                want: 1,
+                returned: 0
+            }
+        );
+        abandoned(&store, &key(), SECOND + REFILL, 8).unwrap();
+        assert!(matches!(
+            take_at(&store, SECOND + REFILL),
+            Taken::Refill { .. }
+        ));
+    }
+
+    #[test]
+    fn lapsed_slots_go_back_with_the_next_refill_and_the_size_shrinks() {
         let store = MemoryStore::new();
         for _ in 0..4 {
             // Grow the size to 8 (each grant spent at once: 1, 2, 4, 8).
-            let _ = answered(&store, &key(), &grant(1), 8, 2 * SECOND, SECOND, SECOND, 8);
+            let _ = take_at(&store, SECOND);
+            answer_at(&store, Role::Refill, grant(1), SECOND);
         }
         assert_eq!(
-            take(&store, &key(), 8, SECOND, 8),
-            Ok(Taken::Empty { want: 8 })
+            take_at(&store, SECOND),
+            Taken::Refill {
+                want: 8,
+                returned: 0
+            }
         );
-        let _ = answered(&store, &key(), &grant(8), 8, 2 * SECOND, SECOND, SECOND, 8);
-        // Past the TTL, the seven unused slots are gone.
+        answer_at(&store, Role::Refill, grant(8), SECOND);
+        // Past the TTL the seven unused slots lapse: the refill gives them back.
         assert_eq!(
-            take(&store, &key(), 8, 4 * SECOND, 8),
-            Ok(Taken::Empty { want: 8 })
-        );
-        let _ = answered(
-            &store,
-            &key(),
-            &grant(1),
-            8,
-            2 * SECOND,
-            SECOND,
-            4 * SECOND,
-            8,
-        );
-        assert_eq!(
-            take(&store, &key(), 8, 4 * SECOND, 8),
-            Ok(Taken::Empty { want: 4 })
+            take_at(&store, SECOND + TTL),
+            Taken::Refill {
+                want: 4,
+                returned: 7
+            }
         );
     }
 
     #[test]
-    fn a_refusal_is_remembered_no_longer_than_allowed() {
+    fn the_tick_gives_lapsed_slots_back_once() {
         let store = MemoryStore::new();
-        let refused = LeaseAnswer {
-            granted: 0,
-            remaining: 0,
-            reset_seconds: 60,
-            retry_after_seconds: 30,
-        };
-        let _ = answered(&store, &key(), &refused, 8, 2 * SECOND, SECOND, SECOND, 8);
+        let _ = take_at(&store, SECOND);
+        answer_at(&store, Role::Refill, grant(5), SECOND);
+        assert_eq!(
+            sweep(&store, &key(), SECOND, 8).unwrap(),
+            Swept {
+                returned: 0,
+                held: true
+            }
+        );
+        assert_eq!(
+            sweep(&store, &key(), SECOND + TTL, 8).unwrap(),
+            Swept {
+                returned: 4,
+                held: false
+            }
+        );
+        assert_eq!(
+            sweep(&store, &key(), SECOND + TTL, 8).unwrap(),
+            Swept {
+                returned: 0,
+                held: false
+            }
+        );
+        // Nothing is given back twice by the next refill either.
+        assert!(matches!(
+            take_at(&store, SECOND + TTL),
+            Taken::Refill { returned: 0, .. }
+        ));
+    }
+
+    #[test]
+    fn a_refusal_is_remembered_only_while_nothing_is_held() {
+        let store = MemoryStore::new();
+        let _ = take_at(&store, SECOND);
+        answer_at(&store, Role::Refill, refused(30), SECOND);
         // Remembered for one second, but the client is told the real wait.
         assert_eq!(
-            take(&store, &key(), 8, SECOND, 8),
-            Ok(Taken::Refused {
+            take_at(&store, SECOND),
+            Taken::Refused {
                 retry_after_seconds: 30
-            })
+            }
         );
+        assert!(matches!(take_at(&store, 2 * SECOND), Taken::Refill { .. }));
+        answer_at(&store, Role::Refill, grant(3), 2 * SECOND);
+        // A joiner refused meanwhile does not refuse while slots are held.
+        answer_at(&store, Role::Join, refused(30), 2 * SECOND);
+        assert!(matches!(take_at(&store, 2 * SECOND), Taken::Slot { .. }));
+        assert!(matches!(take_at(&store, 2 * SECOND), Taken::Slot { .. }));
         assert_eq!(
-            take(&store, &key(), 8, 2 * SECOND, 8),
-            Ok(Taken::Empty { want: 1 })
+            take_at(&store, 2 * SECOND),
+            Taken::Refused {
+                retry_after_seconds: 30
+            }
         );
+    }
+
+    #[test]
+    fn a_slot_put_back_is_spent_again() {
+        let store = MemoryStore::new();
+        let _ = take_at(&store, SECOND);
+        answer_at(&store, Role::Refill, grant(2), SECOND);
+        assert!(matches!(take_at(&store, SECOND), Taken::Slot { .. }));
+        put_back(&store, &key(), SECOND, 8).unwrap();
+        assert!(matches!(take_at(&store, SECOND), Taken::Slot { .. }));
+        assert!(matches!(take_at(&store, SECOND), Taken::Refill { .. }));
+    }
+
+    #[test]
+    fn leases_of_earlier_builds_still_read() {
+        let mut old = Vec::new();
+        for word in [3u64, 10 * SECOND, 0, 4, 7, 0, 0] {
+            old.extend_from_slice(&word.to_le_bytes());
+        }
+        let lease = Lease::decode(&old).unwrap();
+        assert_eq!((lease.slots, lease.size, lease.lapsed), (3, 4, 0));
+        assert_eq!(Lease::decode(&old[..8]), None);
     }
 
     #[test]

@@ -37,8 +37,34 @@ pub struct LeaseRequest {
     pub emission_us: u64,
     /// Bucket depth in microseconds (`burst × emission_us`).
     pub capacity_us: u64,
-    /// Slots wanted, at least 1.
+    /// Slots asked for, `need` of them for the request that asks (the rest
+    /// fill this gateway's lease). 0 only to give slots back (`returned`).
     pub want: u64,
+    /// Slots the asking request spends at once: granted all or none. The
+    /// rest of `want` is granted up to a fair share of what is left. Absent
+    /// (an older filter): 1.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub need: u64,
+    /// Unused slots of an earlier lease given back before anything is taken.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub returned: u64,
+    /// The lease's lifetime (`store.cluster.lease_ttl_ms`): a gateway that
+    /// leased within it counts as active when the fair share is worked out.
+    /// Absent: the store's default.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lease_ttl_ms: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn is_one(value: &u64) -> bool {
+    *value == 1
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// What a lease granted; `granted == 0` is a refusal.
@@ -71,6 +97,12 @@ pub struct ClaimRequest {
     pub in_flight_ms: u64,
     /// Live records the scope may hold (its share of the store).
     pub scope_limit: u64,
+    /// How long the record will be kept once completed: a claim stays
+    /// completable this long past `in_flight_ms` (a late complete, retried
+    /// after a failure, still records the response unless the key was
+    /// claimed again). Absent (an older filter): 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ttl_ms: u64,
 }
 
 /// A response as stored for replay.

@@ -171,6 +171,7 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
         metrics: document.metrics,
         headers: document.headers,
         paths: document.paths,
+        host: document.host,
     })
 }
 

@@ -62,13 +62,23 @@ pub struct CompiledConfig {
     pub metrics: bool,
     pub headers: HeadersConfig,
     pub paths: PathsConfig,
+    pub host: HostConfig,
 }
 
 impl CompiledConfig {
-    /// The log line for an accepted document.
+    /// The log line for an accepted document (it says, when idempotency is
+    /// on, whether a request with a body is decided before its headers go
+    /// upstream).
     pub fn accepted_message(&self) -> String {
+        let idempotency = if !self.idempotency_enabled {
+            ""
+        } else if self.host.allow_on_headers_stop_iteration {
+            "; idempotent requests with a body are decided before their headers go upstream (host.allow_on_headers_stop_iteration)"
+        } else {
+            "; idempotent requests with a body: headers go upstream before the body is read, so a replay or 422 resets a started upstream request (set host.allow_on_headers_stop_iteration with Envoy's PluginConfig allow_on_headers_stop_iteration to avoid it)"
+        };
         format!(
-            "configuration accepted (revision `{}`, {} tenants)",
+            "configuration accepted (revision `{}`, {} tenants){idempotency}",
             self.revision,
             self.tenants.len()
         )

@@ -37,6 +37,28 @@ pub struct PluginConfig {
     /// How request paths are read (`crate::path`).
     #[serde(default, skip_serializing_if = "PathsConfig::is_default")]
     pub paths: PathsConfig,
+    /// What the gateway running the filter allows it to do.
+    #[serde(default, skip_serializing_if = "HostConfig::is_default")]
+    pub host: HostConfig,
+}
+
+/// Capabilities of the gateway that the filter cannot find out itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// Envoy's `PluginConfig.allow_on_headers_stop_iteration` is `true`
+    /// (Envoy ≥ 1.35): the filter may hold an idempotent request's headers
+    /// while it reads the body, so replays, 422s and 413s are answered before
+    /// anything reaches the upstream. Set it only together with Envoy's field:
+    /// without it Envoy withholds the body from a filter that holds the
+    /// headers, and such a request would wait for its timeout.
+    pub allow_on_headers_stop_iteration: bool,
+}
+
+impl HostConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Request path handling; the normalisation itself is not configurable.

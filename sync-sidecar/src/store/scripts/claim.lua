@@ -2,7 +2,10 @@
 -- KEYS[1] tg:{<scope>}:idem:<key>   (hash: state, gen, route, body, status, response)
 -- KEYS[2] tg:{<scope>}:idem:live    (sorted set: live record keys by expiry, ms)
 -- KEYS[3] tg:{<scope>}:idem:gen     (counter: the last claim generation)
--- ARGV    key, route, body ('' when unknown), in_flight_ms, scope_limit
+-- ARGV    key, route, body ('' when unknown), in_flight_ms, scope_limit, ttl_ms
+--         (a claim answers `in_flight` until `until`; it stays completable for
+--         ttl_ms more, so a complete retried after a failure still lands, unless
+--         the key was claimed again in between: a new claim has a new gen)
 -- Returns {'claimed', gen} | {'in_flight'} | {'mismatch'} | {'need_body'}
 --       | {'replay', response_json} | {'not_replayable', status}
 --       | {'tenant_full', retry_after_seconds}.
@@ -13,9 +16,14 @@ local route = ARGV[2]
 local body = ARGV[3]
 local in_flight_ms = tonumber(ARGV[4])
 local scope_limit = tonumber(ARGV[5])
+local ttl_ms = tonumber(ARGV[6]) or 0
 
-local record = redis.call('HMGET', KEYS[1], 'state', 'route', 'body', 'status', 'response')
+local record = redis.call('HMGET', KEYS[1], 'state', 'route', 'body', 'status', 'response', 'until')
 local state = record[1]
+if state == 'claimed' and record[6] and tonumber(record[6]) <= now_ms then
+  -- Its in-flight time is over: the key may be claimed again.
+  state = nil
+end
 if not state then
   -- Drop expired members (and this key's own stale one) before counting.
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
@@ -33,12 +41,14 @@ if not state then
   end
   local gen = redis.call('INCR', KEYS[3])
   redis.call('DEL', KEYS[1])
+  local claimed_until = now_ms + in_flight_ms
   if body == '' then
-    redis.call('HSET', KEYS[1], 'state', 'claimed', 'gen', gen, 'route', route)
+    redis.call('HSET', KEYS[1], 'state', 'claimed', 'gen', gen, 'route', route, 'until', claimed_until)
   else
-    redis.call('HSET', KEYS[1], 'state', 'claimed', 'gen', gen, 'route', route, 'body', body)
+    redis.call('HSET', KEYS[1], 'state', 'claimed', 'gen', gen, 'route', route, 'until', claimed_until,
+      'body', body)
   end
-  redis.call('PEXPIRE', KEYS[1], in_flight_ms)
+  redis.call('PEXPIRE', KEYS[1], in_flight_ms + ttl_ms)
   redis.call('ZADD', KEYS[2], now_ms + in_flight_ms, member)
   return {'claimed', gen}
 end

@@ -3,6 +3,8 @@
 -- ARGV    key, generation, body ('' when unknown), status, response_json ('' when
 --         not replayable), ttl_ms
 -- Returns 1 when the record was `claimed` with this generation (now `done`), else 0.
+-- A claim past its in-flight time is still completed while nobody claimed the
+-- key again (a complete retried after a failure records the one execution).
 local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local record = redis.call('HMGET', KEYS[1], 'state', 'gen')
@@ -11,6 +13,7 @@ if record[1] ~= 'claimed' or record[2] ~= ARGV[2] then
 end
 local ttl_ms = tonumber(ARGV[6])
 redis.call('HSET', KEYS[1], 'state', 'done', 'status', ARGV[4])
+redis.call('HDEL', KEYS[1], 'until')
 if ARGV[3] == '' then
   redis.call('HDEL', KEYS[1], 'body')
 else
