@@ -714,7 +714,7 @@ async fn a_fleet_switches_to_the_cluster_store_from_postgres() {
     assert_eq!(cluster.rate_limit_fallback, RateLimitFallback::Unlimited);
     assert_eq!(cluster.fallback_share_percent, 34);
     assert_eq!(
-        cluster.lease_max, 16,
+        cluster.lease_max, 256,
         "omitted fields take the filter's defaults"
     );
     let before = std::fs::read(db.ecds_file()).unwrap();

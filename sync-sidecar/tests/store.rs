@@ -566,6 +566,20 @@ async fn gateways_get_a_fair_share_and_unused_slots_come_back() {
     assert_eq!(answer.remaining, 400, "{answer:?}");
     let answer = a.lease(&limit(1, 0)).await;
     assert_eq!((answer.granted, answer.remaining), (1, 399), "{answer:?}");
+    // A top-up (the asking request was served from its lease already)
+    // needs nothing for itself: it gets its share, or nothing, never a refusal.
+    let top_up = LeaseRequest {
+        need: 0,
+        ..limit(500, 0)
+    };
+    let answer = b.lease(&top_up).await;
+    assert_eq!(
+        (answer.granted, answer.retry_after_seconds),
+        (199, 0),
+        "{answer:?}"
+    );
+    let answer = a.lease(&top_up).await;
+    assert_eq!((answer.granted, answer.remaining), (100, 100), "{answer:?}");
 }
 
 /// Claims `key` for 200 ms (kept completable for 60 s) and waits until its

@@ -19,6 +19,7 @@ pub mod nginx;
 pub mod pg;
 pub mod raw_http;
 pub mod rolling;
+pub mod shapes;
 pub mod sidecar;
 pub mod tempdir;
 pub mod tokens;

@@ -55,6 +55,7 @@ fn fleet_config() -> String {
         "tenants": {
             "storm": { "rate_limit": { "requests": LIMIT, "per_seconds": 3600 } },
             "calm": { "rate_limit": { "requests": 30, "per_seconds": 3600 } },
+            "hoard": { "rate_limit": { "requests": 400, "per_seconds": 3600 } },
             "after": { "rate_limit": { "requests": LIMIT, "per_seconds": 3600 } },
             "orders": {
                 "idempotency": {
@@ -135,6 +136,14 @@ fn limits_and_idempotency_hold_across_the_fleet(fleet: &[Replica], backend: &Bac
         passed,
         "upstream saw what was admitted"
     );
+    // One replica busy, then concurrent: it never hoards what the others
+    // need (the case that took all 400 slots of this limit before).
+    let sequential = storm(&fleet[..1], "hoard", "/hoard", 31);
+    let concurrent = storm(&fleet[..1], "hoard", "/hoard", 48);
+    assert_eq!(admitted(&sequential) + admitted(&concurrent), 79);
+    let others = storm(&fleet[1..], "hoard", "/hoard", 40);
+    assert_eq!(admitted(&others), 40, "the other replicas are served too");
+
     // Redis answered the slots; each replica spent slots of its own leases.
     let round_trips: u64 = fleet.iter().map(|r| store_counter(r, "round_trips")).sum();
     assert!(

@@ -7,7 +7,9 @@
 //!   gateway sends the record again until the store takes it, so a retry on
 //!   another replica after `in_flight_timeout_seconds` is a replay;
 //! - Redis with an append-only file is SIGKILLed after a POST completed and
-//!   restarted on the same data: the retry is a replay.
+//!   restarted on the same data: the retry is a replay; without persistence
+//!   the record is gone with it and the retry executes again (the limit
+//!   README "Running a fleet" states).
 
 #![allow(
     clippy::unwrap_used,
@@ -181,4 +183,31 @@ fn records_in_a_redis_with_an_append_only_file_survive_its_crash() {
     );
     assert_eq!(retry.body, first.body);
     assert_eq!(backend.completed(PATH), 1, "one execution");
+}
+
+/// The limit the README states: without persistence a Redis restart loses
+/// the records, and a retry executes again (once Redis answers).
+#[test]
+fn records_in_a_redis_without_persistence_are_lost_with_it() {
+    let mut redis = RedisServer::start();
+    let backend = Backend::start();
+    backend.route(PATH, Route::default());
+    let fleet = start_fleet(
+        2,
+        &config(),
+        backend.port(),
+        &RedisTarget::Standalone(redis.url()),
+    );
+    let first = post(&fleet[0], "k-volatile");
+    assert_eq!(first.status, 200, "{first:?}");
+    redis.kill();
+    redis.restart();
+    let retry = retry_until_settled(&fleet[1], "k-volatile", Instant::now());
+    assert_eq!(retry.status, 200, "{retry:?}");
+    assert_eq!(retry.header("idempotent-replayed"), None, "{retry:?}");
+    assert_eq!(
+        backend.completed(PATH),
+        2,
+        "the record was lost: executed again"
+    );
 }

@@ -5,7 +5,8 @@
 //! request (the backend's count of request starts equals its count of
 //! executions), in local mode and in cluster mode (a store sidecar on a real
 //! Redis). Without the document's flag the filter keeps the behaviour of hosts
-//! that cannot hold headers (a replay starts an upstream request, then resets it).
+//! that cannot hold headers (a replay's headers may start an upstream request
+//! that is then reset).
 
 #![allow(
     clippy::unwrap_used,
@@ -121,22 +122,21 @@ fn held_headers_keep_replays_422s_and_413s_away_from_the_upstream_in_cluster_mod
     nothing_answered_locally_starts_upstream(&fleet[0].envoy, &backend);
 }
 
+/// Without the document's flag the filter does not hold the headers (Envoy
+/// without the PluginConfig field would withhold the body from it): a
+/// replay still works, and the configure-time log line says which behaviour
+/// applies. (Whether the replay's headers then start an upstream request
+/// depends on whether Envoy had an upstream connection at hand before the
+/// body arrived, so it is not asserted here.)
 #[test]
-fn without_the_flag_a_replay_with_a_body_starts_upstream_and_the_log_says_so() {
+fn without_the_flag_a_replay_works_and_the_log_says_the_headers_go_first() {
     let backend = Backend::start();
     let envoy = Envoy::start_static(&config(false, false), backend.port());
     let first = post(&envoy, "k-1", br#"{"qty":1}"#);
     assert_eq!(first.status, 200, "{first:?}");
     let replay = post(&envoy, "k-1", br#"{"qty":1}"#);
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
-    assert_eq!(backend.completed(PATH), 1);
-    // The started request reaches the backend on its own schedule: polled.
-    let started = wait_until(Duration::from_secs(10), || backend.started(PATH) == 2);
-    assert!(
-        started,
-        "the replay's headers went upstream before the body was read: {} started",
-        backend.started(PATH)
-    );
+    assert_eq!(replay.body, first.body);
     assert_eq!(backend.completed(PATH), 1);
     assert_logged(&envoy, "headers go upstream before the body is read");
 }

@@ -302,6 +302,50 @@ fn post(nginx: &Nginx, path: &str, key: &str, body: &[u8]) -> Response {
     nginx.request("POST", path, &[(TENANT, "acme"), (KEY, key)], body)
 }
 
+/// nginx reads the whole request body before it proxies (proxy_request_buffering
+/// on, Kong's default): a replay or a 422 never starts an upstream request, with
+/// or without `host.allow_on_headers_stop_iteration` — which the filter ignores
+/// here (holding request headers on ngx_wasm_module withholds the body) and says so.
+#[test]
+fn nothing_answered_by_the_filter_starts_upstream_with_or_without_held_headers() {
+    let Some(bin) = nginx_or_skip(SUITE) else {
+        return;
+    };
+    for hold in [false, true] {
+        let backend = Backend::start();
+        let mut config = idempotency_config("r-held");
+        config["host"] = json!({ "allow_on_headers_stop_iteration": hold });
+        let nginx = nginx(&bin, &config, &backend);
+        let first = post(&nginx, "/orders", "\"held-1\"", br#"{"qty":1}"#);
+        assert_upstream(&first, "/orders");
+        let replay = post(&nginx, "/orders", "\"held-1\"", br#"{"qty":1}"#);
+        assert_eq!(
+            replay.header_once(REPLAYED),
+            "true",
+            "hold {hold}: {replay:?}"
+        );
+        let reused = post(&nginx, "/orders", "\"held-1\"", br#"{"qty":2}"#);
+        assert_problem(&reused, 422, "idempotency-key-reused");
+        assert_eq!(
+            (backend.started("/orders"), backend.completed("/orders")),
+            (1, 1),
+            "hold {hold}: only the execution reached upstream"
+        );
+        let expected = if hold {
+            "host.allow_on_headers_stop_iteration is ignored on ngx_wasm_module"
+        } else {
+            "nginx reads the whole body before it proxies"
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || nginx
+                .error_log()
+                .contains(expected)),
+            "hold {hold}: no `{expected}` in the log:\n{}",
+            nginx.error_log_tail(10)
+        );
+    }
+}
+
 #[test]
 fn idempotent_replay_in_flight_409_and_reuse_422() {
     let Some(bin) = nginx_or_skip(SUITE) else {

@@ -29,6 +29,31 @@ use crate::idempotency::{Begin, Claim};
 use crate::problem::ProblemKind;
 use crate::store_ops::{StoreAnswer, StoreCall, StoreOp, Token};
 
+/// What the host lets an exchange hold back (the glue knows the host).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Holds {
+    /// An idempotent request's headers while its body is read (Envoy with
+    /// `allow_on_headers_stop_iteration`; ngx_wasm_module would withhold
+    /// the body instead, and reads it before proxying anyway).
+    pub request_headers: bool,
+    /// A captured response (up to the replay limit) until its record is
+    /// stored: a store that answers in a later callback, on a host that can
+    /// pause response phases (Envoy), so the client cannot retry before a
+    /// replay is possible.
+    pub response: bool,
+}
+
+impl Holds {
+    /// What `config` asks for, on a host with `semantics`.
+    pub fn of(config: &CompiledConfig, semantics: crate::store::HostSemantics) -> Self {
+        let envoy = semantics == crate::store::HostSemantics::Envoy;
+        Self {
+            request_headers: envoy && config.host.allow_on_headers_stop_iteration,
+            response: envoy && config.store.cluster.is_some(),
+        }
+    }
+}
+
 /// How loud a log line is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogLevel {
@@ -147,10 +172,8 @@ pub struct Exchange {
     /// and whether it is complete (a host that delivers the body while the
     /// headers are held: Envoy with `allow_on_headers_stop_iteration`).
     held_body: Option<(usize, bool)>,
-    /// Hold a captured response until its record is stored (a store behind
-    /// the network on a host that can pause response phases), so the client
-    /// cannot retry before a replay is possible.
-    holds_response: bool,
+    /// What the host lets this exchange hold.
+    holds: Holds,
     /// Bytes of a held response body read so far.
     response_read: usize,
 }
@@ -160,12 +183,10 @@ impl Exchange {
         Self::default()
     }
 
-    /// An exchange that holds a captured response (up to the replay limit)
-    /// until its record is stored: for a store that answers in a later
-    /// callback, on a host that can pause the response (Envoy).
-    pub fn holding_response(holds: bool) -> Self {
+    /// An exchange on a host that lets it hold what `holds` says.
+    pub fn holding(holds: Holds) -> Self {
         Self {
-            holds_response: holds,
+            holds,
             ..Self::default()
         }
     }
@@ -322,7 +343,7 @@ impl Exchange {
             return Output::proceed();
         };
         if capture.wants_body() {
-            let from = if self.holds_response {
+            let from = if self.holds.response {
                 self.response_read.min(body_size)
             } else {
                 0
@@ -361,7 +382,7 @@ impl Exchange {
         if end_of_stream {
             return self.finish(now_unix_ns);
         }
-        if self.holds_response && still_capturing {
+        if self.holds.response && still_capturing {
             // Keep the body with the host until the record is stored.
             return Output::then(Vec::new(), Next::Pause);
         }
@@ -518,7 +539,7 @@ impl Exchange {
             settled: false,
         });
         self.response_headers = forward.response_headers;
-        if !end_of_stream && config.host.allow_on_headers_stop_iteration {
+        if !end_of_stream && self.holds.request_headers {
             // The host delivers the body while the headers are held: decide
             // on the whole request before any of it goes upstream.
             if let Some(state) = self.idempotent.as_mut() {

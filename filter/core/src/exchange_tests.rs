@@ -7,10 +7,10 @@ use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use crate::config::{self, CompiledConfig};
 use crate::engine::{HostInputs, LocalReply, Outcome, RequestView};
-use crate::exchange::{Effect, Exchange, Next, Output};
+use crate::exchange::{Effect, Exchange, Holds, Next, Output};
 use crate::idempotency::REPLAYED_HEADER;
 use crate::problem::ProblemKind;
-use crate::store::MemoryStore;
+use crate::store::{MemoryStore, SharedStore};
 use crate::store_ops::{self, StoreAnswer, StoreCall, StoreOp};
 
 const SECOND: u64 = 1_000_000_000;
@@ -60,7 +60,8 @@ impl<'a> Driver<'a> {
         Driver {
             config,
             store,
-            exchange: Exchange::new(),
+            // As the glue does: what the host lets it hold.
+            exchange: Exchange::holding(Holds::of(config, store.semantics())),
             effects: Vec::new(),
             request_body: Vec::new(),
             response_chunk: Vec::new(),
@@ -491,7 +492,10 @@ fn executed_replays(
 fn a_held_response_waits_for_its_record_and_is_read_once() {
     let (config, store) = (config(), MemoryStore::new());
     let mut request = Driver::new(&config, &store);
-    request.exchange = Exchange::holding_response(true);
+    request.exchange = Exchange::holding(Holds {
+        request_headers: false,
+        response: true,
+    });
     assert_eq!(
         request.headers("POST", Some("\"r1\""), true),
         Next::Continue

@@ -18,7 +18,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 use tenant_guard_core::cluster::{CallOutcome, ClusterStore, Route};
 use tenant_guard_core::config::{self, CompiledConfig};
 use tenant_guard_core::engine::{HostInputs, RequestView};
-use tenant_guard_core::exchange::{self, Effect, Exchange, Next, Output};
+use tenant_guard_core::exchange::{self, Effect, Exchange, Holds, Next, Output};
 use tenant_guard_core::idempotency::KEY_HEADER;
 use tenant_guard_core::maintenance::{self, Maintenance};
 use tenant_guard_core::store_ops::{self, StoreAnswer, StoreCall, Token};
@@ -134,13 +134,16 @@ impl RootContext for Root {
                     compiled.metrics,
                     Some(Rc::clone(&compiled)),
                 ));
-                host::log(LogLevel::Info, &compiled.accepted_message());
                 if self.maintenance.needs_probe() {
                     let store = host_store(Some(&compiled));
                     let probe = host::probe_store(store.namespace);
                     let logs = self.maintenance.probed(probe, &store, host::now_unix_ns());
                     Self::log_all(logs);
                 }
+                host::log(
+                    LogLevel::Info,
+                    &compiled.accepted_message(host::semantics()),
+                );
                 self.config = Some(compiled);
                 self.schedule_tick();
                 true
@@ -188,14 +191,11 @@ impl RootContext for Root {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let config = self.config.clone()?;
-        // Envoy pauses response phases: a record stored behind the network
-        // is in Redis before the client has the whole response.
-        let holds_response = config.store.cluster.is_some()
-            && host::semantics() == tenant_guard_core::store::HostSemantics::Envoy;
+        let holds = Holds::of(&config, host::semantics());
         Some(Box::new(Request {
             config,
             metrics: Rc::clone(&self.metrics),
-            exchange: Exchange::holding_response(holds_response),
+            exchange: Exchange::holding(holds),
             cluster: ClusterStore::new(),
             settle: self.settle.clone(),
             awaited: None,

@@ -13,6 +13,7 @@ use proxy_wasm::types::LogLevel;
 use tenant_guard_core::cluster::settle::{LeaseBook, Pending, Retry, RetryQueue};
 use tenant_guard_core::cluster::{Call, CallOutcome, ClusterStore, Settled, StoreEvent};
 use tenant_guard_core::config::CompiledConfig;
+use tenant_guard_core::maintenance;
 
 use crate::host::{self, Metrics};
 
@@ -86,10 +87,13 @@ impl Settle {
         let (due, returns) = match self.state.try_borrow_mut() {
             Ok(mut state) => {
                 let due = state.queue.due(now);
+                // A lease untouched since the last tick goes back whole.
+                let idle_ns = maintenance::TICK_SECONDS * 1_000_000_000;
                 let returns = state.book.sweep(
                     &store,
                     &cluster.upstream,
                     cluster.timeout_ms,
+                    idle_ns,
                     now,
                     config.store.max_cas_retries,
                 );

@@ -39,7 +39,7 @@
 //! the filter's defaults).
 //!
 //! `gateway.store.cluster` is the schema's `store.cluster` object, e.g.
-//! `{"upstream": "tenant_guard_store", "timeout_ms": 200, "lease_max": 16,
+//! `{"upstream": "tenant_guard_store", "timeout_ms": 200, "lease_max": 256,
 //! "lease_ttl_ms": 2000, "rate_limit_fallback": "share", "fallback_share_percent": 50,
 //! "idempotency_fallback": "reject", "probe_interval_ms": 1000}` (omitted fields
 //! take the filter's defaults); a row of it without `gateway.store.backend` =

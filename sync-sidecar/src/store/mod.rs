@@ -400,11 +400,10 @@ fn check_lease(request: &LeaseRequest) -> Result<(), String> {
     check_range("need", request.need, 0, request.want)?;
     check_range("returned", request.returned, 0, MAX_SLOTS)?;
     check_range("lease_ttl_ms", request.lease_ttl_ms, 0, MAX_MILLIS)?;
-    match (request.want, request.need, request.returned) {
-        (0, _, 0) => Err("`want` is 0 and nothing is `returned`: nothing to do".to_owned()),
-        (want, 0, _) if want > 0 => Err("`need` must be at least 1 when `want` is".to_owned()),
-        _ => Ok(()),
+    if request.want == 0 && request.returned == 0 {
+        return Err("`want` is 0 and nothing is `returned`: nothing to do".to_owned());
     }
+    Ok(())
 }
 
 fn check_claim(request: &ClaimRequest) -> Result<(), String> {

@@ -13,6 +13,7 @@ use tenant_guard_e2e::backend::Backend;
 use tenant_guard_e2e::envoy::counters;
 use tenant_guard_e2e::fleet::{start_fleet, RedisTarget, StoreSidecar};
 use tenant_guard_e2e::http::Conn;
+use tenant_guard_e2e::shapes;
 use tenant_guard_e2e::Envoy;
 use tenant_guard_sidecar::test_support::RedisServer;
 
@@ -71,7 +72,7 @@ pub(crate) fn plugin_config(mode: Mode) -> Value {
     } else {
         json!({ "backend": "local" })
     };
-    json!({
+    let mut config = json!({
         "version": 1,
         "revision": format!("fleet-report-{}", if mode.is_cluster() { "cluster" } else { "local" }),
         "tenant": { "trust_header_without_jwt": true },
@@ -90,7 +91,11 @@ pub(crate) fn plugin_config(mode: Mode) -> Value {
                 }
             }
         }
-    })
+    });
+    if let Some(tenants) = config.get_mut("tenants").and_then(Value::as_object_mut) {
+        tenants.extend(shapes::tenants_config());
+    }
+    config
 }
 
 // ------------------------------------------------------------------ cleanup on panic
@@ -327,6 +332,27 @@ impl Fleet {
             last = now;
         }
         Ok(last)
+    }
+}
+
+impl Fleet {
+    /// Redis calls the store sidecars made so far (their
+    /// `tenant_guard_store_redis_seconds_count`); 0 without sidecars.
+    pub(crate) fn redis_calls(&self) -> Res<u64> {
+        let mut calls = 0;
+        for store in &self.stores {
+            let response = Conn::new(store.port())
+                .request("GET", "/metrics", &[], b"")
+                .map_err(|e| format!("store sidecar /metrics: {e}"))?;
+            let text = response.text();
+            let count = text
+                .lines()
+                .find_map(|line| line.strip_prefix("tenant_guard_store_redis_seconds_count "))
+                .and_then(|value| value.trim().parse::<u64>().ok())
+                .ok_or_else(|| "no tenant_guard_store_redis_seconds_count".to_owned())?;
+            calls += count;
+        }
+        Ok(calls)
     }
 }
 

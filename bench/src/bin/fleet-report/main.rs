@@ -34,8 +34,15 @@
 //!    replica, one barrier); key n goes to `/orders/<n>` on the e2e
 //!    `Backend`, which answers 201 after 100 ms and counts complete requests
 //!    per path: executions of key n = its count.
+//! 4. **Traffic shapes** (cluster mode only; `tenant_guard_e2e::shapes`, the
+//!    same the e2e suite asserts): a storm over every replica, a storm on one,
+//!    a burst on one then steady traffic on the others, two tenants at once,
+//!    each for a long window (200 / h) and a short one (100 / 10 s): admitted ÷
+//!    allowed (allowed = burst + GCRA refill over the run) and the sidecars'
+//!    Redis calls per 100 requests of the shape.
 //!
-//! Exit status 1 if, in a cluster mode, admitted > allowed, a key executed
+//! Exit status 1 if, in a cluster mode, admitted > allowed (or, for a shape,
+//! admitted ÷ allowed is outside 0.95–1.00), a key executed
 //! more than once, a throughput answer was not 2xx, an exactness answer was
 //! neither 200 nor 429, an idempotent POST got anything but 201 / 409 (Redis
 //! up) or anything but 503 (Redis down). The same checks are shown for LOCAL
@@ -126,6 +133,8 @@ struct Outcome {
     counters: [u64; 5],
     /// The sidecar / Redis processes whose CPU was found.
     helpers: usize,
+    /// Cluster mode: every traffic shape.
+    shapes: Vec<measure::ShapeRun>,
 }
 
 fn run_mode(mode: Mode, args: &Args, ticks: u64, script: &std::path::Path) -> Res<Outcome> {
@@ -147,6 +156,12 @@ fn run_mode(mode: Mode, args: &Args, ticks: u64, script: &std::path::Path) -> Re
         measure::exactness(&fleet, mode, args, script).map_err(|e| format!("exactness: {e}"))?;
     eprintln!("fleet-report: {}: executions per key...", mode.label());
     let executions = measure::executions(&fleet, mode).map_err(|e| format!("idempotency: {e}"))?;
+    let shapes = if mode == Mode::Cluster {
+        eprintln!("fleet-report: {}: traffic shapes...", mode.label());
+        measure::shapes(&fleet).map_err(|e| format!("shapes: {e}"))?
+    } else {
+        Vec::new()
+    };
     let counters = fleet.store_counters()?;
     Ok(Outcome {
         mode,
@@ -155,6 +170,7 @@ fn run_mode(mode: Mode, args: &Args, ticks: u64, script: &std::path::Path) -> Re
         executions,
         counters,
         helpers: fleet.helpers_found(),
+        shapes,
     })
 }
 
@@ -186,6 +202,11 @@ fn violations(outcome: &Outcome) -> Vec<String> {
             }
             if x.max_per_key > 1 {
                 bad.push(format!("a key executed {} times", x.max_per_key));
+            }
+            for outcome in outcome.shapes.iter().flat_map(|run| &run.outcomes) {
+                if !outcome.holds() {
+                    bad.push(format!("shape outside 0.95–1.00: {}", outcome.line()));
+                }
             }
             let unexpected: Vec<_> = x
                 .statuses
@@ -260,9 +281,16 @@ fn table(outcomes: &[Outcome], out: &mut String) {
             |cpu| format!("{cpu:.1} ({} proc.)", o.helpers),
         )
     });
-    row(out, "store round trips / 100 requests", &|o| {
-        format!("{:.2}", o.throughput.round_trips_per_100)
-    });
+    row(
+        out,
+        "store round trips / 100 requests (filter → sidecar)",
+        &|o| format!("{:.2}", o.throughput.round_trips_per_100),
+    );
+    row(
+        out,
+        "Redis calls / 100 requests (sidecars → Redis)",
+        &|o| format!("{:.2}", o.throughput.redis_per_100),
+    );
     row(out, "non-2xx", &|o| o.throughput.wrk.non_2xx.to_string());
     row(out, "**2. exactness** requests sent", &|o| {
         format!("{} in {:.1} s", o.exactness.sent, o.exactness.seconds)
@@ -322,6 +350,41 @@ fn table(outcomes: &[Outcome], out: &mut String) {
             format!("**FAIL**: {}", bad.join("; "))
         }
     });
+}
+
+/// Section 4: admitted ÷ allowed per traffic shape and window, with the
+/// Redis calls per 100 requests of each shape.
+fn shapes_table(outcomes: &[Outcome], out: &mut String) {
+    let Some(cluster) = outcomes.iter().find(|o| !o.shapes.is_empty()) else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "\n**4. traffic shapes** ({}; long window 200 / h, short 100 / 10 s; allowed = burst + GCRA refill over the run)\n",
+        cluster.mode.label()
+    );
+    let _ = writeln!(
+        out,
+        "| shape | tenant | sent | admitted | allowed | admitted ÷ allowed | upstream saw | Redis calls / 100 requests (shape) |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|");
+    for run in &cluster.shapes {
+        for outcome in &run.outcomes {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | **{:.3}**{} | {} | {:.2} |",
+                outcome.shape.label(),
+                outcome.tenant,
+                outcome.sent,
+                outcome.admitted,
+                outcome.allowed,
+                outcome.ratio(),
+                if outcome.holds() { "" } else { " **FAIL**" },
+                outcome.upstream,
+                run.redis_per_100
+            );
+        }
+    }
 }
 
 fn run(args: &Args) -> Res<bool> {
@@ -404,6 +467,7 @@ fn run(args: &Args) -> Res<bool> {
         );
     }
     table(&outcomes, &mut out);
+    shapes_table(&outcomes, &mut out);
     let by_mode = |mode: Mode| outcomes.iter().find(|o| o.mode == mode);
     if let (Some(local), Some(cluster)) = (by_mode(Mode::Local), by_mode(Mode::Cluster)) {
         let _ = writeln!(

@@ -10,6 +10,7 @@ use serde_json::Value;
 use tenant_guard_bench::WrkResult;
 use tenant_guard_e2e::backend::Route;
 use tenant_guard_e2e::http::{Conn, Response};
+use tenant_guard_e2e::shapes;
 
 use super::fleet::{Fleet, FleetCpu, Mode};
 use super::wrk::{run_wrk_all, Load};
@@ -29,6 +30,8 @@ pub(crate) struct Throughput {
     /// Store sidecars + Redis, `None` without such processes.
     pub(crate) helper_cpu_us: Option<f64>,
     pub(crate) round_trips_per_100: f64,
+    /// Redis calls of the store sidecars per 100 requests.
+    pub(crate) redis_per_100: f64,
 }
 
 fn cpu_delta(before: &FleetCpu, after: &FleetCpu, ticks: u64, requests: f64) -> (f64, Option<f64>) {
@@ -59,9 +62,11 @@ pub(crate) fn throughput(fleet: &Fleet, args: &Args, ticks: u64) -> Res<Throughp
         script: None,
     };
     let trips_before = fleet.store_counters()?[0];
+    let redis_before = fleet.redis_calls()?;
     let cpu_before = fleet.cpu()?;
     let wrk = run_wrk_all(&ports, &load)?;
     let cpu_after = fleet.cpu()?;
+    let redis_after = fleet.redis_calls()?;
     let trips_after = fleet.store_counters()?[0];
     let requests = wrk.requests.max(1) as f64;
     let (envoy_cpu_us, helper_cpu_us) = cpu_delta(&cpu_before, &cpu_after, ticks, requests);
@@ -70,6 +75,7 @@ pub(crate) fn throughput(fleet: &Fleet, args: &Args, ticks: u64) -> Res<Throughp
         envoy_cpu_us,
         helper_cpu_us,
         round_trips_per_100: trips_after.saturating_sub(trips_before) as f64 * 100.0 / requests,
+        redis_per_100: redis_after.saturating_sub(redis_before) as f64 * 100.0 / requests,
     })
 }
 
@@ -229,4 +235,29 @@ pub(crate) fn executions(fleet: &Fleet, mode: Mode) -> Res<Executions> {
         max_per_key: per_key.iter().copied().max().unwrap_or(0),
         statuses,
     })
+}
+
+/// One traffic shape in cluster mode: each tenant's outcome, and the Redis
+/// calls the sidecars made for it.
+#[derive(Debug, Clone)]
+pub(crate) struct ShapeRun {
+    pub(crate) outcomes: Vec<shapes::Outcome>,
+    pub(crate) redis_per_100: f64,
+}
+
+/// Every shape of [`shapes::Shape::ALL`], one after the other.
+pub(crate) fn shapes(fleet: &Fleet) -> Res<Vec<ShapeRun>> {
+    let ports = fleet.ports();
+    let mut runs = Vec::new();
+    for shape in shapes::Shape::ALL {
+        let before = fleet.redis_calls()?;
+        let outcomes = shapes::run(shape, &ports, &fleet.backend);
+        let calls = fleet.redis_calls()?.saturating_sub(before);
+        let sent: u64 = outcomes.iter().map(|o| o.sent).sum();
+        runs.push(ShapeRun {
+            outcomes,
+            redis_per_100: calls as f64 * 100.0 / sent.max(1) as f64,
+        });
+    }
+    Ok(runs)
 }

@@ -142,6 +142,8 @@ enum Waiting {
         key: RateKey,
         rate: RateParams,
         role: Role,
+        /// A top-up's request was admitted already: its verdict.
+        admitted: Option<Verdict>,
     },
     Claim {
         op: StoreOp,
@@ -188,16 +190,23 @@ fn call(cluster: &ClusterStoreConfig, path: &'static str, body: &impl serde::Ser
     }
 }
 
-/// A `/v1/lease` call for `key`: `want` slots (`need` of them for the asking
-/// request), giving `returned` lapsed slots back first. `None` for a key the
-/// store cannot name (no tenant and limit).
+/// What one `/v1/lease` call asks for: `want` slots, `need` of them for the
+/// asking request itself, after giving `returned` lapsed slots back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct LeaseAsk {
+    pub want: u64,
+    pub need: u64,
+    pub returned: u64,
+}
+
+/// A `/v1/lease` call for `key`. `None` for a key the store cannot name (no
+/// tenant and limit).
 pub(super) fn lease_call(
     upstream: &str,
     timeout_ms: u64,
     key: &RateKey,
     rate: &RateParams,
-    want: u64,
-    returned: u64,
+    ask: LeaseAsk,
     lease_ttl_ms: u64,
 ) -> Option<Call> {
     let (scope, limit) = key.parts()?;
@@ -207,9 +216,9 @@ pub(super) fn lease_call(
         limit: limit.to_owned(),
         emission_us,
         capacity_us: emission_us.saturating_mul(rate.burst.max(1)),
-        want,
-        need: want.min(1),
-        returned,
+        want: ask.want,
+        need: ask.need,
+        returned: ask.returned,
         lease_ttl_ms,
     };
     Some(Call {
@@ -405,10 +414,14 @@ impl ClusterStore {
                 self.admit_fallback(config, cluster, store, &key, &rate, now_ns),
             ));
         }
-        let cap = lease::cap(&rate, cluster.lease_max);
-        let refill_ns = cluster.timeout_ms.saturating_mul(NANOS_PER_MS);
+        let sizing = lease::Sizing::new(
+            &rate,
+            cluster.lease_max,
+            cluster.timeout_ms.saturating_mul(NANOS_PER_MS),
+            cluster.lease_ttl_ms.saturating_mul(NANOS_PER_MS),
+        );
         let attempts = config.store.max_cas_retries;
-        let taken = match lease::take(store, &key, cap, refill_ns, now_ns, attempts) {
+        let taken = match lease::take(store, &key, &sizing, now_ns, attempts) {
             Ok(taken) => taken,
             Err(err) => return Route::Answer(StoreAnswer::Admit(Err(CheckError::Store(err)))),
         };
@@ -430,35 +443,70 @@ impl ClusterStore {
                 reset_seconds: retry_after_seconds,
                 retry_after_seconds,
             }))),
-            Taken::Refill { want, returned } => {
-                self.lease_request(cluster, key, rate, Role::Refill, want, returned)
+            Taken::SlotAndTopUp {
+                remaining,
+                reset_seconds,
+                want,
+                returned,
+            } => {
+                let admitted = Verdict {
+                    allowed: true,
+                    remaining,
+                    reset_seconds,
+                    retry_after_seconds: 0,
+                };
+                let ask = LeaseAsk {
+                    want,
+                    need: 0,
+                    returned,
+                };
+                self.lease_request(cluster, key, rate, Role::TopUp, ask, Some(admitted))
             }
-            Taken::Join => self.lease_request(cluster, key, rate, Role::Join, 1, 0),
+            Taken::Refill { want, returned } => {
+                let ask = LeaseAsk {
+                    want,
+                    need: 1,
+                    returned,
+                };
+                self.lease_request(cluster, key, rate, Role::Refill, ask, None)
+            }
+            Taken::Join => {
+                let ask = LeaseAsk {
+                    want: 1,
+                    need: 1,
+                    returned: 0,
+                };
+                self.lease_request(cluster, key, rate, Role::Join, ask, None)
+            }
         }
     }
 
-    /// Asks the store for `want` slots of `key` (one of them this request's).
+    /// Asks the store for slots of `key`; the stream waits for the answer.
     fn lease_request(
         &mut self,
         cluster: &ClusterStoreConfig,
         key: RateKey,
         rate: RateParams,
         role: Role,
-        want: u64,
-        returned: u64,
+        ask: LeaseAsk,
+        admitted: Option<Verdict>,
     ) -> Route {
         let call = lease_call(
             &cluster.upstream,
             cluster.timeout_ms,
             &key,
             &rate,
-            want,
-            returned,
+            ask,
             cluster.lease_ttl_ms,
         );
         match call {
             Some(call) => {
-                self.waiting = Some(Waiting::Lease { key, rate, role });
+                self.waiting = Some(Waiting::Lease {
+                    key,
+                    rate,
+                    role,
+                    admitted,
+                });
                 Route::Await(call)
             }
             // `admit` only asks for keys the store can name.
@@ -528,23 +576,32 @@ impl ClusterStore {
         let waiting = self.waiting.take()?;
         let cluster = config.store.cluster.as_ref()?;
         let answer = match waiting {
-            Waiting::Lease { key, rate, role } => {
-                match self.parse::<LeaseAnswer>(store, cluster, outcome, now_ns) {
-                    Some(answer) => {
-                        self.leased(config, cluster, store, key, rate, role, answer, now_ns)
+            Waiting::Lease {
+                key,
+                rate,
+                role,
+                admitted,
+            } => match self.parse::<LeaseAnswer>(store, cluster, outcome, now_ns) {
+                Some(answer) => {
+                    let leased =
+                        self.leased(config, cluster, store, key, rate, role, answer, now_ns);
+                    admitted.map_or(leased, |verdict| StoreAnswer::Admit(Ok(verdict)))
+                }
+                None => {
+                    if role != Role::Join {
+                        // Nobody waits for a refill that failed.
+                        let attempts = config.store.max_cas_retries;
+                        let _ = lease::abandoned(store, &key, now_ns, attempts);
                     }
-                    None => {
-                        if role == Role::Refill {
-                            // Nobody waits for a refill that failed.
-                            let attempts = config.store.max_cas_retries;
-                            let _ = lease::abandoned(store, &key, now_ns, attempts);
-                        }
-                        StoreAnswer::Admit(
+                    match admitted {
+                        // The request spent a slot it held: no fallback.
+                        Some(verdict) => StoreAnswer::Admit(Ok(verdict)),
+                        None => StoreAnswer::Admit(
                             self.admit_fallback(config, cluster, store, &key, &rate, now_ns),
-                        )
+                        ),
                     }
                 }
-            }
+            },
             Waiting::Claim {
                 op,
                 scope,
@@ -608,12 +665,14 @@ impl ClusterStore {
             role,
             &answer,
             lease_ttl_ns,
-            rate.emission_ns().min(lease_ttl_ns),
+            // A refusal is remembered at most half a lease: slots other
+            // gateways give back are seen soon.
+            rate.emission_ns().min(lease_ttl_ns / 2),
             now_ns,
             config.store.max_cas_retries,
         );
         match recorded {
-            Ok(()) if role == Role::Refill && answer.granted > 1 => {
+            Ok(()) if role != Role::Join && answer.granted > 1 => {
                 self.refilled.push(HeldLease { key, rate });
             }
             Ok(()) => {}

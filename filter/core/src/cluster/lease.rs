@@ -28,7 +28,7 @@ use super::wire::LeaseAnswer;
 
 const NANOS_PER_SECOND: u64 = 1_000_000_000;
 /// Words of a lease as stored; the first seven are the layout of earlier builds.
-const WORDS: usize = 9;
+const WORDS: usize = 12;
 const OLD_WORDS: usize = 7;
 
 /// One lease as stored.
@@ -50,6 +50,13 @@ struct Lease {
     refill_until_ns: u64,
     /// Slots that lapsed unused and have not been given back yet.
     lapsed: u64,
+    /// When a slot was last spent (or the lease granted): a lease nobody
+    /// spends from is given back before it lapses.
+    used_ns: u64,
+    /// When the last grant arrived, and the slots spent since: the rate the
+    /// next batch is sized from.
+    granted_ns: u64,
+    spent: u64,
 }
 
 impl Lease {
@@ -71,6 +78,9 @@ impl Lease {
             retry_at_ns: next(),
             refill_until_ns: next(),
             lapsed: next(),
+            used_ns: next(),
+            granted_ns: next(),
+            spent: next(),
         })
     }
 
@@ -85,6 +95,9 @@ impl Lease {
             self.retry_at_ns,
             self.refill_until_ns,
             self.lapsed,
+            self.used_ns,
+            self.granted_ns,
+            self.spent,
         ];
         let mut out = [0u8; WORDS * 8];
         for (chunk, word) in out.chunks_exact_mut(8).zip(words) {
@@ -127,6 +140,15 @@ impl Lease {
 pub enum Taken {
     /// Admitted from the lease.
     Slot { remaining: u64, reset_seconds: u64 },
+    /// Admitted from the lease, which is now at most half full: this request
+    /// tops it up (to one batch, `want` more slots, giving `returned` lapsed
+    /// ones back) before it goes on, so the others keep finding slots.
+    SlotAndTopUp {
+        remaining: u64,
+        reset_seconds: u64,
+        want: u64,
+        returned: u64,
+    },
     /// Redis refused recently, no slot is held and none can be free yet.
     Refused { retry_after_seconds: u64 },
     /// This request refills the lease: ask for `want` slots (one of them its
@@ -142,6 +164,9 @@ pub enum Taken {
 pub enum Role {
     /// The refill: the answer becomes the lease.
     Refill,
+    /// A top-up: the answer joins the slots still held (the asking request
+    /// had its slot already).
+    TopUp,
     /// A joining request: the answer is its own slot only.
     Join,
 }
@@ -150,6 +175,48 @@ pub enum Role {
 /// quarter of the burst, so one gateway cannot hold most of a small limit.
 pub fn cap(rate: &RateParams, lease_max: u64) -> u64 {
     lease_max.min(rate.burst / 4).max(1)
+}
+
+/// How one limit's lease is sized and refilled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizing {
+    /// The largest batch ([`cap`]).
+    pub cap: u64,
+    /// How long a refill counts as out (the call's timeout).
+    pub refill_ns: u64,
+    /// A batch holds what this gateway spends in this long (half the lease's
+    /// lifetime, so it is spent before it lapses).
+    pub horizon_ns: u64,
+}
+
+impl Sizing {
+    pub fn new(rate: &RateParams, lease_max: u64, timeout_ns: u64, lease_ttl_ns: u64) -> Self {
+        Self {
+            cap: cap(rate, lease_max),
+            refill_ns: timeout_ns,
+            horizon_ns: (lease_ttl_ns / 2).max(1),
+        }
+    }
+
+    /// The next batch size: what was spent over the last grant's life,
+    /// scaled to the horizon, moving at most ×2 or ÷2 per grant; ×2 when the
+    /// lease ran dry while live (the store was too slow for the demand),
+    /// ÷2 when slots lapsed unused.
+    fn next(&self, lease: &Lease, ran_dry: bool, lapsed: bool, now_ns: u64) -> u64 {
+        let size = lease.size.clamp(1, self.cap);
+        let (low, high) = ((size / 2).max(1), size.saturating_mul(2));
+        let next = if lapsed {
+            low
+        } else if ran_dry {
+            high
+        } else {
+            let elapsed = now_ns.saturating_sub(lease.granted_ns).max(1);
+            let observed =
+                u128::from(lease.spent) * u128::from(self.horizon_ns) / u128::from(elapsed);
+            u64::try_from(observed).unwrap_or(u64::MAX).clamp(low, high)
+        };
+        next.clamp(1, self.cap)
+    }
 }
 
 fn lease_key(key: &RateKey) -> RateKey {
@@ -206,12 +273,10 @@ fn seconds_until(at_ns: u64, now_ns: u64) -> u64 {
 }
 
 /// Spends one slot of the lease, or says what to ask the store for.
-/// `refill_ns` bounds how long a refill counts as out (the call's timeout).
 pub fn take(
     store: &dyn SharedStore,
     key: &RateKey,
-    cap: u64,
-    refill_ns: u64,
+    sizing: &Sizing,
     now_ns: u64,
     attempts: u32,
 ) -> Result<Taken, StoreError> {
@@ -219,11 +284,31 @@ pub fn take(
         let live = lease.live_slots(now_ns);
         if live > 0 {
             lease.slots = live - 1;
-            let taken = Taken::Slot {
-                remaining: lease.slots.saturating_add(lease.remaining_hint),
-                reset_seconds: seconds_until(lease.reset_at_ns, now_ns),
-            };
-            return (taken, true);
+            lease.used_ns = now_ns;
+            lease.spent = lease.spent.saturating_add(1);
+            let remaining = lease.slots.saturating_add(lease.remaining_hint);
+            let reset_seconds = seconds_until(lease.reset_at_ns, now_ns);
+            let size = lease.size.clamp(1, sizing.cap);
+            let low = size >= 2 && lease.slots <= size / 2;
+            let idle = now_ns >= lease.refill_until_ns && now_ns >= lease.refused_until_ns;
+            if low && idle && lease.remaining_hint > 0 {
+                lease.size = sizing.next(lease, false, false, now_ns);
+                lease.refill_until_ns = now_ns.saturating_add(sizing.refill_ns);
+                let taken = Taken::SlotAndTopUp {
+                    remaining,
+                    reset_seconds,
+                    want: lease.size.saturating_sub(lease.slots).max(1),
+                    returned: std::mem::take(&mut lease.lapsed),
+                };
+                return (taken, true);
+            }
+            return (
+                Taken::Slot {
+                    remaining,
+                    reset_seconds,
+                },
+                true,
+            );
         }
         if now_ns < lease.refused_until_ns {
             let retry_after_seconds =
@@ -240,16 +325,11 @@ pub fn take(
         }
         // The previous batch either ran out while live (busy: ask for more)
         // or lapsed with slots left (quiet: ask for fewer).
-        let size = lease.size.clamp(1, cap);
-        lease.size = if lease.retire_expired(now_ns) {
-            (size / 2).max(1)
-        } else if lease.expires_ns > now_ns {
-            size.saturating_mul(2).min(cap)
-        } else {
-            size
-        };
+        let ran_dry = lease.slots == 0 && lease.expires_ns > now_ns;
+        let lapsed = lease.retire_expired(now_ns);
+        lease.size = sizing.next(lease, ran_dry, lapsed, now_ns);
         let returned = std::mem::take(&mut lease.lapsed);
-        lease.refill_until_ns = now_ns.saturating_add(refill_ns);
+        lease.refill_until_ns = now_ns.saturating_add(sizing.refill_ns);
         let taken = Taken::Refill {
             want: lease.size,
             returned,
@@ -279,10 +359,15 @@ pub fn answered(
     update(store, key, now_ns, attempts, |lease| {
         let reset_at_ns =
             now_ns.saturating_add(answer.reset_seconds.saturating_mul(NANOS_PER_SECOND));
-        if role == Role::Refill {
+        if role != Role::Join {
             lease.refill_until_ns = 0;
         }
-        if answer.granted == 0 {
+        // A refill's own slot is the asking request's; a top-up's was taken before.
+        let own = u64::from(role != Role::TopUp);
+        if answer.granted == 0 && role == Role::TopUp {
+            // Nothing more for now: the slots held stay; Redis has none left.
+            lease.remaining_hint = 0;
+        } else if answer.granted == 0 {
             let retry_after = answer.retry_after_seconds.saturating_mul(NANOS_PER_SECOND);
             lease.refused_until_ns = now_ns.saturating_add(retry_after.min(refusal_ns));
             lease.retry_at_ns = now_ns.saturating_add(retry_after);
@@ -290,8 +375,13 @@ pub fn answered(
             lease.remaining_hint = 0;
         } else {
             lease.retire_expired(now_ns);
-            lease.slots = lease.live_slots(now_ns).saturating_add(answer.granted - 1);
+            lease.slots = lease
+                .live_slots(now_ns)
+                .saturating_add(answer.granted.saturating_sub(own));
             lease.expires_ns = now_ns.saturating_add(lease_ttl_ns);
+            lease.used_ns = now_ns;
+            lease.granted_ns = now_ns;
+            lease.spent = 0;
             lease.refused_until_ns = 0;
             lease.remaining_hint = answer.remaining;
             lease.reset_at_ns = reset_at_ns;
@@ -324,15 +414,20 @@ pub struct Swept {
     pub held: bool,
 }
 
-/// From the tick: takes the slots that lapsed unused out of the lease, so
-/// they can go back to Redis when traffic stopped.
+/// From the tick: takes the slots that lapsed unused out of the lease, and
+/// the live ones of a lease nobody spent from for `idle_ns`, so they go back
+/// to Redis when traffic stopped.
 pub fn sweep(
     store: &dyn SharedStore,
     key: &RateKey,
+    idle_ns: u64,
     now_ns: u64,
     attempts: u32,
 ) -> Result<Swept, StoreError> {
     update(store, key, now_ns, attempts, |lease| {
+        if lease.live_slots(now_ns) > 0 && now_ns.saturating_sub(lease.used_ns) >= idle_ns {
+            lease.expires_ns = now_ns;
+        }
         lease.retire_expired(now_ns);
         let returned = std::mem::take(&mut lease.lapsed);
         let held = lease.live_slots(now_ns) > 0 || now_ns < lease.refill_until_ns;
@@ -392,8 +487,15 @@ mod tests {
         RateKey::from("tg:rl:acme:tenant")
     }
 
+    /// Batches of at most 8; sized for what is spent in a second.
+    const SIZING: Sizing = Sizing {
+        cap: 8,
+        refill_ns: REFILL,
+        horizon_ns: SECOND,
+    };
+
     fn take_at(store: &MemoryStore, now: u64) -> Taken {
-        take(store, &key(), 8, REFILL, now, 8).unwrap()
+        take(store, &key(), &SIZING, now, 8).unwrap()
     }
 
     fn answer_at(store: &MemoryStore, role: Role, answer: LeaseAnswer, now: u64) {
@@ -485,22 +587,23 @@ mod tests {
         let store = MemoryStore::new();
         let _ = take_at(&store, SECOND);
         answer_at(&store, Role::Refill, grant(5), SECOND);
+        let idle = 10 * SECOND;
         assert_eq!(
-            sweep(&store, &key(), SECOND, 8).unwrap(),
+            sweep(&store, &key(), idle, SECOND, 8).unwrap(),
             Swept {
                 returned: 0,
                 held: true
             }
         );
         assert_eq!(
-            sweep(&store, &key(), SECOND + TTL, 8).unwrap(),
+            sweep(&store, &key(), idle, SECOND + TTL, 8).unwrap(),
             Swept {
                 returned: 4,
                 held: false
             }
         );
         assert_eq!(
-            sweep(&store, &key(), SECOND + TTL, 8).unwrap(),
+            sweep(&store, &key(), idle, SECOND + TTL, 8).unwrap(),
             Swept {
                 returned: 0,
                 held: false
@@ -509,6 +612,79 @@ mod tests {
         // Nothing is given back twice by the next refill either.
         assert!(matches!(
             take_at(&store, SECOND + TTL),
+            Taken::Refill { returned: 0, .. }
+        ));
+    }
+
+    #[test]
+    fn a_lease_half_spent_is_topped_up_to_one_batch_by_one_request() {
+        let store = MemoryStore::new();
+        for _ in 0..3 {
+            // Grow the size to 8 (each grant spent at once: 1, 2, 4).
+            let _ = take_at(&store, SECOND);
+            answer_at(&store, Role::Refill, grant(1), SECOND);
+        }
+        assert!(matches!(
+            take_at(&store, SECOND),
+            Taken::Refill { want: 8, .. }
+        ));
+        answer_at(&store, Role::Refill, grant(8), SECOND);
+        // Seven held: spending three leaves four, half a batch: a top-up of four.
+        for _ in 0..2 {
+            assert!(matches!(take_at(&store, SECOND), Taken::Slot { .. }));
+        }
+        assert!(matches!(
+            take_at(&store, SECOND),
+            Taken::SlotAndTopUp {
+                want: 4,
+                returned: 0,
+                ..
+            }
+        ));
+        // Only one top-up at a time; the others keep spending.
+        assert!(matches!(take_at(&store, SECOND), Taken::Slot { .. }));
+        answer_at(&store, Role::TopUp, grant(4), SECOND);
+        // 3 held + 4 granted (the top-up's own slot was spent before it asked).
+        for _ in 0..7 {
+            assert!(matches!(
+                take_at(&store, SECOND),
+                Taken::Slot { .. } | Taken::SlotAndTopUp { .. }
+            ));
+        }
+        // A top-up Redis cannot serve leaves what is held alone.
+        let store = MemoryStore::new();
+        let _ = take_at(&store, SECOND);
+        answer_at(&store, Role::Refill, grant(3), SECOND);
+        let mut none = refused(0);
+        none.retry_after_seconds = 0;
+        answer_at(&store, Role::TopUp, none, SECOND);
+        assert!(matches!(take_at(&store, SECOND), Taken::Slot { .. }));
+    }
+
+    #[test]
+    fn a_lease_nobody_spends_from_goes_back_before_it_lapses() {
+        let store = MemoryStore::new();
+        let _ = take_at(&store, SECOND);
+        answer_at(&store, Role::Refill, grant(5), SECOND);
+        assert!(matches!(take_at(&store, SECOND + 100), Taken::Slot { .. }));
+        let idle = SECOND / 2;
+        // Spent from half a second ago: kept.
+        assert_eq!(
+            sweep(&store, &key(), idle, SECOND + idle, 8)
+                .unwrap()
+                .returned,
+            0
+        );
+        // Untouched for longer: its three live slots go back, the lease is empty.
+        assert_eq!(
+            sweep(&store, &key(), idle, SECOND + idle + 100, 8).unwrap(),
+            Swept {
+                returned: 3,
+                held: false
+            }
+        );
+        assert!(matches!(
+            take_at(&store, SECOND + idle + 100),
             Taken::Refill { returned: 0, .. }
         ));
     }
@@ -548,6 +724,29 @@ mod tests {
         put_back(&store, &key(), SECOND, 8).unwrap();
         assert!(matches!(take_at(&store, SECOND), Taken::Slot { .. }));
         assert!(matches!(take_at(&store, SECOND), Taken::Refill { .. }));
+    }
+
+    /// A gateway's clock only times its own leases (differences of its own
+    /// readings): a clock hours off decides exactly as a right one.
+    #[test]
+    fn a_skewed_gateway_clock_changes_nothing() {
+        let run = |offset: u64| {
+            let store = MemoryStore::new();
+            let at = |t: u64| offset + SECOND + t;
+            let mut seen = vec![take_at(&store, at(0))];
+            answer_at(&store, Role::Refill, grant(6), at(0));
+            for t in [0, 1, 2, TTL / 2, TTL, TTL + 1] {
+                seen.push(take_at(&store, at(t)));
+            }
+            seen.push(Taken::Refill {
+                want: sweep(&store, &key(), SECOND, at(3 * TTL), 8)
+                    .unwrap()
+                    .returned,
+                returned: 0,
+            });
+            seen
+        };
+        assert_eq!(run(0), run(3 * 3600 * SECOND));
     }
 
     #[test]

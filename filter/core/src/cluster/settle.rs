@@ -9,7 +9,8 @@
 //!   complete and release starts here (the engine dispatches only from request
 //!   phases and ticks). Bounded, every outcome counted.
 //! - [`LeaseBook`]: the leases this worker refilled. Each tick sweeps them
-//!   ([`lease::sweep`]) and gives lapsed slots back to Redis, so a gateway
+//!   ([`lease::sweep`]) and gives back to Redis the slots that lapsed, and
+//!   those of a lease nobody spent from since the last tick, so a gateway
 //!   whose traffic stopped does not keep what other replicas need.
 //!
 //! A worker whose VM dies loses both: its retries are not sent (the claim is
@@ -21,7 +22,7 @@ use std::collections::VecDeque;
 use crate::ratelimit::{RateKey, RateParams};
 use crate::store::SharedStore;
 
-use super::client::{lease_call, Call};
+use super::client::{lease_call, Call, LeaseAsk};
 use super::lease;
 
 const NANOS_PER_SECOND: u64 = 1_000_000_000;
@@ -175,29 +176,29 @@ impl LeaseBook {
     /// Takes lapsed slots out of every lease and returns the calls that give
     /// them back (and how many slots they carry); forgets leases that hold
     /// nothing any more.
+    #[allow(clippy::too_many_arguments)]
     pub fn sweep(
         &mut self,
         store: &dyn SharedStore,
         upstream: &str,
         timeout_ms: u64,
+        idle_ns: u64,
         now_ns: u64,
         attempts: u32,
     ) -> Vec<(Call, u64)> {
         let mut calls = Vec::new();
         self.held.retain(|held| {
-            let Ok(swept) = lease::sweep(store, &held.key, now_ns, attempts) else {
+            let Ok(swept) = lease::sweep(store, &held.key, idle_ns, now_ns, attempts) else {
                 return true;
             };
             if swept.returned > 0 {
-                if let Some(call) = lease_call(
-                    upstream,
-                    timeout_ms,
-                    &held.key,
-                    &held.rate,
-                    0,
-                    swept.returned,
-                    0,
-                ) {
+                let ask = LeaseAsk {
+                    want: 0,
+                    need: 0,
+                    returned: swept.returned,
+                };
+                if let Some(call) = lease_call(upstream, timeout_ms, &held.key, &held.rate, ask, 0)
+                {
                     calls.push((call, swept.returned));
                 }
             }
@@ -274,7 +275,13 @@ mod tests {
         let key = RateKey::new(&config, "acme", "tenant");
         let rate = RateParams::new(60, 60, 60);
         assert!(matches!(
-            lease::take(&store, &key, 8, SECOND, SECOND, 8),
+            lease::take(
+                &store,
+                &key,
+                &lease::Sizing::new(&rate, 8, SECOND, 2 * SECOND),
+                SECOND,
+                8
+            ),
             Ok(lease::Taken::Refill { .. })
         ));
         let grant = LeaseAnswer {
@@ -304,8 +311,10 @@ mod tests {
             rate,
         });
         assert_eq!(book.len(), 1);
-        assert!(book.sweep(&store, "store", 200, SECOND, 8).is_empty());
-        let calls = book.sweep(&store, "store", 200, 3 * SECOND, 8);
+        assert!(book
+            .sweep(&store, "store", 200, SECOND, SECOND, 8)
+            .is_empty());
+        let calls = book.sweep(&store, "store", 200, SECOND, 3 * SECOND, 8);
         assert_eq!(calls.len(), 1);
         let (call, returned) = &calls[0];
         assert_eq!(*returned, 3);

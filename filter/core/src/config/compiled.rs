@@ -69,13 +69,22 @@ impl CompiledConfig {
     /// The log line for an accepted document (it says, when idempotency is
     /// on, whether a request with a body is decided before its headers go
     /// upstream).
-    pub fn accepted_message(&self) -> String {
-        let idempotency = if !self.idempotency_enabled {
-            ""
-        } else if self.host.allow_on_headers_stop_iteration {
-            "; idempotent requests with a body are decided before their headers go upstream (host.allow_on_headers_stop_iteration)"
-        } else {
-            "; idempotent requests with a body: headers go upstream before the body is read, so a replay or 422 resets a started upstream request (set host.allow_on_headers_stop_iteration with Envoy's PluginConfig allow_on_headers_stop_iteration to avoid it)"
+    pub fn accepted_message(&self, host: crate::store::HostSemantics) -> String {
+        let hold = self.host.allow_on_headers_stop_iteration;
+        let idempotency = match (self.idempotency_enabled, host, hold) {
+            (false, ..) => "",
+            (true, crate::store::HostSemantics::Envoy, true) => {
+                "; idempotent requests with a body are decided before their headers go upstream (host.allow_on_headers_stop_iteration)"
+            }
+            (true, crate::store::HostSemantics::Envoy, false) => {
+                "; idempotent requests with a body: headers go upstream before the body is read, so a replay or 422 resets a started upstream request (set host.allow_on_headers_stop_iteration with Envoy's PluginConfig allow_on_headers_stop_iteration to avoid it)"
+            }
+            (true, crate::store::HostSemantics::NgxWasm, true) => {
+                "; host.allow_on_headers_stop_iteration is ignored on ngx_wasm_module (holding request headers there withholds the body); nginx reads the whole body before it proxies (proxy_request_buffering on, Kong's default), so idempotent requests are decided before anything goes upstream"
+            }
+            (true, crate::store::HostSemantics::NgxWasm, false) => {
+                "; nginx reads the whole body before it proxies (proxy_request_buffering on, Kong's default): idempotent requests are decided before anything goes upstream"
+            }
         };
         format!(
             "configuration accepted (revision `{}`, {} tenants){idempotency}",

@@ -275,7 +275,9 @@ pub struct ClusterStoreConfig {
     pub upstream: String,
     /// Per store call; after it the call counts as failed and the fallback answers.
     pub timeout_ms: u64,
-    /// The most emission slots one lease takes from Redis at once.
+    /// The most emission slots one lease takes from Redis at once (a batch
+    /// is sized from what the gateway spends, within this and a quarter of
+    /// the burst).
     pub lease_max: u64,
     /// Unused slots of a lease lapse after this long.
     pub lease_ttl_ms: u64,
@@ -295,7 +297,7 @@ impl Default for ClusterStoreConfig {
         Self {
             upstream: "tenant_guard_store".to_owned(),
             timeout_ms: 200,
-            lease_max: 16,
+            lease_max: 256,
             lease_ttl_ms: 2_000,
             rate_limit_fallback: RateLimitFallback::Share,
             fallback_share_percent: 50,
