@@ -20,7 +20,7 @@
 //! prerelease-0.6.0, the release in Kong 3.9/3.10), and
 //! `proxy_set_effective_context` does not lift that. So on this engine the
 //! filter answers completing and releasing a claim at once and its plugin
-//! sends them from the next tick (`filter/wasm/src/outbox.rs`): a retry within
+//! sends them from the next tick (`filter/wasm/src/settle.rs`): a retry within
 //! that second may get 409, then it replays. These tests require the replay,
 //! the release, and not one trap.
 
