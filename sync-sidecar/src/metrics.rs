@@ -174,17 +174,25 @@ const STORE_BUCKETS: [f64; 10] = [
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreOp {
     Lease,
+    Leases,
     Claim,
     Complete,
     Release,
 }
 
 impl StoreOp {
-    pub const ALL: [Self; 4] = [Self::Lease, Self::Claim, Self::Complete, Self::Release];
+    pub const ALL: [Self; 5] = [
+        Self::Lease,
+        Self::Leases,
+        Self::Claim,
+        Self::Complete,
+        Self::Release,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Lease => "lease",
+            Self::Leases => "leases",
             Self::Claim => "claim",
             Self::Complete => "complete",
             Self::Release => "release",
@@ -194,9 +202,10 @@ impl StoreOp {
     fn index(self) -> usize {
         match self {
             Self::Lease => 0,
-            Self::Claim => 1,
-            Self::Complete => 2,
-            Self::Release => 3,
+            Self::Leases => 1,
+            Self::Claim => 2,
+            Self::Complete => 3,
+            Self::Release => 4,
         }
     }
 }
@@ -236,7 +245,7 @@ impl StoreOutcome {
 #[derive(Debug, Default)]
 pub struct StoreMetrics {
     /// `[op][outcome]`.
-    requests: [[AtomicU64; 3]; 4],
+    requests: [[AtomicU64; 3]; 5],
     redis: Mutex<StoreHistogram>,
     /// Lease requests served out of another request's call.
     lease_joined: AtomicU64,

@@ -98,21 +98,21 @@ async fn resolution_precedence_global_tenant_route() {
     );
     let orders = acme.policy_for("POST", "/orders/42").unwrap();
     assert_eq!(
-        (orders.name.as_str(), orders.rate.requests),
+        (orders.name.as_str(), orders.requests()),
         ("orders", 5),
         "route wins"
     );
     let get_orders = acme.policy_for("GET", "/orders/42").unwrap();
     assert_eq!(
-        get_orders.rate.requests, 1000,
+        get_orders.requests(), 1000,
         "method-specific route does not match GET"
     );
     let search = acme.policy_for("GET", "/search").unwrap();
     assert_eq!(
         (
             search.name.as_str(),
-            search.rate.requests,
-            search.rate.burst
+            search.requests(),
+            search.rate().unwrap().burst
         ),
         ("search", 1000, 50),
         "route inherits the tenant limit"
@@ -124,7 +124,7 @@ async fn resolution_precedence_global_tenant_route() {
         "global mode applies"
     );
     assert_eq!(
-        beta.policy_for("GET", "/x/1").unwrap().rate.requests,
+        beta.policy_for("GET", "/x/1").unwrap().requests(),
         100,
         "route inherits the global limit"
     );

@@ -602,6 +602,110 @@ fn short_claim(key: &str) -> ClaimRequest {
     }
 }
 
+fn leases_item(limit: &str, quota_end: Option<u64>, want: u64, need: u64) -> wire::LeaseItem {
+    wire::LeaseItem {
+        limit: limit.to_owned(),
+        // 10 per second, burst 10.
+        rate: quota_end.is_none().then_some(wire::RateWindow {
+            emission_us: 100_000,
+            capacity_us: 1_000_000,
+        }),
+        // 5 per window.
+        quota: quota_end.map(|window_end_s| wire::QuotaWindow {
+            requests: 5,
+            window_end_s,
+        }),
+        want,
+        need,
+        returned: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_limits_are_granted_all_or_none() {
+    let redis = RedisServer::start();
+    let endpoint = Endpoint::standalone(&redis).await;
+    let window_end = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let leases = |items: Vec<wire::LeaseItem>| wire::LeasesRequest {
+        scope: "acme".to_owned(),
+        items,
+        lease_ttl_ms: 0,
+    };
+    let both = || {
+        leases(vec![
+            leases_item("burst", None, 1, 1),
+            leases_item("month", Some(window_end), 1, 1),
+        ])
+    };
+    for _ in 0..5 {
+        let answer: wire::LeasesAnswer = endpoint.post_json(wire::LEASES_PATH, &both()).await.ok();
+        assert_eq!(
+            answer
+                .items
+                .iter()
+                .map(|item| item.granted)
+                .collect::<Vec<_>>(),
+            [1, 1]
+        );
+    }
+    // The quota is spent: neither limit grants anything, and the rate's
+    // slot is not taken (it still has 5 of its 10).
+    let answer: wire::LeasesAnswer = endpoint.post_json(wire::LEASES_PATH, &both()).await.ok();
+    assert_eq!(answer.items[0].granted, 0);
+    assert_eq!(
+        answer.items[0].retry_after_seconds, 0,
+        "the rate did not refuse"
+    );
+    assert_eq!(answer.items[1].granted, 0);
+    assert!(answer.items[1].retry_after_seconds >= 3599, "{answer:?}");
+    let rate: wire::LeasesAnswer = endpoint
+        .post_json(
+            wire::LEASES_PATH,
+            &leases(vec![leases_item("burst", None, 10, 1)]),
+        )
+        .await
+        .ok();
+    assert!((5..=6).contains(&rate.items[0].granted), "{rate:?}");
+    // Slots given back to the quota's window count again.
+    let mut back = leases_item("month", Some(window_end), 0, 0);
+    back.returned = 2;
+    let answer: wire::LeasesAnswer = endpoint
+        .post_json(wire::LEASES_PATH, &leases(vec![back]))
+        .await
+        .ok();
+    assert_eq!((answer.items[0].granted, answer.items[0].remaining), (0, 2));
+    // A quota item of another window is another counter.
+    let next = leases(vec![leases_item("month", Some(window_end + 86_400), 5, 5)]);
+    let answer: wire::LeasesAnswer = endpoint.post_json(wire::LEASES_PATH, &next).await.ok();
+    assert_eq!(answer.items[0].granted, 5);
+    // Malformed: no window, both windows, too many items.
+    let mut neither = leases_item("x", None, 1, 1);
+    neither.rate = None;
+    let mut two = leases_item("x", Some(window_end), 1, 1);
+    two.rate = Some(wire::RateWindow {
+        emission_us: 1,
+        capacity_us: 1,
+    });
+    let many: Vec<_> = (0..17)
+        .map(|n| leases_item(&format!("l{n}"), None, 1, 1))
+        .collect();
+    for bad in [
+        leases(vec![neither]),
+        leases(vec![two]),
+        leases(many),
+        leases(vec![]),
+    ] {
+        endpoint
+            .post_json(wire::LEASES_PATH, &bad)
+            .await
+            .problem(400);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_complete_after_the_in_flight_time_still_records_unless_claimed_again() {
     let redis = RedisServer::start();

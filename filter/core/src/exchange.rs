@@ -213,9 +213,10 @@ impl Exchange {
             Ok(screened) => screened,
             Err(rejected) => return self.decided(config, *rejected, end_of_stream, None, host),
         };
+        // The method every rule saw (an honoured override included).
         let request_line = screened
             .is_idempotent()
-            .then(|| (request.method.to_vec(), request.path.to_vec()));
+            .then(|| (screened.method(request).to_vec(), request.path.to_vec()));
         match screened.rate_limit_op(config, host.now_unix_ns) {
             Some(op) => self.call(
                 Vec::new(),

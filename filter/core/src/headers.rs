@@ -25,6 +25,16 @@ pub fn printable_ascii(value: &[u8]) -> Option<&str> {
         .flatten()
 }
 
+/// At most `max` bytes of `text`, cut at a character boundary (texts that
+/// quote client or config input into errors and logs stay bounded).
+pub fn truncated(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.get(..end).unwrap_or_default()
+}
+
 /// Whether an `If-Match` value is RFC 9110 §13.1.1 syntax: `*`, or a
 /// comma-separated list (§5.6.1, empty elements tolerated) of at least one
 /// entity-tag `[W/]"<etagc>*"`, where etagc is `%x21 / %x23-7E / obs-text`.

@@ -21,8 +21,8 @@ use crate::store::{
 /// Two valid tenant ids of equal length and equal CRC32: every key built as
 /// `prefix + id + suffix` collides on a host that looks keys up by CRC32.
 const COLLIDING_TENANTS: [&str; 2] = ["tpiuh476hp", "tilbeo2p8z"];
-/// A tenant whose rate-limit key `tg:rl:cwj2n7m:tenant` has the CRC32 of `tg:idem:b:0`.
-const TENANT_COLLIDING_WITH_BUCKET_0: &str = "cwj2n7m";
+/// A tenant whose rate-limit value `tg:rl:yvyv01z` has the CRC32 of `tg:idem:b:0`.
+const TENANT_COLLIDING_WITH_BUCKET_0: &str = "yvyv01z";
 
 fn ngx() -> MemoryStore {
     MemoryStore::ngx_wasm(1 << 20, Eviction::None)
@@ -111,8 +111,14 @@ fn crc32_matches_zlib_and_the_colliding_ids_collide() {
     let key = |tenant| ratelimit::state_key(tenant, "tenant");
     assert_eq!(store::crc32(key(a).as_bytes()), 0xacc0_7058);
     assert_eq!(store::crc32(key(b).as_bytes()), 0xacc0_7058);
+    // Equal length and CRC32: keys built around them collide too.
+    let group = |tenant: &str| format!("tg:rl:{tenant}");
     assert_eq!(
-        store::crc32(key(TENANT_COLLIDING_WITH_BUCKET_0).as_bytes()),
+        store::crc32(group(a).as_bytes()),
+        store::crc32(group(b).as_bytes())
+    );
+    assert_eq!(
+        store::crc32(group(TENANT_COLLIDING_WITH_BUCKET_0).as_bytes()),
         store::crc32(idempotency::bucket_key(0).as_bytes())
     );
 }
@@ -284,7 +290,8 @@ fn colliding_tenants_keep_separate_limits() {
         2,
         "one entry each: `{a}`'s key and `{b}`'s first alternate"
     );
-    let b_key = ratelimit::state_key(b, "tenant");
+    // A tenant's limits live in one value, `tg:rl:<tenant>`.
+    let b_key = format!("tg:rl:{b}");
     assert_eq!(
         store::locate(&store, &b_key).unwrap().unwrap().key,
         format!("{b_key}#1")

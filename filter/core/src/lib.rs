@@ -11,6 +11,7 @@ pub mod exchange;
 pub mod headers;
 pub mod idempotency;
 pub mod jwt;
+pub mod limits;
 pub mod maintenance;
 pub mod metrics;
 pub mod path;

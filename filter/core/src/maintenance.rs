@@ -160,10 +160,12 @@ fn watches(store: &dyn SharedStore) -> bool {
 
 /// The one eviction log line: what was lost and how large the zone must be.
 fn sizing_message(config: &CompiledConfig) -> String {
+    // One value per tenant holds its limits that count the tenant (and its
+    // routes'); per-key limits add up to `store.key_slots` values per tenant.
     let limits: usize = config
         .tenants
         .values()
-        .map(|tenant| tenant.routes.len() + usize::from(tenant.tenant_wide.is_some()))
+        .map(|tenant| usize::from(!tenant.policies.is_empty() || !tenant.routes.is_empty()))
         .sum();
     let buckets = config.store.idempotency_buckets;
     let unknown = config.store.unknown_tenant_slots;

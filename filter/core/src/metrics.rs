@@ -171,7 +171,11 @@ mod completeness {
                 | ProblemKind::IdempotencyInFlight
                 | ProblemKind::IdempotencyNotReplayable
                 | ProblemKind::IdempotencyUnavailable
-                | ProblemKind::BodyTooLarge => {}
+                | ProblemKind::BodyTooLarge
+                | ProblemKind::RateLimitKeyMissing
+                | ProblemKind::InvalidRateLimitKey
+                | ProblemKind::RateLimitKeysExhausted
+                | ProblemKind::MethodOverrideRefused => {}
             }
         }
         let distinct: std::collections::HashSet<_> = listed.iter().collect();

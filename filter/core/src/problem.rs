@@ -23,11 +23,15 @@ pub enum ProblemKind {
     IdempotencyNotReplayable,
     IdempotencyUnavailable,
     BodyTooLarge,
+    RateLimitKeyMissing,
+    InvalidRateLimitKey,
+    RateLimitKeysExhausted,
+    MethodOverrideRefused,
 }
 
 impl ProblemKind {
     /// Every kind, in declaration order.
-    pub const ALL: [ProblemKind; 16] = [
+    pub const ALL: [ProblemKind; 20] = [
         Self::TenantRequired,
         Self::InvalidTenant,
         Self::InvalidPath,
@@ -44,6 +48,10 @@ impl ProblemKind {
         Self::IdempotencyNotReplayable,
         Self::IdempotencyUnavailable,
         Self::BodyTooLarge,
+        Self::RateLimitKeyMissing,
+        Self::InvalidRateLimitKey,
+        Self::RateLimitKeysExhausted,
+        Self::MethodOverrideRefused,
     ];
 
     pub fn status(self) -> u32 {
@@ -52,7 +60,10 @@ impl ProblemKind {
             | Self::InvalidTenant
             | Self::InvalidPath
             | Self::IdempotencyKeyMissing
-            | Self::IdempotencyKeyMalformed => 400,
+            | Self::IdempotencyKeyMalformed
+            | Self::RateLimitKeyMissing
+            | Self::InvalidRateLimitKey
+            | Self::MethodOverrideRefused => 400,
             Self::Unauthenticated => 401,
             Self::UnknownTenant | Self::TenantMismatch => 403,
             Self::IdempotencyInFlight | Self::IdempotencyNotReplayable => 409,
@@ -60,7 +71,9 @@ impl ProblemKind {
             Self::IdempotencyKeyReused => 422,
             Self::PreconditionRequired => 428,
             Self::RateLimited => 429,
-            Self::RateLimitUnavailable | Self::IdempotencyUnavailable => 503,
+            Self::RateLimitUnavailable
+            | Self::IdempotencyUnavailable
+            | Self::RateLimitKeysExhausted => 503,
         }
     }
 
@@ -82,6 +95,10 @@ impl ProblemKind {
             Self::IdempotencyNotReplayable => "idempotency-response-not-replayable",
             Self::IdempotencyUnavailable => "idempotency-unavailable",
             Self::BodyTooLarge => "body-too-large",
+            Self::RateLimitKeyMissing => "rate-limit-key-missing",
+            Self::InvalidRateLimitKey => "invalid-rate-limit-key",
+            Self::RateLimitKeysExhausted => "rate-limit-keys-exhausted",
+            Self::MethodOverrideRefused => "method-override-refused",
         }
     }
 
@@ -103,6 +120,10 @@ impl ProblemKind {
             Self::IdempotencyNotReplayable => "Stored response cannot be replayed",
             Self::IdempotencyUnavailable => "Idempotency store unavailable",
             Self::BodyTooLarge => "Request body too large",
+            Self::RateLimitKeyMissing => "Rate-limit key required",
+            Self::InvalidRateLimitKey => "Invalid rate-limit key",
+            Self::RateLimitKeysExhausted => "Rate-limit keys exhausted",
+            Self::MethodOverrideRefused => "Method override refused",
         }
     }
 }

@@ -144,6 +144,9 @@ pub struct RateKey {
     table: Option<String>,
     /// Tenant and limit name, for the cluster store (`None` for a raw key).
     parts: Option<(String, String)>,
+    /// Counts a key value inside a tenant (a per-tenant table of
+    /// `store.key_slots`): no room there is its own refusal.
+    keyed: bool,
 }
 
 impl RateKey {
@@ -155,6 +158,7 @@ impl RateKey {
                 logical,
                 table: None,
                 parts,
+                keyed: false,
             };
         }
         let tag = store::key_tag(&logical);
@@ -163,7 +167,92 @@ impl RateKey {
             logical,
             table: Some(format!("tg:rl:u:{slot}")),
             parts,
+            keyed: false,
         }
+    }
+
+    /// Where the limits of `tenant` that count `kind` (with value `hash`)
+    /// keep their state together (`crate::limits::state`): the tenant's own
+    /// value (`tg:rl:<tenant>`, unknown tenants in their shared table), or,
+    /// for a key value, a slot of the tenant's table of `store.key_slots`
+    /// keys (`tg:rk:<tenant>:<n>`; unknown tenants share `tg:rk:u:<n>`).
+    pub fn group(
+        config: &CompiledConfig,
+        tenant: &str,
+        kind: crate::config::KeyKind,
+        hash: Option<[u8; 8]>,
+    ) -> Self {
+        let configured = config.tenants.contains_key(tenant);
+        let Some(hash) = hash else {
+            let logical = format!("tg:rl:{tenant}");
+            let table = (!configured).then(|| {
+                let tag = store::key_tag(&logical);
+                let slots = u64::from(config.store.unknown_tenant_slots.max(1));
+                format!("tg:rl:u:{}", u64::from_le_bytes(tag) % slots)
+            });
+            return Self {
+                logical,
+                table,
+                parts: None,
+                keyed: false,
+            };
+        };
+        let kind = match kind {
+            crate::config::KeyKind::Tenant => "t".to_owned(),
+            crate::config::KeyKind::User => "u".to_owned(),
+            crate::config::KeyKind::Org => "o".to_owned(),
+            crate::config::KeyKind::Header(index) => format!("h{index}"),
+        };
+        let hex = crate::cluster::wire::to_hex(&hash);
+        let logical = format!("tg:rk:{tenant}:{kind}:{hex}");
+        let slot =
+            u64::from_le_bytes(store::key_tag(&logical)) % u64::from(config.store.key_slots.max(1));
+        let table = if configured {
+            format!("tg:rk:{tenant}:{slot}")
+        } else {
+            format!("tg:rk:u:{slot}")
+        };
+        Self {
+            logical,
+            table: Some(table),
+            parts: None,
+            keyed: true,
+        }
+    }
+
+    /// One limit of `tenant` as the cluster store names it: `policy`, or
+    /// `policy~<16 hex>` for one key value inside the tenant (bounded like the
+    /// key groups: a per-tenant table of `store.key_slots` keys). Its lease
+    /// lives in [`RateKey::in_family`] `ls`.
+    pub fn limit(
+        config: &CompiledConfig,
+        tenant: &str,
+        policy: &str,
+        hash: Option<[u8; 8]>,
+    ) -> Self {
+        let Some(hash) = hash else {
+            return Self::new(config, tenant, policy);
+        };
+        let name = format!("{policy}~{}", crate::cluster::wire::to_hex(&hash));
+        let logical = state_key(tenant, &name);
+        let slot =
+            u64::from_le_bytes(store::key_tag(&logical)) % u64::from(config.store.key_slots.max(1));
+        let table = if config.tenants.contains_key(tenant) {
+            format!("tg:rl:k:{tenant}:{slot}")
+        } else {
+            format!("tg:rl:k:u:{slot}")
+        };
+        Self {
+            logical,
+            table: Some(table),
+            parts: Some((tenant.to_owned(), name)),
+            keyed: true,
+        }
+    }
+
+    /// Counts a key value inside a tenant.
+    pub fn is_keyed(&self) -> bool {
+        self.keyed
     }
 
     /// Tenant and limit name (what the cluster store keys on).
@@ -184,6 +273,7 @@ impl RateKey {
             logical: rename(&self.logical),
             table: self.table.as_deref().map(rename),
             parts: self.parts.clone(),
+            keyed: self.keyed,
         }
     }
 
@@ -209,6 +299,7 @@ impl From<&str> for RateKey {
             logical: key.to_owned(),
             table: None,
             parts: None,
+            keyed: false,
         }
     }
 }
@@ -232,6 +323,9 @@ pub enum CheckError {
     Contention {
         attempts: u32,
     },
+    /// A key value inside a tenant found no room in its bounded table (the
+    /// tenant has that many other keys active at once).
+    KeysExhausted,
     Store(StoreError),
 }
 
@@ -244,6 +338,10 @@ impl std::fmt::Display for CheckError {
                     "rate-limit state still contended after {attempts} attempts"
                 )
             }
+            Self::KeysExhausted => write!(
+                f,
+                "the tenant's table of rate-limit keys has no room for another active key"
+            ),
             Self::Store(err) => err.fmt(f),
         }
     }

@@ -190,10 +190,27 @@ impl Located {
 
     /// Writes `payload` if nobody changed the key since it was located.
     pub fn write(&self, store: &dyn SharedStore, payload: &[u8]) -> Result<CasOutcome, StoreError> {
-        let value = tagged(&self.logical, payload);
+        self.write_value(store, &tagged(&self.logical, payload))
+    }
+
+    /// [`Self::write`] of a payload built in place: `fill` appends it to the
+    /// tag (one allocation for the whole value).
+    pub fn write_with(
+        &self,
+        store: &dyn SharedStore,
+        len: usize,
+        fill: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<CasOutcome, StoreError> {
+        let mut value = Vec::with_capacity(TAG_LEN + len);
+        value.extend_from_slice(&key_tag(&self.logical));
+        fill(&mut value);
+        self.write_value(store, &value)
+    }
+
+    fn write_value(&self, store: &dyn SharedStore, value: &[u8]) -> Result<CasOutcome, StoreError> {
         match &self.current {
-            Current::Missing => store.create(&self.key, &value),
-            Current::Empty(cas) | Current::Ours(_, cas) => store.update(&self.key, &value, *cas),
+            Current::Missing => store.create(&self.key, value),
+            Current::Empty(cas) | Current::Ours(_, cas) => store.update(&self.key, value, *cas),
         }
     }
 

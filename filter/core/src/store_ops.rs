@@ -9,7 +9,8 @@ use crate::config::CompiledConfig;
 use crate::idempotency::{
     self, Begin, Claim, Fingerprint, IdempotencyError, Lifetimes, StoreParams, StoredResponse,
 };
-use crate::ratelimit::{self, CheckError, RateKey, RateParams, Verdict};
+use crate::limits::{self, Admission, Admitted};
+use crate::ratelimit::CheckError;
 use crate::store::{SharedStore, StoreError};
 use crate::tenant::TenantId;
 
@@ -27,12 +28,8 @@ pub struct StoreCall {
 /// One atomic operation on the shared state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreOp {
-    /// GCRA check-and-consume of one limit.
-    Admit {
-        key: RateKey,
-        rate: RateParams,
-        now_unix_ns: u64,
-    },
+    /// Every rate limit and quota that applies to a request, all or nothing.
+    Admit(Admission),
     /// Claim an Idempotency-Key, or report what is stored under it.
     Claim {
         tenant: TenantId,
@@ -60,7 +57,7 @@ pub enum StoreOp {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreAnswer {
     /// To [`StoreOp::Admit`].
-    Admit(Result<Verdict, CheckError>),
+    Admit(Result<Admitted, CheckError>),
     /// To [`StoreOp::Claim`].
     Claim(Result<Begin, IdempotencyError>),
     /// To [`StoreOp::Seal`], [`StoreOp::Complete`] and [`StoreOp::Release`]:
@@ -70,7 +67,7 @@ pub enum StoreAnswer {
 
 impl StoreAnswer {
     /// The answer to an [`StoreOp::Admit`]; an answer of another kind is a store error.
-    pub fn into_admit(self) -> Result<Verdict, CheckError> {
+    pub fn into_admit(self) -> Result<Admitted, CheckError> {
         match self {
             StoreAnswer::Admit(checked) => checked,
             StoreAnswer::Claim(_) | StoreAnswer::Update(_) => Err(CheckError::Store(mismatched())),
@@ -108,17 +105,9 @@ fn mismatched() -> StoreError {
 pub fn execute_local(config: &CompiledConfig, store: &dyn SharedStore, op: StoreOp) -> StoreAnswer {
     let params = StoreParams::of(&config.store);
     match op {
-        StoreOp::Admit {
-            key,
-            rate,
-            now_unix_ns,
-        } => StoreAnswer::Admit(ratelimit::check_and_consume(
-            store,
-            key,
-            &rate,
-            now_unix_ns,
-            &config.store,
-        )),
+        StoreOp::Admit(admission) => {
+            StoreAnswer::Admit(limits::admit_local(config, store, &admission))
+        }
         StoreOp::Claim {
             tenant,
             key,

@@ -159,7 +159,7 @@ fn config_parses_and_compiles() {
     assert_eq!(config.tenant_settings("quiet").unwrap().mode, Mode::Shadow);
     // Unknown tenants fall back to the defaults by default.
     let other = config.tenant_settings("other").unwrap();
-    assert_eq!(other.policy_for("GET", "/").unwrap().rate.requests, 100);
+    assert_eq!(other.policy_for("GET", "/").unwrap().requests(), 100);
 }
 
 #[test]

@@ -17,7 +17,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use tenant_guard_core::cluster::{CallOutcome, ClusterStore, Route};
 use tenant_guard_core::config::{self, CompiledConfig};
-use tenant_guard_core::engine::{HostInputs, RequestView};
+use tenant_guard_core::engine::{HostInputs, RequestView, METHOD_OVERRIDE_HEADERS};
 use tenant_guard_core::exchange::{self, Effect, Exchange, Holds, Next, Output};
 use tenant_guard_core::idempotency::KEY_HEADER;
 use tenant_guard_core::maintenance::{self, Maintenance};
@@ -453,6 +453,19 @@ impl HttpContext for Request {
         let if_match = (!config.if_match.is_empty())
             .then(|| host::request_header("if-match"))
             .flatten();
+        // Method overrides matter only where a rule looks at the method.
+        let overrides = if config.reads_method_and_path {
+            METHOD_OVERRIDE_HEADERS.map(host::request_header)
+        } else {
+            [None, None, None]
+        };
+        // What per-key limits count by (nothing is read without such limits).
+        let key_values: Vec<Option<Vec<u8>>> = config
+            .key_headers
+            .iter()
+            .map(|name| host::request_header(name))
+            .collect();
+        let key_headers: Vec<Option<&[u8]>> = key_values.iter().map(Option::as_deref).collect();
         let request = RequestView {
             method: &method,
             path: &path,
@@ -462,6 +475,12 @@ impl HttpContext for Request {
             idempotency_key_repeated,
             if_match: if_match.as_deref(),
             authorization: authorization.as_deref(),
+            method_overrides: [
+                overrides[0].as_deref(),
+                overrides[1].as_deref(),
+                overrides[2].as_deref(),
+            ],
+            key_headers: &key_headers,
         };
         let inputs = host::inputs();
         let output = self

@@ -3,7 +3,7 @@
 //! the routes, checks every request before any of it reaches a Redis key
 //! name, and answers; [`redis`] owns the connection and the Lua scripts.
 //!
-//! - `POST /v1/lease`, `/v1/claim`, `/v1/complete`, `/v1/release`: the
+//! - `POST /v1/lease`, `/v1/leases`, `/v1/claim`, `/v1/complete`, `/v1/release`: the
 //!   [`tenant_guard_core::cluster::wire`] types; `200` with the answer.
 //! - `400` problem+json: a body that does not parse, or a field out of range
 //!   (names, hex lengths, zero `want`/`emission_us`/`in_flight_ms`/`ttl_ms`,
@@ -39,7 +39,7 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tenant_guard_core::cluster::wire::{
-    self, ClaimRequest, CompleteRequest, LeaseRequest, ReleaseRequest,
+    self, ClaimRequest, CompleteRequest, LeaseRequest, LeasesRequest, ReleaseRequest,
 };
 use tokio::net::TcpListener;
 
@@ -151,6 +151,7 @@ async fn watch_persistence(store: Arc<RedisStore>, metrics: Arc<StoreMetrics>) {
 fn router(state: StoreState) -> Router {
     Router::new()
         .route(wire::LEASE_PATH, post(lease))
+        .route(wire::LEASES_PATH, post(leases))
         .route(wire::CLAIM_PATH, post(claim))
         .route(wire::COMPLETE_PATH, post(complete))
         .route(wire::RELEASE_PATH, post(release))
@@ -309,6 +310,17 @@ async fn lease(State(state): State<StoreState>, body: Result<Bytes, BytesRejecti
     answer(&state, op, started, result)
 }
 
+async fn leases(State(state): State<StoreState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let op = StoreOp::Leases;
+    let request = match parse::<LeasesRequest>(&state, op, body, check_leases) {
+        Ok(request) => request,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let started = Instant::now();
+    let result = state.store.leases(&request).await;
+    answer(&state, op, started, result)
+}
+
 async fn claim(State(state): State<StoreState>, body: Result<Bytes, BytesRejection>) -> Response {
     let op = StoreOp::Claim;
     let request = match parse::<ClaimRequest>(&state, op, body, check_claim) {
@@ -385,14 +397,19 @@ fn check_hash16(name: &str, value: Option<&str>) -> Result<(), String> {
     }
 }
 
-fn check_lease(request: &LeaseRequest) -> Result<(), String> {
-    check_scope_and_key(&request.scope, None)?;
-    if !wire::is_valid_limit(&request.limit) {
+fn check_limit(limit: &str) -> Result<(), String> {
+    if !wire::is_valid_limit(limit) {
         return Err(format!(
-            "`limit` must be a limit name ([A-Za-z0-9._-], 1 to {} bytes)",
+            "`limit` must be a limit name ([A-Za-z0-9._-], 1 to {} bytes), optionally `~` and 16 hex digits",
             wire::MAX_NAME_LEN
         ));
     }
+    Ok(())
+}
+
+fn check_lease(request: &LeaseRequest) -> Result<(), String> {
+    check_scope_and_key(&request.scope, None)?;
+    check_limit(&request.limit)?;
     check_range("emission_us", request.emission_us, 1, MAX_MICROS)?;
     check_range("capacity_us", request.capacity_us, 0, MAX_MICROS)?;
     // Slot counts times `emission_us` stay below 2^53 as well.
@@ -401,6 +418,46 @@ fn check_lease(request: &LeaseRequest) -> Result<(), String> {
     check_range("returned", request.returned, 0, MAX_SLOTS)?;
     check_range("lease_ttl_ms", request.lease_ttl_ms, 0, MAX_MILLIS)?;
     if request.want == 0 && request.returned == 0 {
+        return Err("`want` is 0 and nothing is `returned`: nothing to do".to_owned());
+    }
+    Ok(())
+}
+
+/// Largest request count of a quota (Lua's doubles stay exact).
+pub const MAX_QUOTA: u64 = 1 << 52;
+
+fn check_leases(request: &LeasesRequest) -> Result<(), String> {
+    check_scope_and_key(&request.scope, None)?;
+    check_range("lease_ttl_ms", request.lease_ttl_ms, 0, MAX_MILLIS)?;
+    if request.items.is_empty() || request.items.len() > wire::MAX_LEASE_ITEMS {
+        return Err(format!(
+            "`items` must hold 1 to {} limits",
+            wire::MAX_LEASE_ITEMS
+        ));
+    }
+    for (index, item) in request.items.iter().enumerate() {
+        check_item(item).map_err(|error| format!("items[{index}]: {error}"))?;
+    }
+    Ok(())
+}
+
+fn check_item(item: &wire::LeaseItem) -> Result<(), String> {
+    check_limit(&item.limit)?;
+    match (&item.rate, &item.quota) {
+        (Some(rate), None) => {
+            check_range("rate.emission_us", rate.emission_us, 1, MAX_MICROS)?;
+            check_range("rate.capacity_us", rate.capacity_us, 0, MAX_MICROS)?;
+        }
+        (None, Some(quota)) => {
+            check_range("quota.requests", quota.requests, 1, MAX_QUOTA)?;
+            check_range("quota.window_end_s", quota.window_end_s, 1, MAX_MILLIS)?;
+        }
+        _ => return Err("set exactly one of `rate` and `quota`".to_owned()),
+    }
+    check_range("want", item.want, 0, MAX_SLOTS)?;
+    check_range("need", item.need, 0, item.want)?;
+    check_range("returned", item.returned, 0, MAX_SLOTS)?;
+    if item.want == 0 && item.returned == 0 {
         return Err("`want` is 0 and nothing is `returned`: nothing to do".to_owned());
     }
     Ok(())

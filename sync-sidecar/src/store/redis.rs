@@ -20,8 +20,8 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Script, ScriptInvocation, Value};
 use tenant_guard_core::cluster::wire::{
-    ClaimAnswer, ClaimRequest, CompleteRequest, LeaseAnswer, LeaseRequest, ReleaseRequest,
-    UpdateAnswer, WireResponse,
+    ClaimAnswer, ClaimRequest, CompleteRequest, LeaseAnswer, LeaseRequest, LeasesAnswer,
+    LeasesRequest, ReleaseRequest, UpdateAnswer, WireResponse,
 };
 use tokio::sync::Mutex;
 
@@ -44,6 +44,7 @@ pub enum RedisTarget {
 /// restart of Redis (`NOSCRIPT`).
 struct Scripts {
     lease: Script,
+    leases: Script,
     claim: Script,
     complete: Script,
     release: Script,
@@ -53,6 +54,7 @@ impl Scripts {
     fn new() -> Self {
         Self {
             lease: Script::new(include_str!("scripts/lease.lua")),
+            leases: Script::new(include_str!("scripts/leases.lua")),
             claim: Script::new(include_str!("scripts/claim.lua")),
             complete: Script::new(include_str!("scripts/complete.lua")),
             release: Script::new(include_str!("scripts/release.lua")),
@@ -189,6 +191,66 @@ impl RedisStore {
             }),
             _ => Err(StoreError::Reply("lease")),
         }
+    }
+
+    /// `POST /v1/leases` (the request is valid: see `super::check_leases`).
+    pub async fn leases(&self, request: &LeasesRequest) -> Result<LeasesAnswer, StoreError> {
+        let mut invocation = self.scripts.leases.prepare_invoke();
+        let window_ms = match request.lease_ttl_ms {
+            0 => DEFAULT_LEASE_WINDOW_MS,
+            ttl => ttl,
+        };
+        invocation.arg(&self.holder).arg(window_ms);
+        for item in &request.items {
+            match (&item.rate, &item.quota) {
+                (Some(rate), _) => {
+                    invocation
+                        .key(key(&request.scope, &format!("rl:{}", item.limit)))
+                        .arg("rate")
+                        .arg(rate.emission_us)
+                        .arg(rate.capacity_us);
+                }
+                (None, Some(quota)) => {
+                    invocation
+                        .key(key(
+                            &request.scope,
+                            &format!("q:{}:{}", item.limit, quota.window_end_s),
+                        ))
+                        .arg("quota")
+                        .arg(quota.requests)
+                        .arg(quota.window_end_s);
+                }
+                (None, None) => return Err(StoreError::Reply("leases item")),
+            }
+            invocation
+                .key(key(&request.scope, &format!("lh:{}", item.limit)))
+                .arg(item.want)
+                .arg(item.need)
+                .arg(item.returned);
+        }
+        let reply = self.invoke(&invocation).await?;
+        let numbers = ints(&reply).ok_or(StoreError::Reply("leases"))?;
+        if numbers.len() != request.items.len() * 4 {
+            return Err(StoreError::Reply("leases"));
+        }
+        let items = numbers
+            .chunks_exact(4)
+            .map(|item| match item {
+                &[granted, remaining, reset_seconds, retry_after_seconds] => LeaseAnswer {
+                    granted,
+                    remaining,
+                    reset_seconds,
+                    retry_after_seconds,
+                },
+                _ => LeaseAnswer {
+                    granted: 0,
+                    remaining: 0,
+                    reset_seconds: 0,
+                    retry_after_seconds: 0,
+                },
+            })
+            .collect();
+        Ok(LeasesAnswer { items })
     }
 
     /// `POST /v1/claim`.

@@ -12,17 +12,16 @@
 //! A claim remembers where it was made (Redis, or this gateway's records when
 //! `idempotency_fallback: local` answered it) so it is settled in the same place.
 
-use crate::config::{ClusterStoreConfig, CompiledConfig, IdempotencyFallback, RateLimitFallback};
+use crate::config::{ClusterStoreConfig, CompiledConfig, IdempotencyFallback};
 use crate::idempotency::{
     self, Begin, Fingerprint, IdempotencyError, Lifetimes, StoreParams, StoredResponse,
     MAX_STORED_HEADER_BYTES,
 };
-use crate::ratelimit::{self, CheckError, RateKey, RateParams, Verdict};
 use crate::store::{HostSemantics, SharedStore, StoreError};
 use crate::store_ops::{self, StoreAnswer, StoreOp};
 
+use super::admission::Pending;
 use super::health::{self, Transition};
-use super::lease::{self, Role, Taken};
 use super::settle::{HeldLease, Retry};
 use super::wire::{self, ClaimAnswer, LeaseAnswer, UpdateAnswer, WireResponse};
 
@@ -137,14 +136,9 @@ enum Held {
 
 /// The call this request waits for, and what its answer is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Waiting {
-    Lease {
-        key: RateKey,
-        rate: RateParams,
-        role: Role,
-        /// A top-up's request was admitted already: its verdict.
-        admitted: Option<Verdict>,
-    },
+pub(super) enum Waiting {
+    /// The request's rate limits.
+    Admission(Pending),
     Claim {
         op: StoreOp,
         scope: String,
@@ -159,16 +153,16 @@ enum Waiting {
 /// The per-request side of cluster mode.
 #[derive(Debug, Default)]
 pub struct ClusterStore {
-    waiting: Option<Waiting>,
+    pub(super) waiting: Option<Waiting>,
     held: Option<Held>,
-    events: Vec<StoreEvent>,
+    pub(super) events: Vec<StoreEvent>,
     /// Leases this request refilled, for the root's [`super::settle::LeaseBook`].
-    refilled: Vec<HeldLease>,
+    pub(super) refilled: Vec<HeldLease>,
     /// Calls that failed and must be sent again from the root context.
     retries: Vec<Call>,
 }
 
-fn bounded(mut text: String) -> String {
+pub(super) fn bounded(mut text: String) -> String {
     if text.len() > MAX_DETAIL {
         let mut end = MAX_DETAIL;
         while !text.is_char_boundary(end) {
@@ -188,52 +182,6 @@ fn call(cluster: &ClusterStoreConfig, path: &'static str, body: &impl serde::Ser
         timeout_ms: cluster.timeout_ms,
         retry_until_ns: None,
     }
-}
-
-/// What one `/v1/lease` call asks for: `want` slots, `need` of them for the
-/// asking request itself, after giving `returned` lapsed slots back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct LeaseAsk {
-    pub want: u64,
-    pub need: u64,
-    pub returned: u64,
-}
-
-/// A `/v1/lease` call for `key`. `None` for a key the store cannot name (no
-/// tenant and limit).
-pub(super) fn lease_call(
-    upstream: &str,
-    timeout_ms: u64,
-    key: &RateKey,
-    rate: &RateParams,
-    ask: LeaseAsk,
-    lease_ttl_ms: u64,
-) -> Option<Call> {
-    let (scope, limit) = key.parts()?;
-    let emission_us = rate.emission_ns().div_ceil(1_000).max(1);
-    let request = wire::LeaseRequest {
-        scope: scope.to_owned(),
-        limit: limit.to_owned(),
-        emission_us,
-        capacity_us: emission_us.saturating_mul(rate.burst.max(1)),
-        want: ask.want,
-        need: ask.need,
-        returned: ask.returned,
-        lease_ttl_ms,
-    };
-    Some(Call {
-        upstream: upstream.to_owned(),
-        path: wire::LEASE_PATH,
-        body: serde_json::to_vec(&request).unwrap_or_default(),
-        timeout_ms,
-        retry_until_ns: None,
-    })
-}
-
-/// The limit one gateway enforces alone while the store is away.
-fn fallback_rate(rate: &RateParams, percent: u8) -> RateParams {
-    let share = |value: u64| (value.saturating_mul(u64::from(percent)) / 100).max(1);
-    RateParams::new(share(rate.requests), rate.per_seconds, share(rate.burst))
 }
 
 impl ClusterStore {
@@ -282,11 +230,7 @@ impl ClusterStore {
                 == health::Route::FallBack
         };
         match op {
-            StoreOp::Admit {
-                key,
-                rate,
-                now_unix_ns,
-            } => self.admit(config, cluster, store, key, rate, now_unix_ns, down()),
+            StoreOp::Admit(admission) => self.admit(config, cluster, store, admission, down()),
             StoreOp::Claim {
                 ref tenant,
                 ref key,
@@ -398,151 +342,6 @@ impl ClusterStore {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn admit(
-        &mut self,
-        config: &CompiledConfig,
-        cluster: &ClusterStoreConfig,
-        store: &dyn SharedStore,
-        key: RateKey,
-        rate: RateParams,
-        now_ns: u64,
-        down: bool,
-    ) -> Route {
-        if down || key.parts().is_none() {
-            return Route::Answer(StoreAnswer::Admit(
-                self.admit_fallback(config, cluster, store, &key, &rate, now_ns),
-            ));
-        }
-        let sizing = lease::Sizing::new(
-            &rate,
-            cluster.lease_max,
-            cluster.timeout_ms.saturating_mul(NANOS_PER_MS),
-            cluster.lease_ttl_ms.saturating_mul(NANOS_PER_MS),
-        );
-        let attempts = config.store.max_cas_retries;
-        let taken = match lease::take(store, &key, &sizing, now_ns, attempts) {
-            Ok(taken) => taken,
-            Err(err) => return Route::Answer(StoreAnswer::Admit(Err(CheckError::Store(err)))),
-        };
-        match taken {
-            Taken::Slot {
-                remaining,
-                reset_seconds,
-            } => Route::Answer(StoreAnswer::Admit(Ok(Verdict {
-                allowed: true,
-                remaining,
-                reset_seconds,
-                retry_after_seconds: 0,
-            }))),
-            Taken::Refused {
-                retry_after_seconds,
-            } => Route::Answer(StoreAnswer::Admit(Ok(Verdict {
-                allowed: false,
-                remaining: 0,
-                reset_seconds: retry_after_seconds,
-                retry_after_seconds,
-            }))),
-            Taken::SlotAndTopUp {
-                remaining,
-                reset_seconds,
-                want,
-                returned,
-            } => {
-                let admitted = Verdict {
-                    allowed: true,
-                    remaining,
-                    reset_seconds,
-                    retry_after_seconds: 0,
-                };
-                let ask = LeaseAsk {
-                    want,
-                    need: 0,
-                    returned,
-                };
-                self.lease_request(cluster, key, rate, Role::TopUp, ask, Some(admitted))
-            }
-            Taken::Refill { want, returned } => {
-                let ask = LeaseAsk {
-                    want,
-                    need: 1,
-                    returned,
-                };
-                self.lease_request(cluster, key, rate, Role::Refill, ask, None)
-            }
-            Taken::Join => {
-                let ask = LeaseAsk {
-                    want: 1,
-                    need: 1,
-                    returned: 0,
-                };
-                self.lease_request(cluster, key, rate, Role::Join, ask, None)
-            }
-        }
-    }
-
-    /// Asks the store for slots of `key`; the stream waits for the answer.
-    fn lease_request(
-        &mut self,
-        cluster: &ClusterStoreConfig,
-        key: RateKey,
-        rate: RateParams,
-        role: Role,
-        ask: LeaseAsk,
-        admitted: Option<Verdict>,
-    ) -> Route {
-        let call = lease_call(
-            &cluster.upstream,
-            cluster.timeout_ms,
-            &key,
-            &rate,
-            ask,
-            cluster.lease_ttl_ms,
-        );
-        match call {
-            Some(call) => {
-                self.waiting = Some(Waiting::Lease {
-                    key,
-                    rate,
-                    role,
-                    admitted,
-                });
-                Route::Await(call)
-            }
-            // `admit` only asks for keys the store can name.
-            None => Route::Answer(StoreAnswer::Admit(Err(CheckError::Store(StoreError(
-                "the rate-limit key names no tenant and limit".to_owned(),
-            ))))),
-        }
-    }
-
-    fn admit_fallback(
-        &mut self,
-        config: &CompiledConfig,
-        cluster: &ClusterStoreConfig,
-        store: &dyn SharedStore,
-        key: &RateKey,
-        rate: &RateParams,
-        now_ns: u64,
-    ) -> Result<Verdict, CheckError> {
-        self.events.push(StoreEvent::FellBack);
-        match cluster.rate_limit_fallback {
-            RateLimitFallback::Unlimited => Ok(Verdict {
-                allowed: true,
-                remaining: rate.burst,
-                reset_seconds: 0,
-                retry_after_seconds: 0,
-            }),
-            RateLimitFallback::Share => ratelimit::check_and_consume(
-                store,
-                key,
-                &fallback_rate(rate, cluster.fallback_share_percent),
-                now_ns,
-                &config.store,
-            ),
-        }
-    }
-
     fn claim_fallback(
         &mut self,
         config: &CompiledConfig,
@@ -576,32 +375,9 @@ impl ClusterStore {
         let waiting = self.waiting.take()?;
         let cluster = config.store.cluster.as_ref()?;
         let answer = match waiting {
-            Waiting::Lease {
-                key,
-                rate,
-                role,
-                admitted,
-            } => match self.parse::<LeaseAnswer>(store, cluster, outcome, now_ns) {
-                Some(answer) => {
-                    let leased =
-                        self.leased(config, cluster, store, key, rate, role, answer, now_ns);
-                    admitted.map_or(leased, |verdict| StoreAnswer::Admit(Ok(verdict)))
-                }
-                None => {
-                    if role != Role::Join {
-                        // Nobody waits for a refill that failed.
-                        let attempts = config.store.max_cas_retries;
-                        let _ = lease::abandoned(store, &key, now_ns, attempts);
-                    }
-                    match admitted {
-                        // The request spent a slot it held: no fallback.
-                        Some(verdict) => StoreAnswer::Admit(Ok(verdict)),
-                        None => StoreAnswer::Admit(
-                            self.admit_fallback(config, cluster, store, &key, &rate, now_ns),
-                        ),
-                    }
-                }
-            },
+            Waiting::Admission(pending) => {
+                self.admission_answered(config, cluster, store, pending, outcome, now_ns)
+            }
             Waiting::Claim {
                 op,
                 scope,
@@ -646,60 +422,6 @@ impl ClusterStore {
         Some(answer)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn leased(
-        &mut self,
-        config: &CompiledConfig,
-        cluster: &ClusterStoreConfig,
-        store: &dyn SharedStore,
-        key: RateKey,
-        rate: RateParams,
-        role: Role,
-        answer: LeaseAnswer,
-        now_ns: u64,
-    ) -> StoreAnswer {
-        let lease_ttl_ns = cluster.lease_ttl_ms * NANOS_PER_MS;
-        let recorded = lease::answered(
-            store,
-            &key,
-            role,
-            &answer,
-            lease_ttl_ns,
-            // A refusal is remembered at most half a lease: slots other
-            // gateways give back are seen soon.
-            rate.emission_ns().min(lease_ttl_ns / 2),
-            now_ns,
-            config.store.max_cas_retries,
-        );
-        match recorded {
-            Ok(()) if role != Role::Join && answer.granted > 1 => {
-                self.refilled.push(HeldLease { key, rate });
-            }
-            Ok(()) => {}
-            // Slots Redis granted but this gateway cannot hold lapse unused:
-            // under-admission, never over-admission.
-            Err(err) => self
-                .events
-                .push(StoreEvent::Failed(bounded(err.to_string()))),
-        }
-        let verdict = if answer.granted > 0 {
-            Verdict {
-                allowed: true,
-                remaining: answer.remaining.saturating_add(answer.granted - 1),
-                reset_seconds: answer.reset_seconds,
-                retry_after_seconds: 0,
-            }
-        } else {
-            Verdict {
-                allowed: false,
-                remaining: 0,
-                reset_seconds: answer.retry_after_seconds.max(1),
-                retry_after_seconds: answer.retry_after_seconds.max(1),
-            }
-        };
-        StoreAnswer::Admit(Ok(verdict))
-    }
-
     /// The outcome of a [`Route::Send`] or [`Route::Queue`] call (if it
     /// arrives while its context lives): only the store's health and the
     /// counters learn from it.
@@ -723,6 +445,9 @@ impl ClusterStore {
         let acknowledged = if call.path == wire::LEASE_PATH {
             self.parse::<LeaseAnswer>(store, cluster, outcome, now_ns)
                 .is_some()
+        } else if call.path == wire::LEASES_PATH {
+            self.parse::<wire::LeasesAnswer>(store, cluster, outcome, now_ns)
+                .is_some()
         } else {
             self.parse::<UpdateAnswer>(store, cluster, outcome, now_ns)
                 .is_some()
@@ -745,7 +470,7 @@ impl ClusterStore {
     }
 
     /// A usable answer, or `None` after marking the store down.
-    fn parse<T: serde::de::DeserializeOwned>(
+    pub(super) fn parse<T: serde::de::DeserializeOwned>(
         &mut self,
         store: &dyn SharedStore,
         cluster: &ClusterStoreConfig,

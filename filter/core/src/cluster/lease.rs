@@ -28,7 +28,7 @@ use super::wire::LeaseAnswer;
 
 const NANOS_PER_SECOND: u64 = 1_000_000_000;
 /// Words of a lease as stored; the first seven are the layout of earlier builds.
-const WORDS: usize = 12;
+const WORDS: usize = 13;
 const OLD_WORDS: usize = 7;
 
 /// One lease as stored.
@@ -57,6 +57,9 @@ struct Lease {
     /// next batch is sized from.
     granted_ns: u64,
     spent: u64,
+    /// A calendar quota's lease: the end of the window its slots belong to
+    /// (0 for a rate limit). Slots never outlive it, nor go back to another.
+    window_end_ns: u64,
 }
 
 impl Lease {
@@ -81,6 +84,7 @@ impl Lease {
             used_ns: next(),
             granted_ns: next(),
             spent: next(),
+            window_end_ns: next(),
         })
     }
 
@@ -98,6 +102,7 @@ impl Lease {
             self.used_ns,
             self.granted_ns,
             self.spent,
+            self.window_end_ns,
         ];
         let mut out = [0u8; WORDS * 8];
         for (chunk, word) in out.chunks_exact_mut(8).zip(words) {
@@ -187,6 +192,9 @@ pub struct Sizing {
     /// A batch holds what this gateway spends in this long (half the lease's
     /// lifetime, so it is spent before it lapses).
     pub horizon_ns: u64,
+    /// A calendar quota: the end of the current window (slots lapse there,
+    /// and slots of an earlier window are not given back to this one).
+    pub window_end_ns: Option<u64>,
 }
 
 impl Sizing {
@@ -195,6 +203,36 @@ impl Sizing {
             cap: cap(rate, lease_max),
             refill_ns: timeout_ns,
             horizon_ns: (lease_ttl_ns / 2).max(1),
+            window_end_ns: None,
+        }
+    }
+
+    /// A calendar quota of `requests` whose current window ends at
+    /// `window_end_ns`: batches within `lease_max` and a quarter of the quota.
+    pub fn quota(
+        requests: u64,
+        window_end_ns: u64,
+        lease_max: u64,
+        timeout_ns: u64,
+        lease_ttl_ns: u64,
+    ) -> Self {
+        Self {
+            cap: lease_max.min(requests / 4).max(1),
+            refill_ns: timeout_ns,
+            horizon_ns: (lease_ttl_ns / 2).max(1),
+            window_end_ns: Some(window_end_ns),
+        }
+    }
+
+    /// A quota lease of an earlier window: its slots (lapsed there, since
+    /// they never outlive their window) count for nothing in this one.
+    fn forget_other_windows(&self, lease: &mut Lease) {
+        if let Some(end) = self.window_end_ns {
+            if lease.window_end_ns != end {
+                lease.slots = 0;
+                lease.lapsed = 0;
+                lease.window_end_ns = end;
+            }
         }
     }
 
@@ -281,6 +319,7 @@ pub fn take(
     attempts: u32,
 ) -> Result<Taken, StoreError> {
     update(store, key, now_ns, attempts, |lease| {
+        sizing.forget_other_windows(lease);
         let live = lease.live_slots(now_ns);
         if live > 0 {
             lease.slots = live - 1;
@@ -379,6 +418,10 @@ pub fn answered(
                 .live_slots(now_ns)
                 .saturating_add(answer.granted.saturating_sub(own));
             lease.expires_ns = now_ns.saturating_add(lease_ttl_ns);
+            if lease.window_end_ns > 0 {
+                // A quota's slots belong to their window: they never outlive it.
+                lease.expires_ns = lease.expires_ns.min(lease.window_end_ns);
+            }
             lease.used_ns = now_ns;
             lease.granted_ns = now_ns;
             lease.spent = 0;
@@ -425,6 +468,14 @@ pub fn sweep(
     attempts: u32,
 ) -> Result<Swept, StoreError> {
     update(store, key, now_ns, attempts, |lease| {
+        if lease.window_end_ns > 0 && now_ns >= lease.window_end_ns {
+            // A quota's window is over: its slots count for nothing now.
+            let forgot = lease.slots > 0 || lease.lapsed > 0;
+            lease.slots = 0;
+            lease.lapsed = 0;
+            let held = now_ns < lease.refill_until_ns;
+            return (Swept { returned: 0, held }, forgot);
+        }
         if lease.live_slots(now_ns) > 0 && now_ns.saturating_sub(lease.used_ns) >= idle_ns {
             lease.expires_ns = now_ns;
         }
@@ -492,6 +543,7 @@ mod tests {
         cap: 8,
         refill_ns: REFILL,
         horizon_ns: SECOND,
+        window_end_ns: None,
     };
 
     fn take_at(store: &MemoryStore, now: u64) -> Taken {

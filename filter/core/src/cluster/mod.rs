@@ -9,6 +9,7 @@
 //! holds, `health` whether the store is up, `settle` what the root context
 //! does on its tick (calls retried until acknowledged, lapsed slots given back).
 
+pub mod admission;
 pub mod client;
 pub mod health;
 pub mod lease;

@@ -19,10 +19,10 @@
 
 use std::collections::VecDeque;
 
-use crate::ratelimit::{RateKey, RateParams};
 use crate::store::SharedStore;
 
-use super::client::{lease_call, Call, LeaseAsk};
+use super::admission::{lease_call, LeaseAsk, LimitLease};
+use super::client::Call;
 use super::lease;
 
 const NANOS_PER_SECOND: u64 = 1_000_000_000;
@@ -138,8 +138,7 @@ fn backoff_ns(attempts: u32) -> u64 {
 /// A lease this worker refilled, and what a call giving its slots back needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeldLease {
-    pub key: RateKey,
-    pub rate: RateParams,
+    pub lease: LimitLease,
 }
 
 /// The leases this worker refilled, swept from its tick.
@@ -164,7 +163,13 @@ impl LeaseBook {
     /// Watches `lease` from now on (once; the oldest is forgotten when full:
     /// its lapsed slots then go back with its next refill instead).
     pub fn hold(&mut self, lease: HeldLease) {
-        if self.held.iter().any(|held| held.key == lease.key) {
+        if let Some(held) = self
+            .held
+            .iter_mut()
+            .find(|held| held.lease.key == lease.lease.key)
+        {
+            // A quota lease of a new window: its slots go back to that window.
+            *held = lease;
             return;
         }
         if self.held.len() >= MAX_BOOK {
@@ -188,7 +193,7 @@ impl LeaseBook {
     ) -> Vec<(Call, u64)> {
         let mut calls = Vec::new();
         self.held.retain(|held| {
-            let Ok(swept) = lease::sweep(store, &held.key, idle_ns, now_ns, attempts) else {
+            let Ok(swept) = lease::sweep(store, &held.lease.key, idle_ns, now_ns, attempts) else {
                 return true;
             };
             if swept.returned > 0 {
@@ -197,8 +202,7 @@ impl LeaseBook {
                     need: 0,
                     returned: swept.returned,
                 };
-                if let Some(call) = lease_call(upstream, timeout_ms, &held.key, &held.rate, ask, 0)
-                {
+                if let Some(call) = lease_call(upstream, timeout_ms, &held.lease, ask, 0) {
                     calls.push((call, swept.returned));
                 }
             }
@@ -212,6 +216,7 @@ impl LeaseBook {
 mod tests {
     use super::*;
     use crate::cluster::wire::{self, LeaseAnswer};
+    use crate::ratelimit::{RateKey, RateParams};
     use crate::store::MemoryStore;
 
     #[cfg(target_arch = "wasm32")]
@@ -274,6 +279,12 @@ mod tests {
         .unwrap();
         let key = RateKey::new(&config, "acme", "tenant");
         let rate = RateParams::new(60, 60, 60);
+        let held = HeldLease {
+            lease: LimitLease {
+                key: key.clone(),
+                window: crate::cluster::admission::LeaseWindow::Rate(rate),
+            },
+        };
         assert!(matches!(
             lease::take(
                 &store,
@@ -302,14 +313,8 @@ mod tests {
         )
         .unwrap();
         let mut book = LeaseBook::new();
-        book.hold(HeldLease {
-            key: key.clone(),
-            rate,
-        });
-        book.hold(HeldLease {
-            key: key.clone(),
-            rate,
-        });
+        book.hold(held.clone());
+        book.hold(held);
         assert_eq!(book.len(), 1);
         assert!(book
             .sweep(&store, "store", 200, SECOND, SECOND, 8)

@@ -11,7 +11,7 @@ use super::wire;
 use super::{CallOutcome, ClusterStore, Route, StoreEvent};
 use crate::config::{self, CompiledConfig};
 use crate::idempotency::{Begin, Claim, Fingerprint, IdempotencyError, Lifetimes, StoredResponse};
-use crate::ratelimit::{RateKey, RateParams};
+use crate::limits::{Admission, KeyHashes};
 use crate::store::{Eviction, MemoryStore};
 use crate::store_ops::{StoreAnswer, StoreOp};
 
@@ -29,11 +29,13 @@ fn config(idempotency_fallback: &str) -> CompiledConfig {
 }
 
 fn admit(config: &CompiledConfig, now: u64) -> StoreOp {
-    StoreOp::Admit {
-        key: RateKey::new(config, "acme", "tenant"),
-        rate: RateParams::new(40, 60, 40),
+    let settings = config.tenant_settings("acme").unwrap();
+    StoreOp::Admit(Admission {
+        tenant: crate::tenant::TenantId::parse("acme").unwrap(),
+        applied: settings.applied("GET", "/"),
+        keys: KeyHashes::default(),
         now_unix_ns: now,
-    }
+    })
 }
 
 fn claim_op(now: u64) -> StoreOp {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 /// `:authority` of every store call (the sidecar ignores it; Envoy wants one).
 pub const AUTHORITY: &str = "tenant-guard-store";
 pub const LEASE_PATH: &str = "/v1/lease";
+pub const LEASES_PATH: &str = "/v1/leases";
 pub const CLAIM_PATH: &str = "/v1/claim";
 pub const COMPLETE_PATH: &str = "/v1/complete";
 pub const RELEASE_PATH: &str = "/v1/release";
@@ -78,6 +79,62 @@ pub struct LeaseAnswer {
     pub reset_seconds: u64,
     /// When refused: seconds until one slot is free.
     pub retry_after_seconds: u64,
+}
+
+/// Slots of several limits of one tenant at once (a request that several
+/// limits apply to), all or none: every item's `need` is granted, or no item
+/// gets anything (returns still count).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeasesRequest {
+    pub scope: String,
+    pub items: Vec<LeaseItem>,
+    /// As in [`LeaseRequest`]: the fair share's window; absent: the default.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lease_ttl_ms: u64,
+}
+
+/// Most items of one [`LeasesRequest`].
+pub const MAX_LEASE_ITEMS: usize = 16;
+
+/// One limit of a [`LeasesRequest`]: a GCRA rate (`rate`) or a calendar
+/// quota (`quota`), exactly one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseItem {
+    /// The limit's name, or `<name>~<16 hex>` for one key value inside the tenant.
+    pub limit: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<RateWindow>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaWindow>,
+    pub want: u64,
+    pub need: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub returned: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateWindow {
+    pub emission_us: u64,
+    pub capacity_us: u64,
+}
+
+/// `requests` per calendar window ending at `window_end_s` (Unix seconds):
+/// counted in Redis key `tg:{scope}:q:<limit>:<window_end_s>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaWindow {
+    pub requests: u64,
+    pub window_end_s: u64,
+}
+
+/// One [`LeaseAnswer`] per item, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeasesAnswer {
+    pub items: Vec<LeaseAnswer>,
 }
 
 /// Claim an Idempotency-Key, or learn what is stored under it.
@@ -185,13 +242,19 @@ pub fn is_valid_scope(scope: &str) -> bool {
     scope == POOLED_SCOPE || (scope.len() <= MAX_NAME_LEN && crate::tenant::is_valid(scope))
 }
 
-/// A limit name as the config allows it.
+/// A limit name as the config allows it, or `<name>~<16 hex>` (one key
+/// value inside a tenant).
 pub fn is_valid_limit(limit: &str) -> bool {
-    !limit.is_empty()
-        && limit.len() <= MAX_NAME_LEN
-        && limit
+    let (name, key) = match limit.split_once('~') {
+        Some((name, key)) => (name, Some(key)),
+        None => (limit, None),
+    };
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && key.is_none_or(|key| is_hex(key, 16))
 }
 
 /// `len` lowercase hex digits.
@@ -268,6 +331,14 @@ mod tests {
         assert!(!is_valid_scope(""));
         assert!(is_valid_limit("tenant"));
         assert!(!is_valid_limit("a:b"));
+        assert!(is_valid_limit(&format!("per-user~{}", "0a".repeat(8))));
+        assert!(!is_valid_limit("per-user~0a"));
+        assert!(!is_valid_limit(&format!("~{}", "0a".repeat(8))));
+        assert!(!is_valid_limit(&format!(
+            "a~{}~{}",
+            "0a".repeat(8),
+            "0a".repeat(8)
+        )));
         assert!(is_valid_key(&"ab".repeat(16)));
         assert!(!is_valid_key(&"AB".repeat(16)));
     }

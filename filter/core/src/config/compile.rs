@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::limits::{
+    self, compile_plans, compile_scope, merge, replaceable, Context, KeyHeaders, Plans,
+};
+use super::*;
 use crate::idempotency::IdempotencyConfig;
 use crate::jwt::{self, TokenCache};
-use crate::ratelimit::RateParams;
-
-use super::*;
 
 pub(super) const MAX_REQUESTS: u64 = 1_000_000_000;
 pub(super) const MAX_PER_SECONDS: u64 = 31_536_000;
@@ -19,6 +20,7 @@ pub(super) const MAX_UNKNOWN_TENANT_SLOTS: u32 = 1 << 20;
 pub(super) const MAX_IDEMPOTENCY_TTL: u64 = 30 * 86_400;
 pub(super) const MAX_IDEMPOTENCY_BODY: u64 = 16 * 1024 * 1024;
 pub(super) const MAX_IN_FLIGHT_TIMEOUT: u64 = 3_600;
+pub(super) const MAX_KEY_SLOTS: u32 = 1 << 20;
 
 /// Validate a typed document and build its compiled form.
 pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
@@ -113,17 +115,35 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
     if let Some(idempotency) = &document.defaults.idempotency {
         validate_idempotency("defaults.idempotency", idempotency)?;
     }
+    if !(1..=MAX_KEY_SLOTS).contains(&document.store.key_slots) {
+        return Err(invalid(
+            "store.key_slots",
+            format!("must be between 1 and {MAX_KEY_SLOTS}"),
+        ));
+    }
 
+    let mut key_headers = KeyHeaders::default();
+    let mut context = Context {
+        tenant: &document.tenant,
+        key_headers: &mut key_headers,
+    };
+    let defaults_policies = merge(
+        &[],
+        compile_scope(
+            "defaults",
+            document.defaults.rate_limit.as_ref(),
+            &document.defaults.rate_limits,
+            &mut context,
+        )?,
+    );
     let defaults = CompiledTenant {
-        tenant_wide: document
-            .defaults
-            .rate_limit
-            .map(|limit| compile_policy("defaults.rate_limit", "tenant", &limit))
-            .transpose()?,
+        replaceable: replaceable(&defaults_policies),
+        policies: defaults_policies,
         routes: Vec::new(),
         mode: document.defaults.mode,
         idempotency: document.defaults.idempotency.clone(),
     };
+    let plans = compile_plans(&document.plans, &mut context)?;
 
     let mut tenants = HashMap::with_capacity(document.tenants.len());
     for (id, settings) in &document.tenants {
@@ -134,14 +154,23 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
                 format!("tenant id must be {}", crate::tenant::RULE),
             ));
         }
-        tenants.insert(id.clone(), compile_tenant(&base, settings, &defaults)?);
+        let tenant = compile_tenant(&base, settings, &defaults, &plans, &mut context)?;
+        tenants.insert(id.clone(), tenant);
     }
 
     let idempotency_enabled = defaults.idempotency.is_some()
         || tenants.values().any(|tenant| tenant.idempotency.is_some());
+    let narrowed = |tenant: &CompiledTenant| {
+        !tenant.routes.is_empty()
+            || tenant
+                .policies
+                .iter()
+                .any(|policy| !policy.methods.is_empty() || policy.prefix.is_some())
+    };
     let reads_method_and_path = idempotency_enabled
         || !document.if_match.is_empty()
-        || tenants.values().any(|tenant| !tenant.routes.is_empty());
+        || narrowed(&defaults)
+        || tenants.values().any(narrowed);
     let token_cache = TokenCache::new(
         compiled_jwt
             .as_ref()
@@ -151,6 +180,7 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
     tenant_ids.sort_unstable();
     Ok(CompiledConfig {
         tenant_ids,
+        plan_names: plans.keys().cloned().collect(),
         jwt: compiled_jwt,
         token_cache: Arc::new(Mutex::new(token_cache)),
         revision,
@@ -165,9 +195,11 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
         },
         defaults,
         tenants,
+        key_headers: key_headers.0,
         if_match: document.if_match.clone(),
         idempotency_enabled,
         reads_method_and_path,
+        method_override: document.method_override,
         metrics: document.metrics,
         headers: document.headers,
         paths: document.paths,
@@ -179,60 +211,128 @@ pub(super) fn compile_tenant(
     base: &str,
     settings: &TenantSettings,
     defaults: &CompiledTenant,
+    plans: &Plans,
+    context: &mut Context<'_>,
 ) -> Result<CompiledTenant, ConfigError> {
-    let tenant_wide = match &settings.rate_limit {
-        Some(limit) => Some(compile_policy(
-            &format!("{base}.rate_limit"),
-            "tenant",
-            limit,
-        )?),
-        None => defaults.tenant_wide.clone(),
+    let plan = match &settings.plan {
+        None => None,
+        Some(name) => Some(plans.get(name).ok_or_else(|| {
+            let known: Vec<&str> = plans.keys().map(String::as_str).collect();
+            invalid(
+                format!("{base}.plan"),
+                format!(
+                    "unknown plan `{name}`: {}",
+                    if known.is_empty() {
+                        "no plans are configured (`plans`)".to_owned()
+                    } else {
+                        format!("the plans are {}", known.join(", "))
+                    }
+                ),
+            )
+        })?),
     };
+    let inherited = plan.map_or(&defaults.policies, |plan| &plan.policies);
+    let own = compile_scope(
+        base,
+        settings.rate_limit.as_ref(),
+        &settings.rate_limits,
+        context,
+    )?;
+    let policies = merge(inherited, own);
+    let mut names: Vec<String> = policies.iter().map(|policy| policy.name.clone()).collect();
     let mut routes = Vec::with_capacity(settings.routes.len());
-    let mut names = Vec::with_capacity(settings.routes.len());
     for (index, route) in settings.routes.iter().enumerate() {
-        let path = format!("{base}.routes.{index}");
-        validate_prefix(&format!("{path}.prefix"), &route.prefix)?;
-        if let Some(method) = &route.method {
-            validate_method(&format!("{path}.method"), method)?;
-        }
-        let name = match &route.name {
-            Some(name) => {
-                if !is_valid_policy_name(name) {
-                    return Err(invalid(
-                        format!("{path}.name"),
-                        "must be 1-64 characters of [A-Za-z0-9._-]",
-                    ));
-                }
-                name.clone()
-            }
-            None => format!("route-{index}"),
-        };
-        if name == "tenant" || names.contains(&name) {
-            return Err(invalid(
-                format!("{path}.name"),
-                format!("limit name `{name}` is used twice"),
-            ));
-        }
-        names.push(name.clone());
-        routes.push(CompiledRoute {
-            prefix: route.prefix.clone(),
-            method: route.method.clone(),
-            policy: compile_policy(&format!("{path}.rate_limit"), &name, &route.rate_limit)?,
-        });
+        routes.push(compile_route(
+            &format!("{base}.routes.{index}"),
+            index,
+            route,
+            &mut names,
+            context,
+        )?);
     }
     let idempotency = match &settings.idempotency {
         Some(idempotency) => {
             validate_idempotency(&format!("{base}.idempotency"), idempotency)?;
             Some(idempotency.clone())
         }
-        None => defaults.idempotency.clone(),
+        None => plan
+            .and_then(|plan| plan.idempotency.clone())
+            .or_else(|| defaults.idempotency.clone()),
     };
     Ok(CompiledTenant {
-        tenant_wide,
+        replaceable: replaceable(&policies),
+        policies,
         routes,
-        mode: settings.mode.unwrap_or(defaults.mode),
+        mode: settings
+            .mode
+            .or(plan.and_then(|plan| plan.mode))
+            .unwrap_or(defaults.mode),
         idempotency,
+    })
+}
+
+/// One route: its `rate_limit` (named after the route, replacing the
+/// tenant's) and its `rate_limits` (on top); every name new to the tenant.
+fn compile_route(
+    path: &str,
+    index: usize,
+    route: &RouteLimit,
+    names: &mut Vec<String>,
+    context: &mut Context<'_>,
+) -> Result<CompiledRoute, ConfigError> {
+    validate_prefix(&format!("{path}.prefix"), &route.prefix)?;
+    if let Some(method) = &route.method {
+        validate_method(&format!("{path}.method"), method)?;
+    }
+    if route.rate_limit.is_none() && route.rate_limits.is_empty() {
+        return Err(invalid(path, "a route needs `rate_limit` or `rate_limits`"));
+    }
+    let name = match &route.name {
+        Some(name) => {
+            if !is_valid_policy_name(name) {
+                return Err(invalid(
+                    format!("{path}.name"),
+                    "must be 1-64 characters of [A-Za-z0-9._-]",
+                ));
+            }
+            name.clone()
+        }
+        None => format!("route-{index}"),
+    };
+    let mut claim = |name: &str, at: String| {
+        if name == limits::TENANT_LIMIT || names.iter().any(|known| known == name) {
+            return Err(invalid(at, format!("limit name `{name}` is used twice")));
+        }
+        names.push(name.to_owned());
+        Ok(())
+    };
+    let policy = match &route.rate_limit {
+        Some(limit) => {
+            claim(&name, format!("{path}.name"))?;
+            Some(limits::compile_rate_limit(
+                &format!("{path}.rate_limit"),
+                &name,
+                limit,
+            )?)
+        }
+        None => None,
+    };
+    let policies = compile_scope(path, None, &route.rate_limits, context)?;
+    for (position, policy) in policies.iter().enumerate() {
+        let at = format!("{path}.rate_limits.{position}");
+        if policy.prefix.is_some() {
+            return Err(invalid(
+                format!("{at}.prefix"),
+                "a route's limits apply to the route's prefix: leave `prefix` out",
+            ));
+        }
+        claim(&policy.name, format!("{at}.name"))?;
+    }
+    Ok(CompiledRoute {
+        prefix: route.prefix.clone(),
+        method: route.method.clone(),
+        policy,
+        policies: merge(&[], policies),
     })
 }
 
@@ -307,43 +407,6 @@ pub(super) fn validate_idempotency(
         }
     }
     Ok(())
-}
-
-pub(super) fn compile_policy(
-    path: &str,
-    name: &str,
-    limit: &RateLimit,
-) -> Result<LimitPolicy, ConfigError> {
-    if limit.requests == 0 || limit.requests > MAX_REQUESTS {
-        return Err(invalid(
-            format!("{path}.requests"),
-            format!("must be between 1 and {MAX_REQUESTS}"),
-        ));
-    }
-    if limit.per_seconds == 0 || limit.per_seconds > MAX_PER_SECONDS {
-        return Err(invalid(
-            format!("{path}.per_seconds"),
-            format!("must be between 1 and {MAX_PER_SECONDS}"),
-        ));
-    }
-    if let Some(burst) = limit.burst {
-        if burst == 0 || burst > MAX_REQUESTS {
-            return Err(invalid(
-                format!("{path}.burst"),
-                format!("must be between 1 and {MAX_REQUESTS}"),
-            ));
-        }
-    }
-    let burst = limit.burst.unwrap_or(limit.requests);
-    let mut policy_header = format!("\"{name}\";q={};w={}", limit.requests, limit.per_seconds);
-    if burst != limit.requests {
-        policy_header.push_str(&format!(";burst={burst}"));
-    }
-    Ok(LimitPolicy {
-        name: name.to_owned(),
-        rate: RateParams::new(limit.requests, limit.per_seconds, burst),
-        policy_header,
-    })
 }
 
 pub(super) fn validate_header_name(path: &str, name: &str) -> Result<(), ConfigError> {

@@ -10,29 +10,122 @@ use crate::ratelimit::RateParams;
 
 use super::*;
 
-/// One limit as the request path uses it: a name (for headers and the storage key) and rate.
+/// How one limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// GCRA: `requests` per `per_seconds` sustained, `burst` back to back.
+    Rate(RateParams),
+    /// `requests` per calendar period (UTC), reset at the boundary.
+    Calendar { period: Calendar, requests: u64 },
+}
+
+/// A calendar period (UTC): a day, a week from Monday, a month from the 1st.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Calendar {
+    Day,
+    Week,
+    Month,
+}
+
+/// What one limit counts: the tenant, or each value of a key inside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KeyKind {
+    Tenant,
+    User,
+    Org,
+    /// The request header `CompiledConfig::key_headers[i]`.
+    Header(u8),
+}
+
+/// One limit as the request path uses it: its name (headers, storage), its
+/// window, what it counts and which requests it applies to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitPolicy {
     pub name: String,
-    pub rate: RateParams,
-    /// The `RateLimit-Policy` value, built once.
+    pub window: Window,
+    pub key: KeyKind,
+    pub on_missing: OnMissingKey,
+    /// Upper-case methods it applies to; empty: all.
+    pub methods: Vec<String>,
+    /// The normalised path prefix it applies to; `None`: all.
+    pub prefix: Option<String>,
+    /// Names its state in a stored value of several limits (name, window kind).
+    pub id: u32,
+    /// The `RateLimit-Policy` item, built once (a month's `w` is added per request).
     pub policy_header: String,
 }
 
-/// A tenant's route limit (by index) or its tenant-wide limit (`None`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LimitRef(Option<usize>);
+impl LimitPolicy {
+    /// Requests per window (the quota `q`).
+    pub fn requests(&self) -> u64 {
+        match self.window {
+            Window::Rate(rate) => rate.requests,
+            Window::Calendar { requests, .. } => requests,
+        }
+    }
+
+    /// The GCRA parameters of a rate limit; `None` for a calendar quota.
+    pub fn rate(&self) -> Option<RateParams> {
+        match self.window {
+            Window::Rate(rate) => Some(rate),
+            Window::Calendar { .. } => None,
+        }
+    }
+
+    /// Whether it applies to a request with this method and normalised path.
+    pub fn applies(&self, method: &str, path: &str) -> bool {
+        (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+            && self
+                .prefix
+                .as_deref()
+                .is_none_or(|prefix| path.starts_with(prefix))
+    }
+}
+
+/// The limits that apply to one request, as indexes into its tenant's
+/// [`CompiledTenant::policies`] and its route's: `Copy`, so a request holds
+/// it across a store call without allocating.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Bit `i`: `policies[i]` applies.
+    pub tenant: u32,
+    /// The first matching route, and which of its `policies` apply (bit `i`).
+    pub route: Option<(u16, u32)>,
+    /// The route's `rate_limit` replaces the tenant's replaceable limit.
+    pub replaced: bool,
+}
+
+impl Applied {
+    pub fn is_empty(&self) -> bool {
+        self.tenant == 0 && !self.replaced && self.route.is_none_or(|(_, mask)| mask == 0)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompiledRoute {
     pub prefix: String,
     pub method: Option<String>,
-    pub policy: LimitPolicy,
+    /// Its `rate_limit`: replaces the tenant's `rate_limit` (the limit at
+    /// [`CompiledTenant::replaceable`]) for matching requests.
+    pub policy: Option<LimitPolicy>,
+    /// Its `rate_limits`: apply to matching requests on top of the tenant's.
+    pub policies: Vec<LimitPolicy>,
+}
+
+impl CompiledRoute {
+    fn matches(&self, method: &str, path: &str) -> bool {
+        path.starts_with(self.prefix.as_str()) && self.method.as_deref().is_none_or(|m| m == method)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompiledTenant {
-    pub tenant_wide: Option<LimitPolicy>,
+    /// Every limit the tenant has (its own, else its plan's, else the
+    /// defaults', merged by name), ordered by what they count.
+    pub policies: Vec<LimitPolicy>,
+    /// Which of `policies` came from a `rate_limit` (named `tenant`): the one
+    /// a matching route's `rate_limit` replaces.
+    pub replaceable: Option<usize>,
     pub routes: Vec<CompiledRoute>,
     pub mode: Mode,
     pub idempotency: Option<IdempotencyConfig>,
@@ -53,6 +146,12 @@ pub struct CompiledConfig {
     pub tenants: HashMap<String, CompiledTenant>,
     /// The configured tenant ids, sorted (metric labels, `crate::metrics`).
     pub tenant_ids: Vec<String>,
+    /// The configured plan names, sorted.
+    pub plan_names: Vec<String>,
+    /// The request headers limits count by (`KeyKind::Header(i)` is the
+    /// `i`-th; `user`/`org` in header mode are among them).
+    pub key_headers: Vec<String>,
+    pub method_override: MethodOverride,
     pub if_match: Vec<IfMatchRule>,
     /// Any tenant (or the defaults) uses Idempotency-Key; computed once.
     pub idempotency_enabled: bool,
@@ -120,30 +219,72 @@ impl CompiledConfig {
 }
 
 impl CompiledTenant {
-    /// The one limit that applies to this request: first matching route, else tenant-wide.
+    /// The limits that apply to a request with this method and normalised path.
+    pub fn applied(&self, method: &str, path: &str) -> Applied {
+        let route = self
+            .routes
+            .iter()
+            .position(|route| route.matches(method, path));
+        let replaced = route
+            .and_then(|index| self.routes.get(index))
+            .is_some_and(|route| route.policy.is_some());
+        let mut tenant = mask(&self.policies, method, path);
+        if let (true, Some(index)) = (replaced, self.replaceable) {
+            tenant &= !(1u32 << index);
+        }
+        Applied {
+            tenant,
+            route: route.and_then(|index| {
+                let route_mask = mask(&self.routes.get(index)?.policies, method, path);
+                Some((u16::try_from(index).ok()?, route_mask))
+            }),
+            replaced,
+        }
+    }
+
+    /// The limits of `applied`, in the order they are decided and reported:
+    /// the tenant's, the route's replacement, the route's own.
+    pub fn applied_policies(&self, applied: Applied) -> impl Iterator<Item = &LimitPolicy> {
+        let route = applied
+            .route
+            .and_then(|(index, mask)| Some((self.routes.get(usize::from(index))?, mask)));
+        let tenant = selected(&self.policies, applied.tenant);
+        let replacement = route
+            .filter(|_| applied.replaced)
+            .and_then(|(route, _)| route.policy.as_ref());
+        let own = route
+            .into_iter()
+            .flat_map(|(route, mask)| selected(&route.policies, mask));
+        tenant.chain(replacement).chain(own)
+    }
+
+    /// The one limit in the `rate_limit` slot for this request: the first
+    /// matching route's `rate_limit`, else the tenant's (`None` when neither).
     pub fn policy_for(&self, method: &str, path: &str) -> Option<&LimitPolicy> {
-        self.limit_for(method, path)
-            .and_then(|limit| self.limit(limit))
-    }
-
-    /// Which limit applies, as a handle that outlives the borrow of the config
-    /// (a request keeps it across a store call that answers later).
-    pub fn limit_for(&self, method: &str, path: &str) -> Option<LimitRef> {
-        let route = self.routes.iter().position(|route| {
-            path.starts_with(route.prefix.as_str())
-                && route.method.as_deref().is_none_or(|m| m == method)
-        });
-        match route {
-            Some(index) => Some(LimitRef(Some(index))),
-            None => self.tenant_wide.as_ref().map(|_| LimitRef(None)),
+        let applied = self.applied(method, path);
+        if applied.replaced {
+            let (index, _) = applied.route?;
+            return self.routes.get(usize::from(index))?.policy.as_ref();
         }
+        self.policies.get(self.replaceable?)
     }
+}
 
-    /// The limit a [`LimitRef`] from [`Self::limit_for`] names.
-    pub fn limit(&self, limit: LimitRef) -> Option<&LimitPolicy> {
-        match limit.0 {
-            Some(index) => self.routes.get(index).map(|route| &route.policy),
-            None => self.tenant_wide.as_ref(),
-        }
-    }
+/// Bit `i` set when `policies[i]` applies (at most 32 limits per scope).
+fn mask(policies: &[LimitPolicy], method: &str, path: &str) -> u32 {
+    policies
+        .iter()
+        .take(32)
+        .enumerate()
+        .filter(|(_, policy)| policy.applies(method, path))
+        .fold(0, |mask, (index, _)| mask | (1u32 << index))
+}
+
+fn selected(policies: &[LimitPolicy], mask: u32) -> impl Iterator<Item = &LimitPolicy> {
+    policies
+        .iter()
+        .take(32)
+        .enumerate()
+        .filter(move |(index, _)| mask & (1u32 << index) != 0)
+        .map(|(_, policy)| policy)
 }

@@ -24,6 +24,13 @@ pub struct PluginConfig {
     pub store: StoreConfig,
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantSettings>,
+    /// Named limit sets tenants subscribe to (`tenants.<t>.plan`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub plans: BTreeMap<String, PlanSettings>,
+    /// What a method-override header (`X-HTTP-Method-Override`,
+    /// `X-HTTP-Method`, `X-Method-Override`) does where a rule looks at the method.
+    #[serde(default, skip_serializing_if = "MethodOverride::is_default")]
+    pub method_override: MethodOverride,
     /// Routes where a missing `If-Match` is answered 428.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub if_match: Vec<IfMatchRule>,
@@ -192,25 +199,169 @@ pub enum IdGenerator {
     Uuidv7,
 }
 
+/// Method-override headers, which frameworks (Rails, Express, ASP.NET) honour:
+/// never passed through unseen where a rule looks at the method.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MethodOverride {
+    /// 400 problem+json `method-override-refused`.
+    #[default]
+    Reject,
+    /// The header's method is the request's method for every rule.
+    Honor,
+}
+
+impl MethodOverride {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Defaults {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Limits of tenants without a plan (each named; see [`RateLimitPolicy`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimitPolicy>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency: Option<IdempotencyConfig>,
     pub mode: Mode,
 }
 
-/// `requests` per `per_seconds` sustained, at most `burst` back to back
-/// (a GCRA token bucket; `burst` defaults to `requests`).
+/// `requests` per `per_seconds` (or `per` a named window) sustained, at most
+/// `burst` back to back (a GCRA token bucket; `burst` defaults to
+/// `requests`); `per: day|week|month` is a calendar quota instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     pub requests: u64,
-    pub per_seconds: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per: Option<Per>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u64>,
+}
+
+/// A named window: `second`, `minute`, `hour` are GCRA rates; `day`,
+/// `week`, `month` calendar quotas (UTC; a week starts on Monday, a month
+/// on the 1st) that reset at the boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Per {
+    Second,
+    Minute,
+    Hour,
+    Day,
+    Week,
+    Month,
+}
+
+/// One named limit of a scope: a window (`requests` per `per_seconds` or
+/// `per`), counted per tenant or per a key inside it (`key`), applying to
+/// every request or those matching `methods` / `prefix`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitPolicy {
+    /// Names the limit in `RateLimit-Policy`, metrics and storage; a lower
+    /// scope's limit of the same name replaces it (tenant over plan over defaults).
+    pub name: String,
+    pub requests: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per: Option<Per>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    /// What is counted: the tenant (default), or each user, org or header
+    /// value inside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<LimitKey>,
+    /// A request without the key: refused (400), or counted as the tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_missing: Option<OnMissingKey>,
+    /// Only requests with one of these methods (default: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    /// Only requests whose normalised path starts with this (default: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+/// What one limit counts: `"tenant"`, `"user"`, `"org"` or `{"header": NAME}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    Tenant,
+    /// The JWT user claim; in header mode the request's `tenant.user_header`.
+    User,
+    /// The JWT org claim; in header mode the request's `tenant.org_header`.
+    Org,
+    /// A request header's value.
+    Header(String),
+}
+
+impl Serialize for LimitKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            Self::Tenant => serializer.serialize_str("tenant"),
+            Self::User => serializer.serialize_str("user"),
+            Self::Org => serializer.serialize_str("org"),
+            Self::Header(name) => {
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry("header", name)?;
+                map.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LimitKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const EXPECTED: &str = r#""tenant", "user", "org" or {"header": NAME}"#;
+        match serde_json::Value::deserialize(deserializer)? {
+            serde_json::Value::String(kind) => match kind.as_str() {
+                "tenant" => Ok(Self::Tenant),
+                "user" => Ok(Self::User),
+                "org" => Ok(Self::Org),
+                _ => Err(serde::de::Error::custom(format!(
+                    "unknown key kind `{}`: expected {EXPECTED}",
+                    crate::headers::truncated(&kind, 40)
+                ))),
+            },
+            serde_json::Value::Object(map) => match (map.len(), map.get("header")) {
+                (1, Some(serde_json::Value::String(name))) => Ok(Self::Header(name.clone())),
+                _ => Err(serde::de::Error::custom(format!(
+                    "a key object is {{\"header\": NAME}}: expected {EXPECTED}"
+                ))),
+            },
+            _ => Err(serde::de::Error::custom(format!("expected {EXPECTED}"))),
+        }
+    }
+}
+
+/// A request that lacks a limit's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMissingKey {
+    /// 400 problem+json `rate-limit-key-missing`.
+    Reject,
+    /// Counted against the tenant as a whole.
+    Tenant,
+}
+
+/// A named set of limits tenants subscribe to with `plan`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlanSettings {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimitPolicy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<IdempotencyConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,6 +388,10 @@ pub struct StoreConfig {
     /// Rate-limit state of tenants not under `tenants` lives in a fixed table of
     /// this many keys, so clients sending new tenant ids cannot grow the store.
     pub unknown_tenant_slots: u32,
+    /// Counters kept per key inside a tenant (`key: user|org|{"header": …}`)
+    /// live in a fixed table of this many shared-data keys per tenant, so
+    /// clients sending new keys cannot grow the store.
+    pub key_slots: u32,
     /// Prefix `<namespace>/` on every shared-data key. Kong stores such keys in
     /// the `nginx_wasm_shm_kv_<namespace>` zone (needed before Kong 3.7, which
     /// has no default zone).
@@ -333,6 +488,7 @@ impl Default for StoreConfig {
             idempotency_buckets: 512,
             idempotency_tenant_share_percent: 25,
             unknown_tenant_slots: 8192,
+            key_slots: 1024,
             namespace: None,
             backend: StoreBackend::Local,
             cluster: None,
@@ -352,8 +508,14 @@ pub enum OnExhausted {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantSettings {
+    /// The plan (`plans.<name>`) whose limits, idempotency and mode this
+    /// tenant takes, unless it sets its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimitPolicy>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency: Option<IdempotencyConfig>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -362,8 +524,9 @@ pub struct TenantSettings {
     pub mode: Option<Mode>,
 }
 
-/// A limit for one path prefix (and optionally one method). The first matching
-/// route wins and replaces the tenant-wide limit for that request.
+/// Limits for one path prefix (and optionally one method). The first matching
+/// route applies: its `rate_limit` replaces the tenant-wide `rate_limit` for
+/// that request, its `rate_limits` apply on top of the tenant's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteLimit {
@@ -372,5 +535,8 @@ pub struct RouteLimit {
     pub method: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    pub rate_limit: RateLimit,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimitPolicy>,
 }

@@ -8,14 +8,18 @@
 mod compile;
 mod compiled;
 mod document;
+mod limits;
 
 #[allow(unused_imports)]
 use self::{compile::*, compiled::*};
 /// Tenant ids as they may appear in headers, storage keys and config ([`crate::tenant`]).
 pub use crate::tenant::is_valid as is_valid_tenant_id;
 pub use compile::compile;
-pub use compiled::{CompiledConfig, CompiledRoute, CompiledTenant, LimitPolicy, LimitRef};
+pub use compiled::{
+    Applied, Calendar, CompiledConfig, CompiledRoute, CompiledTenant, KeyKind, LimitPolicy, Window,
+};
 pub use document::*;
+pub use limits::{MAX_KEY_HEADERS, MAX_LIMITS_PER_SCOPE, TENANT_LIMIT};
 
 use std::fmt;
 

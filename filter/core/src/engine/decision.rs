@@ -23,21 +23,39 @@ pub struct RequestView<'a> {
     /// The first `If-Match` value; one that is not RFC 9110 syntax counts as absent.
     pub if_match: Option<&'a [u8]>,
     pub authorization: Option<&'a [u8]>,
+    /// `X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`
+    /// (read only where a rule looks at the method).
+    pub method_overrides: [Option<&'a [u8]>; 3],
+    /// The values of `CompiledConfig::key_headers`, in its order (what
+    /// per-key limits count by; empty where no limit counts by a header).
+    pub key_headers: &'a [Option<&'a [u8]>],
 }
+
+/// The method-override headers, in the order of [`RequestView::method_overrides`].
+pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
 
 impl RequestView<'_> {
     /// The method as text; a method that is not an ASCII token matches no rule.
     pub fn method(&self) -> &str {
-        let token = !self.method.is_empty()
-            && self
-                .method
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b));
-        if token {
-            std::str::from_utf8(self.method).unwrap_or_default()
-        } else {
-            ""
-        }
+        method_text(self.method)
+    }
+}
+
+/// A method as text: an HTTP token, else `""` (which matches no rule).
+pub fn method_text(method: &[u8]) -> &str {
+    let token = !method.is_empty()
+        && method.len() <= 16
+        && method
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b));
+    if token {
+        std::str::from_utf8(method).unwrap_or_default()
+    } else {
+        ""
     }
 }
 

@@ -3,18 +3,23 @@
 //! store operation ([`Screened::rate_limit_op`]); [`admit`] turns its answer
 //! into the [`Evaluation`]. [`evaluate`] runs all three against a local store.
 
-use crate::config::{CompiledConfig, LimitRef, Mode, OnExhausted, RateLimitHeaders};
+use crate::config::{
+    Applied, CompiledConfig, CompiledTenant, KeyKind, LimitPolicy, MethodOverride, Mode,
+    OnExhausted, OnMissingKey, RateLimitHeaders,
+};
 use crate::correlation;
 use crate::headers::{self, trim_ows};
 use crate::idempotency::{self, IdempotencyConfig};
 use crate::jwt::{self, Identity, JwtError};
+use crate::limits::{Admission, Admitted, KeyHashes};
 use crate::path;
 use crate::problem::{Problem, ProblemKind};
-use crate::ratelimit::{self, CheckError, Verdict};
+use crate::ratelimit::CheckError;
 use crate::store::SharedStore;
 use crate::store_ops::{self, StoreOp};
 use crate::tenant::TenantId;
 
+use super::decision::{method_text, METHOD_OVERRIDE_HEADERS};
 use super::decision::{
     Decision, Evaluation, Forward, Headers, HostInputs, Outcome, PendingIdempotency, RequestView,
     REVISION_HEADER,
@@ -47,19 +52,31 @@ pub struct Screened {
     removed_upstream_headers: Vec<String>,
     response_headers: Headers,
     idempotency: Option<PendingIdempotency>,
-    limit: Option<LimitRef>,
+    /// The limits that apply, and the key values they count by.
+    applied: Applied,
+    keys: KeyHashes,
+    /// An honoured method override: the method every rule saw.
+    method: Option<String>,
+    now_unix_ns: u64,
 }
 
 impl Screened {
     /// The rate-limit check this request needs from the store, if any.
-    pub fn rate_limit_op(&self, config: &CompiledConfig, now_unix_ns: u64) -> Option<StoreOp> {
-        let tenant = self.tenant.as_deref()?;
-        let policy = config.tenant_settings(tenant)?.limit(self.limit?)?;
-        Some(StoreOp::Admit {
-            key: ratelimit::RateKey::new(config, tenant, &policy.name),
-            rate: policy.rate,
+    pub fn rate_limit_op(&self, _config: &CompiledConfig, now_unix_ns: u64) -> Option<StoreOp> {
+        if self.applied.is_empty() {
+            return None;
+        }
+        Some(StoreOp::Admit(Admission {
+            tenant: self.tenant.clone()?,
+            applied: self.applied,
+            keys: self.keys,
             now_unix_ns,
-        })
+        }))
+    }
+
+    /// The method the rules saw: the request's, or an honoured override.
+    pub fn method<'r>(&'r self, request: &RequestView<'r>) -> &'r [u8] {
+        self.method.as_deref().map_or(request.method, str::as_bytes)
     }
 
     /// The request takes part in Idempotency-Key handling once forwarded.
@@ -106,25 +123,32 @@ pub fn screen(
             return refuse(problem);
         }
     };
-    let method = request.method();
+    let overridden = match method_override(config, request) {
+        Ok(overridden) => overridden,
+        Err(problem) => return refuse(problem),
+    };
+    let method = overridden.as_deref().unwrap_or_else(|| request.method());
+    let mut claims = (None, None);
     let tenant = match resolve_tenant(config, request, host) {
         Ok(Identified::Token(identity)) => {
             for (name, value) in [
-                (&config.tenant.user_header, identity.user),
-                (&config.tenant.org_header, identity.org),
+                (&config.tenant.user_header, &identity.user),
+                (&config.tenant.org_header, &identity.org),
             ] {
                 match value {
-                    Some(value) => upstream_headers.push((name.clone(), value)),
+                    Some(value) => upstream_headers.push((name.clone(), value.clone())),
                     None => removed_upstream_headers.push(name.clone()),
                 }
             }
+            claims = (identity.user, identity.org);
             Some(identity.tenant)
         }
         Ok(Identified::Header(tenant)) => tenant,
         Err(problem) => return refuse(problem),
     };
     let mut idempotency = None;
-    let mut limit = None;
+    let mut applied = Applied::default();
+    let mut keys = KeyHashes::default();
     if let Some(tenant) = tenant.as_ref() {
         upstream_headers.push((config.tenant.header.clone(), tenant.to_string()));
         let Some(settings) = config.tenant_settings(tenant) else {
@@ -151,7 +175,16 @@ pub fn screen(
             Ok(pending) => idempotency = pending,
             Err(problem) => return refuse(problem),
         }
-        limit = settings.limit_for(method, &path.path);
+        applied = settings.applied(method, &path.path);
+        let identity = Claims {
+            user: claims.0.as_deref(),
+            org: claims.1.as_deref(),
+            token: config.jwt.is_some(),
+        };
+        match key_hashes(config, settings, applied, request, &identity) {
+            Ok(hashes) => keys = hashes,
+            Err(problem) => return refuse(problem.for_tenant(tenant)),
+        }
     }
     Ok(Screened {
         correlation_id,
@@ -160,8 +193,163 @@ pub fn screen(
         removed_upstream_headers,
         response_headers,
         idempotency,
-        limit,
+        applied,
+        keys,
+        method: overridden,
+        now_unix_ns: host.now_unix_ns,
     })
+}
+
+/// The method every rule sees when the request carries a method override:
+/// refused (400, the default), or honoured (the override's method). `None`
+/// without one, or where no rule looks at the method.
+fn method_override(
+    config: &CompiledConfig,
+    request: &RequestView<'_>,
+) -> Result<Option<String>, Problem> {
+    let mut seen: Option<(&str, &[u8])> = None;
+    for (name, value) in METHOD_OVERRIDE_HEADERS
+        .iter()
+        .zip(request.method_overrides)
+        .filter_map(|(name, value)| Some((*name, trim_ows(value?))))
+    {
+        if let Some((first, earlier)) = seen {
+            if earlier != value {
+                return Err(Problem::new(
+                    ProblemKind::MethodOverrideRefused,
+                    format!("`{first}` and `{name}` name different methods: send one method"),
+                ));
+            }
+        }
+        seen = Some((name, value));
+    }
+    let Some((name, value)) = seen else {
+        return Ok(None);
+    };
+    match config.method_override {
+        MethodOverride::Reject => Err(Problem::new(
+            ProblemKind::MethodOverrideRefused,
+            format!("`{name}` is not accepted here: send the request with its real method"),
+        )),
+        MethodOverride::Honor => {
+            let method = method_text(value).to_ascii_uppercase();
+            if method.is_empty() {
+                return Err(Problem::new(
+                    ProblemKind::MethodOverrideRefused,
+                    format!("`{name}` must name an HTTP method"),
+                ));
+            }
+            Ok(Some(method))
+        }
+    }
+}
+
+/// The token's user and org claims, when a token identified the caller.
+struct Claims<'a> {
+    user: Option<&'a str>,
+    org: Option<&'a str>,
+    /// A token identifies callers here (user and org come from its claims).
+    token: bool,
+}
+
+/// The longest key value a limit counts by (longer is refused, 400).
+pub const MAX_KEY_VALUE: usize = 256;
+
+/// The hashes of the key values the applied limits count by; a missing key
+/// whose limit says `on_missing: reject`, or a malformed value, is refused.
+fn key_hashes(
+    config: &CompiledConfig,
+    settings: &CompiledTenant,
+    applied: Applied,
+    request: &RequestView<'_>,
+    claims: &Claims<'_>,
+) -> Result<KeyHashes, Problem> {
+    let mut keys = KeyHashes::default();
+    for policy in settings.applied_policies(applied) {
+        if policy.key == KeyKind::Tenant || keys.get(policy.key).is_some() {
+            continue;
+        }
+        let (value, source) = key_value(config, policy.key, request, claims);
+        match value.map(trim_ows).filter(|value| !value.is_empty()) {
+            Some(value) => {
+                if value.len() > MAX_KEY_VALUE || headers::printable_ascii(value).is_none() {
+                    return Err(Problem::new(
+                        ProblemKind::InvalidRateLimitKey,
+                        format!(
+                            "{source} (what limit `{}` counts by) must be at most {MAX_KEY_VALUE} visible ASCII characters",
+                            policy.name
+                        ),
+                    ));
+                }
+                keys.set(policy.key, value);
+            }
+            None if policy.on_missing == OnMissingKey::Reject => {
+                return Err(missing_key(policy, &source));
+            }
+            None => {}
+        }
+    }
+    Ok(keys)
+}
+
+/// Where `kind` comes from for this request, and how to name it.
+fn key_value<'r>(
+    config: &'r CompiledConfig,
+    kind: KeyKind,
+    request: &RequestView<'r>,
+    claims: &Claims<'r>,
+) -> (Option<&'r [u8]>, String) {
+    let header = |name: &str| {
+        config
+            .key_headers
+            .iter()
+            .position(|known| known == name)
+            .and_then(|index| request.key_headers.get(index).copied().flatten())
+    };
+    match kind {
+        KeyKind::Tenant => (None, String::new()),
+        KeyKind::User if claims.token => (
+            claims.user.map(str::as_bytes),
+            "the token's user claim".to_owned(),
+        ),
+        KeyKind::Org if claims.token => (
+            claims.org.map(str::as_bytes),
+            "the token's org claim".to_owned(),
+        ),
+        KeyKind::User => (
+            header(&config.tenant.user_header),
+            format!("the `{}` header", config.tenant.user_header),
+        ),
+        KeyKind::Org => (
+            header(&config.tenant.org_header),
+            format!("the `{}` header", config.tenant.org_header),
+        ),
+        KeyKind::Header(index) => {
+            let name = config
+                .key_headers
+                .get(usize::from(index))
+                .map(String::as_str)
+                .unwrap_or_default();
+            (
+                request
+                    .key_headers
+                    .get(usize::from(index))
+                    .copied()
+                    .flatten(),
+                format!("the `{name}` header"),
+            )
+        }
+    }
+}
+
+fn missing_key(policy: &LimitPolicy, source: &str) -> Problem {
+    Problem::new(
+        ProblemKind::RateLimitKeyMissing,
+        format!(
+            "limit `{}` counts requests per {source}: send it",
+            policy.name
+        ),
+    )
 }
 
 /// The decision, given the answer to [`Screened::rate_limit_op`] (`None` when
@@ -169,7 +357,7 @@ pub fn screen(
 pub fn admit(
     config: &CompiledConfig,
     screened: Screened,
-    checked: Option<Result<Verdict, CheckError>>,
+    checked: Option<Result<Admitted, CheckError>>,
 ) -> Evaluation {
     let Screened {
         correlation_id,
@@ -178,34 +366,38 @@ pub fn admit(
         removed_upstream_headers,
         mut response_headers,
         idempotency,
-        limit,
+        applied,
+        now_unix_ns,
+        ..
     } = screened;
     let mut outcome = Outcome::Allowed;
     let mut log = None;
-    let limited = tenant.as_deref().and_then(|tenant| {
-        let settings = config.tenant_settings(tenant)?;
-        Some((tenant, settings.mode, settings.limit(limit?)?))
-    });
-    if let (Some((tenant, mode, policy)), Some(checked)) = (limited, checked) {
+    let limited = tenant
+        .as_deref()
+        .and_then(|tenant| Some((tenant, config.tenant_settings(tenant)?)));
+    if let (Some((tenant, settings)), Some(checked)) = (limited, checked) {
+        let mode = settings.mode;
         match checked {
-            Ok(verdict) => {
-                let rejects = !verdict.allowed && mode == Mode::Enforce;
+            Ok(admitted) => {
+                let rejects = !admitted.allowed && mode == Mode::Enforce;
                 if rejects || config.headers.rate_limit == RateLimitHeaders::Always {
-                    response_headers.extend(rate_limit_headers(policy, &verdict));
+                    response_headers.extend(rate_limit_headers(
+                        settings,
+                        applied,
+                        &admitted,
+                        now_unix_ns,
+                    ));
                 }
-                if !verdict.allowed {
+                if !admitted.allowed {
                     if mode == Mode::Shadow {
                         outcome = Outcome::ShadowOverLimit;
                     } else {
+                        let refusing = admitted.headline.and_then(|(position, _)| {
+                            settings.applied_policies(applied).nth(position)
+                        });
                         let problem = Problem::new(
                             ProblemKind::RateLimited,
-                            format!(
-                                "tenant `{tenant}` exceeded {} requests per {} s on limit `{}`; retry in {} s",
-                                policy.rate.requests,
-                                policy.rate.per_seconds,
-                                policy.name,
-                                verdict.retry_after_seconds
-                            ),
+                            refused_detail(tenant, refusing, admitted.retry_after_seconds),
                         )
                         .for_tenant(tenant);
                         return reject(
@@ -213,7 +405,7 @@ pub fn admit(
                             problem,
                             correlation_id,
                             response_headers,
-                            Some(verdict.retry_after_seconds),
+                            Some(admitted.retry_after_seconds.max(1)),
                         );
                     }
                 }
@@ -226,11 +418,14 @@ pub fn admit(
                         log = Some(message);
                     }
                     (OnExhausted::Reject, Mode::Enforce) => {
-                        let problem = Problem::new(
-                            ProblemKind::RateLimitUnavailable,
-                            rate_limit_unavailable_detail(&err),
-                        )
-                        .for_tenant(tenant);
+                        let kind = match err {
+                            CheckError::KeysExhausted => ProblemKind::RateLimitKeysExhausted,
+                            CheckError::Contention { .. } | CheckError::Store(_) => {
+                                ProblemKind::RateLimitUnavailable
+                            }
+                        };
+                        let problem = Problem::new(kind, rate_limit_unavailable_detail(&err))
+                            .for_tenant(tenant);
                         let mut evaluation =
                             reject(config, problem, correlation_id, response_headers, Some(1));
                         evaluation.log = Some(message);
@@ -257,6 +452,30 @@ pub fn admit(
         outcome,
         log,
     }
+}
+
+/// Why a request was refused, naming the limit that refused it.
+fn refused_detail(tenant: &str, policy: Option<&LimitPolicy>, retry_after: u64) -> String {
+    let Some(policy) = policy else {
+        return format!("tenant `{tenant}` is over its limit; retry in {retry_after} s");
+    };
+    let window = match policy.window {
+        crate::config::Window::Rate(rate) => {
+            format!("{} requests per {} s", rate.requests, rate.per_seconds)
+        }
+        crate::config::Window::Calendar { period, requests } => {
+            let period = match period {
+                crate::config::Calendar::Day => "day",
+                crate::config::Calendar::Week => "week",
+                crate::config::Calendar::Month => "month",
+            };
+            format!("{requests} requests per calendar {period} (UTC)")
+        }
+    };
+    format!(
+        "tenant `{tenant}` exceeded {window} on limit `{}`; retry in {retry_after} s",
+        policy.name
+    )
 }
 
 fn pending_idempotency(
@@ -305,6 +524,9 @@ fn rate_limit_unavailable_detail(err: &CheckError) -> String {
     match err {
         CheckError::Contention { .. } => {
             "the rate-limit state is under heavy contention; retry shortly".to_owned()
+        }
+        CheckError::KeysExhausted => {
+            "too many keys of this tenant are counted at once; retry shortly".to_owned()
         }
         CheckError::Store(_) => "the rate-limit state could not be read; retry shortly".to_owned(),
     }

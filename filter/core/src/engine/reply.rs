@@ -1,9 +1,9 @@
 //! Reply building: every rejection as a problem+json local reply carrying the
 //! correlation id, and the RateLimit headers.
 
-use crate::config::{CompiledConfig, LimitPolicy};
+use crate::config::{Applied, CompiledConfig, CompiledTenant, Window};
+use crate::limits::{calendar, Admitted};
 use crate::problem::{Problem, CONTENT_TYPE};
-use crate::ratelimit::Verdict;
 
 use super::decision::{Decision, Evaluation, Headers, LocalReply, Outcome};
 
@@ -59,16 +59,42 @@ pub(super) fn local_reply(
     }
 }
 
-/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
-pub fn rate_limit_headers(policy: &LimitPolicy, verdict: &Verdict) -> [(String, String); 2] {
-    [
-        ("ratelimit-policy".to_owned(), policy.policy_header.clone()),
+/// `RateLimit-Policy` (every applied limit) and `RateLimit` (the one the
+/// decision reports: the closest to exhaustion, or the refusing one)
+/// (draft-ietf-httpapi-ratelimit-headers). A calendar quota's `w` is the
+/// length of its current window.
+pub fn rate_limit_headers(
+    settings: &CompiledTenant,
+    applied: Applied,
+    admitted: &Admitted,
+    now_unix_ns: u64,
+) -> impl Iterator<Item = (String, String)> {
+    let mut policies = String::new();
+    let mut headline = None;
+    for (position, policy) in settings.applied_policies(applied).enumerate() {
+        if !policies.is_empty() {
+            policies.push_str(", ");
+        }
+        policies.push_str(&policy.policy_header);
+        if let Window::Calendar { period, .. } = policy.window {
+            let span = calendar::span(period, now_unix_ns / 1_000_000_000);
+            policies.push_str(&format!(";w={}", span.length()));
+        }
+        if let Some((at, verdict)) = admitted.headline {
+            if at == position {
+                headline = Some((policy, verdict));
+            }
+        }
+    }
+    let policy = (!policies.is_empty()).then(|| ("ratelimit-policy".to_owned(), policies));
+    let current = headline.map(|(policy, verdict)| {
         (
             "ratelimit".to_owned(),
             format!(
                 "\"{}\";r={};t={}",
                 policy.name, verdict.remaining, verdict.reset_seconds
             ),
-        ),
-    ]
+        )
+    });
+    policy.into_iter().chain(current)
 }

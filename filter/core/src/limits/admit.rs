@@ -1,0 +1,332 @@
+//! One request's rate-limit decision against shared data: every limit that
+//! applies, grouped by what it counts, decided all or nothing.
+
+use crate::config::Applied;
+use crate::config::{CompiledConfig, CompiledTenant, KeyKind, LimitPolicy, MAX_KEY_HEADERS};
+use crate::ratelimit::{CheckError, RateKey, Verdict};
+use crate::store::{self, CasOutcome, Located, SharedStore, StoreError};
+use crate::tenant::TenantId;
+
+use super::state::{self, Entry};
+
+/// The hashes of the key values a request's limits count by (user, org,
+/// each key header); `None` where the request has none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyHashes {
+    user: Option<[u8; 8]>,
+    org: Option<[u8; 8]>,
+    headers: [Option<[u8; 8]>; MAX_KEY_HEADERS],
+}
+
+impl KeyHashes {
+    pub fn get(&self, kind: KeyKind) -> Option<[u8; 8]> {
+        match kind {
+            KeyKind::Tenant => None,
+            KeyKind::User => self.user,
+            KeyKind::Org => self.org,
+            KeyKind::Header(index) => self.headers.get(usize::from(index)).copied().flatten(),
+        }
+    }
+
+    /// Records the value of `kind` (hashed: the value itself is never stored).
+    pub fn set(&mut self, kind: KeyKind, value: &[u8]) {
+        let hash = hash_key(kind, value);
+        match kind {
+            KeyKind::Tenant => {}
+            KeyKind::User => self.user = Some(hash),
+            KeyKind::Org => self.org = Some(hash),
+            KeyKind::Header(index) => {
+                if let Some(slot) = self.headers.get_mut(usize::from(index)) {
+                    *slot = Some(hash);
+                }
+            }
+        }
+    }
+}
+
+fn hash_key(kind: KeyKind, value: &[u8]) -> [u8; 8] {
+    use sha2::{Digest, Sha256};
+    let kind_tag = match kind {
+        KeyKind::Tenant => 0,
+        KeyKind::User => 1,
+        KeyKind::Org => 2,
+        KeyKind::Header(index) => 3u8.saturating_add(index),
+    };
+    let digest = Sha256::new()
+        .chain_update([kind_tag])
+        .chain_update(value)
+        .finalize();
+    let mut hash = [0u8; 8];
+    for (slot, byte) in hash.iter_mut().zip(digest.iter()) {
+        *slot = *byte;
+    }
+    hash
+}
+
+/// What one request needs decided, resolved against the config when it is
+/// carried out: its tenant, the limits that apply, the key values they count
+/// by, and the time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    pub tenant: TenantId,
+    pub applied: Applied,
+    pub keys: KeyHashes,
+    pub now_unix_ns: u64,
+}
+
+/// The decision: admitted or not, the limit the `RateLimit` header reports
+/// (the closest to exhaustion, or, when refused, the refusing one with the
+/// longest wait) by its position among the applied limits, and when every
+/// refusing limit admits again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    pub allowed: bool,
+    pub headline: Option<(usize, Verdict)>,
+    pub retry_after_seconds: u64,
+}
+
+impl Admitted {
+    /// Nothing to decide: no limit applies.
+    pub fn unlimited() -> Self {
+        Self {
+            allowed: true,
+            headline: None,
+            retry_after_seconds: 0,
+        }
+    }
+
+    /// Takes one limit's verdict into account.
+    pub fn add(&mut self, position: usize, verdict: Verdict) {
+        let replaces = match (self.headline, verdict.allowed) {
+            (None, _) => true,
+            (Some((_, current)), false) => {
+                current.allowed || verdict.retry_after_seconds > current.retry_after_seconds
+            }
+            (Some((_, current)), true) => {
+                current.allowed
+                    && (verdict.remaining, verdict.reset_seconds)
+                        < (current.remaining, current.reset_seconds)
+            }
+        };
+        if replaces {
+            self.headline = Some((position, verdict));
+        }
+        if !verdict.allowed {
+            self.allowed = false;
+            self.retry_after_seconds = self.retry_after_seconds.max(verdict.retry_after_seconds);
+        }
+    }
+}
+
+/// What a group of limits counts: the tenant, or one key value inside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Group {
+    pub kind: KeyKind,
+    pub hash: Option<[u8; 8]>,
+}
+
+impl Group {
+    /// The group `policy` spends from for a request with `keys`: its key's
+    /// value, or the tenant when the request has none (`on_missing: tenant`).
+    pub fn of(policy: &LimitPolicy, keys: &KeyHashes) -> Group {
+        match keys.get(policy.key) {
+            Some(hash) => Group {
+                kind: policy.key,
+                hash: Some(hash),
+            },
+            None => Group {
+                kind: KeyKind::Tenant,
+                hash: None,
+            },
+        }
+    }
+}
+
+/// The groups of a request, in the fixed order they are taken (the tenant,
+/// users, orgs, headers): at most one per key kind.
+pub const MAX_GROUPS: usize = 3 + MAX_KEY_HEADERS;
+
+pub fn groups(
+    settings: &CompiledTenant,
+    applied: Applied,
+    keys: &KeyHashes,
+) -> ([Option<Group>; MAX_GROUPS], usize) {
+    let mut groups = [None; MAX_GROUPS];
+    let mut count = 0;
+    for policy in settings.applied_policies(applied) {
+        let group = Group::of(policy, keys);
+        if groups.iter().flatten().any(|known| *known == group) {
+            continue;
+        }
+        if let Some(slot) = groups.get_mut(count) {
+            *slot = Some(group);
+            count += 1;
+        }
+    }
+    let live = groups.get_mut(..count).unwrap_or_default();
+    live.sort_by_key(|group| group.map(|g| g.kind));
+    (groups, count)
+}
+
+/// The shared-data key of one group of `tenant`.
+pub fn group_key(config: &CompiledConfig, tenant: &str, group: Group) -> RateKey {
+    RateKey::group(config, tenant, group.kind, group.hash)
+}
+
+/// One group read and decided.
+struct Read {
+    group: Group,
+    located: Located,
+    entries: Vec<Entry>,
+}
+
+/// Decides `admission` on shared data: every applicable limit admits, and
+/// then each group is written, or none is (a refused request consumes
+/// nothing). `store.max_cas_retries` bounds the attempts.
+pub fn admit_local(
+    config: &CompiledConfig,
+    store: &dyn SharedStore,
+    admission: &Admission,
+) -> Result<Admitted, CheckError> {
+    admit_share(config, store, admission, 100)
+}
+
+/// [`admit_local`] with every limit at `percent` of its size: what one
+/// gateway enforces alone while the cluster store is away.
+pub fn admit_share(
+    config: &CompiledConfig,
+    store: &dyn SharedStore,
+    admission: &Admission,
+    percent: u8,
+) -> Result<Admitted, CheckError> {
+    let Some(settings) = config.tenant_settings(&admission.tenant) else {
+        return Ok(Admitted::unlimited());
+    };
+    let (groups, count) = groups(settings, admission.applied, &admission.keys);
+    let now = admission.now_unix_ns;
+    for _ in 0..config.store.max_cas_retries {
+        let mut admitted = Admitted::unlimited();
+        let mut reads: [Option<Read>; MAX_GROUPS] = Default::default();
+        for (slot, group) in reads.iter_mut().zip(groups.iter().flatten()) {
+            let key = group_key(config, &admission.tenant, *group);
+            let located = locate(store, &key, now)?;
+            let mut entries = located
+                .payload()
+                .and_then(state::decode)
+                .unwrap_or_default();
+            for (position, policy) in settings.applied_policies(admission.applied).enumerate() {
+                if Group::of(policy, &admission.keys) != *group {
+                    continue;
+                }
+                let stored = entries.iter().find(|entry| entry.id == policy.id).copied();
+                let (verdict, entry) = state::decide(policy, stored, now, percent);
+                admitted.add(position, verdict);
+                if !state::upsert(&mut entries, entry, now) {
+                    return Err(CheckError::Store(StoreError(format!(
+                        "`{}` holds {} live limits",
+                        key.logical(),
+                        state::MAX_ENTRIES
+                    ))));
+                }
+            }
+            *slot = Some(Read {
+                group: *group,
+                located,
+                entries,
+            });
+        }
+        let reads = reads.get(..count).unwrap_or_default();
+        if !admitted.allowed {
+            // Refused: nothing is written, nothing consumed.
+            return Ok(admitted);
+        }
+        match commit(config, store, settings, admission, reads)? {
+            true => return Ok(admitted),
+            false => continue,
+        }
+    }
+    Err(CheckError::Contention {
+        attempts: config.store.max_cas_retries,
+    })
+}
+
+/// Writes every group in order; on a lost compare-and-swap undoes the ones
+/// written and reports `false` (decide again).
+fn commit(
+    config: &CompiledConfig,
+    store: &dyn SharedStore,
+    settings: &CompiledTenant,
+    admission: &Admission,
+    reads: &[Option<Read>],
+) -> Result<bool, CheckError> {
+    for (index, read) in reads.iter().flatten().enumerate() {
+        let written = read
+            .located
+            .write_with(store, state::encoded_len(&read.entries), |out| {
+                state::encode_into(&read.entries, out)
+            })?;
+        if written == CasOutcome::Conflict {
+            for earlier in reads.iter().flatten().take(index) {
+                undo(config, store, settings, admission, earlier.group)?;
+            }
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Gives back what an admitted request took from `group` (its other groups
+/// could not be written).
+fn undo(
+    config: &CompiledConfig,
+    store: &dyn SharedStore,
+    settings: &CompiledTenant,
+    admission: &Admission,
+    group: Group,
+) -> Result<(), CheckError> {
+    let key = group_key(config, &admission.tenant, group);
+    let now = admission.now_unix_ns;
+    for _ in 0..config.store.max_cas_retries {
+        let located = locate(store, &key, now)?;
+        let Some(mut entries) = located.payload().and_then(state::decode) else {
+            return Ok(());
+        };
+        for policy in settings.applied_policies(admission.applied) {
+            if Group::of(policy, &admission.keys) != group {
+                continue;
+            }
+            if let Some(entry) = entries.iter_mut().find(|entry| entry.id == policy.id) {
+                state::undo(policy, entry);
+            }
+        }
+        if located.write(store, &state::encode(&entries))? == CasOutcome::Written {
+            return Ok(());
+        }
+    }
+    Err(CheckError::Contention {
+        attempts: config.store.max_cas_retries,
+    })
+}
+
+/// Where a group's value lives; a keyed group whose table has no room is
+/// [`CheckError::KeysExhausted`].
+fn locate(store: &dyn SharedStore, key: &RateKey, now_ns: u64) -> Result<Located, CheckError> {
+    let idle = |payload: &[u8]| {
+        state::decode(payload).is_none_or(|entries| entries.iter().all(|e| e.idle(now_ns)))
+    };
+    let located = match key.table() {
+        None => store::locate(store, key.logical())?,
+        Some(table) => store::locate_reusable(store, table, key.logical(), &idle)?,
+    };
+    located.ok_or_else(|| {
+        if key.is_keyed() {
+            CheckError::KeysExhausted
+        } else {
+            CheckError::Store(StoreError(format!(
+                "`{}` and its {} alternates hold other keys' values",
+                key.storage_key(),
+                store::KEY_ATTEMPTS - 1
+            )))
+        }
+    })
+}
