@@ -104,7 +104,8 @@ async fn resolution_precedence_global_tenant_route() {
     );
     let get_orders = acme.policy_for("GET", "/orders/42").unwrap();
     assert_eq!(
-        get_orders.requests(), 1000,
+        get_orders.requests(),
+        1000,
         "method-specific route does not match GET"
     );
     let search = acme.policy_for("GET", "/search").unwrap();

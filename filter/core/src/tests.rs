@@ -1306,3 +1306,6 @@ fn metrics_switch_and_store_namespace() {
 
 #[path = "host_model_tests.rs"]
 mod host_model;
+
+#[path = "limits_tests.rs"]
+mod limits_model;

@@ -346,3 +346,126 @@ fn cluster_config_is_validated() {
         "tenant_guard_store"
     );
 }
+
+/// acme: 100 per second, 3 per month, 2 per hour per user (header mode).
+fn plan_config() -> CompiledConfig {
+    config::parse(
+        br#"{"version":1,"tenant":{"trust_header_without_jwt":true},
+        "store":{"backend":"cluster","cluster":{"upstream":"store"}},
+        "tenants":{"acme":{"rate_limits":[
+            {"name":"second","requests":100,"per":"second"},
+            {"name":"month","requests":3,"per":"month"},
+            {"name":"user","requests":2,"per":"hour","key":"user"}]}}}"#,
+    )
+    .unwrap()
+}
+
+fn plan_admit(config: &CompiledConfig, user: &str, now: u64) -> StoreOp {
+    let settings = config.tenant_settings("acme").unwrap();
+    let mut keys = KeyHashes::default();
+    keys.set(crate::config::KeyKind::User, user.as_bytes());
+    StoreOp::Admit(Admission {
+        tenant: crate::tenant::TenantId::parse("acme").unwrap(),
+        applied: settings.applied("GET", "/"),
+        keys,
+        now_unix_ns: now,
+    })
+}
+
+#[test]
+fn several_limits_go_to_the_store_in_one_call_and_a_refusal_takes_nothing() {
+    let config = plan_config();
+    let store = MemoryStore::new();
+    let mut client = ClusterStore::new();
+    let (path, body) = awaited(client.begin(&config, &store, plan_admit(&config, "u1", T0), T0));
+    assert_eq!(path, wire::LEASES_PATH);
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    assert_eq!(items[0]["limit"], "second");
+    assert!(items[1]["quota"]["window_end_s"].as_u64().unwrap() > T0 / SECOND);
+    assert!(items[2]["limit"].as_str().unwrap().starts_with("user~"));
+    assert!(items.iter().all(|item| item["need"] == 1));
+    // Granted: 4 slots of the second, 1 of the month, 1 of the user.
+    let granted = r#"{"items":[
+        {"granted":4,"remaining":96,"reset_seconds":1,"retry_after_seconds":0},
+        {"granted":1,"remaining":2,"reset_seconds":99,"retry_after_seconds":0},
+        {"granted":1,"remaining":1,"reset_seconds":9,"retry_after_seconds":0}]}"#;
+    let answer = client.on_answer(&config, &store, ok(granted), T0).unwrap();
+    assert_eq!(verdict(answer), (true, 0));
+    // The next request of another user: the second's lease answers at once,
+    // the month's and the user's need the store; the store refuses the month.
+    let mut next = ClusterStore::new();
+    let (_, body) = awaited(next.begin(&config, &store, plan_admit(&config, "u2", T0), T0));
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(
+        items
+            .iter()
+            .map(|item| item["limit"].as_str().unwrap().split('~').next().unwrap())
+            .collect::<Vec<_>>(),
+        ["month", "user"]
+    );
+    let refused = r#"{"items":[
+        {"granted":0,"remaining":0,"reset_seconds":99,"retry_after_seconds":99},
+        {"granted":0,"remaining":0,"reset_seconds":0,"retry_after_seconds":0}]}"#;
+    let answer = next.on_answer(&config, &store, ok(refused), T0).unwrap();
+    assert_eq!(verdict(answer), (false, 99));
+    // The slot of the second taken for it went back: three are still held.
+    assert_eq!(live_slots(&config, &store, "second", T0), 3);
+}
+
+/// Takes slots from acme's lease of `limit` until it has none: how many.
+fn live_slots(config: &CompiledConfig, store: &MemoryStore, limit: &str, now: u64) -> u64 {
+    let key = crate::ratelimit::RateKey::limit(config, "acme", limit, None);
+    let sizing = super::lease::Sizing {
+        cap: 1,
+        refill_ns: SECOND,
+        horizon_ns: SECOND,
+        window_end_ns: None,
+    };
+    (0..100)
+        .take_while(|_| {
+            matches!(
+                super::lease::take(store, &key, &sizing, now, 8),
+                Ok(super::lease::Taken::Slot { .. })
+            )
+        })
+        .count() as u64
+}
+
+#[test]
+fn a_quota_lease_never_outlives_its_window() {
+    let config = plan_config();
+    let store = MemoryStore::new();
+    let month = crate::limits::calendar::span(crate::config::Calendar::Month, T0 / SECOND);
+    // Leased two seconds before the month ends.
+    let now = (month.end - 2) * SECOND;
+    let mut client = ClusterStore::new();
+    let _ = awaited(client.begin(&config, &store, plan_admit(&config, "u1", now), now));
+    let granted = r#"{"items":[
+        {"granted":4,"remaining":96,"reset_seconds":1,"retry_after_seconds":0},
+        {"granted":3,"remaining":0,"reset_seconds":2,"retry_after_seconds":0},
+        {"granted":2,"remaining":0,"reset_seconds":9,"retry_after_seconds":0}]}"#;
+    assert_eq!(
+        verdict(client.on_answer(&config, &store, ok(granted), now).unwrap()),
+        (true, 0)
+    );
+    // In the new month the old month's slots are gone: the store is asked.
+    let after = month.end * SECOND + 1;
+    let (_, body) = awaited(ClusterStore::new().begin(
+        &config,
+        &store,
+        plan_admit(&config, "u1", after),
+        after,
+    ));
+    let items = body["items"].as_array().unwrap();
+    let month_item = items.iter().find(|item| item["limit"] == "month").unwrap();
+    assert_eq!(
+        month_item["quota"]["window_end_s"].as_u64().unwrap(),
+        crate::limits::calendar::span(crate::config::Calendar::Month, month.end).end
+    );
+    assert_eq!(
+        month_item["returned"],
+        serde_json::Value::Null,
+        "nothing goes back to a month that is over"
+    );
+}

@@ -78,6 +78,11 @@ pub fn metrics_requested(bytes: &[u8]) -> bool {
         .unwrap_or(true)
 }
 
+/// `a.b[0].c` as `a.b.0.c`: every path of a [`ConfigError`] is dotted.
+fn dotted(path: &str) -> String {
+    path.replace('[', ".").replace(']', "")
+}
+
 /// Parse into the typed document only (no semantic validation).
 pub fn parse_document(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
     if bytes.is_empty() {
@@ -85,7 +90,7 @@ pub fn parse_document(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
     }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let document: PluginConfig = serde_path_to_error::deserialize(&mut deserializer)
-        .map_err(|err| invalid(err.path().to_string(), err.inner().to_string()))?;
+        .map_err(|err| invalid(dotted(&err.path().to_string()), err.inner().to_string()))?;
     deserializer
         .end()
         .map_err(|err| invalid("", format!("trailing characters: {err}")))?;
