@@ -139,7 +139,33 @@ fn valid() -> Vec<Value> {
             "rate_limit_fallback": "share", "fallback_share_percent": 1,
             "idempotency_fallback": "reject", "probe_interval_ms": 1}}})),
         cluster("upstream", json!("tenant-guard-store.ns.svc.cluster.local")),
+        // The limit model: windows, keys, plans, routes' own limits.
+        doc(json!({"defaults": {"rate_limit": {"requests": 50, "per": "day"}}})),
+        doc(json!({"defaults": {"rate_limits": [
+            {"name": "burst", "requests": 50, "per": "second", "burst": 100},
+            {"name": "month", "requests": 1_000_000, "per": "month"},
+            {"name": "per-user", "requests": 5, "per_seconds": 1, "key": "user", "on_missing": "tenant"},
+            {"name": "per-org", "requests": 5, "per": "minute", "key": "org"},
+            {"name": "per-client", "requests": 5, "per": "hour", "key": {"header": "x-client-id"},
+             "methods": ["POST"], "prefix": "/reports"}]}})),
+        doc(
+            json!({"plans": {"gold": {"rate_limits": [{"name": "week", "requests": 9, "per": "week"}],
+                                      "mode": "shadow", "idempotency": {"methods": ["POST"]}}},
+                   "tenants": {"acme": {"plan": "gold", "rate_limits": [
+                       {"name": "week", "requests": 10, "per": "week"}]}}}),
+        ),
+        doc(
+            json!({"tenants": {"a": {"routes": [{"prefix": "/r", "rate_limits": [
+            {"name": "r-day", "requests": 1, "per": "day", "methods": ["GET"]}]}]}}}),
+        ),
+        doc(json!({"method_override": "honor", "store": {"key_slots": 1}})),
     ]
+}
+
+fn named(fields: Value) -> Value {
+    let mut limit = json!({"name": "x", "requests": 5, "per": "hour"});
+    merge(&mut limit, fields);
+    doc(json!({"defaults": {"rate_limits": [limit]}}))
 }
 
 /// Documents both must refuse, each with what is wrong.
@@ -235,6 +261,94 @@ fn invalid() -> Vec<(&'static str, Value)> {
         (
             "per_seconds missing",
             doc(json!({"defaults": {"rate_limit": {"requests": 1}}})),
+        ),
+        (
+            "per and per_seconds",
+            doc(
+                json!({"defaults": {"rate_limit": {"requests": 1, "per": "day", "per_seconds": 1}}}),
+            ),
+        ),
+        (
+            "unknown window",
+            doc(json!({"defaults": {"rate_limit": {"requests": 1, "per": "fortnight"}}})),
+        ),
+        (
+            "burst of a calendar quota",
+            doc(json!({"defaults": {"rate_limit": {"requests": 1, "per": "month", "burst": 2}}})),
+        ),
+        ("named: no window", named(json!({"per": null}))),
+        ("named: no name", named(json!({"name": null}))),
+        ("named: bad name", named(json!({"name": "a b"}))),
+        ("named: burst 0", named(json!({"burst": 0}))),
+        (
+            "named: calendar burst",
+            named(json!({"per": "day", "burst": 9})),
+        ),
+        ("named: unknown key kind", named(json!({"key": "ip"}))),
+        (
+            "named: key object without header",
+            named(json!({"key": {"cookie": "x"}})),
+        ),
+        (
+            "named: key header not a token",
+            named(json!({"key": {"header": "X Client"}})),
+        ),
+        (
+            "named: on_missing without a key",
+            named(json!({"on_missing": "tenant"})),
+        ),
+        (
+            "named: on_missing of the tenant",
+            named(json!({"key": "tenant", "on_missing": "reject"})),
+        ),
+        (
+            "named: on_missing unknown",
+            named(json!({"key": "user", "on_missing": "skip"})),
+        ),
+        ("named: no methods", named(json!({"methods": []}))),
+        (
+            "named: lower-case method",
+            named(json!({"methods": ["post"]})),
+        ),
+        (
+            "named: prefix without slash",
+            named(json!({"prefix": "orders"})),
+        ),
+        ("named: unknown field", named(json!({"cost": 3}))),
+        (
+            "17 limits in one scope",
+            doc(json!({"defaults": {"rate_limits": (0..17)
+                .map(|n| json!({"name": format!("l{n}"), "requests": 1, "per": "hour"}))
+                .collect::<Vec<_>>()}})),
+        ),
+        ("plan with a bad name", doc(json!({"plans": {"a b": {}}}))),
+        (
+            "plan with an unknown field",
+            doc(json!({"plans": {"gold": {"rate_limit": limit()}}})),
+        ),
+        (
+            "tenant plan not a name",
+            doc(json!({"tenants": {"a": {"plan": ""}}})),
+        ),
+        (
+            "route without any limit",
+            doc(json!({"tenants": {"a": {"routes": [{"prefix": "/r"}]}}})),
+        ),
+        (
+            "route limit with its own prefix",
+            doc(
+                json!({"tenants": {"a": {"routes": [{"prefix": "/r", "rate_limits": [
+                {"name": "x", "requests": 1, "per": "day", "prefix": "/q"}]}]}}}),
+            ),
+        ),
+        (
+            "method_override unknown",
+            doc(json!({"method_override": "maybe"})),
+        ),
+        ("key_slots 0", doc(json!({"store": {"key_slots": 0}}))),
+        (
+            "key_slots too many",
+            doc(json!({"store": {"key_slots": 1_048_577}})),
         ),
         ("mode", doc(json!({"defaults": {"mode": "loud"}}))),
         (
@@ -585,6 +699,51 @@ fn gaps() -> Vec<(&'static str, String)> {
         (
             "a member twice in the raw JSON",
             r#"{"version":1,"version":1,"tenant":{"trust_header_without_jwt":true}}"#.to_owned(),
+        ),
+        (
+            "two limits with one name in a scope",
+            doc(json!({"defaults": {"rate_limits": [
+                {"name": "x", "requests": 1, "per": "hour"},
+                {"name": "x", "requests": 2, "per": "day"}]}}))
+            .to_string(),
+        ),
+        (
+            "`rate_limit` and a limit named `tenant` in one scope",
+            doc(json!({"defaults": {"rate_limit": limit(), "rate_limits": [
+                {"name": "tenant", "requests": 2, "per": "day"}]}}))
+            .to_string(),
+        ),
+        (
+            "a tenant naming a missing plan",
+            doc(json!({"tenants": {"a": {"plan": "gold"}}})).to_string(),
+        ),
+        (
+            "a route limit named like a tenant limit",
+            doc(json!({"tenants": {"a": {"rate_limits": [{"name": "x", "requests": 1, "per": "hour"}],
+                "routes": [{"prefix": "/r", "rate_limits": [{"name": "x", "requests": 1, "per": "day"}]}]}}}))
+            .to_string(),
+        ),
+        (
+            "counting by an identity header",
+            named(json!({"key": {"header": "x-tenant-id"}})).to_string(),
+        ),
+        (
+            "counting by user with a token that has no user claim",
+            jwt(json!({"kty": "oct", "k": HS_KEY}))
+                .pipe(|mut d| {
+                    d["defaults"] = json!({"rate_limits": [
+                        {"name": "x", "requests": 1, "per": "hour", "key": "user"}]});
+                    d
+                })
+                .to_string(),
+        ),
+        (
+            "more than 8 key headers",
+            doc(json!({"defaults": {"rate_limits": (0..9)
+                .map(|n| json!({"name": format!("h{n}"), "requests": 1, "per": "hour",
+                                "key": {"header": format!("x-k{n}")}}))
+                .collect::<Vec<_>>()}}))
+            .to_string(),
         ),
     ]
 }

@@ -27,7 +27,7 @@ async fn every_kind_of_invalid_value_is_refused_by_set_and_apply() {
     let db = TestDb::new().await;
     invalid_settings::write_base(&db).await;
     let cases = invalid_settings::cases();
-    assert_eq!(cases.len(), 21);
+    assert_eq!(cases.len(), 27);
     let before = snapshot(&db).await;
     let file = db.ecds_dir().join("base.json");
     let base = export_json(&db, &file);
@@ -613,6 +613,112 @@ async fn commands_on_a_database_without_the_schema_create_nothing() {
             .unwrap()
             .get(0);
         assert_eq!(exists, 0, "{args:?} created the schema");
+    }
+    db.drop_schema().await;
+}
+
+#[tokio::test]
+async fn plans_are_a_scope_and_moving_a_tenant_is_one_set() {
+    let db = TestDb::new().await;
+    invalid_settings::write_base(&db).await;
+    let gold = r#"[{"name":"burst","requests":50,"per_seconds":1,"burst":100},{"name":"month","requests":1000000,"per":"month"}]"#;
+    let silver = r#"[{"name":"month","requests":1000,"per":"month"},{"name":"user","requests":5,"per":"second","key":"user"}]"#;
+    for (plan, limits) in [("@plan:gold", gold), ("@plan:silver", silver)] {
+        let set = ["set", plan, "gateway.rate_limits", limits, "--actor", "pat"];
+        assert_contains(
+            &assert_ok(&settings(&db, &set)),
+            &format!("added {plan} `gateway.rate_limits`"),
+        );
+    }
+    assert_eq!(
+        stored(&db, "plan", "gold", "", "gateway.rate_limits")
+            .await
+            .unwrap()
+            .1,
+        "pat"
+    );
+    let set = ["set", "acme", "gateway.plan", "\"gold\"", "--actor", "pat"];
+    assert_ok(&settings(&db, &set));
+    let list = assert_ok(&settings(&db, &["list"]));
+    assert_contains(&list, "@plan:gold");
+    assert_contains(&list, "@plan:silver");
+    let got = assert_ok(&settings(
+        &db,
+        &["get", "@plan:silver", "gateway.rate_limits"],
+    ));
+    assert_contains(&got, "\"per\": \"month\"");
+
+    let syncer = db.syncer();
+    assert!(matches!(
+        syncer.sync(&db.client, "test").await.unwrap(),
+        SyncOutcome::Delivered { .. }
+    ));
+    let document = db.document();
+    assert_eq!(document["tenants"]["acme"]["plan"], "gold");
+    assert_eq!(document["plans"]["gold"]["rate_limits"][1]["per"], "month");
+    assert_eq!(document["plans"]["silver"]["rate_limits"][1]["key"], "user");
+
+    // Moving the tenant: the dry run shows the one line that changes, then one set.
+    let before = snapshot(&db).await;
+    let move_to = ["set", "acme", "gateway.plan", "\"silver\"", "--dry-run"];
+    let text = assert_ok(&settings(&db, &move_to));
+    for expected in [
+        "  ~ gateway.plan: \"gold\" -> \"silver\"",
+        "-      \"plan\": \"gold\"",
+        "+      \"plan\": \"silver\"",
+    ] {
+        assert_contains(&text, expected);
+    }
+    assert_eq!(snapshot(&db).await, before);
+    assert_ok(&settings(&db, &move_to[..4]));
+    let outcome = syncer.sync(&db.client, "test").await.unwrap();
+    assert!(
+        matches!(outcome, SyncOutcome::Delivered { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(db.document()["tenants"]["acme"]["plan"], "silver");
+    let changed: Vec<String> = db
+        .client
+        .query_one(
+            "SELECT changed_keys FROM tg_revisions ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(changed, ["acme/gateway.plan"]);
+
+    // A plan a tenant uses cannot be removed; an unused one can.
+    let before = snapshot(&db).await;
+    let out = settings(&db, &["unset", "@plan:silver", "gateway.rate_limits"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_contains(&stderr(&out), "`tenants.acme.plan`");
+    assert_eq!(snapshot(&db).await, before);
+    assert_ok(&settings(
+        &db,
+        &["unset", "@plan:gold", "gateway.rate_limits"],
+    ));
+
+    // Export carries the plans section; applying it back changes nothing.
+    let path = db.ecds_dir().join("plans.yaml");
+    assert_ok(&settings(&db, &["export", "-o", path.to_str().unwrap()]));
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_contains(&text, "plans:\n  silver:\n    gateway.rate_limits:");
+    let out = assert_ok(&settings(
+        &db,
+        &["apply", "-f", path.to_str().unwrap(), "--prune"],
+    ));
+    assert_contains(&out, "no changes");
+
+    // A plan target names the plan.
+    for (target, expected) in [
+        ("@plan:", "a plan target is @plan:NAME"),
+        ("@plan:a/b", "a plan target is @plan:NAME"),
+        ("@plan:a b", "plan"),
+    ] {
+        let out = settings(&db, &["set", target, "gateway.mode", "\"shadow\""]);
+        assert_ne!(out.status.code(), Some(0), "{target}");
+        assert_contains(&stderr(&out), expected);
     }
     db.drop_schema().await;
 }

@@ -6,9 +6,10 @@ use tokio_postgres::Client;
 
 use super::{validate_schema_name, DbConfig, DbError};
 
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE tg_settings (
     scope       text        NOT NULL CHECK (scope IN ('global', 'tenant', 'route')),
     tenant      text        NOT NULL DEFAULT '',
@@ -63,7 +64,22 @@ CREATE TABLE tg_revisions (
 CREATE SEQUENCE tg_revisions_id_seq OWNED BY tg_revisions.id;
 CREATE INDEX tg_revisions_target_id ON tg_revisions (target, id DESC);
 "#,
-)];
+    ),
+    (
+        2,
+        // Plans (issue 22): scope `plan`, the plan's name in `tenant`.
+        r#"
+ALTER TABLE tg_settings DROP CONSTRAINT IF EXISTS tg_settings_scope_check;
+ALTER TABLE tg_settings DROP CONSTRAINT IF EXISTS tg_settings_check;
+ALTER TABLE tg_settings ADD CONSTRAINT tg_settings_scope_check
+    CHECK (scope IN ('global', 'tenant', 'route', 'plan'));
+ALTER TABLE tg_settings ADD CONSTRAINT tg_settings_check
+    CHECK ((scope = 'global' AND tenant = '' AND route = '')
+        OR (scope IN ('tenant', 'plan') AND tenant <> '' AND route = '')
+        OR (scope = 'route' AND tenant <> '' AND route <> ''));
+"#,
+    ),
+];
 
 /// The migration version this sidecar needs.
 pub fn latest_migration() -> i32 {

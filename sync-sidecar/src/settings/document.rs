@@ -40,7 +40,21 @@ struct Document {
     if_match: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method_override: Option<Value>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    plans: BTreeMap<String, PlanDocument>,
     tenants: BTreeMap<String, TenantDocument>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct PlanDocument {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limits: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mode: Option<Value>,
 }
 
 impl Document {
@@ -56,6 +70,8 @@ impl Document {
             host: Fields::new(),
             if_match: None,
             metrics: None,
+            method_override: None,
+            plans: BTreeMap::new(),
             tenants: BTreeMap::new(),
         }
     }
@@ -75,6 +91,7 @@ impl Document {
             }
             Slot::IfMatch => self.if_match = Some(value),
             Slot::Metrics => self.metrics = Some(value),
+            Slot::MethodOverride => self.method_override = Some(value),
         }
     }
 }
@@ -82,7 +99,11 @@ impl Document {
 #[derive(Debug, Default, Serialize)]
 struct TenantDocument {
     #[serde(skip_serializing_if = "Option::is_none")]
+    plan: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     rate_limit: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limits: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     mode: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -99,6 +120,8 @@ struct RouteDocument {
     method: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rate_limit: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limits: Option<Value>,
 }
 
 /// A rendered document (without `revision`) and where each of its values came from.
@@ -175,6 +198,23 @@ pub(super) fn emit(resolved: Resolved, issues: &mut Vec<Issue>) -> Rendered {
         document.set(slot, value);
         provenance.push((slot.path(), origin));
     }
+    for (name, plan) in resolved.plans {
+        let mut take = |field: &'static str, source: Option<Sourced>| {
+            source.map(|Sourced { value, origin }| {
+                provenance.push((
+                    vec!["plans".to_owned(), name.clone(), field.to_owned()],
+                    origin,
+                ));
+                value
+            })
+        };
+        let emitted = PlanDocument {
+            rate_limits: take("rate_limits", plan.rate_limits),
+            idempotency: take("idempotency", plan.idempotency),
+            mode: take("mode", plan.mode),
+        };
+        document.plans.insert(name, emitted);
+    }
     let global_limit = resolved.global_limit.as_ref();
     for (id, tenant) in resolved.tenants.into_iter().filter(|(_, t)| t.enabled) {
         let emitted = emit_tenant(&id, &tenant, global_limit, &mut provenance, issues);
@@ -217,7 +257,9 @@ fn emit_tenant(
             value.clone()
         })
     };
+    emitted.plan = take("plan", &tenant.plan);
     emitted.rate_limit = take("rate_limit", &tenant.rate_limit);
+    emitted.rate_limits = take("rate_limits", &tenant.rate_limits);
     emitted.mode = take("mode", &tenant.mode);
     emitted.idempotency = take("idempotency", &tenant.idempotency);
 
@@ -257,21 +299,33 @@ fn emit_tenant(
             prefix: prefix.value.clone(),
             method: None,
             rate_limit: None,
+            rate_limits: None,
         };
         if let Some(method) = &route.method {
             emitted_route.method = Some(method.value.clone());
             provenance.push((route_path("method"), method.origin.clone()));
         }
-        let limit = route
-            .rate_limit
-            .as_ref()
-            .or(tenant.rate_limit.as_ref())
-            .or(global_limit);
+        if let Some(limits) = &route.rate_limits {
+            emitted_route.rate_limits = Some(limits.value.clone());
+            provenance.push((route_path("rate_limits"), limits.origin.clone()));
+        }
+        // A route's own `rate_limit`, else (for a route without `rate_limits`,
+        // as before they existed) the tenant's, else the global one.
+        let inherited = || {
+            route
+                .rate_limits
+                .is_none()
+                .then(|| tenant.rate_limit.as_ref().or(global_limit))
+                .flatten()
+        };
+        let limit = route.rate_limit.as_ref().or_else(inherited);
         match limit {
             Some(limit) => {
                 emitted_route.rate_limit = Some(limit.value.clone());
                 provenance.push((route_path("rate_limit"), limit.origin.clone()));
             }
+            // Its own `rate_limits` are enough.
+            None if route.rate_limits.is_some() => {}
             None => issues.push(Issue {
                 origin: Some(prefix.origin.clone()),
                 path: String::new(),

@@ -1,5 +1,5 @@
 //! Effective settings: resolves the scoped rows of `tg_settings` (global →
-//! tenant → route) into the plugin configuration document (README "Plugin configuration"), and
+//! plan → tenant → route) into the plugin configuration document (README "Plugin configuration"), and
 //! validates the result twice — against the published JSON Schema (draft 4)
 //! and with the filter's own parser — mapping every error back to the settings
 //! row (scope, tenant, route, key) that produced the offending value.
@@ -23,6 +23,13 @@
 //! | global | `gateway.headers.{revision,rate_limit}` | `headers.*` (informational headers)  |
 //! | global | `gateway.host.allow_on_headers_stop_iteration` | `host.*` (Envoy ≥ 1.35; the ECDS delivery sets Envoy's field to match) |
 //! | global | `gateway.rate_limit`                 | `defaults.rate_limit`                  |
+//! | global | `gateway.rate_limits`                | `defaults.rate_limits` (named limits of tenants without a plan) |
+//! | global | `gateway.store.key_slots`            | `store.key_slots`                      |
+//! | global | `gateway.method_override`            | `method_override` (`reject`/`honor`)   |
+//! | plan   | `gateway.rate_limits`                | `plans.<p>.rate_limits`                |
+//! | plan   | `gateway.idempotency`, `gateway.mode` | `plans.<p>.idempotency`, `.mode`      |
+//! | tenant | `gateway.plan`                       | `tenants.<t>.plan` (a plan name)       |
+//! | tenant | `gateway.rate_limits`                | `tenants.<t>.rate_limits` (over the plan's, by name) |
 //! | global | `gateway.mode`                       | `defaults.mode`                        |
 //! | global | `gateway.idempotency`                | `defaults.idempotency`                 |
 //! | tenant | `gateway.rate_limit`                 | `tenants.<t>.rate_limit`               |
@@ -31,7 +38,12 @@
 //! | tenant | `gateway.enabled`                    | `false` drops the tenant (and its routes) |
 //! | route  | `gateway.route.prefix` (required)    | `tenants.<t>.routes[i].prefix`         |
 //! | route  | `gateway.route.method`               | `tenants.<t>.routes[i].method`         |
-//! | route  | `gateway.rate_limit`                 | `tenants.<t>.routes[i].rate_limit` (else the tenant's, else the global one) |
+//! | route  | `gateway.rate_limit`                 | `tenants.<t>.routes[i].rate_limit` (else, without `rate_limits`, the tenant's, else the global one) |
+//! | route  | `gateway.rate_limits`                | `tenants.<t>.routes[i].rate_limits` (on top of the tenant's) |
+//!
+//! Plan rows (scope `plan`, the plan's name in the `tenant` column; `settings
+//! set @plan:gold …`) become `plans.<name>`; a tenant subscribes with
+//! `gateway.plan`, so moving it to another plan is one row.
 //!
 //! `gateway.idempotency` is the schema's `idempotency` object, e.g.
 //! `{"methods": ["POST"], "required": false, "ttl_seconds": 86400,
@@ -87,6 +99,8 @@ pub enum Scope {
     Global,
     Tenant,
     Route,
+    /// A plan: its name in the `tenant` column.
+    Plan,
 }
 
 impl Scope {
@@ -96,6 +110,7 @@ impl Scope {
             "global" => Some(Self::Global),
             "tenant" => Some(Self::Tenant),
             "route" => Some(Self::Route),
+            "plan" => Some(Self::Plan),
             _ => None,
         }
     }
@@ -105,6 +120,7 @@ impl Scope {
             Self::Global => "global",
             Self::Tenant => "tenant",
             Self::Route => "route",
+            Self::Plan => "plan",
         }
     }
 }
@@ -154,12 +170,14 @@ impl SettingRow {
     }
 
     /// Stable identity of the row, used in audit records: `gateway.mode`,
-    /// `acme/gateway.rate_limit`, `acme/orders/gateway.rate_limit`.
+    /// `acme/gateway.rate_limit`, `acme/orders/gateway.rate_limit`,
+    /// `@plan:gold/gateway.rate_limits`.
     pub fn identity(&self) -> String {
         match self.scope {
             Scope::Global => self.key.clone(),
             Scope::Tenant => format!("{}/{}", self.tenant, self.key),
             Scope::Route => format!("{}/{}/{}", self.tenant, self.route, self.key),
+            Scope::Plan => format!("@plan:{}/{}", self.tenant, self.key),
         }
     }
 
@@ -189,6 +207,7 @@ impl fmt::Display for Origin {
         match self.scope {
             Scope::Global => write!(f, "global setting `{}`", self.key)?,
             Scope::Tenant => write!(f, "tenant `{}` setting `{}`", self.tenant, self.key)?,
+            Scope::Plan => write!(f, "plan `{}` setting `{}`", self.tenant, self.key)?,
             Scope::Route => write!(
                 f,
                 "tenant `{}` route `{}` setting `{}`",

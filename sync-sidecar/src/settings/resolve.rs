@@ -44,6 +44,8 @@ pub(super) enum Slot {
     IfMatch,
     /// `metrics`.
     Metrics,
+    /// `method_override`.
+    MethodOverride,
 }
 
 impl Slot {
@@ -53,6 +55,7 @@ impl Slot {
             Self::In(section, field) => vec![section.name().to_owned(), field.to_owned()],
             Self::IfMatch => vec!["if_match".to_owned()],
             Self::Metrics => vec!["metrics".to_owned()],
+            Self::MethodOverride => vec!["method_override".to_owned()],
         }
     }
 }
@@ -89,6 +92,9 @@ pub(super) const GLOBAL_KEYS: &[(&str, Slot)] = {
         (BACKEND_KEY, In(Store, "backend")),
         (CLUSTER_KEY, In(Store, "cluster")),
         ("gateway.rate_limit", In(Defaults, "rate_limit")),
+        ("gateway.rate_limits", In(Defaults, "rate_limits")),
+        ("gateway.store.key_slots", In(Store, "key_slots")),
+        ("gateway.method_override", Slot::MethodOverride),
         ("gateway.mode", In(Defaults, "mode")),
         ("gateway.idempotency", In(Defaults, "idempotency")),
         ("gateway.if_match", Slot::IfMatch),
@@ -107,15 +113,25 @@ const BACKEND_KEY: &str = "gateway.store.backend";
 /// `store.cluster`, one object; only with `gateway.store.backend` = `"cluster"`.
 const CLUSTER_KEY: &str = "gateway.store.cluster";
 
-/// Keys valid only at tenant or route scope.
+/// Keys valid only at tenant, route or plan scope.
 const SCOPED_KEYS: &[&str] = &[
     "gateway.enabled",
     "gateway.route.prefix",
     "gateway.route.method",
+    "gateway.plan",
 ];
 
 fn is_known_key(key: &str) -> bool {
     GLOBAL_KEYS.iter().any(|(known, _)| *known == key) || SCOPED_KEYS.contains(&key)
+}
+
+/// A plan name as the plugin document allows it (`plans.<name>`).
+fn is_valid_plan_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// A value and the row it came from.
@@ -132,6 +148,7 @@ pub(super) struct RouteDraft {
     pub prefix: Option<Sourced>,
     pub method: Option<Sourced>,
     pub rate_limit: Option<Sourced>,
+    pub rate_limits: Option<Sourced>,
 }
 
 impl RouteDraft {
@@ -144,9 +161,19 @@ impl RouteDraft {
     }
 }
 
+/// A plan's rows (scope `plan`).
+#[derive(Debug, Default)]
+pub(super) struct PlanDraft {
+    pub rate_limits: Option<Sourced>,
+    pub idempotency: Option<Sourced>,
+    pub mode: Option<Sourced>,
+}
+
 #[derive(Debug)]
 pub(super) struct TenantDraft {
+    pub plan: Option<Sourced>,
     pub rate_limit: Option<Sourced>,
+    pub rate_limits: Option<Sourced>,
     pub mode: Option<Sourced>,
     pub idempotency: Option<Sourced>,
     /// `gateway.enabled` (default true): a disabled tenant is left out with its routes.
@@ -157,7 +184,9 @@ pub(super) struct TenantDraft {
 impl Default for TenantDraft {
     fn default() -> Self {
         Self {
+            plan: None,
             rate_limit: None,
+            rate_limits: None,
             mode: None,
             idempotency: None,
             enabled: true,
@@ -174,6 +203,7 @@ pub(super) struct Resolved {
     /// Global `gateway.rate_limit`: the limit of routes that have none of their own.
     pub global_limit: Option<Sourced>,
     pub tenants: BTreeMap<String, TenantDraft>,
+    pub plans: BTreeMap<String, PlanDraft>,
     /// A global row names a tenant identity source (JWT, or header mode not
     /// `false`); it counts even when invalid: its own finding says what is wrong.
     pub identity_source: bool,
@@ -271,6 +301,27 @@ fn place(resolved: &mut Resolved, row: &SettingRow, max_value_bytes: usize) -> O
             None => Some(unknown_key()),
         };
     }
+    if row.scope == Scope::Plan {
+        if !is_valid_plan_name(&row.tenant) {
+            return Some(issue(
+                "plan name must be 1-64 characters of [A-Za-z0-9._-]".to_owned(),
+            ));
+        }
+        let plan = resolved.plans.entry(row.tenant.clone()).or_default();
+        let slot = match row.key.as_str() {
+            "gateway.rate_limits" => &mut plan.rate_limits,
+            "gateway.idempotency" => &mut plan.idempotency,
+            "gateway.mode" => &mut plan.mode,
+            key if is_known_key(key) => {
+                return Some(wrong_scope(
+                    "a plan takes gateway.rate_limits, gateway.idempotency and gateway.mode",
+                ))
+            }
+            _ => return Some(unknown_key()),
+        };
+        *slot = sourced();
+        return None;
+    }
     if !tenant_guard_core::config::is_valid_tenant_id(&row.tenant) {
         return Some(issue(
             "tenant id must be 1-128 characters of [A-Za-z0-9._-]".to_owned(),
@@ -279,7 +330,9 @@ fn place(resolved: &mut Resolved, row: &SettingRow, max_value_bytes: usize) -> O
     let tenant = resolved.tenants.entry(row.tenant.clone()).or_default();
     let slot = if row.scope == Scope::Tenant {
         match row.key.as_str() {
+            "gateway.plan" => &mut tenant.plan,
             "gateway.rate_limit" => &mut tenant.rate_limit,
+            "gateway.rate_limits" => &mut tenant.rate_limits,
             "gateway.mode" => &mut tenant.mode,
             "gateway.idempotency" => &mut tenant.idempotency,
             "gateway.enabled" => {
@@ -303,11 +356,13 @@ fn place(resolved: &mut Resolved, row: &SettingRow, max_value_bytes: usize) -> O
                 prefix: None,
                 method: None,
                 rate_limit: None,
+                rate_limits: None,
             });
         match row.key.as_str() {
             "gateway.route.prefix" => &mut route.prefix,
             "gateway.route.method" => &mut route.method,
             "gateway.rate_limit" => &mut route.rate_limit,
+            "gateway.rate_limits" => &mut route.rate_limits,
             key if is_known_key(key) => return Some(wrong_scope("see the key table in the docs")),
             _ => return Some(unknown_key()),
         }

@@ -40,12 +40,33 @@ impl Validator {
         let instance: Value = serde_json::from_str(document_text).map_err(|e| {
             SettingsError::one(None, "", format!("rendered document is not JSON: {e}"))
         })?;
+        // A "none of the alternatives" finding says little; the filter's
+        // parser, on the same value, says what is wrong with it.
+        let parsed = std::cell::OnceCell::new();
+        let precise = |path: &str| {
+            let error = parsed
+                .get_or_init(|| tenant_guard_core::config::parse(document_text.as_bytes()).err())
+                .as_ref()?;
+            let below = error.path == path || error.path.starts_with(&format!("{path}."));
+            below.then(|| error.message.clone())
+        };
         issues.extend(self.schema.iter_errors(&instance).map(|error| {
             let segments = pointer_segments(error.instance_path.as_str());
+            let path = segments.join(".");
+            let alternatives = matches!(
+                error.kind,
+                jsonschema::error::ValidationErrorKind::OneOfNotValid
+                    | jsonschema::error::ValidationErrorKind::OneOfMultipleValid
+                    | jsonschema::error::ValidationErrorKind::AnyOf
+            );
+            let message = alternatives
+                .then(|| precise(&path))
+                .flatten()
+                .unwrap_or_else(|| error.to_string());
             Issue {
                 origin: rendered.origin_of(&segments),
-                path: segments.join("."),
-                message: error.to_string(),
+                path,
+                message,
                 check: "schema",
             }
         }));

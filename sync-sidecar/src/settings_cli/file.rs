@@ -6,9 +6,13 @@
 //! version: 1
 //! global:
 //!   gateway.tenant.trust_header_without_jwt: true
+//! plans:
+//!   gold:
+//!     gateway.rate_limits: [{name: month, per: month, requests: 1000000}]
 //! tenants:
 //!   acme:
 //!     settings:
+//!       gateway.plan: gold
 //!       gateway.rate_limit: {per_seconds: 60, requests: 100}
 //!     routes:
 //!       orders:
@@ -132,6 +136,9 @@ pub struct SettingsFile {
     pub version: u32,
     #[serde(default, skip_serializing_if = "UniqueMap::is_empty")]
     pub global: UniqueMap<Value>,
+    /// Plan name → its settings.
+    #[serde(default, skip_serializing_if = "UniqueMap::is_empty")]
+    pub plans: UniqueMap<UniqueMap<Value>>,
     #[serde(default, skip_serializing_if = "UniqueMap::is_empty")]
     pub tenants: UniqueMap<TenantFile>,
 }
@@ -144,9 +151,19 @@ impl SettingsFile {
         let mut file = Self {
             version: FILE_VERSION,
             global: UniqueMap::default(),
+            plans: UniqueMap::default(),
             tenants: UniqueMap::default(),
         };
         for (address, key, value) in entries {
+            if address.plan {
+                file.plans
+                    .0
+                    .entry(address.tenant)
+                    .or_default()
+                    .0
+                    .insert(key, value);
+                continue;
+            }
             if address.tenant.is_empty() {
                 file.global.0.insert(key, value);
                 continue;
@@ -176,6 +193,17 @@ impl SettingsFile {
                 return bad("`global` has an empty key".to_owned());
             }
             out.push((Address::global(), key.clone(), value.clone()));
+        }
+        for (plan, keys) in &self.plans.0 {
+            if plan.is_empty() {
+                return bad("`plans` has an empty plan name".to_owned());
+            }
+            for (key, value) in &keys.0 {
+                if key.is_empty() {
+                    return bad(format!("plan `{plan}` has an empty key"));
+                }
+                out.push((Address::plan(plan), key.clone(), value.clone()));
+            }
         }
         for (tenant, settings) in &self.tenants.0 {
             if tenant.is_empty() {

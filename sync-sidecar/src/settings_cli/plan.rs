@@ -167,16 +167,17 @@ impl Plan {
         counts
     }
 
-    /// The changes grouped per tenant (`@global` first), one line per key:
+    /// The changes grouped per tenant (`@global` first, plans last), one line per key:
     /// `+` added, `~` changed, `-` removed; route keys as `ROUTE/KEY`.
     pub fn describe(&self) -> String {
         let mut text = String::new();
-        let mut group: Option<&str> = None;
+        let mut group: Option<String> = None;
         for planned in &self.changes {
             let (address, key) = &planned.key;
-            if group != Some(address.group()) {
-                group = Some(address.group());
-                let _ = writeln!(text, "{}", address.group());
+            let this = address.group();
+            if group.as_deref() != Some(this.as_str()) {
+                let _ = writeln!(text, "{this}");
+                group = Some(this);
             }
             let name = if address.route.is_empty() {
                 key.clone()

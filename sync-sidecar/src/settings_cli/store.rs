@@ -15,7 +15,7 @@ use tokio_postgres::GenericClient;
 
 use super::address::Address;
 use crate::db::DbError;
-use crate::settings::SettingRow;
+use crate::settings::{Scope, SettingRow};
 
 /// How long a writing command waits for the table lock before giving up.
 const LOCK_TIMEOUT: &str = "10s";
@@ -59,7 +59,7 @@ fn corrupt(message: String) -> DbError {
 pub async fn load(client: &impl GenericClient) -> Result<Vec<Stored>, DbError> {
     let rows = client
         .query(
-            "SELECT tenant, route, key, value::text, updated_by, updated_at::text, xmin::text
+            "SELECT tenant, route, key, value::text, updated_by, updated_at::text, xmin::text, scope
                FROM tg_settings ORDER BY tenant, route, key",
             &[],
         )
@@ -68,8 +68,12 @@ pub async fn load(client: &impl GenericClient) -> Result<Vec<Stored>, DbError> {
         .map(|row| {
             let text: String = row.try_get(3)?;
             let value = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+            let scope: String = row.try_get(7)?;
+            let scope =
+                Scope::parse(&scope).ok_or_else(|| corrupt(format!("unknown scope `{scope}`")))?;
             Ok(Stored {
-                address: Address::route(
+                address: Address::of_columns(
+                    scope,
                     &row.try_get::<_, String>(0)?,
                     &row.try_get::<_, String>(1)?,
                 ),

@@ -16,7 +16,7 @@ pub const ACTOR: &str = "mallory";
 #[derive(Debug, Clone)]
 pub struct InvalidCase {
     pub what: &'static str,
-    /// `@global`, `TENANT` or `TENANT/ROUTE` (the `settings` CLI's TARGET).
+    /// `@global`, `@plan:NAME`, `TENANT` or `TENANT/ROUTE` (the `settings` CLI's TARGET).
     pub target: &'static str,
     pub key: &'static str,
     pub value: Value,
@@ -26,6 +26,9 @@ pub struct InvalidCase {
 impl InvalidCase {
     /// `(scope, tenant, route)` of the target, as the `tg_settings` columns hold it.
     pub fn columns(&self) -> (&'static str, &'static str, &'static str) {
+        if let Some(plan) = self.target.strip_prefix("@plan:") {
+            return ("plan", plan, "");
+        }
         match self.target.split_once('/') {
             _ if self.target == "@global" => ("global", "", ""),
             Some((tenant, route)) => ("route", tenant, route),
@@ -58,12 +61,13 @@ fn case(
     }
 }
 
-/// All kinds (21).
+/// All kinds (27).
 pub fn cases() -> Vec<InvalidCase> {
     let acme = |key: &str| format!("tenant `acme` setting `{key}` (updated by {ACTOR})");
     let orders =
         |key: &str| format!("tenant `acme` route `orders` setting `{key}` (updated by {ACTOR})");
     let global = |key: &str| format!("global setting `{key}` (updated by {ACTOR})");
+    let gold = |key: &str| format!("plan `gold` setting `{key}` (updated by {ACTOR})");
     let with = |mut case: InvalidCase, who: String| {
         case.expect.insert(0, who);
         case
@@ -252,11 +256,11 @@ pub fn cases() -> Vec<InvalidCase> {
         ),
         with(
             case(
-                "rate limit without per_seconds",
+                "rate limit without per_seconds or per",
                 "@global",
                 "gateway.rate_limit",
                 json!({"requests": 10}),
-                &["`defaults.rate_limit` \"per_seconds\" is a required property"],
+                &["`defaults.rate_limit` set exactly one of `per_seconds` and `per`"],
             ),
             global("gateway.rate_limit"),
         ),
@@ -279,6 +283,67 @@ pub fn cases() -> Vec<InvalidCase> {
                 &["`store.backend` \"redis\" is not one of [\"local\",\"cluster\"]"],
             ),
             global("gateway.store.backend"),
+        ),
+        with(
+            case(
+                "tenant naming a plan nobody defined",
+                "acme",
+                "gateway.plan",
+                json!("platinum"),
+                &["`tenants.acme.plan`", "platinum"],
+            ),
+            acme("gateway.plan"),
+        ),
+        with(
+            case(
+                "plan limit with zero requests",
+                "@plan:gold",
+                "gateway.rate_limits",
+                json!([{"name": "month", "requests": 0, "per": "month"}]),
+                &["`plans.gold.rate_limits.0.requests` 0 is less than the minimum of 1"],
+            ),
+            gold("gateway.rate_limits"),
+        ),
+        with(
+            case(
+                "two limits of one name in a scope",
+                "acme",
+                "gateway.rate_limits",
+                json!([{"name": "x", "requests": 1, "per": "second"},
+                       {"name": "x", "requests": 9, "per": "day"}]),
+                &["`tenants.acme.rate_limits.1.name` limit name `x` is used twice"],
+            ),
+            acme("gateway.rate_limits"),
+        ),
+        with(
+            case(
+                "limit key header that is not an HTTP token",
+                "acme",
+                "gateway.rate_limits",
+                json!([{"name": "k", "requests": 1, "per": "second", "key": {"header": "x key"}}]),
+                &["`tenants.acme.rate_limits.0.key"],
+            ),
+            acme("gateway.rate_limits"),
+        ),
+        with(
+            case(
+                "calendar window with a burst",
+                "@global",
+                "gateway.rate_limits",
+                json!([{"name": "m", "requests": 5, "per": "month", "burst": 9}]),
+                &["`defaults.rate_limits.0"],
+            ),
+            global("gateway.rate_limits"),
+        ),
+        with(
+            case(
+                "unknown method-override policy",
+                "@global",
+                "gateway.method_override",
+                json!("sometimes"),
+                &["`method_override`", "sometimes"],
+            ),
+            global("gateway.method_override"),
         ),
     ]
 }

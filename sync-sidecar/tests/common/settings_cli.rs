@@ -107,6 +107,7 @@ pub fn export_json(db: &TestDb, path: &Path) -> Value {
 pub fn insert(file: &mut Value, case: &InvalidCase) {
     let slot = match case.columns() {
         ("global", _, _) => &mut file["global"],
+        ("plan", plan, _) => &mut file["plans"][plan],
         ("tenant", tenant, _) => &mut file["tenants"][tenant]["settings"],
         (_, tenant, route) => &mut file["tenants"][tenant]["routes"][route],
     };

@@ -38,7 +38,7 @@ impl Entry {
 
 /// The entries of a stored value; `None` for a value that is not such a list.
 pub fn decode(payload: &[u8]) -> Option<Vec<Entry>> {
-    if payload.len() % ENTRY_LEN != 0 || payload.len() / ENTRY_LEN > MAX_ENTRIES {
+    if !payload.len().is_multiple_of(ENTRY_LEN) || payload.len() / ENTRY_LEN > MAX_ENTRIES {
         return None;
     }
     let word = |bytes: &[u8]| bytes.try_into().map(u64::from_le_bytes).ok();
