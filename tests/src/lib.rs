@@ -15,6 +15,7 @@ pub mod failure;
 pub mod fault;
 pub mod fleet;
 pub mod http;
+pub mod limit_model;
 pub mod nginx;
 pub mod pg;
 pub mod raw_http;

@@ -185,6 +185,30 @@ fn missing_or_malformed_tenant_is_a_400_problem() {
 // ------------------------------------------------------------------ rate limits
 
 #[test]
+fn the_limit_model_holds_across_workers_plans_windows_users_and_key_tables() {
+    let Some(bin) = nginx_or_skip(SUITE) else {
+        return;
+    };
+    let backend = Backend::start();
+    let config = tenant_guard_e2e::limit_model::config(json!({ "key_slots": 1 }));
+    let nginx = nginx(&bin, &config, &backend);
+    let ports = [nginx.port()];
+    tenant_guard_e2e::limit_model::plan_windows(&ports, &backend);
+    tenant_guard_e2e::limit_model::per_user(&ports, &backend);
+    tenant_guard_e2e::limit_model::all_or_nothing_under_concurrency(&ports, &backend);
+    tenant_guard_e2e::limit_model::key_table_full(nginx.port(), &backend);
+    assert!(
+        nginx.wait_for_log(
+            "calendar quotas (day, week, month) of 3 tenant(s)",
+            1,
+            Duration::from_secs(10)
+        ),
+        "the local-mode quota warning: {}",
+        nginx.error_log_tail(20)
+    );
+}
+
+#[test]
 fn over_limit_is_429_with_ratelimit_headers_exactly_once() {
     let Some(bin) = nginx_or_skip(SUITE) else {
         return;

@@ -508,3 +508,43 @@ mod under_envoy {
     #[cfg(not(target_arch = "wasm32"))]
     under_envoy!(no_interleaving_over_admits_across_workers);
 }
+
+#[test]
+fn local_calendar_quotas_are_warned_about_once_per_document() {
+    let month = r#"{"name":"m","requests":9,"per":"month"}"#;
+    let second = r#"{"name":"s","requests":9,"per":"second"}"#;
+    let cases = [
+        (format!(r#""a":{{"rate_limits":[{second}]}}"#), "", None),
+        (
+            format!(r#""b":{{"rate_limits":[{month}]}},"a":{{"rate_limits":[{second}]}}"#),
+            "",
+            Some("of 1 tenant(s) (`b`)"),
+        ),
+        (
+            format!(r#""a":{{"routes":[{{"prefix":"/r","rate_limits":[{month}]}}]}}"#),
+            "",
+            Some("(`a`)"),
+        ),
+        (
+            format!(r#""a":{{"plan":"p"}}"#),
+            &*format!(r#","plans":{{"p":{{"rate_limits":[{month}]}}}}"#),
+            Some("(`a`)"),
+        ),
+        (
+            format!(r#""b":{{"rate_limits":[{month}]}}"#),
+            r#","store":{"backend":"cluster","cluster":{"upstream":"s"}}"#,
+            None,
+        ),
+    ];
+    for (tenants, extra, expected) in cases {
+        let warning = with_tenants(&tenants, extra).local_quota_warning();
+        match expected {
+            None => assert_eq!(warning, None, "{tenants}"),
+            Some(fragment) => {
+                let warning = warning.unwrap();
+                assert!(warning.contains(fragment), "{warning}");
+                assert!(warning.contains("appendonly"), "{warning}");
+            }
+        }
+    }
+}

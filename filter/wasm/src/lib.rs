@@ -144,6 +144,9 @@ impl RootContext for Root {
                     LogLevel::Info,
                     &compiled.accepted_message(host::semantics()),
                 );
+                if let Some(warning) = compiled.local_quota_warning() {
+                    host::log(LogLevel::Warn, &warning);
+                }
                 self.config = Some(compiled);
                 self.schedule_tick();
                 true

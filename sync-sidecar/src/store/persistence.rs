@@ -73,8 +73,8 @@ impl Persistence {
 impl fmt::Display for Persistence {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Self::None => "none (no AOF, no snapshots): a Redis restart loses every idempotency record, so a retried POST executes again; run Redis with appendonly yes",
-            Self::Snapshots => "RDB snapshots only: a Redis restart loses the records written since the last snapshot; run Redis with appendonly yes",
+            Self::None => "none (no AOF, no snapshots): a Redis restart loses every idempotency record (a retried POST executes again) and every calendar quota count (a month starts again); run Redis with appendonly yes",
+            Self::Snapshots => "RDB snapshots only: a Redis restart loses the records and quota counts written since the last snapshot; run Redis with appendonly yes",
             Self::AofNo => "AOF with appendfsync no: a Redis crash can lose the last ~30 s of records; prefer appendfsync everysec or always",
             Self::AofEverysec => "AOF with appendfsync everysec: a Redis crash can lose the last second of records",
             Self::AofAlways => "AOF with appendfsync always: every acknowledged record survives a Redis restart",

@@ -282,6 +282,10 @@ impl ClusterStore {
                     };
                     (Role::Join, ask)
                 }
+                Ok(Taken::NoRoom) => {
+                    self.give_back(store, &taken, &asked, now, attempts);
+                    return Route::Answer(StoreAnswer::Admit(Err(CheckError::KeysExhausted)));
+                }
             };
             asked.push(Asked {
                 position,

@@ -162,6 +162,9 @@ pub enum Taken {
     /// A refill is out: ask for this request's own slot, which the store
     /// serves from that refill when it can.
     Join,
+    /// The lease counts a key value inside a tenant, and every entry of the
+    /// tenant's table (`store.key_slots`) holds another value's live lease.
+    NoRoom,
 }
 
 /// Who asked the store, and so what its answer changes in the lease.
@@ -261,18 +264,26 @@ fn lease_key(key: &RateKey) -> RateKey {
     key.in_family("ls")
 }
 
-fn locate(store: &dyn SharedStore, key: &RateKey, now_ns: u64) -> Result<Located, StoreError> {
+/// Where the lease of `key` lives; `None` when it has a table (a key value
+/// inside a tenant, an unknown tenant) and every entry of it holds another
+/// key's live lease.
+fn locate(
+    store: &dyn SharedStore,
+    key: &RateKey,
+    now_ns: u64,
+) -> Result<Option<Located>, StoreError> {
     let idle = |payload: &[u8]| Lease::decode(payload).is_none_or(|lease| lease.idle(now_ns));
-    let located = match key.table() {
-        None => store::locate(store, key.logical())?,
-        Some(table) => store::locate_reusable(store, table, key.logical(), &idle)?,
-    };
-    located.ok_or_else(|| {
-        StoreError(format!(
-            "`{}` and its alternates hold other keys' values",
-            key.logical()
-        ))
-    })
+    match key.table() {
+        None => store::locate(store, key.logical()),
+        Some(table) => store::locate_reusable(store, table, key.logical(), &idle),
+    }
+}
+
+fn no_room(key: &RateKey) -> StoreError {
+    StoreError(format!(
+        "`{}` and its alternates hold other keys' values",
+        key.logical()
+    ))
 }
 
 /// Reads, changes and writes one lease with compare-and-swap, at most
@@ -282,21 +293,34 @@ fn update<T>(
     key: &RateKey,
     now_ns: u64,
     attempts: u32,
-    mut change: impl FnMut(&mut Lease) -> (T, bool),
+    change: impl FnMut(&mut Lease) -> (T, bool),
 ) -> Result<T, StoreError> {
+    update_or_no_room(store, key, now_ns, attempts, change)?.ok_or_else(|| no_room(key))
+}
+
+/// [`update`], or `None` when the lease has no room in its table.
+fn update_or_no_room<T>(
+    store: &dyn SharedStore,
+    key: &RateKey,
+    now_ns: u64,
+    attempts: u32,
+    mut change: impl FnMut(&mut Lease) -> (T, bool),
+) -> Result<Option<T>, StoreError> {
     let key = lease_key(key);
     for _ in 0..attempts {
-        let located = locate(store, &key, now_ns)?;
+        let Some(located) = locate(store, &key, now_ns)? else {
+            return Ok(None);
+        };
         let mut lease = located
             .payload()
             .and_then(Lease::decode)
             .unwrap_or_default();
         let (answer, write) = change(&mut lease);
         if !write {
-            return Ok(answer);
+            return Ok(Some(answer));
         }
         match located.write(store, &lease.encode())? {
-            CasOutcome::Written => return Ok(answer),
+            CasOutcome::Written => return Ok(Some(answer)),
             CasOutcome::Conflict => continue,
         }
     }
@@ -318,7 +342,7 @@ pub fn take(
     now_ns: u64,
     attempts: u32,
 ) -> Result<Taken, StoreError> {
-    update(store, key, now_ns, attempts, |lease| {
+    let taken = update_or_no_room(store, key, now_ns, attempts, |lease| {
         sizing.forget_other_windows(lease);
         let live = lease.live_slots(now_ns);
         if live > 0 {
@@ -374,7 +398,8 @@ pub fn take(
             returned,
         };
         (taken, true)
-    })
+    })?;
+    Ok(taken.unwrap_or(Taken::NoRoom))
 }
 
 /// Records what the store answered to a refill or a joining request (one

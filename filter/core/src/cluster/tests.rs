@@ -469,3 +469,50 @@ fn a_quota_lease_never_outlives_its_window() {
         "nothing goes back to a month that is over"
     );
 }
+
+#[test]
+fn a_full_table_of_key_leases_is_its_own_refusal_and_takes_nothing() {
+    let config = config::parse(
+        br#"{"version":1,"tenant":{"trust_header_without_jwt":true},
+        "store":{"backend":"cluster","key_slots":1,"cluster":{"upstream":"store"}},
+        "tenants":{"acme":{"rate_limits":[
+            {"name":"tenant","requests":100,"per":"hour"},
+            {"name":"user","requests":2,"per":"hour","key":"user"}]}}}"#,
+    )
+    .unwrap();
+    let store = MemoryStore::new();
+    let grant = |granted: u64| {
+        format!(
+            r#"{{"granted":{granted},"remaining":90,"reset_seconds":9,"retry_after_seconds":0}}"#
+        )
+    };
+    // One table entry and its alternates: four users hold live leases.
+    for user in ["u1", "u2", "u3", "u4"] {
+        let mut client = ClusterStore::new();
+        let (path, body) =
+            awaited(client.begin(&config, &store, plan_admit(&config, user, T0), T0));
+        let answer = if path == wire::LEASES_PATH {
+            let items: Vec<String> = body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|item| grant(if item["limit"] == "tenant" { 8 } else { 2 }))
+                .collect();
+            format!(r#"{{"items":[{}]}}"#, items.join(","))
+        } else {
+            grant(2)
+        };
+        let answer = client.on_answer(&config, &store, ok(&answer), T0).unwrap();
+        assert_eq!(verdict(answer), (true, 0), "{user}");
+    }
+    let route = ClusterStore::new().begin(&config, &store, plan_admit(&config, "u5", T0), T0);
+    let Route::Answer(answer) = route else {
+        panic!("expected an answer, got {route:?}");
+    };
+    assert!(matches!(
+        answer.into_admit(),
+        Err(crate::ratelimit::CheckError::KeysExhausted)
+    ));
+    // u5's slot of the tenant's lease went back: 8 granted, 4 spent.
+    assert_eq!(live_slots(&config, &store, "tenant", T0), 4);
+}

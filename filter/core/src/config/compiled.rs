@@ -192,6 +192,41 @@ impl CompiledConfig {
         )
     }
 
+    /// The warning logged once per accepted document whose calendar quotas
+    /// live in this gateway's shared data (local mode): shared data dies
+    /// with the gateway, so a restart starts every quota again. `None` in
+    /// cluster mode or without calendar quotas.
+    pub fn local_quota_warning(&self) -> Option<String> {
+        if self.store.backend == StoreBackend::Cluster {
+            return None;
+        }
+        let mut quotas: Vec<&str> = std::iter::once(("defaults", &self.defaults))
+            .chain(self.tenants.iter().map(|(name, t)| (name.as_str(), t)))
+            .filter(|(_, tenant)| {
+                let routes = tenant
+                    .routes
+                    .iter()
+                    .flat_map(|route| route.policy.iter().chain(route.policies.iter()));
+                tenant
+                    .policies
+                    .iter()
+                    .chain(routes)
+                    .any(|policy| matches!(policy.window, Window::Calendar { .. }))
+            })
+            .map(|(name, _)| name)
+            .collect();
+        if quotas.is_empty() {
+            return None;
+        }
+        quotas.sort_unstable();
+        let more = if quotas.len() > 3 { ", …" } else { "" };
+        Some(format!(
+            "calendar quotas (day, week, month) of {} tenant(s) (`{}`{more}) are kept in this gateway's shared data (store.backend local): a restart of the gateway starts them again; for billing-grade quotas use store.backend \"cluster\" with Redis persistence (appendonly yes)",
+            quotas.len(),
+            quotas.iter().take(3).copied().collect::<Vec<_>>().join("`, `")
+        ))
+    }
+
     /// The settings for a tenant, `None` when it is unknown and unknown tenants are rejected.
     pub fn tenant_settings(&self, tenant: &str) -> Option<&CompiledTenant> {
         match self.tenants.get(tenant) {
