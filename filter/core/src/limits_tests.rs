@@ -526,7 +526,7 @@ fn local_calendar_quotas_are_warned_about_once_per_document() {
             Some("(`a`)"),
         ),
         (
-            format!(r#""a":{{"plan":"p"}}"#),
+            r#""a":{"plan":"p"}"#.to_owned(),
             &*format!(r#","plans":{{"p":{{"rate_limits":[{month}]}}}}"#),
             Some("(`a`)"),
         ),
