@@ -108,3 +108,85 @@ fn propagation_latency_settings_change_to_enforced() {
         "p99 {p99:?} exceeds the 1 s goal"
     );
 }
+
+/// `tenant-guard-sidecar settings ARGS` on the stack's schema; its stdout.
+fn settings(stack: &SidecarStack, args: &[&str]) -> String {
+    let out = std::process::Command::new(tenant_guard_e2e::rolling::sidecar_binary())
+        .arg("settings")
+        .args(args)
+        .args(["--schema", stack.settings.schema(), "--actor", "e2e"])
+        .env(
+            "DATABASE_URL",
+            tenant_guard_sidecar::test_support::database_url(),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "settings {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls until `tenant`'s answer lists the policies `expected` (`name;q=N`).
+fn wait_for_policies(stack: &SidecarStack, tenant: &str, expected: &str) -> http::Response {
+    wait_for(Duration::from_secs(10), || {
+        stack.get(tenant).filter(|response| {
+            response
+                .header("ratelimit-policy")
+                .is_some_and(|policy| policy.starts_with(expected))
+        })
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{tenant} never answered with {expected}: {:?}",
+            stack.get(tenant).map(|r| r.headers)
+        )
+    })
+}
+
+#[test]
+fn plans_set_in_postgres_are_enforced_and_moving_a_tenant_is_one_set() {
+    let stack = SidecarStack::start();
+    let gold = r#"[{"name":"burst","requests":50,"per_seconds":1,"burst":100},{"name":"month","requests":1000000,"per":"month"}]"#;
+    let trial = r#"[{"name":"day","requests":2,"per":"day"}]"#;
+    settings(&stack, &["set", "@plan:gold", "gateway.rate_limits", gold]);
+    settings(
+        &stack,
+        &["set", "@plan:trial", "gateway.rate_limits", trial],
+    );
+    settings(&stack, &["set", "acme", "gateway.plan", "\"gold\""]);
+    let first = wait_for_policies(
+        &stack,
+        "acme",
+        "\"burst\";q=50;w=1;burst=100, \"month\";q=1000000",
+    );
+    assert_eq!(first.status, 200);
+
+    // One set moves acme to the trial plan: its daily quota of 2 applies.
+    let dry = settings(
+        &stack,
+        &["set", "acme", "gateway.plan", "\"trial\"", "--dry-run"],
+    );
+    assert!(
+        dry.contains("~ gateway.plan: \"gold\" -> \"trial\""),
+        "{dry}"
+    );
+    settings(&stack, &["set", "acme", "gateway.plan", "\"trial\""]);
+    wait_for_policies(&stack, "acme", "\"day\";q=2");
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| stack.get("acme").expect("Envoy answers").status)
+        .collect();
+    assert!(
+        statuses.iter().filter(|s| **s == 200).count() <= 2 && statuses.contains(&429),
+        "{statuses:?}"
+    );
+    // The audit trail names the plan rows and the move.
+    let changed = stack.settings.psql(
+        "SELECT string_agg(array_to_string(changed_keys, ','), ' ' ORDER BY id) FROM tg_revisions WHERE status = 'delivered'",
+    );
+    for key in ["@plan:gold/gateway.rate_limits", "acme/gateway.plan"] {
+        assert!(changed.contains(key), "{changed}");
+    }
+}
