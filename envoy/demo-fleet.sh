@@ -25,7 +25,7 @@ UPSTREAM_PORT="${UPSTREAM_PORT:-$(tg_free_port)}"
 WORK_DIR="$(mktemp -d -t tenant-guard-fleet.XXXXXX)"
 REPLICAS=(A B)
 declare -A ADMIN LISTENER STORE
-CONFIG='{"version":1,"revision":"fleet-demo","tenant":{"trust_header_without_jwt":true},"store":{"backend":"cluster","cluster":{"fallback_share_percent":50}},"tenants":{"acme":{"rate_limit":{"requests":5,"per_seconds":60}},"globex":{"idempotency":{"methods":["POST"],"ttl_seconds":600,"max_body_bytes":4096}}}}'
+CONFIG='{"version":1,"revision":"fleet-demo","tenant":{"trust_header_without_jwt":true},"store":{"backend":"cluster","cluster":{"fallback_share_percent":50}},"tenants":{"acme":{"rate_limit":{"requests":5,"per_seconds":60}},"initech":{"rate_limits":[{"name":"month","requests":6,"per":"month"}]},"globex":{"idempotency":{"methods":["POST"],"ttl_seconds":600,"max_body_bytes":4096}}}}'
 SCENARIO_HINT="an Envoy or a store sidecar misbehaved: their logs are printed above and kept in the work dir"
 PIDS=()
 FAILED=0
@@ -229,12 +229,34 @@ replay_elsewhere() {
     "$(($(upstream B upstream_cx_destroy_local_with_active_rq) - reset_b))× (a replay needs the body first)"
 }
 
+one_quota() {
+  phase "3. One monthly quota across both replicas: initech may send 6 requests per calendar month (UTC)" "$SCENARIO_HINT"
+  local i r statuses="" key expected
+  for i in $(seq 1 12); do
+    r="${REPLICAS[$(((i - 1) % 2))]}"
+    send "$r" -H 'x-tenant-id: initech'
+    statuses+="$STATUS "
+    printf '   GET #%-2s replica %s → %s   %s\n' "$i" "$r" "$STATUS" \
+      "$(hdr ratelimit | sed 's/^/RateLimit: /')$([[ $STATUS == 429 ]] && printf '  Retry-After: %s' "$(hdr retry-after)")"
+  done
+  check "exactly 6 × 200 then 6 × 429: the month's quota is one count in Redis, not one per replica" \
+    eq "$statuses" "200 200 200 200 200 200 429 429 429 429 429 429 "
+  expected="$(python3 -c 'import datetime as d; n = d.datetime.now(d.timezone.utc); m = (n.replace(day=28) + d.timedelta(days=4)).replace(day=1, hour=0, minute=0, second=0, microsecond=0); print(int((m - n).total_seconds()))')"
+  check "Retry-After is the time to the 1st of next month, UTC ($(hdr retry-after) s, expected $expected ± 5)" \
+    test "$(( $(hdr retry-after) - expected ))" -le 5 -a "$(( expected - $(hdr retry-after) ))" -le 5
+  key="$(redis-cli -u "$REDIS_URL" --scan --pattern 'tg:{initech}:q:month:*' | head -n1)"
+  info "Redis: $key = $(redis-cli -u "$REDIS_URL" GET "$key"), expires in $(redis-cli -u "$REDIS_URL" TTL "$key") s (an hour after the month ends)"
+  check "Redis counts the 6 admitted requests of this month in one key" \
+    eq "$(redis-cli -u "$REDIS_URL" GET "$key")" "6"
+}
+
 main() {
   start_redis
   build
   start_fleet
   one_limit
   replay_elsewhere
+  one_quota
   phase "Redis holds the fleet's state (keys tg:{tenant}:…)" "$SCENARIO_HINT"
   redis-cli -u "$REDIS_URL" --scan --pattern 'tg:*' | sort | sed 's/^/   /'
   TG_STEP=""

@@ -8,8 +8,9 @@
 # inspect it), builds the filter and the sidecar, starts the echo upstream, the
 # sidecar, and Envoy on the ECDS bootstrap (envoy/ecds.yaml), seeds two tenants
 # with SQL (acme 3 req/60 s, globex 100 req/60 s), then shows correlation ids,
-# rate limiting, a missing tenant, an idempotent POST replayed, and a live limit
-# change in PostgreSQL applied by the running Envoy. Every wait is a poll with
+# rate limiting, a missing tenant, an idempotent POST replayed, a live limit
+# change in PostgreSQL applied by the running Envoy, and a plan (a per-second
+# limit, a monthly quota and a per-user counter) set with the settings CLI. Every wait is a poll with
 # a deadline. Everything started here is stopped on exit; the exit status is
 # non-zero if any expectation failed (so this doubles as a smoke test).
 #
@@ -389,8 +390,60 @@ demo_live_change() {
   sidecar history | sed 's/^/   /'
 }
 
+# Seconds from now to the first second of next month, UTC.
+seconds_to_next_month() {
+  python3 -c 'import datetime as d; n = d.datetime.now(d.timezone.utc); m = (n.replace(day=28) + d.timedelta(days=4)).replace(day=1, hour=0, minute=0, second=0, microsecond=0); print(int((m - n).total_seconds()))'
+}
+plan_delivered() {
+  [[ "$(sql "SELECT count(*) FROM tg_revisions WHERE status = 'delivered'
+              AND 'initech/gateway.plan' = ANY (changed_keys)")" != 0 ]]
+}
+envoy_warned_about_quotas() { grep -q 'calendar quotas' "$WORK_DIR/envoy.log"; }
+# near A B TOLERANCE: |A - B| <= TOLERANCE (integers).
+near() { (( ${1:-0} - $2 <= $3 && $2 - ${1:-0} <= $3 )); }
+
+demo_plan() {
+  phase "8. A plan: gold = 50/s (burst 100), 5 per calendar month, 2 per user per hour" \
+    "the sidecar log above says why the plan was not delivered (e.g. a rejected setting)"
+  local gold='[{"name": "per-second", "requests": 50, "per": "second", "burst": 100}, {"name": "month", "requests": 5, "per": "month"}, {"name": "per-user", "requests": 2, "per": "hour", "key": "user"}]'
+  local statuses="" user
+  info "settings as code: a plan is a scope of its own (@plan:NAME); subscribing a tenant is one set"
+  printf "   \$ tenant-guard-sidecar settings set @plan:gold gateway.rate_limits '%s'\n" "$gold"
+  sidecar settings set @plan:gold gateway.rate_limits "$gold" --actor platform-team | sed 's/^/   /'
+  printf "   \$ tenant-guard-sidecar settings set initech gateway.plan '\"gold\"'\n"
+  sidecar settings set initech gateway.plan '"gold"' --actor sales@initech | sed 's/^/   /'
+  tg_wait_for 15 "the sidecar to deliver initech's plan" plan_delivered ||
+    die "the sidecar did not deliver the plan"
+  read -r PLAN_ID PLAN_REV <<<"$(sidecar_revision)"
+  tg_wait_for 10 "Envoy to apply $PLAN_REV" envoy_serves "$PLAN_REV" ||
+    die "Envoy did not apply $PLAN_REV"
+  info "Envoy serves revision $PLAN_REV"
+  for user in alice alice alice; do
+    send "initech as $user (x-user-id)" -H 'x-tenant-id: initech' -H "x-user-id: $user"
+    statuses+="$STATUS "
+  done
+  check "RateLimit-Policy lists all three limits of the plan" \
+    eq "$(hdr ratelimit-policy | grep -o '"[a-z-]*"' | sort | tr '\n' ' ')" '"month" "per-second" "per-user" '
+  check "alice: 200 200 429, refused by her own per-user counter" \
+    eq "$statuses$(hdr ratelimit | cut -d';' -f1)" '200 200 429 "per-user"'
+  statuses=""
+  for user in bob bob carol carol; do
+    send "initech as $user" -H 'x-tenant-id: initech' -H "x-user-id: $user"
+    statuses+="$STATUS "
+  done
+  check "bob and carol count on their own: 200 200 200, then the month is spent (alice's 429 took nothing)" \
+    eq "$statuses" "200 200 200 429 "
+  check "the last refusal names the monthly quota" eq "$(hdr ratelimit | cut -d';' -f1)" '"month"'
+  check "its Retry-After is the time to the 1st of next month, UTC (±5 s)" \
+    near "$(hdr retry-after)" "$(seconds_to_next_month)" 5
+  tg_wait_for 10 "Envoy's log line about local quotas" envoy_warned_about_quotas || true
+  info "Envoy's log: $(grep -o 'calendar quotas.*' "$WORK_DIR/envoy.log" | head -n1)"
+  check "Envoy warns that a local-mode quota starts again when the gateway restarts" \
+    envoy_warned_about_quotas
+}
+
 demo_metrics() {
-  phase "8. Sidecar metrics (http://$SIDECAR_ADDR/metrics, excerpt)" "$SCENARIO_HINT"
+  phase "9. Sidecar metrics (http://$SIDECAR_ADDR/metrics, excerpt)" "$SCENARIO_HINT"
   curl -fsS "http://$SIDECAR_ADDR/metrics" |
     grep -E '^settings_(current_revision|sync_success_total|sync_errors_total)|^settings_sync_duration_seconds_(sum|count)' |
     sed 's/^/   /' || true
@@ -408,6 +461,7 @@ main() {
   demo_tenant_required
   demo_idempotency
   demo_live_change
+  demo_plan
   demo_metrics
   TG_STEP=""
   if ((FAILED)); then
