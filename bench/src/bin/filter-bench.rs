@@ -27,6 +27,9 @@
 //! - correlation id + header tenant, no limit;
 //! - rate limit (and the same config on each `--compare-wasm` build, e.g. a
 //!   different optimisation level or an older commit's filter);
+//! - 3 and 6 limits per request (`rate_limits`: rates and a monthly quota of
+//!   the tenant, rates of the user and of an API key), the cost of each
+//!   extra limit against the one-limit row;
 //! - JWT ES256 / RS256 with the verified-token cache;
 //! - JWT cold (`cache_entries: 0`);
 //! - idempotency replay (same key, same request; without a body it is answered
@@ -132,6 +135,28 @@ fn base_config(revision: &str, rate_limit: bool) -> Value {
     filter_config(revision, rate_limit.then_some((1_000_000_000, 60)))
 }
 
+/// Header tenants with the first `count` of six limits that never reject
+/// (`rate_limits` at the defaults): three counting the tenant (a rate of a
+/// second, one of an hour, a monthly quota), two each user, one each API key.
+fn limits_config(count: usize) -> Value {
+    let most = 1_000_000_000_u64;
+    let limits = [
+        json!({"name": "second", "requests": most, "per": "second"}),
+        json!({"name": "hour", "requests": most, "per": "hour"}),
+        json!({"name": "month", "requests": most, "per": "month"}),
+        json!({"name": "user-second", "requests": most, "per": "second", "key": "user"}),
+        json!({"name": "user-day", "requests": most, "per": "day", "key": "user"}),
+        json!({"name": "api-key", "requests": most, "per": "minute", "key": {"header": "x-api-key"}}),
+    ];
+    let mut config = base_config("bench-limits", false);
+    set_json(
+        &mut config,
+        &["defaults", "rate_limits"],
+        Value::Array(limits.into_iter().take(count).collect()),
+    );
+    config
+}
+
 fn jwt_config(jwk: Value, cache_entries: u64) -> Value {
     with_jwt(base_config("bench-jwt", true), jwk, cache_entries)
 }
@@ -167,6 +192,7 @@ fn scenarios(compare_wasm: &[PathBuf]) -> Result<Vec<Scenario>, String> {
     let replay_body = replay("bench-body", br#"{"order":"bench","qty":1}"#);
 
     let tenant = [(TENANT, "acme")];
+    let keyed = [(TENANT, "acme"), ("x-user-id", "u-1"), ("x-api-key", "k-1")];
     let mut scenarios = vec![
         Scenario {
             name: "plain Envoy (no filter)".into(),
@@ -194,6 +220,20 @@ fn scenarios(compare_wasm: &[PathBuf]) -> Result<Vec<Scenario>, String> {
             config: Some(base_config("bench-rl", true)),
             wasm: None,
             request: get(&tenant),
+            prime: None,
+        },
+        Scenario {
+            name: "+ 3 limits (second, hour, month)".into(),
+            config: Some(limits_config(3)),
+            wasm: None,
+            request: get(&keyed),
+            prime: None,
+        },
+        Scenario {
+            name: "+ 6 limits (3 per tenant, 2 per user, 1 per API key)".into(),
+            config: Some(limits_config(6)),
+            wasm: None,
+            request: get(&keyed),
             prime: None,
         },
         Scenario {
@@ -408,6 +448,25 @@ fn summarize(scenario: &Scenario, mut prepared: Prepared) -> Measurement {
     }
 }
 
+/// The cost of each extra limit: the 3- and 6-limit rows against the
+/// one-limit row of the same run (goal: at most +1 µs of Envoy CPU each).
+fn print_limit_costs(results: &[Measurement]) {
+    let row = |prefix: &str| results.iter().find(|m| m.name.starts_with(prefix));
+    let Some(one) = row("+ rate limit") else {
+        return;
+    };
+    println!("\nper extra limit (against the one-limit row, schedstat min / stat median):");
+    for (count, prefix) in [(3.0, "+ 3 limits"), (6.0, "+ 6 limits")] {
+        if let Some(m) = row(prefix) {
+            println!(
+                "  {count:.0} limits: {:+.2} / {:+.2} µs per extra limit",
+                (m.cpu_us_ns - one.cpu_us_ns) / (count - 1.0),
+                (m.cpu_us_stat - one.cpu_us_stat) / (count - 1.0)
+            );
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let Some(args) = bench::parse_command_line(parse_args) else {
         return ExitCode::from(2);
@@ -505,6 +564,7 @@ fn main() -> ExitCode {
             m.errors
         );
     }
+    print_limit_costs(&results);
     println!("\nwasm size: {}", file_size(&wasm));
     println!("total bench time: {:.1} s", total.elapsed().as_secs_f64());
     let failed: Vec<&Measurement> = results.iter().filter(|m| m.errors > 0).collect();

@@ -17,7 +17,10 @@ use tenant_guard_e2e::shapes;
 use tenant_guard_e2e::Envoy;
 use tenant_guard_sidecar::test_support::RedisServer;
 
-use super::{Res, BULK_TENANT, EXACT_LIMIT, EXACT_TENANT, ORDERS_TENANT, SHARE_PERCENT};
+use super::{
+    Res, BULK_TENANT, EXACT_LIMIT, EXACT_TENANT, ORDERS_TENANT, QUOTA_LIMIT, QUOTA_TENANT,
+    SHARE_PERCENT,
+};
 
 /// The store counters the filter exports in cluster mode (`tenant_guard_store_<name>`).
 pub(crate) const STORE_COUNTERS: [&str; 5] =
@@ -82,6 +85,9 @@ pub(crate) fn plugin_config(mode: Mode) -> Value {
             // Never rejects within a run: 10 M per hour, burst 10 M.
             BULK_TENANT: { "rate_limit": { "requests": 10_000_000, "per_seconds": 3600 } },
             EXACT_TENANT: { "rate_limit": { "requests": EXACT_LIMIT, "per_seconds": 3600 } },
+            QUOTA_TENANT: { "rate_limits": [
+                { "name": "month", "requests": QUOTA_LIMIT, "per": "month" }
+            ] },
             ORDERS_TENANT: {
                 "idempotency": {
                     "methods": ["POST"],

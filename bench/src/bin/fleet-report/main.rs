@@ -29,6 +29,9 @@
 //!    down every replica enforces its `fallback_share_percent` (34 %) share
 //!    alone: allowed = 3 × ⌊200 × 34 %⌋ (+ its refill). LOCAL admits ~3 × the
 //!    limit: the problem cluster mode fixes.
+//!    **Monthly quota.** The same load on a tenant with 200 per calendar
+//!    month (`rate_limits`, `per: month`): allowed = 200 (nothing refills
+//!    within a month); with Redis down, 3 × ⌊200 × 34 %⌋.
 //! 3. **Executions per key.** K = 50 Idempotency-Keys, each POSTed at the
 //!    same moment to every replica (one std TCP client thread per key and
 //!    replica, one barrier); key n goes to `/orders/<n>` on the e2e
@@ -75,6 +78,9 @@ const EXACT_TENANT: &str = "exact";
 const ORDERS_TENANT: &str = "orders";
 /// The exactness tenant's limit per 3600 s (burst the same).
 const EXACT_LIMIT: u64 = 200;
+const QUOTA_TENANT: &str = "quota";
+/// The quota tenant's limit per calendar month (UTC).
+const QUOTA_LIMIT: u64 = 200;
 /// Each replica's share of a limit while the store is away.
 const SHARE_PERCENT: u64 = 34;
 /// Idempotency-Keys in the executions-per-key measurement.
@@ -128,6 +134,7 @@ struct Outcome {
     mode: Mode,
     throughput: Throughput,
     exactness: Exactness,
+    quota: Exactness,
     executions: Executions,
     /// [`STORE_COUNTERS`] totals at the end of the mode.
     counters: [u64; 5],
@@ -152,8 +159,11 @@ fn run_mode(mode: Mode, args: &Args, ticks: u64, script: &std::path::Path) -> Re
     let throughput =
         measure::throughput(&fleet, args, ticks).map_err(|e| format!("throughput: {e}"))?;
     eprintln!("fleet-report: {}: exactness...", mode.label());
-    let exactness =
-        measure::exactness(&fleet, mode, args, script).map_err(|e| format!("exactness: {e}"))?;
+    let exactness = measure::exactness(&fleet, mode, args, script, measure::Limited::Rate)
+        .map_err(|e| format!("exactness: {e}"))?;
+    eprintln!("fleet-report: {}: monthly quota...", mode.label());
+    let quota = measure::exactness(&fleet, mode, args, script, measure::Limited::MonthlyQuota)
+        .map_err(|e| format!("monthly quota: {e}"))?;
     eprintln!("fleet-report: {}: executions per key...", mode.label());
     let executions = measure::executions(&fleet, mode).map_err(|e| format!("idempotency: {e}"))?;
     let shapes = if mode == Mode::Cluster {
@@ -167,6 +177,7 @@ fn run_mode(mode: Mode, args: &Args, ticks: u64, script: &std::path::Path) -> Re
         mode,
         throughput,
         exactness,
+        quota,
         executions,
         counters,
         helpers: fleet.helpers_found(),
@@ -188,17 +199,26 @@ fn violations(outcome: &Outcome) -> Vec<String> {
             t.non_2xx
         ));
     }
-    if !e.other.is_empty() {
-        bad.push(format!(
-            "exactness statuses other than 200/429: {:?}",
-            e.other
-        ));
+    let q = &outcome.quota;
+    for (what, run) in [("exactness", e), ("monthly quota", q)] {
+        if !run.other.is_empty() {
+            bad.push(format!(
+                "{what} statuses other than 200/429: {:?}",
+                run.other
+            ));
+        }
     }
     match outcome.mode {
         Mode::Local => {}
         Mode::Cluster => {
             if e.admitted > e.allowed {
                 bad.push(format!("{} admitted, {} allowed", e.admitted, e.allowed));
+            }
+            if q.admitted != q.allowed {
+                bad.push(format!(
+                    "monthly quota: {} admitted, {} allowed",
+                    q.admitted, q.allowed
+                ));
             }
             if x.max_per_key > 1 {
                 bad.push(format!("a key executed {} times", x.max_per_key));
@@ -218,11 +238,13 @@ fn violations(outcome: &Outcome) -> Vec<String> {
             }
         }
         Mode::RedisDown => {
-            if e.admitted > e.allowed {
-                bad.push(format!(
-                    "{} admitted, the shares allow {}",
-                    e.admitted, e.allowed
-                ));
+            for (what, run) in [("rate", e), ("monthly quota", q)] {
+                if run.admitted > run.allowed {
+                    bad.push(format!(
+                        "{what}: {} admitted, the shares allow {}",
+                        run.admitted, run.allowed
+                    ));
+                }
             }
             if x.max_per_key > 1 {
                 bad.push(format!("a key executed {} times", x.max_per_key));
@@ -311,6 +333,20 @@ fn table(outcomes: &[Outcome], out: &mut String) {
         )
     });
     row(out, "upstream saw", &|o| o.exactness.upstream.to_string());
+    row(
+        out,
+        &format!("**2b. monthly quota** ({QUOTA_LIMIT} per calendar month) sent"),
+        &|o| format!("{} in {:.1} s", o.quota.sent, o.quota.seconds),
+    );
+    row(out, "admitted (200) / allowed", &|o| {
+        format!("{} / {}", o.quota.admitted, o.quota.allowed)
+    });
+    row(out, "admitted ÷ allowed (quota)", &|o| {
+        format!(
+            "**{:.2}**",
+            o.quota.admitted as f64 / o.quota.allowed.max(1) as f64
+        )
+    });
     row(out, "**3. executions per key** (K = 50, mean)", &|o| {
         format!(
             "**{:.2}**",

@@ -15,7 +15,8 @@ use tenant_guard_e2e::shapes;
 use super::fleet::{Fleet, FleetCpu, Mode};
 use super::wrk::{run_wrk_all, Load};
 use super::{
-    Args, Res, BULK_TENANT, EXACT_LIMIT, EXACT_TENANT, KEYS, ORDERS_TENANT, SHARE_PERCENT,
+    Args, Res, BULK_TENANT, EXACT_LIMIT, EXACT_TENANT, KEYS, ORDERS_TENANT, QUOTA_LIMIT,
+    QUOTA_TENANT, SHARE_PERCENT,
 };
 
 /// The prefix of the filter's problem+json `type`s.
@@ -117,15 +118,49 @@ pub(crate) fn allowed(mode: Mode, replicas: u64, seconds: f64) -> u64 {
     }
 }
 
-pub(crate) fn exactness(fleet: &Fleet, mode: Mode, args: &Args, script: &Path) -> Res<Exactness> {
-    let path = "/exact";
+/// Which limit an exactness run storms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Limited {
+    /// [`EXACT_LIMIT`] per hour (GCRA).
+    Rate,
+    /// [`QUOTA_LIMIT`] per calendar month: nothing comes back within a run.
+    MonthlyQuota,
+}
+
+impl Limited {
+    fn tenant_and_path(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Rate => (EXACT_TENANT, "/exact"),
+            Self::MonthlyQuota => (QUOTA_TENANT, "/quota"),
+        }
+    }
+
+    fn allowed(self, mode: Mode, replicas: u64, seconds: f64) -> u64 {
+        match (self, mode) {
+            (Self::Rate, _) => allowed(mode, replicas, seconds),
+            (Self::MonthlyQuota, Mode::Local | Mode::Cluster) => QUOTA_LIMIT,
+            (Self::MonthlyQuota, Mode::RedisDown) => {
+                replicas * (QUOTA_LIMIT * SHARE_PERCENT / 100).max(1)
+            }
+        }
+    }
+}
+
+pub(crate) fn exactness(
+    fleet: &Fleet,
+    mode: Mode,
+    args: &Args,
+    script: &Path,
+    which: Limited,
+) -> Res<Exactness> {
+    let (tenant, path) = which.tenant_and_path();
     let started = Instant::now();
     let mut statuses = run_wrk_all(
         &fleet.ports(),
         &Load {
             seconds: args.duration,
             connections: args.connections,
-            tenant: EXACT_TENANT,
+            tenant,
             path,
             script: Some(script),
         },
@@ -139,7 +174,7 @@ pub(crate) fn exactness(fleet: &Fleet, mode: Mode, args: &Args, script: &Path) -
         admitted,
         limited,
         other: statuses,
-        allowed: allowed(mode, fleet.envoys.len() as u64, seconds),
+        allowed: which.allowed(mode, fleet.envoys.len() as u64, seconds),
         upstream: fleet.backend.completed(path),
         seconds,
     })
