@@ -10,8 +10,11 @@ fuzz_target!(|data: &[u8]| {
         for tenant in compiled.tenants.keys() {
             if let Some(settings) = compiled.tenant_settings(tenant) {
                 let _ = settings.policy_for("POST", "/orders/1");
+                let applied = settings.applied("POST", "/orders/1");
+                let _ = settings.applied_policies(applied).count();
             }
         }
         let _ = compiled.requires_if_match("PUT", "/");
+        let _ = compiled.local_quota_warning();
     }
 });

@@ -1,6 +1,7 @@
 //! Header parsers and the whole request decision on arbitrary header bytes
 //! (never assumed UTF-8, as the host hands them over): correlation id, tenant,
-//! Idempotency-Key, If-Match, Authorization and the path.
+//! Idempotency-Key, If-Match, Authorization, the path, a method override and
+//! the user and API-key values per-key limits count by.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -12,7 +13,10 @@ use tenant_guard_core::{correlation, headers, idempotency, jwt, path};
 const CONFIG: &str = r#"{"version":1,"tenant":{"trust_header_without_jwt":true},
   "defaults":{"rate_limit":{"requests":5,"per_seconds":60},"idempotency":{"required":false}},
   "if_match":[{"prefix":"/orders"}],
-  "tenants":{"acme":{"routes":[{"prefix":"/o","rate_limit":{"requests":1,"per_seconds":1}}]}}}"#;
+  "method_override":"honor",
+  "tenants":{"acme":{"routes":[{"prefix":"/o","rate_limit":{"requests":1,"per_seconds":1}}],
+    "rate_limits":[{"name":"user","requests":3,"per":"hour","key":"user"},
+                   {"name":"api","requests":3,"per":"day","key":{"header":"x-api-key"},"on_missing":"tenant"}]}}}"#;
 
 fuzz_target!(|data: &[u8]| {
     // Fields are split at 0x00 (any other byte, 0xff included, stays in a value).
@@ -20,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
     let mut next = || parts.next();
     let (tenant, corr, key, auth, if_match, path_bytes) =
         (next(), next(), next(), next(), next(), next());
+    let (method_override, user, api_key) = (next(), next(), next());
 
     let _ = correlation::is_valid_id(data);
     let _ = idempotency::parse_key(data);
@@ -32,6 +37,12 @@ fuzz_target!(|data: &[u8]| {
 
     let config = config::parse(CONFIG.as_bytes()).expect("fixed config compiles");
     let store = MemoryStore::new();
+    // In the order of `config.key_headers`.
+    let key_headers: Vec<Option<&[u8]>> = config
+        .key_headers
+        .iter()
+        .map(|name| if name == "x-api-key" { api_key } else { user })
+        .collect();
     let request = RequestView {
         method: b"POST",
         path: path_bytes.unwrap_or(b"/"),
@@ -41,6 +52,8 @@ fuzz_target!(|data: &[u8]| {
         idempotency_key_repeated: data.first() == Some(&1),
         if_match,
         authorization: auth,
+        method_overrides: [method_override, None, None],
+        key_headers: &key_headers,
     };
     let host = HostInputs {
         now_unix_ns: 1_700_000_000_000_000_000,
