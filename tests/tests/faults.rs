@@ -540,7 +540,7 @@ fn corrupted_shared_data_reads_as_absent() {
     // Rate-limit state: exhaust, corrupt, the bucket reads as fresh.
     let exhausted: Vec<u16> = (0..4).map(|_| get(&[])).collect();
     assert_eq!(exhausted, [200, 200, 200, 429]);
-    let corrupt = get(&[(FAULT_HEADER, "corrupt tg:rl:acme:tenant")]);
+    let corrupt = get(&[(FAULT_HEADER, "corrupt tg:rl:acme")]);
     let rest: Vec<u16> = (0..3).map(|_| get(&[])).collect();
     assert_eq!(
         (corrupt, rest.as_slice()),

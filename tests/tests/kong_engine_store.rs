@@ -23,11 +23,11 @@ const SUITE: &str = "kong_engine_store";
 const TENANT: &str = "x-tenant-id";
 const KEY: &str = "idempotency-key";
 
-/// Valid tenant ids of equal length and CRC32, so `tg:rl:<id>:tenant` collide
-/// (CRC32 0xacc07058; checked in the core's host-model tests).
+/// Valid tenant ids of equal length and CRC32, so their rate-limit values
+/// `tg:rl:<id>` collide (CRC32 0x04cf6330; checked in the core's host-model tests).
 const COLLIDING: [&str; 2] = ["tpiuh476hp", "tilbeo2p8z"];
-/// `tg:rl:cwj2n7m:tenant` has the CRC32 of `tg:idem:b:0`.
-const COLLIDES_WITH_BUCKET_0: &str = "cwj2n7m";
+/// `tg:rl:yvyv01z` has the CRC32 of `tg:idem:b:0`.
+const COLLIDES_WITH_BUCKET_0: &str = "yvyv01z";
 const LIMIT: u64 = 3;
 
 /// The three tenants above limited to [`LIMIT`] per hour, `shop` unlimited;
