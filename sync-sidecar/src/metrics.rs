@@ -178,15 +178,17 @@ pub enum StoreOp {
     Claim,
     Complete,
     Release,
+    Debit,
 }
 
 impl StoreOp {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Lease,
         Self::Leases,
         Self::Claim,
         Self::Complete,
         Self::Release,
+        Self::Debit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -195,6 +197,7 @@ impl StoreOp {
             Self::Leases => "leases",
             Self::Claim => "claim",
             Self::Complete => "complete",
+            Self::Debit => "debit",
             Self::Release => "release",
         }
     }
@@ -206,6 +209,7 @@ impl StoreOp {
             Self::Claim => 2,
             Self::Complete => 3,
             Self::Release => 4,
+            Self::Debit => 5,
         }
     }
 }
@@ -245,7 +249,7 @@ impl StoreOutcome {
 #[derive(Debug, Default)]
 pub struct StoreMetrics {
     /// `[op][outcome]`.
-    requests: [[AtomicU64; 3]; 5],
+    requests: [[AtomicU64; 3]; StoreOp::ALL.len()],
     redis: Mutex<StoreHistogram>,
     /// Lease requests served out of another request's call.
     lease_joined: AtomicU64,

@@ -159,6 +159,18 @@ fn valid() -> Vec<Value> {
             {"name": "r-day", "requests": 1, "per": "day", "methods": ["GET"]}]}]}}}),
         ),
         doc(json!({"method_override": "honor", "store": {"key_slots": 1}})),
+        // Cost, reported usage, in-flight caps.
+        named(
+            json!({"cost": 5, "usage_header": "x-usage-units", "usage_max": 9_007_199_254_740_992_u64}),
+        ),
+        doc(
+            json!({"tenants": {"a": {"rate_limits": [{"name": "tokens", "requests": 100_000, "per": "month",
+            "usage_header": "x-tokens"}], "routes": [{"prefix": "/reports", "method": "POST", "cost": 20}]}}}),
+        ),
+        doc(json!({"defaults": {"max_in_flight": 10},
+                   "plans": {"gold": {"max_in_flight": [{"max": 1000, "timeout_seconds": 86400},
+                                                         {"max": 2, "key": "user", "on_missing": "tenant"}]}},
+                   "tenants": {"a": {"plan": "gold", "max_in_flight": [{"max": 1}]}}})),
     ]
 }
 
@@ -314,7 +326,76 @@ fn invalid() -> Vec<(&'static str, Value)> {
             "named: prefix without slash",
             named(json!({"prefix": "orders"})),
         ),
-        ("named: unknown field", named(json!({"cost": 3}))),
+        ("named: unknown field", named(json!({"costs": 3}))),
+        ("named: cost 0", named(json!({"cost": 0}))),
+        (
+            "named: cost over 10^9",
+            named(json!({"cost": 1_000_000_001_u64})),
+        ),
+        (
+            "named: usage header not a token",
+            named(json!({"usage_header": "X Usage"})),
+        ),
+        (
+            "named: usage_max over 2^53",
+            named(json!({"usage_header": "x-u", "usage_max": 9_007_199_254_740_993_u64})),
+        ),
+        (
+            "named: usage_max 0",
+            named(json!({"usage_header": "x-u", "usage_max": 0})),
+        ),
+        (
+            "named: usage_max without usage_header",
+            named(json!({"usage_max": 10})),
+        ),
+        (
+            "route cost 0",
+            doc(json!({"tenants": {"a": {"routes": [{"prefix": "/r", "cost": 0}]}}})),
+        ),
+        (
+            "route without limits or cost",
+            doc(json!({"tenants": {"a": {"routes": [{"prefix": "/r"}]}}})),
+        ),
+        (
+            "max_in_flight 0",
+            doc(json!({"defaults": {"max_in_flight": 0}})),
+        ),
+        (
+            "max_in_flight 1001",
+            doc(json!({"defaults": {"max_in_flight": 1001}})),
+        ),
+        (
+            "max_in_flight no caps",
+            doc(json!({"defaults": {"max_in_flight": []}})),
+        ),
+        (
+            "max_in_flight 5 caps",
+            doc(
+                json!({"defaults": {"max_in_flight": [{"max": 1}, {"max": 1, "key": "user"},
+                {"max": 1, "key": "org"}, {"max": 1, "key": {"header": "x-a"}},
+                {"max": 1, "key": {"header": "x-b"}}]}}),
+            ),
+        ),
+        (
+            "in-flight cap without max",
+            doc(json!({"tenants": {"a": {"max_in_flight": [{"key": "user"}]}}})),
+        ),
+        (
+            "in-flight cap unknown field",
+            doc(json!({"plans": {"p": {"max_in_flight": [{"max": 1, "per": "user"}]}}})),
+        ),
+        (
+            "in-flight timeout 0",
+            doc(json!({"defaults": {"max_in_flight": [{"max": 1, "timeout_seconds": 0}]}})),
+        ),
+        (
+            "in-flight on_missing without a key",
+            doc(json!({"defaults": {"max_in_flight": [{"max": 1, "on_missing": "tenant"}]}})),
+        ),
+        (
+            "max_in_flight a string",
+            doc(json!({"defaults": {"max_in_flight": "10"}})),
+        ),
         (
             "17 limits in one scope",
             doc(json!({"defaults": {"rate_limits": (0..17)
@@ -736,6 +817,33 @@ fn gaps() -> Vec<(&'static str, String)> {
                     d
                 })
                 .to_string(),
+        ),
+        (
+            "a cost over what its limit admits at once",
+            named(json!({"requests": 5, "cost": 6})).to_string(),
+        ),
+        (
+            "a route cost over what a tenant limit admits at once",
+            doc(json!({"tenants": {"a": {"rate_limit": {"requests": 5, "per_seconds": 60},
+                "routes": [{"prefix": "/r", "cost": 6}]}}}))
+            .to_string(),
+        ),
+        (
+            "a usage header the filter trusts",
+            named(json!({"usage_header": "x-tenant-id"})).to_string(),
+        ),
+        (
+            "two in-flight caps counting the same thing",
+            doc(json!({"defaults": {"max_in_flight": [{"max": 1}, {"max": 2, "key": "tenant"}]}}))
+                .to_string(),
+        ),
+        (
+            "more than 4 usage headers",
+            doc(json!({"defaults": {"rate_limits": (0..5)
+                .map(|n| json!({"name": format!("u{n}"), "requests": 1, "per": "hour",
+                                "usage_header": format!("x-u{n}")}))
+                .collect::<Vec<_>>()}}))
+            .to_string(),
         ),
         (
             "more than 8 key headers",

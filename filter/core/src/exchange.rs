@@ -16,16 +16,18 @@
 //!               │                    │        └─ idempotent ─► [Claim] ─► Proceed / AwaitBody
 //!               └─ reject ◄──────────┘                            └─► replay / 409 / 422 / 503 ─► Reply
 //! body (idempotent, to the end) ─► ReadRequestBody ─► [Seal] (claimed) or [Claim] (the body decides)
-//! response head (claimed) ─► ReadResponseHead ─► capture ─► ReadResponseBody … ─► [Complete] / [Release]
-//! stream end before the response ─► [Release]
+//! response head ─► [Debit] (usage its upstream reported) ─► (claimed) ReadResponseHead ─► capture
+//!               ─► ReadResponseBody … ─► [Complete] / [Release]
+//! stream end before the response ─► [Release]; holding in-flight slots ─► Leave
 //! ```
 
 use crate::config::CompiledConfig;
 use crate::engine::{
     self, Decision, Evaluation, Headers, HostInputs, IdempotencyStep, LocalReply, Outcome,
-    PendingIdempotency, ReplyContext, RequestView, ResponseCapture, Screened,
+    PendingIdempotency, ReplyContext, RequestView, ResponseCapture, Screened, Spent,
 };
 use crate::idempotency::{Begin, Claim};
+use crate::limits::{Admitted, Debit, Departure, Entered, Reported};
 use crate::problem::ProblemKind;
 use crate::store_ops::{StoreAnswer, StoreCall, StoreOp, Token};
 
@@ -74,6 +76,12 @@ pub enum Effect {
     Reply(LocalReply),
     Count(Outcome),
     Log(LogLevel, String),
+    /// Remove from the response to the client (a usage header the upstream set).
+    RemoveResponseHeader(String),
+    /// Give back the in-flight slots the request held (on this gateway's shared data).
+    Leave(Departure),
+    /// Usage headers that were malformed or over their maximum: counted.
+    UsageIgnored(u8),
 }
 
 /// What the exchange waits for after the effects.
@@ -138,6 +146,8 @@ enum Waiting {
     ReleaseThenReply(LocalReply),
     /// Release after the stream ended.
     Release,
+    /// Usage taken from the limits, then the response goes on.
+    Debit,
 }
 
 /// Where an idempotent request is in its life.
@@ -176,6 +186,8 @@ pub struct Exchange {
     holds: Holds,
     /// Bytes of a held response body read so far.
     response_read: usize,
+    /// In-flight slots to give back at the end, usage to take from the response.
+    spent: Option<Box<Spent>>,
 }
 
 impl Exchange {
@@ -290,6 +302,63 @@ impl Exchange {
         }
     }
 
+    /// Response headers, with the usage headers the upstream set (parsed by
+    /// the glue from [`CompiledConfig::usage_headers`]): they are removed,
+    /// what they report is taken from the request's limits, then as
+    /// [`Exchange::on_response_headers`].
+    pub fn on_response_headers_reporting(
+        &mut self,
+        config: &CompiledConfig,
+        reported: &Reported,
+        now_unix_ns: u64,
+    ) -> Output {
+        if reported.is_empty() {
+            return self.on_response_headers();
+        }
+        let mut effects: Vec<Effect> = config
+            .usage_headers
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| reported.present & (1u8 << index) != 0)
+            .map(|(_, name)| Effect::RemoveResponseHeader(name.clone()))
+            .collect();
+        let debit = self
+            .spent
+            .as_ref()
+            .filter(|spent| spent.reports_usage)
+            .map(|spent| Debit {
+                tenant: spent.admission.tenant.clone(),
+                applied: spent.admission.applied,
+                keys: spent.admission.keys,
+                reported: *reported,
+                now_unix_ns,
+            });
+        let over_max = debit.as_ref().is_some_and(|debit| debit.over_max(config));
+        let ignored = reported.malformed.saturating_add(u8::from(over_max));
+        if ignored > 0 {
+            effects.push(Effect::UsageIgnored(ignored));
+            if config.note_usage_ignored() {
+                effects.push(Effect::Log(
+                    LogLevel::Warn,
+                    format!(
+                        "a usage header ({}) held no valid usage (a decimal integer up to the limit's `usage_max`, sent once): ignored and counted in tenant_guard_usage_ignored; logged once per configuration",
+                        crate::headers::truncated(&config.usage_headers.join(", "), 200)
+                    ),
+                ));
+            }
+        }
+        match debit {
+            Some(debit) if debit.reported.values.iter().any(Option::is_some) => {
+                self.call(effects, Waiting::Debit, StoreOp::Debit(Box::new(debit)))
+            }
+            _ => {
+                let mut output = self.on_response_headers();
+                effects.append(&mut output.effects);
+                Output::then(effects, output.next)
+            }
+        }
+    }
+
     /// Response headers: the headers the decision set, and the capture of a claimed request.
     pub fn on_response_headers(&mut self) -> Output {
         let effects = self
@@ -395,23 +464,34 @@ impl Exchange {
         self.finish(now_unix_ns)
     }
 
-    /// The stream is over: completed, reset or timed out. A key still claimed goes back.
+    /// The stream is over: completed, reset or timed out. A key still
+    /// claimed goes back, and so do the in-flight slots the request held.
     pub fn on_stream_end(&mut self) -> Output {
         self.ended = true;
+        let effects: Vec<Effect> = self
+            .spent
+            .as_mut()
+            .filter(|spent| spent.entered)
+            .map(|spent| {
+                spent.entered = false;
+                Effect::Leave(spent.admission.departure())
+            })
+            .into_iter()
+            .collect();
         if self.waiting.is_some() {
             // The answer decides what to give back.
-            return Output::proceed();
+            return Output::then(effects, Next::Continue);
         }
         let Some(state) = self.idempotent.as_mut() else {
-            return Output::proceed();
+            return Output::then(effects, Next::Continue);
         };
         if state.settled {
-            return Output::proceed();
+            return Output::then(effects, Next::Continue);
         }
         state.settled = true;
         match state.claim {
-            Some(claim) => self.call(Vec::new(), Waiting::Release, StoreOp::Release { claim }),
-            None => Output::proceed(),
+            Some(claim) => self.call(effects, Waiting::Release, StoreOp::Release { claim }),
+            None => Output::then(effects, Next::Continue),
         }
     }
 
@@ -458,11 +538,34 @@ impl Exchange {
                 self.reply(effects, reply)
             }
             Waiting::Release => Output::then(logged(engine::released(answer)), Next::Continue),
+            Waiting::Debit => {
+                let mut effects = match answer.into_debited() {
+                    Ok(()) => Vec::new(),
+                    Err(err) => vec![Effect::Log(
+                        LogLevel::Warn,
+                        format!("usage the upstream reported was not taken: {err}"),
+                    )],
+                };
+                let mut output = self.on_response_headers();
+                effects.append(&mut output.effects);
+                Output::then(effects, output.next)
+            }
         }
     }
 
     /// The stream is gone; settle what the answer left claimed.
     fn answered_after_end(&mut self, waiting: Waiting, answer: StoreAnswer) -> Output {
+        // Admitted after the stream ended: its in-flight slots go back at once.
+        let left = match (&waiting, &answer) {
+            (
+                Waiting::Admit { screened, .. },
+                StoreAnswer::Admit(Ok(Admitted {
+                    in_flight: Entered::Held,
+                    ..
+                })),
+            ) => screened.departure(),
+            _ => None,
+        };
         let claim = match (&waiting, &answer) {
             (Waiting::Claim { .. }, StoreAnswer::Claim(Ok(Begin::Claimed(claim)))) => Some(*claim),
             // Sealed or not, the claimed request never got its response.
@@ -476,8 +579,10 @@ impl Exchange {
                 None => Vec::new(),
             },
             Waiting::Release | Waiting::ReleaseThenReply(_) => logged(engine::released(answer)),
-            Waiting::Admit { .. } | Waiting::Claim { .. } => Vec::new(),
+            Waiting::Admit { .. } | Waiting::Claim { .. } | Waiting::Debit => Vec::new(),
         };
+        let mut effects = effects;
+        effects.extend(left.map(Effect::Leave));
         if let Some(state) = self.idempotent.as_mut() {
             state.settled = true;
         }
@@ -512,6 +617,7 @@ impl Exchange {
             Decision::Forward(forward) => forward,
             Decision::Reject(reply) => return self.reply(effects, reply),
         };
+        self.spent = forward.spent.take();
         effects.extend(
             forward
                 .upstream_headers

@@ -175,7 +175,8 @@ mod completeness {
                 | ProblemKind::RateLimitKeyMissing
                 | ProblemKind::InvalidRateLimitKey
                 | ProblemKind::RateLimitKeysExhausted
-                | ProblemKind::MethodOverrideRefused => {}
+                | ProblemKind::MethodOverrideRefused
+                | ProblemKind::Concurrency => {}
             }
         }
         let distinct: std::collections::HashSet<_> = listed.iter().collect();

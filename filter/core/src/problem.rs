@@ -27,11 +27,13 @@ pub enum ProblemKind {
     InvalidRateLimitKey,
     RateLimitKeysExhausted,
     MethodOverrideRefused,
+    /// A `max_in_flight` cap is full.
+    Concurrency,
 }
 
 impl ProblemKind {
     /// Every kind, in declaration order.
-    pub const ALL: [ProblemKind; 20] = [
+    pub const ALL: [ProblemKind; 21] = [
         Self::TenantRequired,
         Self::InvalidTenant,
         Self::InvalidPath,
@@ -52,6 +54,7 @@ impl ProblemKind {
         Self::InvalidRateLimitKey,
         Self::RateLimitKeysExhausted,
         Self::MethodOverrideRefused,
+        Self::Concurrency,
     ];
 
     pub fn status(self) -> u32 {
@@ -70,7 +73,7 @@ impl ProblemKind {
             Self::BodyTooLarge => 413,
             Self::IdempotencyKeyReused => 422,
             Self::PreconditionRequired => 428,
-            Self::RateLimited => 429,
+            Self::RateLimited | Self::Concurrency => 429,
             Self::RateLimitUnavailable
             | Self::IdempotencyUnavailable
             | Self::RateLimitKeysExhausted => 503,
@@ -99,6 +102,7 @@ impl ProblemKind {
             Self::InvalidRateLimitKey => "invalid-rate-limit-key",
             Self::RateLimitKeysExhausted => "rate-limit-keys-exhausted",
             Self::MethodOverrideRefused => "method-override-refused",
+            Self::Concurrency => "concurrency",
         }
     }
 
@@ -124,6 +128,7 @@ impl ProblemKind {
             Self::InvalidRateLimitKey => "Invalid rate-limit key",
             Self::RateLimitKeysExhausted => "Rate-limit keys exhausted",
             Self::MethodOverrideRefused => "Method override refused",
+            Self::Concurrency => "Too many requests in flight",
         }
     }
 }

@@ -68,7 +68,7 @@ pub struct State {
 }
 
 /// The TAT expressed in `params`' interval: the backlog of admitted requests is kept.
-fn rescaled_tat(params: &RateParams, state: State, now_ns: u64) -> u64 {
+pub fn rescaled_tat(params: &RateParams, state: State, now_ns: u64) -> u64 {
     if state.emission_ns == params.emission_ns || state.emission_ns == 0 || state.tat_ns <= now_ns {
         return state.tat_ns;
     }
@@ -79,11 +79,21 @@ fn rescaled_tat(params: &RateParams, state: State, now_ns: u64) -> u64 {
 
 /// Pure GCRA step: given the stored state, decide and return the new TAT to store.
 pub fn decide(params: &RateParams, stored: Option<State>, now_ns: u64) -> (Verdict, u64) {
+    decide_cost(params, stored, now_ns, 1)
+}
+
+/// [`decide`] for a request that takes `cost` requests' worth at once.
+pub fn decide_cost(
+    params: &RateParams,
+    stored: Option<State>,
+    now_ns: u64,
+    cost: u64,
+) -> (Verdict, u64) {
     let tat = stored
         .map(|state| rescaled_tat(params, state, now_ns))
         .unwrap_or(0)
         .max(now_ns);
-    let new_tat = tat.saturating_add(params.emission_ns);
+    let new_tat = tat.saturating_add(params.emission_ns.saturating_mul(cost.max(1)));
     let backlog = new_tat - now_ns;
     if backlog <= params.capacity_ns {
         let remaining = (params.capacity_ns - backlog) / params.emission_ns;

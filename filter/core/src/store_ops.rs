@@ -9,7 +9,7 @@ use crate::config::CompiledConfig;
 use crate::idempotency::{
     self, Begin, Claim, Fingerprint, IdempotencyError, Lifetimes, StoreParams, StoredResponse,
 };
-use crate::limits::{self, Admission, Admitted};
+use crate::limits::{self, Admission, Admitted, Debit, Departure};
 use crate::ratelimit::CheckError;
 use crate::store::{SharedStore, StoreError};
 use crate::tenant::TenantId;
@@ -51,6 +51,8 @@ pub enum StoreOp {
     },
     /// Give a claimed key back (upstream failed, the stream was reset).
     Release { claim: Claim },
+    /// Take the usage a response reported from the limits that asked for it.
+    Debit(Box<Debit>),
 }
 
 /// The answer to a [`StoreOp`], one variant per kind of result.
@@ -63,6 +65,8 @@ pub enum StoreAnswer {
     /// To [`StoreOp::Seal`], [`StoreOp::Complete`] and [`StoreOp::Release`]:
     /// `Ok(false)` when the claim had lapsed.
     Update(Result<bool, IdempotencyError>),
+    /// To [`StoreOp::Debit`].
+    Debited(Result<(), CheckError>),
 }
 
 impl StoreAnswer {
@@ -70,7 +74,9 @@ impl StoreAnswer {
     pub fn into_admit(self) -> Result<Admitted, CheckError> {
         match self {
             StoreAnswer::Admit(checked) => checked,
-            StoreAnswer::Claim(_) | StoreAnswer::Update(_) => Err(CheckError::Store(mismatched())),
+            StoreAnswer::Claim(_) | StoreAnswer::Update(_) | StoreAnswer::Debited(_) => {
+                Err(CheckError::Store(mismatched()))
+            }
         }
     }
 
@@ -78,7 +84,7 @@ impl StoreAnswer {
     pub fn into_claim(self) -> Result<Begin, IdempotencyError> {
         match self {
             StoreAnswer::Claim(begun) => begun,
-            StoreAnswer::Admit(_) | StoreAnswer::Update(_) => {
+            StoreAnswer::Admit(_) | StoreAnswer::Update(_) | StoreAnswer::Debited(_) => {
                 Err(IdempotencyError::Store(mismatched()))
             }
         }
@@ -88,8 +94,18 @@ impl StoreAnswer {
     pub fn into_update(self) -> Result<bool, IdempotencyError> {
         match self {
             StoreAnswer::Update(updated) => updated,
-            StoreAnswer::Admit(_) | StoreAnswer::Claim(_) => {
+            StoreAnswer::Admit(_) | StoreAnswer::Claim(_) | StoreAnswer::Debited(_) => {
                 Err(IdempotencyError::Store(mismatched()))
+            }
+        }
+    }
+
+    /// The answer to a [`StoreOp::Debit`]; an answer of another kind is a store error.
+    pub fn into_debited(self) -> Result<(), CheckError> {
+        match self {
+            StoreAnswer::Debited(debited) => debited,
+            StoreAnswer::Admit(_) | StoreAnswer::Claim(_) | StoreAnswer::Update(_) => {
+                Err(CheckError::Store(mismatched()))
             }
         }
     }
@@ -98,6 +114,17 @@ impl StoreAnswer {
 /// A store that answers an operation with the answer to another kind.
 fn mismatched() -> StoreError {
     StoreError("the store answered another operation".to_owned())
+}
+
+/// Gives back the in-flight slots a request held (at its end): always on
+/// this gateway's shared data, in local and cluster mode alike.
+pub fn leave(
+    config: &CompiledConfig,
+    store: &dyn SharedStore,
+    departure: &Departure,
+    now_unix_ns: u64,
+) -> Result<(), CheckError> {
+    limits::in_flight::leave(config, store, departure, now_unix_ns)
 }
 
 /// Carries out `op` on shared data in the calling thread (Envoy's and
@@ -145,6 +172,9 @@ pub fn execute_local(config: &CompiledConfig, store: &dyn SharedStore, op: Store
         )),
         StoreOp::Release { claim } => {
             StoreAnswer::Update(idempotency::release(store, &params, &claim))
+        }
+        StoreOp::Debit(debit) => {
+            StoreAnswer::Debited(limits::usage::debit_local(config, store, &debit))
         }
     }
 }

@@ -1309,3 +1309,6 @@ mod host_model;
 
 #[path = "limits_tests.rs"]
 mod limits_model;
+
+#[path = "usage_tests.rs"]
+mod usage;

@@ -71,6 +71,29 @@ pub fn remove_request_header(name: &str) {
     }
 }
 
+/// The first value of response header `name`, as the upstream sent it.
+pub fn response_header(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
+        .ok()
+        .flatten()
+}
+
+/// How many `name` lines the response carries (read only when one is there).
+pub fn response_header_count(name: &str) -> usize {
+    hostcalls::get_map_bytes(MapType::HttpResponseHeaders)
+        .map(|headers| headers.iter().filter(|(n, _)| n == name).count())
+        .unwrap_or(0)
+}
+
+pub fn remove_response_header(name: &str) {
+    if let Err(status) = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, None) {
+        log(
+            LogLevel::Warn,
+            &format!("cannot remove response header {name}: {status:?}"),
+        );
+    }
+}
+
 pub fn set_response_header(name: &str, value: &str) {
     if let Err(status) = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value)) {
         log(
@@ -273,6 +296,8 @@ pub struct Metrics {
     config_rejected: Option<u32>,
     reclaimed: Option<u32>,
     evicted: Option<u32>,
+    /// Usage headers ignored (malformed, repeated, over `usage_max`).
+    usage_ignored: Option<u32>,
     store: Option<StoreCounters>,
 }
 
@@ -286,6 +311,9 @@ impl Metrics {
         let cluster_mode = config
             .as_deref()
             .is_some_and(|config| config.store.cluster.is_some());
+        let reports_usage = config
+            .as_deref()
+            .is_some_and(|config| !config.usage_headers.is_empty());
         let defined = config.as_deref().map_or_else(HashMap::new, |config| {
             metrics::every_outcome()
                 .map(|outcome| {
@@ -301,6 +329,9 @@ impl Metrics {
             config_rejected: counter("tenant_guard_config_rejected"),
             reclaimed: counter("tenant_guard_idempotency_reclaimed"),
             evicted: counter("tenant_guard_store_evicted"),
+            usage_ignored: reports_usage
+                .then(|| counter("tenant_guard_usage_ignored"))
+                .flatten(),
             store: cluster_mode.then(|| StoreCounters {
                 round_trips: counter("tenant_guard_store_round_trips"),
                 failures: counter("tenant_guard_store_failures"),
@@ -375,6 +406,10 @@ impl Metrics {
 
     pub fn count_reclaimed(&self, count: u32) {
         increment(self.reclaimed, i64::from(count));
+    }
+
+    pub fn count_usage_ignored(&self, count: u8) {
+        increment(self.usage_ignored, i64::from(count));
     }
 
     /// Shared-data entries the host evicted (a canary or a record that vanished).

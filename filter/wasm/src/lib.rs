@@ -20,6 +20,7 @@ use tenant_guard_core::config::{self, CompiledConfig};
 use tenant_guard_core::engine::{HostInputs, RequestView, METHOD_OVERRIDE_HEADERS};
 use tenant_guard_core::exchange::{self, Effect, Exchange, Holds, Next, Output};
 use tenant_guard_core::idempotency::KEY_HEADER;
+use tenant_guard_core::limits::Reported;
 use tenant_guard_core::maintenance::{self, Maintenance};
 use tenant_guard_core::store_ops::{self, StoreAnswer, StoreCall, Token};
 
@@ -368,9 +369,23 @@ impl Request {
             Effect::SetRequestHeader(name, value) => host::set_request_header(&name, &value),
             Effect::RemoveRequestHeader(name) => host::remove_request_header(&name),
             Effect::SetResponseHeader(name, value) => host::set_response_header(&name, &value),
+            Effect::RemoveResponseHeader(name) => host::remove_response_header(&name),
             Effect::Reply(reply) => host::send_local_reply(&reply),
             Effect::Count(outcome) => self.metrics.count(self.exchange.tenant(), outcome),
             Effect::Log(level, message) => host::log(log_level(level), &message),
+            Effect::Leave(departure) => {
+                let store = host_store(Some(&self.config));
+                let left = store_ops::leave(&self.config, &store, &departure, host::now_unix_ns());
+                if let Err(err) = left {
+                    host::log(
+                        LogLevel::Warn,
+                        &format!(
+                            "in-flight slots not given back (they lapse at their deadline): {err}"
+                        ),
+                    );
+                }
+            }
+            Effect::UsageIgnored(count) => self.metrics.count_usage_ignored(count),
         }
     }
 }
@@ -508,7 +523,29 @@ impl HttpContext for Request {
         if let Some(build) = BUILD_ID {
             host::set_response_header(BUILD_HEADER, build);
         }
-        let output = self.exchange.on_response_headers();
+        let output = if self.config.usage_headers.is_empty() {
+            self.exchange.on_response_headers()
+        } else {
+            // What the upstream reports; a header sent twice is not usage.
+            let raw: Vec<(Option<Vec<u8>>, bool)> = self
+                .config
+                .usage_headers
+                .iter()
+                .map(|name| {
+                    let value = host::response_header(name);
+                    let repeated = value.is_some() && host::response_header_count(name) > 1;
+                    (value, repeated)
+                })
+                .collect();
+            let views: Vec<(Option<&[u8]>, bool)> = raw
+                .iter()
+                .map(|(value, repeated)| (value.as_deref(), *repeated))
+                .collect();
+            let reported = Reported::parse(&views);
+            let config = Rc::clone(&self.config);
+            self.exchange
+                .on_response_headers_reporting(&config, &reported, host::now_unix_ns())
+        };
         self.drive(output, end_of_stream, None)
     }
 

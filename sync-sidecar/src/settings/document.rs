@@ -55,6 +55,8 @@ struct PlanDocument {
     idempotency: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     mode: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_in_flight: Option<Value>,
 }
 
 impl Document {
@@ -108,6 +110,8 @@ struct TenantDocument {
     mode: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     idempotency: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_in_flight: Option<Value>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     routes: Vec<RouteDocument>,
 }
@@ -122,6 +126,8 @@ struct RouteDocument {
     rate_limit: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rate_limits: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cost: Option<Value>,
 }
 
 /// A rendered document (without `revision`) and where each of its values came from.
@@ -212,6 +218,7 @@ pub(super) fn emit(resolved: Resolved, issues: &mut Vec<Issue>) -> Rendered {
             rate_limits: take("rate_limits", plan.rate_limits),
             idempotency: take("idempotency", plan.idempotency),
             mode: take("mode", plan.mode),
+            max_in_flight: take("max_in_flight", plan.max_in_flight),
         };
         document.plans.insert(name, emitted);
     }
@@ -262,6 +269,7 @@ fn emit_tenant(
     emitted.rate_limits = take("rate_limits", &tenant.rate_limits);
     emitted.mode = take("mode", &tenant.mode);
     emitted.idempotency = take("idempotency", &tenant.idempotency);
+    emitted.max_in_flight = take("max_in_flight", &tenant.max_in_flight);
 
     let mut routes: Vec<&RouteDraft> = tenant.routes.values().collect();
     routes.sort_by(|a, b| {
@@ -300,6 +308,7 @@ fn emit_tenant(
             method: None,
             rate_limit: None,
             rate_limits: None,
+            cost: None,
         };
         if let Some(method) = &route.method {
             emitted_route.method = Some(method.value.clone());
@@ -309,12 +318,14 @@ fn emit_tenant(
             emitted_route.rate_limits = Some(limits.value.clone());
             provenance.push((route_path("rate_limits"), limits.origin.clone()));
         }
-        // A route's own `rate_limit`, else (for a route without `rate_limits`,
-        // as before they existed) the tenant's, else the global one.
+        if let Some(cost) = &route.cost {
+            emitted_route.cost = Some(cost.value.clone());
+            provenance.push((route_path("cost"), cost.origin.clone()));
+        }
+        // A route's own `rate_limit`, else (for a route without `rate_limits`
+        // or `cost`, as before they existed) the tenant's, else the global one.
         let inherited = || {
-            route
-                .rate_limits
-                .is_none()
+            (route.rate_limits.is_none() && route.cost.is_none())
                 .then(|| tenant.rate_limit.as_ref().or(global_limit))
                 .flatten()
         };
@@ -324,8 +335,8 @@ fn emit_tenant(
                 emitted_route.rate_limit = Some(limit.value.clone());
                 provenance.push((route_path("rate_limit"), limit.origin.clone()));
             }
-            // Its own `rate_limits` are enough.
-            None if route.rate_limits.is_some() => {}
+            // Its own `rate_limits` (or a cost on the tenant's limits) are enough.
+            None if route.rate_limits.is_some() || route.cost.is_some() => {}
             None => issues.push(Issue {
                 origin: Some(prefix.origin.clone()),
                 path: String::new(),

@@ -26,8 +26,9 @@
 //! | global | `gateway.rate_limits`                | `defaults.rate_limits` (named limits of tenants without a plan) |
 //! | global | `gateway.store.key_slots`            | `store.key_slots`                      |
 //! | global | `gateway.method_override`            | `method_override` (`reject`/`honor`)   |
+//! | global | `gateway.max_in_flight`              | `defaults.max_in_flight` (caps of tenants without their own) |
 //! | plan   | `gateway.rate_limits`                | `plans.<p>.rate_limits`                |
-//! | plan   | `gateway.idempotency`, `gateway.mode` | `plans.<p>.idempotency`, `.mode`      |
+//! | plan   | `gateway.idempotency`, `gateway.mode`, `gateway.max_in_flight` | `plans.<p>.idempotency`, `.mode`, `.max_in_flight` |
 //! | tenant | `gateway.plan`                       | `tenants.<t>.plan` (a plan name)       |
 //! | tenant | `gateway.rate_limits`                | `tenants.<t>.rate_limits` (over the plan's, by name) |
 //! | global | `gateway.mode`                       | `defaults.mode`                        |
@@ -35,11 +36,13 @@
 //! | tenant | `gateway.rate_limit`                 | `tenants.<t>.rate_limit`               |
 //! | tenant | `gateway.mode`                       | `tenants.<t>.mode`                     |
 //! | tenant | `gateway.idempotency`                | `tenants.<t>.idempotency` (replaces the global one) |
+//! | tenant | `gateway.max_in_flight`              | `tenants.<t>.max_in_flight` (replaces the plan's) |
 //! | tenant | `gateway.enabled`                    | `false` drops the tenant (and its routes) |
 //! | route  | `gateway.route.prefix` (required)    | `tenants.<t>.routes[i].prefix`         |
 //! | route  | `gateway.route.method`               | `tenants.<t>.routes[i].method`         |
-//! | route  | `gateway.rate_limit`                 | `tenants.<t>.routes[i].rate_limit` (else, without `rate_limits`, the tenant's, else the global one) |
+//! | route  | `gateway.rate_limit`                 | `tenants.<t>.routes[i].rate_limit` (else, without `rate_limits` or `cost`, the tenant's, else the global one) |
 //! | route  | `gateway.rate_limits`                | `tenants.<t>.routes[i].rate_limits` (on top of the tenant's) |
+//! | route  | `gateway.route.cost`                 | `tenants.<t>.routes[i].cost` (what a matching request takes from each limit) |
 //!
 //! Plan rows (scope `plan`, the plan's name in the `tenant` column; `settings
 //! set @plan:gold …`) become `plans.<name>`; a tenant subscribes with

@@ -95,6 +95,7 @@ pub(super) const GLOBAL_KEYS: &[(&str, Slot)] = {
         ("gateway.rate_limits", In(Defaults, "rate_limits")),
         ("gateway.store.key_slots", In(Store, "key_slots")),
         ("gateway.method_override", Slot::MethodOverride),
+        ("gateway.max_in_flight", In(Defaults, "max_in_flight")),
         ("gateway.mode", In(Defaults, "mode")),
         ("gateway.idempotency", In(Defaults, "idempotency")),
         ("gateway.if_match", Slot::IfMatch),
@@ -118,6 +119,7 @@ const SCOPED_KEYS: &[&str] = &[
     "gateway.enabled",
     "gateway.route.prefix",
     "gateway.route.method",
+    "gateway.route.cost",
     "gateway.plan",
 ];
 
@@ -149,6 +151,7 @@ pub(super) struct RouteDraft {
     pub method: Option<Sourced>,
     pub rate_limit: Option<Sourced>,
     pub rate_limits: Option<Sourced>,
+    pub cost: Option<Sourced>,
 }
 
 impl RouteDraft {
@@ -167,6 +170,7 @@ pub(super) struct PlanDraft {
     pub rate_limits: Option<Sourced>,
     pub idempotency: Option<Sourced>,
     pub mode: Option<Sourced>,
+    pub max_in_flight: Option<Sourced>,
 }
 
 #[derive(Debug)]
@@ -176,6 +180,7 @@ pub(super) struct TenantDraft {
     pub rate_limits: Option<Sourced>,
     pub mode: Option<Sourced>,
     pub idempotency: Option<Sourced>,
+    pub max_in_flight: Option<Sourced>,
     /// `gateway.enabled` (default true): a disabled tenant is left out with its routes.
     pub enabled: bool,
     pub routes: BTreeMap<String, RouteDraft>,
@@ -189,6 +194,7 @@ impl Default for TenantDraft {
             rate_limits: None,
             mode: None,
             idempotency: None,
+            max_in_flight: None,
             enabled: true,
             routes: BTreeMap::new(),
         }
@@ -312,9 +318,10 @@ fn place(resolved: &mut Resolved, row: &SettingRow, max_value_bytes: usize) -> O
             "gateway.rate_limits" => &mut plan.rate_limits,
             "gateway.idempotency" => &mut plan.idempotency,
             "gateway.mode" => &mut plan.mode,
+            "gateway.max_in_flight" => &mut plan.max_in_flight,
             key if is_known_key(key) => {
                 return Some(wrong_scope(
-                    "a plan takes gateway.rate_limits, gateway.idempotency and gateway.mode",
+                    "a plan takes gateway.rate_limits, gateway.idempotency, gateway.mode and gateway.max_in_flight",
                 ))
             }
             _ => return Some(unknown_key()),
@@ -335,6 +342,7 @@ fn place(resolved: &mut Resolved, row: &SettingRow, max_value_bytes: usize) -> O
             "gateway.rate_limits" => &mut tenant.rate_limits,
             "gateway.mode" => &mut tenant.mode,
             "gateway.idempotency" => &mut tenant.idempotency,
+            "gateway.max_in_flight" => &mut tenant.max_in_flight,
             "gateway.enabled" => {
                 return match row.value {
                     Value::Bool(enabled) => {
@@ -357,12 +365,14 @@ fn place(resolved: &mut Resolved, row: &SettingRow, max_value_bytes: usize) -> O
                 method: None,
                 rate_limit: None,
                 rate_limits: None,
+                cost: None,
             });
         match row.key.as_str() {
             "gateway.route.prefix" => &mut route.prefix,
             "gateway.route.method" => &mut route.method,
             "gateway.rate_limit" => &mut route.rate_limit,
             "gateway.rate_limits" => &mut route.rate_limits,
+            "gateway.route.cost" => &mut route.cost,
             key if is_known_key(key) => return Some(wrong_scope("see the key table in the docs")),
             _ => return Some(unknown_key()),
         }

@@ -39,7 +39,7 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tenant_guard_core::cluster::wire::{
-    self, ClaimRequest, CompleteRequest, LeaseRequest, LeasesRequest, ReleaseRequest,
+    self, ClaimRequest, CompleteRequest, DebitRequest, LeaseRequest, LeasesRequest, ReleaseRequest,
 };
 use tokio::net::TcpListener;
 
@@ -155,6 +155,7 @@ fn router(state: StoreState) -> Router {
         .route(wire::CLAIM_PATH, post(claim))
         .route(wire::COMPLETE_PATH, post(complete))
         .route(wire::RELEASE_PATH, post(release))
+        .route(wire::DEBIT_PATH, post(debit))
         .route("/metrics", get(metrics_text))
         .fallback(|| async {
             problem(
@@ -357,6 +358,17 @@ async fn release(State(state): State<StoreState>, body: Result<Bytes, BytesRejec
     answer(&state, op, started, result)
 }
 
+async fn debit(State(state): State<StoreState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let op = StoreOp::Debit;
+    let request = match parse::<DebitRequest>(&state, op, body, check_debit) {
+        Ok(request) => request,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let started = Instant::now();
+    let result = state.store.debit(&request).await;
+    answer(&state, op, started, result)
+}
+
 async fn metrics_text(State(state): State<StoreState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -443,17 +455,7 @@ fn check_leases(request: &LeasesRequest) -> Result<(), String> {
 
 fn check_item(item: &wire::LeaseItem) -> Result<(), String> {
     check_limit(&item.limit)?;
-    match (&item.rate, &item.quota) {
-        (Some(rate), None) => {
-            check_range("rate.emission_us", rate.emission_us, 1, MAX_MICROS)?;
-            check_range("rate.capacity_us", rate.capacity_us, 0, MAX_MICROS)?;
-        }
-        (None, Some(quota)) => {
-            check_range("quota.requests", quota.requests, 1, MAX_QUOTA)?;
-            check_range("quota.window_end_s", quota.window_end_s, 1, MAX_MILLIS)?;
-        }
-        _ => return Err("set exactly one of `rate` and `quota`".to_owned()),
-    }
+    check_window(item.rate.as_ref(), item.quota.as_ref())?;
     check_range("want", item.want, 0, MAX_SLOTS)?;
     check_range("need", item.need, 0, item.want)?;
     check_range("returned", item.returned, 0, MAX_SLOTS)?;
@@ -461,6 +463,41 @@ fn check_item(item: &wire::LeaseItem) -> Result<(), String> {
         return Err("`want` is 0 and nothing is `returned`: nothing to do".to_owned());
     }
     Ok(())
+}
+
+fn check_debit(request: &DebitRequest) -> Result<(), String> {
+    check_scope_and_key(&request.scope, None)?;
+    if request.items.is_empty() || request.items.len() > wire::MAX_LEASE_ITEMS {
+        return Err(format!(
+            "`items` must hold 1 to {} limits",
+            wire::MAX_LEASE_ITEMS
+        ));
+    }
+    for (index, item) in request.items.iter().enumerate() {
+        let checked = check_limit(&item.limit)
+            .and_then(|()| check_window(item.rate.as_ref(), item.quota.as_ref()))
+            .and_then(|()| check_range("units", item.units, 1, MAX_SLOTS));
+        checked.map_err(|error| format!("items[{index}]: {error}"))?;
+    }
+    Ok(())
+}
+
+/// A rate or a quota, exactly one, within what Lua's doubles hold exactly.
+fn check_window(
+    rate: Option<&wire::RateWindow>,
+    quota: Option<&wire::QuotaWindow>,
+) -> Result<(), String> {
+    match (rate, quota) {
+        (Some(rate), None) => {
+            check_range("rate.emission_us", rate.emission_us, 1, MAX_MICROS)?;
+            check_range("rate.capacity_us", rate.capacity_us, 0, MAX_MICROS)
+        }
+        (None, Some(quota)) => {
+            check_range("quota.requests", quota.requests, 1, MAX_QUOTA)?;
+            check_range("quota.window_end_s", quota.window_end_s, 1, MAX_MILLIS)
+        }
+        _ => Err("set exactly one of `rate` and `quota`".to_owned()),
+    }
 }
 
 fn check_claim(request: &ClaimRequest) -> Result<(), String> {

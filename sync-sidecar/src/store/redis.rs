@@ -20,8 +20,8 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Script, ScriptInvocation, Value};
 use tenant_guard_core::cluster::wire::{
-    ClaimAnswer, ClaimRequest, CompleteRequest, LeaseAnswer, LeaseRequest, LeasesAnswer,
-    LeasesRequest, ReleaseRequest, UpdateAnswer, WireResponse,
+    ClaimAnswer, ClaimRequest, CompleteRequest, DebitRequest, LeaseAnswer, LeaseRequest,
+    LeasesAnswer, LeasesRequest, ReleaseRequest, UpdateAnswer, WireResponse,
 };
 use tokio::sync::Mutex;
 
@@ -40,7 +40,7 @@ pub enum RedisTarget {
     Cluster(Vec<String>),
 }
 
-/// The four scripts, loaded (`SCRIPT LOAD`) on first use and again after a
+/// The scripts, loaded (`SCRIPT LOAD`) on first use and again after a
 /// restart of Redis (`NOSCRIPT`).
 struct Scripts {
     lease: Script,
@@ -48,6 +48,7 @@ struct Scripts {
     claim: Script,
     complete: Script,
     release: Script,
+    debit: Script,
 }
 
 impl Scripts {
@@ -58,6 +59,7 @@ impl Scripts {
             claim: Script::new(include_str!("scripts/claim.lua")),
             complete: Script::new(include_str!("scripts/complete.lua")),
             release: Script::new(include_str!("scripts/release.lua")),
+            debit: Script::new(include_str!("scripts/debit.lua")),
         }
     }
 }
@@ -251,6 +253,39 @@ impl RedisStore {
             })
             .collect();
         Ok(LeasesAnswer { items })
+    }
+
+    /// `POST /v1/debit` (the request is valid: see `super::check_debit`).
+    pub async fn debit(&self, request: &DebitRequest) -> Result<UpdateAnswer, StoreError> {
+        let mut invocation = self.scripts.debit.prepare_invoke();
+        for item in &request.items {
+            match (&item.rate, &item.quota) {
+                (Some(rate), _) => {
+                    invocation
+                        .key(key(&request.scope, &format!("rl:{}", item.limit)))
+                        .arg("rate")
+                        .arg(rate.emission_us)
+                        .arg(rate.capacity_us);
+                }
+                (None, Some(quota)) => {
+                    invocation
+                        .key(key(
+                            &request.scope,
+                            &format!("q:{}:{}", item.limit, quota.window_end_s),
+                        ))
+                        .arg("quota")
+                        .arg(quota.requests)
+                        .arg(quota.window_end_s);
+                }
+                (None, None) => return Err(StoreError::Reply("debit item")),
+            }
+            invocation.arg(item.units);
+        }
+        let reply = self.invoke(&invocation).await?;
+        match updated(&reply) {
+            Some(answer) if answer.updated => Ok(answer),
+            _ => Err(StoreError::Reply("debit")),
+        }
     }
 
     /// `POST /v1/claim`.

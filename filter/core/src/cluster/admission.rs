@@ -11,7 +11,9 @@
 //!   `/v1/leases`, one atomic script for all of them.
 
 use crate::config::{ClusterStoreConfig, CompiledConfig, LimitPolicy, RateLimitFallback, Window};
-use crate::limits::{self, calendar, Admission, Admitted, KeyHashes};
+use crate::limits::{
+    self, calendar, in_flight, Admission, Admitted, Departure, Entered, KeyHashes,
+};
 use crate::ratelimit::{CheckError, RateKey, RateParams, Verdict};
 use crate::store::{SharedStore, StoreError};
 use crate::store_ops::StoreAnswer;
@@ -60,16 +62,20 @@ impl LeaseWindow {
 pub struct LimitLease {
     pub key: RateKey,
     pub window: LeaseWindow,
+    /// The slots the request takes from it (its cost).
+    pub cost: u64,
 }
 
 impl LimitLease {
-    /// The lease of `policy` for a request of `tenant` with `keys`, at `now_ns`.
+    /// The lease of `policy` for a request of `tenant` with `keys`, at
+    /// `now_ns`, that takes `cost` slots.
     pub fn of(
         config: &CompiledConfig,
         tenant: &str,
         policy: &LimitPolicy,
         keys: &KeyHashes,
         now_ns: u64,
+        cost: u64,
     ) -> Self {
         let key = RateKey::limit(config, tenant, &policy.name, keys.get(policy.key));
         let window = match policy.window {
@@ -79,7 +85,11 @@ impl LimitLease {
                 window_end_s: calendar::span(period, now_ns / NANOS_PER_SECOND).end,
             },
         };
-        Self { key, window }
+        Self {
+            key,
+            window,
+            cost: cost.max(1),
+        }
     }
 
     fn sizing(&self, cluster: &ClusterStoreConfig) -> Sizing {
@@ -202,6 +212,41 @@ pub(super) struct Pending {
     admitted: Admitted,
     /// One rate limit asked alone: the answer is `/v1/lease`'s.
     single: bool,
+    /// What the request holds of its tenant's in-flight caps (given back
+    /// unless it is admitted).
+    pub(super) entered: Entered,
+}
+
+impl Pending {
+    pub(super) fn departure(&self) -> Departure {
+        self.admission.departure()
+    }
+}
+
+/// `answer` to an admission that entered the in-flight caps: an admitted
+/// request keeps its slots (and says so), any other gives them back.
+pub(super) fn settle_entered(
+    config: &CompiledConfig,
+    store: &dyn SharedStore,
+    answer: StoreAnswer,
+    entered: Entered,
+    departure: &Departure,
+    now: u64,
+) -> StoreAnswer {
+    match answer {
+        StoreAnswer::Admit(Ok(mut admitted)) if admitted.allowed => {
+            admitted.in_flight = entered;
+            StoreAnswer::Admit(Ok(admitted))
+        }
+        other => {
+            if entered == Entered::Held {
+                if let Err(err) = in_flight::leave(config, store, departure, now) {
+                    return StoreAnswer::Admit(Err(err));
+                }
+            }
+            other
+        }
+    }
 }
 
 impl ClusterStore {
@@ -228,8 +273,23 @@ impl ClusterStore {
         let mut taken: Vec<LimitLease> = Vec::new();
         let mut asked: Vec<Asked> = Vec::new();
         for (position, policy) in settings.applied_policies(admission.applied).enumerate() {
-            let lease = LimitLease::of(config, &admission.tenant, policy, &admission.keys, now);
-            let took = lease::take(store, &lease.key, &lease.sizing(cluster), now, attempts);
+            let cost = admission.applied.cost_of(policy);
+            let lease = LimitLease::of(
+                config,
+                &admission.tenant,
+                policy,
+                &admission.keys,
+                now,
+                cost,
+            );
+            let took = lease::take(
+                store,
+                &lease.key,
+                &lease.sizing(cluster),
+                now,
+                attempts,
+                lease.cost,
+            );
             let (role, ask) = match took {
                 Err(err) => {
                     self.give_back(store, &taken, &asked, now, attempts);
@@ -269,15 +329,15 @@ impl ClusterStore {
                 Ok(Taken::Refill { want, returned }) => {
                     let ask = LeaseAsk {
                         want,
-                        need: 1,
+                        need: lease.cost,
                         returned,
                     };
                     (Role::Refill, ask)
                 }
                 Ok(Taken::Join) => {
                     let ask = LeaseAsk {
-                        want: 1,
-                        need: 1,
+                        want: lease.cost,
+                        need: lease.cost,
                         returned: 0,
                     };
                     (Role::Join, ask)
@@ -323,6 +383,7 @@ impl ClusterStore {
             taken,
             admitted,
             single,
+            entered: Entered::Free,
         }));
         Route::Await(call)
     }
@@ -338,7 +399,7 @@ impl ClusterStore {
         attempts: u32,
     ) {
         for lease in taken {
-            if let Err(err) = lease::put_back(store, &lease.key, now, attempts) {
+            if let Err(err) = lease::put_back(store, &lease.key, now, attempts, lease.cost) {
                 self.events
                     .push(StoreEvent::Failed(bounded(err.to_string())));
             }
@@ -399,6 +460,7 @@ impl ClusterStore {
                 one.lease.refusal_ns(lease_ttl_ns),
                 now,
                 attempts,
+                one.lease.cost,
             );
             match recorded {
                 Ok(()) if one.role != Role::Join && answer.granted > one.ask.need => {
@@ -435,7 +497,7 @@ impl ClusterStore {
             // All or nothing: Redis granted none of the needs; the slots
             // this request took from leases go back.
             for lease in &pending.taken {
-                let _ = lease::put_back(store, &lease.key, now, attempts);
+                let _ = lease::put_back(store, &lease.key, now, attempts, lease.cost);
             }
             admitted.allowed = false;
             admitted.retry_after_seconds = admitted.retry_after_seconds.max(1);
@@ -458,6 +520,87 @@ impl ClusterStore {
             RateLimitFallback::Share => {
                 limits::admit_share(config, store, admission, cluster.fallback_share_percent)
             }
+        }
+    }
+}
+
+impl ClusterStore {
+    /// Usage a response reported: taken from this gateway's leases first
+    /// (slots Redis already counted), the rest sent to Redis (`/v1/debit`)
+    /// without waiting, again until acknowledged for a minute.
+    pub(super) fn debit(
+        &mut self,
+        config: &CompiledConfig,
+        cluster: &ClusterStoreConfig,
+        store: &dyn SharedStore,
+        debit: Box<crate::limits::Debit>,
+    ) -> Route {
+        let done = || Route::Answer(StoreAnswer::Debited(Ok(())));
+        let Some(settings) = config.tenant_settings(&debit.tenant) else {
+            return done();
+        };
+        let now = debit.now_unix_ns;
+        let attempts = config.store.max_cas_retries;
+        let mut items = Vec::new();
+        for policy in settings.applied_policies(debit.applied) {
+            let Some(units) = debit.units(policy).filter(|units| *units > 0) else {
+                continue;
+            };
+            let lease = LimitLease::of(config, &debit.tenant, policy, &debit.keys, now, 1);
+            let rest = match lease::spend(store, &lease.key, now, attempts, units) {
+                Ok(rest) => rest,
+                Err(err) => {
+                    self.events
+                        .push(StoreEvent::Failed(bounded(err.to_string())));
+                    units
+                }
+            };
+            if rest == 0 {
+                continue;
+            }
+            let Some((_, limit)) = lease.key.parts() else {
+                continue;
+            };
+            let (rate, quota) = match lease.window {
+                LeaseWindow::Rate(rate) => (Some(LeaseWindow::rate_window(&rate)), None),
+                LeaseWindow::Quota {
+                    requests,
+                    window_end_s,
+                } => (
+                    None,
+                    Some(wire::QuotaWindow {
+                        requests,
+                        window_end_s,
+                    }),
+                ),
+            };
+            items.push(wire::DebitItem {
+                limit: limit.to_owned(),
+                rate,
+                quota,
+                units: rest,
+            });
+        }
+        if items.is_empty() {
+            return done();
+        }
+        let request = wire::DebitRequest {
+            scope: debit.tenant.to_string(),
+            items,
+        };
+        let mut call = Call {
+            upstream: cluster.upstream.clone(),
+            path: wire::DEBIT_PATH,
+            // Serialising plain structs of strings and numbers cannot fail.
+            body: serde_json::to_vec(&request).unwrap_or_default(),
+            timeout_ms: cluster.timeout_ms,
+            retry_until_ns: None,
+        };
+        call.retry_until_ns = Some(now.saturating_add(60 * NANOS_PER_SECOND));
+        let answer = StoreAnswer::Debited(Ok(()));
+        match store.semantics() {
+            crate::store::HostSemantics::Envoy => Route::Send(call, answer),
+            crate::store::HostSemantics::NgxWasm => Route::Queue(call, answer),
         }
     }
 }

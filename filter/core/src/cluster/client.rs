@@ -20,10 +20,11 @@ use crate::idempotency::{
 use crate::store::{HostSemantics, SharedStore, StoreError};
 use crate::store_ops::{self, StoreAnswer, StoreOp};
 
-use super::admission::Pending;
+use super::admission::{settle_entered, Pending};
 use super::health::{self, Transition};
 use super::settle::{HeldLease, Retry};
 use super::wire::{self, ClaimAnswer, LeaseAnswer, UpdateAnswer, WireResponse};
+use crate::limits::{in_flight, Admitted, Entered};
 
 const NANOS_PER_MS: u64 = 1_000_000;
 const NANOS_PER_SECOND: u64 = 1_000_000_000;
@@ -230,7 +231,32 @@ impl ClusterStore {
                 == health::Route::FallBack
         };
         match op {
-            StoreOp::Admit(admission) => self.admit(config, cluster, store, admission, down()),
+            StoreOp::Admit(admission) => {
+                let Some(settings) = config.tenant_settings(&admission.tenant) else {
+                    return Route::Answer(StoreAnswer::Admit(Ok(Admitted::unlimited())));
+                };
+                // In-flight caps hold per gateway: entered in shared data first.
+                let departure = admission.departure();
+                let entered = match in_flight::enter(config, store, settings, &departure, now_ns) {
+                    Ok(full @ Entered::Full { .. }) => {
+                        return Route::Answer(StoreAnswer::Admit(Ok(Admitted::cap_full(full))))
+                    }
+                    Ok(entered) => entered,
+                    Err(err) => return Route::Answer(StoreAnswer::Admit(Err(err))),
+                };
+                match self.admit(config, cluster, store, admission, down()) {
+                    Route::Answer(answer) => Route::Answer(settle_entered(
+                        config, store, answer, entered, &departure, now_ns,
+                    )),
+                    awaited => {
+                        if let Some(Waiting::Admission(pending)) = self.waiting.as_mut() {
+                            pending.entered = entered;
+                        }
+                        awaited
+                    }
+                }
+            }
+            StoreOp::Debit(debit) => self.debit(config, cluster, store, debit),
             StoreOp::Claim {
                 ref tenant,
                 ref key,
@@ -376,7 +402,10 @@ impl ClusterStore {
         let cluster = config.store.cluster.as_ref()?;
         let answer = match waiting {
             Waiting::Admission(pending) => {
-                self.admission_answered(config, cluster, store, pending, outcome, now_ns)
+                let (entered, departure) = (pending.entered.clone(), pending.departure());
+                let answer =
+                    self.admission_answered(config, cluster, store, pending, outcome, now_ns);
+                settle_entered(config, store, answer, entered, &departure, now_ns)
             }
             Waiting::Claim {
                 op,

@@ -334,21 +334,24 @@ fn seconds_until(at_ns: u64, now_ns: u64) -> u64 {
     at_ns.saturating_sub(now_ns).div_ceil(NANOS_PER_SECOND)
 }
 
-/// Spends one slot of the lease, or says what to ask the store for.
+/// Spends `cost` slots of the lease (a request's cost: usually one), or
+/// says what to ask the store for.
 pub fn take(
     store: &dyn SharedStore,
     key: &RateKey,
     sizing: &Sizing,
     now_ns: u64,
     attempts: u32,
+    cost: u64,
 ) -> Result<Taken, StoreError> {
+    let cost = cost.max(1);
     let taken = update_or_no_room(store, key, now_ns, attempts, |lease| {
         sizing.forget_other_windows(lease);
         let live = lease.live_slots(now_ns);
-        if live > 0 {
-            lease.slots = live - 1;
+        if live >= cost {
+            lease.slots = live - cost;
             lease.used_ns = now_ns;
-            lease.spent = lease.spent.saturating_add(1);
+            lease.spent = lease.spent.saturating_add(cost);
             let remaining = lease.slots.saturating_add(lease.remaining_hint);
             let reset_seconds = seconds_until(lease.reset_at_ns, now_ns);
             let size = lease.size.clamp(1, sizing.cap);
@@ -388,13 +391,18 @@ pub fn take(
         }
         // The previous batch either ran out while live (busy: ask for more)
         // or lapsed with slots left (quiet: ask for fewer).
-        let ran_dry = lease.slots == 0 && lease.expires_ns > now_ns;
+        let ran_dry = live < cost && lease.expires_ns > now_ns;
         let lapsed = lease.retire_expired(now_ns);
         lease.size = sizing.next(lease, ran_dry, lapsed, now_ns);
+        if live > 0 {
+            // Too few for this request's cost: they go back with the refill.
+            lease.lapsed = lease.lapsed.saturating_add(live);
+            lease.slots = 0;
+        }
         let returned = std::mem::take(&mut lease.lapsed);
         lease.refill_until_ns = now_ns.saturating_add(sizing.refill_ns);
         let taken = Taken::Refill {
-            want: lease.size,
+            want: lease.size.max(cost),
             returned,
         };
         (taken, true)
@@ -402,9 +410,9 @@ pub fn take(
     Ok(taken.unwrap_or(Taken::NoRoom))
 }
 
-/// Records what the store answered to a refill or a joining request (one
-/// slot of a grant is the asking request's own). A refusal is remembered for
-/// at most `refusal_ns`, so a changed limit or a freed slot is seen soon.
+/// Records what the store answered to a refill or a joining request (`cost`
+/// slots of a grant are the asking request's own). A refusal is remembered
+/// for at most `refusal_ns`, so a changed limit or a freed slot is seen soon.
 #[allow(clippy::too_many_arguments)]
 pub fn answered(
     store: &dyn SharedStore,
@@ -415,6 +423,7 @@ pub fn answered(
     refusal_ns: u64,
     now_ns: u64,
     attempts: u32,
+    cost: u64,
 ) -> Result<(), StoreError> {
     if role == Role::Join && answer.granted > 0 {
         // The store served this request alone: the lease is not changed.
@@ -426,8 +435,8 @@ pub fn answered(
         if role != Role::Join {
             lease.refill_until_ns = 0;
         }
-        // A refill's own slot is the asking request's; a top-up's was taken before.
-        let own = u64::from(role != Role::TopUp);
+        // A refill's own slots are the asking request's; a top-up's were taken before.
+        let own = if role == Role::TopUp { 0 } else { cost.max(1) };
         if answer.granted == 0 && role == Role::TopUp {
             // Nothing more for now: the slots held stay; Redis has none left.
             lease.remaining_hint = 0;
@@ -511,21 +520,40 @@ pub fn sweep(
     })
 }
 
-/// Puts back one slot a request took but did not spend (its decision was
-/// refused by another limit); a lapsed lease takes it as lapsed.
+/// Puts back the `slots` a request took but did not spend (its decision
+/// was refused by another limit); a lapsed lease takes them as lapsed.
 pub fn put_back(
     store: &dyn SharedStore,
     key: &RateKey,
     now_ns: u64,
     attempts: u32,
+    slots: u64,
 ) -> Result<(), StoreError> {
     update(store, key, now_ns, attempts, |lease| {
         if now_ns < lease.expires_ns {
-            lease.slots = lease.slots.saturating_add(1);
+            lease.slots = lease.slots.saturating_add(slots);
         } else {
-            lease.lapsed = lease.lapsed.saturating_add(1);
+            lease.lapsed = lease.lapsed.saturating_add(slots);
         }
         ((), true)
+    })
+}
+
+/// Spends up to `units` of the lease's live slots for usage reported after
+/// the fact; what it could not cover, to take from Redis.
+pub fn spend(
+    store: &dyn SharedStore,
+    key: &RateKey,
+    now_ns: u64,
+    attempts: u32,
+    units: u64,
+) -> Result<u64, StoreError> {
+    update(store, key, now_ns, attempts, |lease| {
+        let live = lease.live_slots(now_ns);
+        let covered = live.min(units);
+        lease.slots = live - covered;
+        lease.spent = lease.spent.saturating_add(covered);
+        (units - covered, covered > 0)
     })
 }
 
@@ -572,11 +600,11 @@ mod tests {
     };
 
     fn take_at(store: &MemoryStore, now: u64) -> Taken {
-        take(store, &key(), &SIZING, now, 8).unwrap()
+        take(store, &key(), &SIZING, now, 8, 1).unwrap()
     }
 
     fn answer_at(store: &MemoryStore, role: Role, answer: LeaseAnswer, now: u64) {
-        answered(store, &key(), role, &answer, TTL, SECOND, now, 8).unwrap();
+        answered(store, &key(), role, &answer, TTL, SECOND, now, 8, 1).unwrap();
     }
 
     #[test]
@@ -798,7 +826,7 @@ mod tests {
         let _ = take_at(&store, SECOND);
         answer_at(&store, Role::Refill, grant(2), SECOND);
         assert!(matches!(take_at(&store, SECOND), Taken::Slot { .. }));
-        put_back(&store, &key(), SECOND, 8).unwrap();
+        put_back(&store, &key(), SECOND, 8, 1).unwrap();
         assert!(matches!(take_at(&store, SECOND), Taken::Slot { .. }));
         assert!(matches!(take_at(&store, SECOND), Taken::Refill { .. }));
     }

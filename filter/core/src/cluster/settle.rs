@@ -283,6 +283,7 @@ mod tests {
             lease: LimitLease {
                 key: key.clone(),
                 window: crate::cluster::admission::LeaseWindow::Rate(rate),
+                cost: 1,
             },
         };
         assert!(matches!(
@@ -291,7 +292,8 @@ mod tests {
                 &key,
                 &lease::Sizing::new(&rate, 8, SECOND, 2 * SECOND),
                 SECOND,
-                8
+                8,
+                1
             ),
             Ok(lease::Taken::Refill { .. })
         ));
@@ -310,6 +312,7 @@ mod tests {
             SECOND,
             SECOND,
             8,
+            1,
         )
         .unwrap();
         let mut book = LeaseBook::new();

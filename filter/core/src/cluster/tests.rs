@@ -35,6 +35,7 @@ fn admit(config: &CompiledConfig, now: u64) -> StoreOp {
         applied: settings.applied("GET", "/"),
         keys: KeyHashes::default(),
         now_unix_ns: now,
+        token: now,
     })
 }
 
@@ -369,6 +370,7 @@ fn plan_admit(config: &CompiledConfig, user: &str, now: u64) -> StoreOp {
         applied: settings.applied("GET", "/"),
         keys,
         now_unix_ns: now,
+        token: now,
     })
 }
 
@@ -425,7 +427,7 @@ fn live_slots(config: &CompiledConfig, store: &MemoryStore, limit: &str, now: u6
     (0..100)
         .take_while(|_| {
             matches!(
-                super::lease::take(store, &key, &sizing, now, 8),
+                super::lease::take(store, &key, &sizing, now, 8, 1),
                 Ok(super::lease::Taken::Slot { .. })
             )
         })
@@ -515,4 +517,103 @@ fn a_full_table_of_key_leases_is_its_own_refusal_and_takes_nothing() {
     ));
     // u5's slot of the tenant's lease went back: 8 granted, 4 spent.
     assert_eq!(live_slots(&config, &store, "tenant", T0), 4);
+}
+
+/// acme: 40 per hour, a route `/reports` costing 5, a monthly usage quota
+/// reported in `x-tokens`, and at most one request in flight.
+fn costly_config() -> CompiledConfig {
+    config::parse(
+        br#"{"version":1,"tenant":{"trust_header_without_jwt":true},
+        "store":{"backend":"cluster","cluster":{"upstream":"store"}},
+        "tenants":{"acme":{"max_in_flight":1,
+            "rate_limits":[{"name":"hour","requests":40,"per":"hour"},
+                           {"name":"tokens","requests":1000,"per":"month","usage_header":"x-tokens"}],
+            "routes":[{"prefix":"/reports","cost":5}]}}}"#,
+    )
+    .unwrap()
+}
+
+fn costly_admit(config: &CompiledConfig, path: &str, token: u64, now: u64) -> StoreOp {
+    let settings = config.tenant_settings("acme").unwrap();
+    StoreOp::Admit(Admission {
+        tenant: crate::tenant::TenantId::parse("acme").unwrap(),
+        applied: settings.applied("POST", path),
+        keys: KeyHashes::default(),
+        now_unix_ns: now,
+        token,
+    })
+}
+
+#[test]
+fn a_cost_is_asked_of_the_store_and_held_in_flight_per_gateway() {
+    let config = costly_config();
+    let store = MemoryStore::new();
+    let mut client = ClusterStore::new();
+    let (path, body) = awaited(client.begin(
+        &config,
+        &store,
+        costly_admit(&config, "/reports/1", 1, T0),
+        T0,
+    ));
+    assert_eq!(path, wire::LEASES_PATH);
+    let items = body["items"].as_array().unwrap();
+    assert!(items.iter().all(|item| item["need"] == 5), "{body}");
+    assert!(items.iter().all(|item| item["want"].as_u64() >= Some(5)));
+    // While it waits, its in-flight slot is held here: a second request is
+    // refused at once, without a call.
+    let second =
+        match ClusterStore::new().begin(&config, &store, costly_admit(&config, "/a", 2, T0), T0) {
+            Route::Answer(answer) => answer.into_admit().unwrap(),
+            other => panic!("expected an answer, got {other:?}"),
+        };
+    assert!(matches!(
+        second.in_flight,
+        crate::limits::Entered::Full { max: 1, .. }
+    ));
+    let granted = r#"{"items":[
+        {"granted":7,"remaining":30,"reset_seconds":9,"retry_after_seconds":0},
+        {"granted":5,"remaining":900,"reset_seconds":99,"retry_after_seconds":0}]}"#;
+    let admitted = client
+        .on_answer(&config, &store, ok(granted), T0)
+        .unwrap()
+        .into_admit()
+        .unwrap();
+    assert!(admitted.allowed);
+    assert_eq!(admitted.in_flight, crate::limits::Entered::Held);
+    // 7 granted, 5 its own: 2 left in the hour's lease.
+    assert_eq!(live_slots(&config, &store, "hour", T0), 2);
+}
+
+#[test]
+fn reported_usage_is_spent_from_the_lease_then_sent_to_the_store() {
+    let config = costly_config();
+    let store = MemoryStore::new();
+    let mut client = ClusterStore::new();
+    let _ = awaited(client.begin(&config, &store, costly_admit(&config, "/a", 1, T0), T0));
+    let granted = r#"{"items":[
+        {"granted":4,"remaining":30,"reset_seconds":9,"retry_after_seconds":0},
+        {"granted":4,"remaining":900,"reset_seconds":99,"retry_after_seconds":0}]}"#;
+    let _ = client.on_answer(&config, &store, ok(granted), T0).unwrap();
+    // The month's lease holds 3; the upstream reports 10 (9 beyond the cost).
+    let settings = config.tenant_settings("acme").unwrap();
+    let reported = crate::limits::Reported::parse(&[(Some(b"10".as_slice()), false)]);
+    let debit = StoreOp::Debit(Box::new(crate::limits::Debit {
+        tenant: crate::tenant::TenantId::parse("acme").unwrap(),
+        applied: settings.applied("POST", "/a"),
+        keys: KeyHashes::default(),
+        reported,
+        now_unix_ns: T0,
+    }));
+    match client.begin(&config, &store, debit, T0) {
+        Route::Send(call, answer) => {
+            assert_eq!(call.path, wire::DEBIT_PATH);
+            let body: Value = serde_json::from_slice(&call.body).unwrap();
+            assert_eq!(body["items"][0]["limit"], "tokens");
+            assert_eq!(body["items"][0]["units"], 6, "9 minus the 3 the lease held");
+            assert!(call.retry_until_ns.is_some());
+            assert!(answer.into_debited().is_ok());
+        }
+        other => panic!("expected a call sent without waiting, got {other:?}"),
+    }
+    assert_eq!(live_slots(&config, &store, "tokens", T0), 0);
 }

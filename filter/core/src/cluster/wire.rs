@@ -15,6 +15,7 @@ pub const LEASES_PATH: &str = "/v1/leases";
 pub const CLAIM_PATH: &str = "/v1/claim";
 pub const COMPLETE_PATH: &str = "/v1/complete";
 pub const RELEASE_PATH: &str = "/v1/release";
+pub const DEBIT_PATH: &str = "/v1/debit";
 /// The largest request body the sidecar reads (a completed response with its
 /// stored body, hex-encoded, fits well inside).
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
@@ -128,6 +129,28 @@ pub struct RateWindow {
 pub struct QuotaWindow {
     pub requests: u64,
     pub window_end_s: u64,
+}
+
+/// Usage reported after the fact, taken from limits whatever is left
+/// (never refused): answered with [`UpdateAnswer`] (`updated: true`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebitRequest {
+    pub scope: String,
+    pub items: Vec<DebitItem>,
+}
+
+/// One limit of a [`DebitRequest`]: `units` more of a rate or a quota
+/// (exactly one of `rate` and `quota`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebitItem {
+    pub limit: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<RateWindow>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaWindow>,
+    pub units: u64,
 }
 
 /// One [`LeaseAnswer`] per item, in order.

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::limits::{
-    self, compile_plans, compile_scope, merge, replaceable, Context, KeyHeaders, Plans,
+    self, compile_in_flight, compile_plans, compile_scope, merge, replaceable, Context, KeyHeaders,
+    Plans, UsageHeaders,
 };
 use super::*;
 use crate::idempotency::IdempotencyConfig;
@@ -123,9 +124,12 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
     }
 
     let mut key_headers = KeyHeaders::default();
+    let mut usage_headers = UsageHeaders::default();
     let mut context = Context {
         tenant: &document.tenant,
+        correlation_header: &document.correlation.header,
         key_headers: &mut key_headers,
+        usage_headers: &mut usage_headers,
     };
     let defaults_policies = merge(
         &[],
@@ -136,12 +140,20 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
             &mut context,
         )?,
     );
+    let defaults_in_flight = document
+        .defaults
+        .max_in_flight
+        .as_ref()
+        .map(|caps| compile_in_flight("defaults", caps, &mut context))
+        .transpose()?
+        .unwrap_or_default();
     let defaults = CompiledTenant {
         replaceable: replaceable(&defaults_policies),
         policies: defaults_policies,
         routes: Vec::new(),
         mode: document.defaults.mode,
         idempotency: document.defaults.idempotency.clone(),
+        in_flight: defaults_in_flight,
     };
     let plans = compile_plans(&document.plans, &mut context)?;
 
@@ -196,6 +208,8 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
         defaults,
         tenants,
         key_headers: key_headers.0,
+        usage_headers: usage_headers.0,
+        usage_ignored_logged: Arc::default(),
         if_match: document.if_match.clone(),
         idempotency_enabled,
         reads_method_and_path,
@@ -250,6 +264,9 @@ pub(super) fn compile_tenant(
             context,
         )?);
     }
+    for (index, route) in routes.iter().enumerate() {
+        validate_route_cost(&format!("{base}.routes.{index}.cost"), route, &policies)?;
+    }
     let idempotency = match &settings.idempotency {
         Some(idempotency) => {
             validate_idempotency(&format!("{base}.idempotency"), idempotency)?;
@@ -258,6 +275,12 @@ pub(super) fn compile_tenant(
         None => plan
             .and_then(|plan| plan.idempotency.clone())
             .or_else(|| defaults.idempotency.clone()),
+    };
+    let in_flight = match &settings.max_in_flight {
+        Some(caps) => compile_in_flight(base, caps, context)?,
+        None => plan
+            .and_then(|plan| plan.in_flight.clone())
+            .unwrap_or_else(|| defaults.in_flight.clone()),
     };
     Ok(CompiledTenant {
         replaceable: replaceable(&policies),
@@ -268,7 +291,42 @@ pub(super) fn compile_tenant(
             .or(plan.and_then(|plan| plan.mode))
             .unwrap_or(defaults.mode),
         idempotency,
+        in_flight,
     })
+}
+
+/// A route's `cost` must fit every limit a matching request may take it
+/// from (the tenant's and the route's, unless they have a cost of their
+/// own): a larger cost could never be admitted.
+fn validate_route_cost(
+    path: &str,
+    route: &CompiledRoute,
+    tenant: &[LimitPolicy],
+) -> Result<(), ConfigError> {
+    if route.cost == 0 || route.cost > MAX_REQUESTS {
+        return Err(invalid(
+            path,
+            format!("must be between 1 and {MAX_REQUESTS}"),
+        ));
+    }
+    let limits = tenant
+        .iter()
+        .chain(route.policy.iter())
+        .chain(route.policies.iter())
+        .filter(|policy| policy.cost.is_none());
+    for policy in limits {
+        let most = limits::capacity(&policy.window);
+        if route.cost > most {
+            return Err(invalid(
+                path,
+                format!(
+                    "{} is more than limit `{}` admits at once ({most}): no request of this route could pass",
+                    route.cost, policy.name
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// One route: its `rate_limit` (named after the route, replacing the
@@ -284,8 +342,11 @@ fn compile_route(
     if let Some(method) = &route.method {
         validate_method(&format!("{path}.method"), method)?;
     }
-    if route.rate_limit.is_none() && route.rate_limits.is_empty() {
-        return Err(invalid(path, "a route needs `rate_limit` or `rate_limits`"));
+    if route.rate_limit.is_none() && route.rate_limits.is_empty() && route.cost.is_none() {
+        return Err(invalid(
+            path,
+            "a route needs `rate_limit`, `rate_limits` or `cost`",
+        ));
     }
     let name = match &route.name {
         Some(name) => {
@@ -333,6 +394,7 @@ fn compile_route(
         method: route.method.clone(),
         policy,
         policies: merge(&[], policies),
+        cost: route.cost.unwrap_or(1),
     })
 }
 

@@ -53,6 +53,31 @@ pub struct LimitPolicy {
     pub id: u32,
     /// The `RateLimit-Policy` item, built once (a month's `w` is added per request).
     pub policy_header: String,
+    /// What an admitted request takes (`None`: the route's cost, else 1).
+    pub cost: Option<u64>,
+    /// Usage the upstream reports for it after the response.
+    pub usage: Option<UsageReport>,
+}
+
+/// Where a limit's usage is reported: the `index`-th of
+/// [`CompiledConfig::usage_headers`], at most `max` per response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageReport {
+    pub header: u8,
+    pub max: u64,
+}
+
+/// A cap on the requests in flight at once of a tenant, or of each value of
+/// a key inside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InFlightPolicy {
+    pub max: u32,
+    pub key: KeyKind,
+    pub on_missing: OnMissingKey,
+    /// A slot not given back within this long is free again.
+    pub timeout_ns: u64,
+    /// Names the cap in problem details (`in-flight`, `in-flight per user`, …).
+    pub name: String,
 }
 
 impl LimitPolicy {
@@ -85,7 +110,7 @@ impl LimitPolicy {
 /// The limits that apply to one request, as indexes into its tenant's
 /// [`CompiledTenant::policies`] and its route's: `Copy`, so a request holds
 /// it across a store call without allocating.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
     /// Bit `i`: `policies[i]` applies.
     pub tenant: u32,
@@ -93,9 +118,28 @@ pub struct Applied {
     pub route: Option<(u16, u32)>,
     /// The route's `rate_limit` replaces the tenant's replaceable limit.
     pub replaced: bool,
+    /// What the request takes from each limit without a `cost` of its own:
+    /// the matching route's `cost`, else 1.
+    pub cost: u64,
+}
+
+impl Default for Applied {
+    fn default() -> Self {
+        Self {
+            tenant: 0,
+            route: None,
+            replaced: false,
+            cost: 1,
+        }
+    }
 }
 
 impl Applied {
+    /// What the request takes from `policy`.
+    pub fn cost_of(&self, policy: &LimitPolicy) -> u64 {
+        policy.cost.unwrap_or(self.cost)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.tenant == 0 && !self.replaced && self.route.is_none_or(|(_, mask)| mask == 0)
     }
@@ -110,6 +154,8 @@ pub struct CompiledRoute {
     pub policy: Option<LimitPolicy>,
     /// Its `rate_limits`: apply to matching requests on top of the tenant's.
     pub policies: Vec<LimitPolicy>,
+    /// What a matching request takes from limits without their own cost.
+    pub cost: u64,
 }
 
 impl CompiledRoute {
@@ -129,6 +175,8 @@ pub struct CompiledTenant {
     pub routes: Vec<CompiledRoute>,
     pub mode: Mode,
     pub idempotency: Option<IdempotencyConfig>,
+    /// Caps on requests in flight at once (its own, else its plan's, else the defaults').
+    pub in_flight: Vec<InFlightPolicy>,
 }
 
 /// The validated configuration the request path reads; built once per `on_configure`.
@@ -151,8 +199,14 @@ pub struct CompiledConfig {
     /// The request headers limits count by (`KeyKind::Header(i)` is the
     /// `i`-th; `user`/`org` in header mode are among them).
     pub key_headers: Vec<String>,
+    /// The response headers upstreams report usage in (`UsageReport::header`
+    /// is an index); empty: no response header is read.
+    pub usage_headers: Vec<String>,
     pub method_override: MethodOverride,
     pub if_match: Vec<IfMatchRule>,
+    /// A malformed usage header was logged under this document (logged
+    /// once per document and worker; counted every time).
+    pub usage_ignored_logged: Arc<std::sync::atomic::AtomicBool>,
     /// Any tenant (or the defaults) uses Idempotency-Key; computed once.
     pub idempotency_enabled: bool,
     /// Some rule looks at the method or path (routes, If-Match, idempotency);
@@ -227,6 +281,14 @@ impl CompiledConfig {
         ))
     }
 
+    /// Whether a malformed usage header is to be logged now: only the first
+    /// time under this document.
+    pub fn note_usage_ignored(&self) -> bool {
+        !self
+            .usage_ignored_logged
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The settings for a tenant, `None` when it is unknown and unknown tenants are rejected.
     pub fn tenant_settings(&self, tenant: &str) -> Option<&CompiledTenant> {
         match self.tenants.get(tenant) {
@@ -267,13 +329,15 @@ impl CompiledTenant {
         if let (true, Some(index)) = (replaced, self.replaceable) {
             tenant &= !(1u32 << index);
         }
+        let matched = route.and_then(|index| self.routes.get(index));
         Applied {
             tenant,
             route: route.and_then(|index| {
-                let route_mask = mask(&self.routes.get(index)?.policies, method, path);
+                let route_mask = mask(&matched?.policies, method, path);
                 Some((u16::try_from(index).ok()?, route_mask))
             }),
             replaced,
+            cost: matched.map_or(1, |route| route.cost),
         }
     }
 

@@ -228,6 +228,9 @@ pub struct Defaults {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency: Option<IdempotencyConfig>,
     pub mode: Mode,
+    /// In-flight caps of tenants without a plan or caps of their own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<MaxInFlight>,
 }
 
 /// `requests` per `per_seconds` (or `per` a named window) sustained, at most
@@ -288,6 +291,83 @@ pub struct RateLimitPolicy {
     /// Only requests whose normalised path starts with this (default: all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
+    /// What one admitted request takes from this limit (default: the
+    /// matching route's `cost`, else 1); at most the limit's burst (a rate)
+    /// or `requests` (a quota).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<u64>,
+    /// A response header in which the upstream reports what the request
+    /// really used (e.g. tokens): after the response, what it reports beyond
+    /// the cost taken at admission is taken too, and the header is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_header: Option<String>,
+    /// The largest usage a response may report (default 1 000 000 000, at
+    /// most 2^53); a larger or malformed value is ignored and counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_max: Option<u64>,
+}
+
+/// Caps on the requests of a tenant (or of one user, org or header value of
+/// it) that are in flight at once: an integer (the tenant's cap) or a list
+/// of caps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaxInFlight(pub Vec<InFlightCap>);
+
+/// One cap of [`MaxInFlight`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InFlightCap {
+    pub max: u32,
+    /// What is capped: the tenant (default), or each user, org or header value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<LimitKey>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_missing: Option<OnMissingKey>,
+    /// A slot not given back within this long (its worker's VM died) is
+    /// free again (default 300 s); a request running longer stops counting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+}
+
+impl Serialize for MaxInFlight {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [only]
+                if only.key.is_none()
+                    && only.on_missing.is_none()
+                    && only.timeout_seconds.is_none() =>
+            {
+                serializer.serialize_u32(only.max)
+            }
+            caps => caps.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MaxInFlight {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const EXPECTED: &str = r#"an integer (the tenant's cap) or a list of {"max": N, "key"?, "on_missing"?, "timeout_seconds"?}"#;
+        match serde_json::Value::deserialize(deserializer)? {
+            serde_json::Value::Number(number) => number
+                .as_u64()
+                .and_then(|max| u32::try_from(max).ok())
+                .map(|max| {
+                    Self(vec![InFlightCap {
+                        max,
+                        key: None,
+                        on_missing: None,
+                        timeout_seconds: None,
+                    }])
+                })
+                .ok_or_else(|| serde::de::Error::custom(format!("expected {EXPECTED}"))),
+            list @ serde_json::Value::Array(_) => {
+                serde_json::from_value(list).map(Self).map_err(|err| {
+                    serde::de::Error::custom(crate::headers::truncated(&err.to_string(), 200))
+                })
+            }
+            _ => Err(serde::de::Error::custom(format!("expected {EXPECTED}"))),
+        }
+    }
 }
 
 /// What one limit counts: `"tenant"`, `"user"`, `"org"` or `{"header": NAME}`.
@@ -362,6 +442,8 @@ pub struct PlanSettings {
     pub idempotency: Option<IdempotencyConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<MaxInFlight>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -522,6 +604,9 @@ pub struct TenantSettings {
     pub routes: Vec<RouteLimit>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
+    /// Replaces its plan's (or the defaults') caps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<MaxInFlight>,
 }
 
 /// Limits for one path prefix (and optionally one method). The first matching
@@ -539,4 +624,8 @@ pub struct RouteLimit {
     pub rate_limit: Option<RateLimit>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<RateLimitPolicy>,
+    /// What a matching request takes from each of the tenant's limits
+    /// (unless a limit has its own `cost`); default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<u64>,
 }

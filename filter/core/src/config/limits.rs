@@ -43,10 +43,51 @@ impl KeyHeaders {
     }
 }
 
+/// Distinct response headers upstreams may report usage in.
+pub const MAX_USAGE_HEADERS: usize = 4;
+/// The largest usage a response may report (JSON numbers stay exact below it).
+pub const MAX_USAGE: u64 = 1 << 53;
+/// `usage_max` when a limit does not say.
+pub const DEFAULT_USAGE_MAX: u64 = 1_000_000_000;
+/// The largest in-flight cap (its slots are kept in one shared-data value).
+pub const MAX_IN_FLIGHT: u32 = 1000;
+/// Caps one scope may have.
+pub const MAX_IN_FLIGHT_CAPS: usize = 4;
+/// A slot's default deadline (`timeout_seconds`), and the largest allowed.
+pub const DEFAULT_IN_FLIGHT_TIMEOUT_SECONDS: u64 = 300;
+pub const MAX_IN_FLIGHT_TIMEOUT_SECONDS: u64 = 86_400;
+
+/// The response headers usage is reported in, collected while compiling.
+#[derive(Debug, Default)]
+pub(super) struct UsageHeaders(pub Vec<String>);
+
+impl UsageHeaders {
+    fn index_of(&mut self, path: &str, name: &str) -> Result<u8, ConfigError> {
+        let index = match self.0.iter().position(|known| known == name) {
+            Some(index) => index,
+            None if self.0.len() >= MAX_USAGE_HEADERS => {
+                return Err(invalid(
+                    path,
+                    format!(
+                        "usage may be reported in at most {MAX_USAGE_HEADERS} distinct headers"
+                    ),
+                ))
+            }
+            None => {
+                self.0.push(name.to_owned());
+                self.0.len() - 1
+            }
+        };
+        u8::try_from(index).map_err(|_| invalid(path, "too many usage headers"))
+    }
+}
+
 /// What a compiled limit needs to know of the document beyond itself.
 pub(super) struct Context<'a> {
     pub tenant: &'a TenantConfig,
+    pub correlation_header: &'a str,
     pub key_headers: &'a mut KeyHeaders,
+    pub usage_headers: &'a mut UsageHeaders,
 }
 
 /// A `rate_limit`: the limit named [`TENANT_LIMIT`] (or a route's name),
@@ -92,8 +133,196 @@ fn compile_named(
         limit.per,
         limit.burst,
     )?;
+    let (key, on_missing) = compile_key(path, limit.key.as_ref(), limit.on_missing, context)?;
+    let methods = match &limit.methods {
+        None => Vec::new(),
+        Some(methods) if methods.is_empty() => {
+            return Err(invalid(
+                format!("{path}.methods"),
+                "must name at least one method (leave it out for all)",
+            ))
+        }
+        Some(methods) => {
+            for (index, method) in methods.iter().enumerate() {
+                validate_method(&format!("{path}.methods.{index}"), method)?;
+            }
+            methods.clone()
+        }
+    };
+    if let Some(prefix) = &limit.prefix {
+        validate_prefix(&format!("{path}.prefix"), prefix)?;
+    }
+    if let Some(cost) = limit.cost {
+        validate_cost(&format!("{path}.cost"), cost, &window, &limit.name)?;
+    }
+    let usage = compile_usage(path, limit, context)?;
+    let mut compiled = policy(
+        &limit.name,
+        window,
+        key,
+        on_missing,
+        methods,
+        limit.prefix.clone(),
+    );
+    compiled.cost = limit.cost;
+    compiled.usage = usage;
+    Ok(compiled)
+}
+
+/// What one request may take at most from a limit: its burst (a rate) or
+/// its requests (a quota); a larger cost could never be admitted.
+pub(super) fn capacity(window: &Window) -> u64 {
+    match window {
+        Window::Rate(rate) => rate.burst,
+        Window::Calendar { requests, .. } => *requests,
+    }
+}
+
+pub(super) fn validate_cost(
+    path: &str,
+    cost: u64,
+    window: &Window,
+    name: &str,
+) -> Result<(), ConfigError> {
+    let most = capacity(window);
+    if cost == 0 || cost > most {
+        return Err(invalid(
+            path,
+            format!("must be between 1 and what limit `{name}` admits at once ({most})"),
+        ));
+    }
+    Ok(())
+}
+
+/// A limit's `usage_header` / `usage_max`: a response header that is an
+/// HTTP token and none of the request headers the filter trusts or sets.
+fn compile_usage(
+    path: &str,
+    limit: &RateLimitPolicy,
+    context: &mut Context<'_>,
+) -> Result<Option<UsageReport>, ConfigError> {
+    let Some(header) = &limit.usage_header else {
+        return match limit.usage_max {
+            Some(_) => Err(invalid(
+                format!("{path}.usage_max"),
+                "applies only with `usage_header`",
+            )),
+            None => Ok(None),
+        };
+    };
+    let header_path = format!("{path}.usage_header");
+    validate_header_name(&header_path, header)?;
+    let trusted = [
+        context.tenant.header.as_str(),
+        context.tenant.user_header.as_str(),
+        context.tenant.org_header.as_str(),
+        context.correlation_header,
+        "authorization",
+        crate::idempotency::KEY_HEADER,
+        "x-tenant-guard-revision",
+    ];
+    if trusted.contains(&header.as_str()) || header.starts_with("ratelimit") {
+        return Err(invalid(
+            header_path,
+            format!("`{header}` is a header the filter trusts or sets: name the upstream's own usage header"),
+        ));
+    }
+    let max = limit.usage_max.unwrap_or(DEFAULT_USAGE_MAX);
+    if max == 0 || max > MAX_USAGE {
+        return Err(invalid(
+            format!("{path}.usage_max"),
+            format!("must be between 1 and {MAX_USAGE} (2^53)"),
+        ));
+    }
+    Ok(Some(UsageReport {
+        header: context.usage_headers.index_of(&header_path, header)?,
+        max,
+    }))
+}
+
+/// One scope's `max_in_flight`: at most [`MAX_IN_FLIGHT_CAPS`] caps, each
+/// of 1–[`MAX_IN_FLIGHT`], counting distinct things.
+pub(super) fn compile_in_flight(
+    path: &str,
+    caps: &MaxInFlight,
+    context: &mut Context<'_>,
+) -> Result<Vec<InFlightPolicy>, ConfigError> {
+    let path = format!("{path}.max_in_flight");
+    if caps.0.is_empty() || caps.0.len() > MAX_IN_FLIGHT_CAPS {
+        return Err(invalid(
+            path,
+            format!("give 1 to {MAX_IN_FLIGHT_CAPS} caps"),
+        ));
+    }
+    let mut compiled: Vec<InFlightPolicy> = Vec::with_capacity(caps.0.len());
+    for (index, cap) in caps.0.iter().enumerate() {
+        let at = if caps.0.len() == 1 && cap.key.is_none() {
+            path.clone()
+        } else {
+            format!("{path}.{index}")
+        };
+        if cap.max == 0 || cap.max > MAX_IN_FLIGHT {
+            let field = if at == path {
+                at.clone()
+            } else {
+                format!("{at}.max")
+            };
+            return Err(invalid(
+                field,
+                format!("must be between 1 and {MAX_IN_FLIGHT}"),
+            ));
+        }
+        let timeout = cap
+            .timeout_seconds
+            .unwrap_or(DEFAULT_IN_FLIGHT_TIMEOUT_SECONDS);
+        if timeout == 0 || timeout > MAX_IN_FLIGHT_TIMEOUT_SECONDS {
+            return Err(invalid(
+                format!("{at}.timeout_seconds"),
+                format!("must be between 1 and {MAX_IN_FLIGHT_TIMEOUT_SECONDS}"),
+            ));
+        }
+        let (key, on_missing) = compile_key(&at, cap.key.as_ref(), cap.on_missing, context)?;
+        if compiled.iter().any(|known| known.key == key) {
+            return Err(invalid(
+                format!("{at}.key"),
+                "two caps of one scope count the same thing",
+            ));
+        }
+        let name = match key {
+            KeyKind::Tenant => "in-flight".to_owned(),
+            KeyKind::User => "in-flight per user".to_owned(),
+            KeyKind::Org => "in-flight per org".to_owned(),
+            KeyKind::Header(index) => format!(
+                "in-flight per `{}`",
+                context
+                    .key_headers
+                    .0
+                    .get(usize::from(index))
+                    .map_or("", String::as_str)
+            ),
+        };
+        compiled.push(InFlightPolicy {
+            max: cap.max,
+            key,
+            on_missing,
+            timeout_ns: timeout.saturating_mul(1_000_000_000),
+            name,
+        });
+    }
+    compiled.sort_by_key(|cap| cap.key);
+    Ok(compiled)
+}
+
+/// What a limit or cap counts (`key`) and what a request without it gets
+/// (`on_missing`), checked against the document's identity headers.
+fn compile_key(
+    path: &str,
+    key: Option<&LimitKey>,
+    on_missing: Option<OnMissingKey>,
+    context: &mut Context<'_>,
+) -> Result<(KeyKind, OnMissingKey), ConfigError> {
     let key_path = format!("{path}.key");
-    let key = match limit.key.as_ref().unwrap_or(&LimitKey::Tenant) {
+    let key = match key.unwrap_or(&LimitKey::Tenant) {
         LimitKey::Tenant => KeyKind::Tenant,
         LimitKey::User => {
             identity_key(&key_path, context, "user", |jwt| jwt.user_claim.is_some())?;
@@ -121,7 +350,7 @@ fn compile_named(
             KeyKind::Header(context.key_headers.index_of(&header_path, name)?)
         }
     };
-    let on_missing = match (limit.on_missing, key) {
+    let on_missing = match (on_missing, key) {
         (None, _) => OnMissingKey::Reject,
         (Some(_), KeyKind::Tenant) => {
             return Err(invalid(
@@ -131,32 +360,7 @@ fn compile_named(
         }
         (Some(on_missing), _) => on_missing,
     };
-    let methods = match &limit.methods {
-        None => Vec::new(),
-        Some(methods) if methods.is_empty() => {
-            return Err(invalid(
-                format!("{path}.methods"),
-                "must name at least one method (leave it out for all)",
-            ))
-        }
-        Some(methods) => {
-            for (index, method) in methods.iter().enumerate() {
-                validate_method(&format!("{path}.methods.{index}"), method)?;
-            }
-            methods.clone()
-        }
-    };
-    if let Some(prefix) = &limit.prefix {
-        validate_prefix(&format!("{path}.prefix"), prefix)?;
-    }
-    Ok(policy(
-        &limit.name,
-        window,
-        key,
-        on_missing,
-        methods,
-        limit.prefix.clone(),
-    ))
+    Ok((key, on_missing))
 }
 
 /// `user`/`org` come from the token's claim, or in header mode from the
@@ -283,6 +487,8 @@ fn policy(
         prefix,
         id: u32::from_le_bytes([digest[0], digest[1], digest[2], digest[3]]),
         policy_header,
+        cost: None,
+        usage: None,
     }
 }
 
@@ -351,6 +557,7 @@ pub(super) struct CompiledPlan {
     pub policies: Vec<LimitPolicy>,
     pub idempotency: Option<IdempotencyConfig>,
     pub mode: Option<Mode>,
+    pub in_flight: Option<Vec<InFlightPolicy>>,
 }
 
 pub(super) fn compile_plans(
@@ -371,12 +578,18 @@ pub(super) fn compile_plans(
         }
         let mut policies = compile_scope(&path, None, &plan.rate_limits, context)?;
         policies.sort_by_key(|limit| limit.key);
+        let in_flight = plan
+            .max_in_flight
+            .as_ref()
+            .map(|caps| compile_in_flight(&path, caps, context))
+            .transpose()?;
         compiled.insert(
             name.clone(),
             CompiledPlan {
                 policies,
                 idempotency: plan.idempotency.clone(),
                 mode: plan.mode,
+                in_flight,
             },
         );
     }
@@ -408,6 +621,9 @@ mod tests {
             on_missing: None,
             methods: None,
             prefix: None,
+            cost: None,
+            usage_header: None,
+            usage_max: None,
         }
     }
 
@@ -418,9 +634,12 @@ mod tests {
             ..TenantConfig::default()
         };
         let mut headers = KeyHeaders::default();
+        let mut usage = UsageHeaders::default();
         let mut context = Context {
             tenant: &tenant,
+            correlation_header: "x-correlation-id",
             key_headers: &mut headers,
+            usage_headers: &mut usage,
         };
         let base = compile_scope(
             "plans.gold",

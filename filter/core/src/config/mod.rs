@@ -16,10 +16,14 @@ use self::{compile::*, compiled::*};
 pub use crate::tenant::is_valid as is_valid_tenant_id;
 pub use compile::compile;
 pub use compiled::{
-    Applied, Calendar, CompiledConfig, CompiledRoute, CompiledTenant, KeyKind, LimitPolicy, Window,
+    Applied, Calendar, CompiledConfig, CompiledRoute, CompiledTenant, InFlightPolicy, KeyKind,
+    LimitPolicy, UsageReport, Window,
 };
 pub use document::*;
-pub use limits::{MAX_KEY_HEADERS, MAX_LIMITS_PER_SCOPE, TENANT_LIMIT};
+pub use limits::{
+    MAX_IN_FLIGHT, MAX_KEY_HEADERS, MAX_LIMITS_PER_SCOPE, MAX_USAGE, MAX_USAGE_HEADERS,
+    TENANT_LIMIT,
+};
 
 use std::fmt;
 

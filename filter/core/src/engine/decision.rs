@@ -94,6 +94,20 @@ pub struct Forward {
     pub response_headers: Headers,
     /// The request takes part in Idempotency-Key handling once its body is read.
     pub idempotency: Option<PendingIdempotency>,
+    /// What the request holds or owes after it is forwarded: in-flight
+    /// slots to give back at its end, usage to take when its response
+    /// reports it (`None`: neither).
+    pub spent: Option<Box<Spent>>,
+}
+
+/// A forwarded request's limits, kept for its response and its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spent {
+    pub admission: crate::limits::Admission,
+    /// It holds slots of its tenant's in-flight caps.
+    pub entered: bool,
+    /// Some of its limits take usage its response reports.
+    pub reports_usage: bool,
 }
 
 /// An idempotent request waiting for its body (the fingerprint needs it).

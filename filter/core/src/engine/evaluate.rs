@@ -11,7 +11,7 @@ use crate::correlation;
 use crate::headers::{self, trim_ows};
 use crate::idempotency::{self, IdempotencyConfig};
 use crate::jwt::{self, Identity, JwtError};
-use crate::limits::{Admission, Admitted, KeyHashes};
+use crate::limits::{Admission, Admitted, Entered, KeyHashes};
 use crate::path;
 use crate::problem::{Problem, ProblemKind};
 use crate::ratelimit::CheckError;
@@ -22,7 +22,7 @@ use crate::tenant::TenantId;
 use super::decision::{method_text, METHOD_OVERRIDE_HEADERS};
 use super::decision::{
     Decision, Evaluation, Forward, Headers, HostInputs, Outcome, PendingIdempotency, RequestView,
-    REVISION_HEADER,
+    Spent, REVISION_HEADER,
 };
 use super::reply::{rate_limit_headers, reject};
 
@@ -58,12 +58,16 @@ pub struct Screened {
     /// An honoured method override: the method every rule saw.
     method: Option<String>,
     now_unix_ns: u64,
+    /// Names this request's slots in its tenant's in-flight caps.
+    token: u64,
+    /// Its tenant has in-flight caps.
+    capped: bool,
 }
 
 impl Screened {
     /// The rate-limit check this request needs from the store, if any.
     pub fn rate_limit_op(&self, _config: &CompiledConfig, now_unix_ns: u64) -> Option<StoreOp> {
-        if self.applied.is_empty() {
+        if self.applied.is_empty() && !self.capped {
             return None;
         }
         Some(StoreOp::Admit(Admission {
@@ -71,7 +75,17 @@ impl Screened {
             applied: self.applied,
             keys: self.keys,
             now_unix_ns,
+            token: self.token,
         }))
+    }
+
+    /// What the request gives back to its tenant's in-flight caps.
+    pub fn departure(&self) -> Option<crate::limits::Departure> {
+        Some(crate::limits::Departure {
+            tenant: self.tenant.clone()?,
+            keys: self.keys,
+            token: self.token,
+        })
     }
 
     /// The method the rules saw: the request's, or an honoured override.
@@ -149,6 +163,7 @@ pub fn screen(
     let mut idempotency = None;
     let mut applied = Applied::default();
     let mut keys = KeyHashes::default();
+    let mut capped = false;
     if let Some(tenant) = tenant.as_ref() {
         upstream_headers.push((config.tenant.header.clone(), tenant.to_string()));
         let Some(settings) = config.tenant_settings(tenant) else {
@@ -185,6 +200,7 @@ pub fn screen(
             Ok(hashes) => keys = hashes,
             Err(problem) => return refuse(problem.for_tenant(tenant)),
         }
+        capped = !settings.in_flight.is_empty();
     }
     Ok(Screened {
         correlation_id,
@@ -197,6 +213,8 @@ pub fn screen(
         keys,
         method: overridden,
         now_unix_ns: host.now_unix_ns,
+        token: in_flight_token(host),
+        capped,
     })
 }
 
@@ -252,6 +270,16 @@ struct Claims<'a> {
     token: bool,
 }
 
+/// A token unique to this request among those in flight: the host's
+/// random bytes and the time.
+fn in_flight_token(host: &HostInputs) -> u64 {
+    let mut bytes = [0u8; 8];
+    for (slot, byte) in bytes.iter_mut().zip(host.random.iter()) {
+        *slot = *byte;
+    }
+    u64::from_le_bytes(bytes) ^ host.now_unix_ns.rotate_left(17)
+}
+
 /// The longest key value a limit counts by (longer is refused, 400).
 pub const MAX_KEY_VALUE: usize = 256;
 
@@ -265,26 +293,34 @@ fn key_hashes(
     claims: &Claims<'_>,
 ) -> Result<KeyHashes, Problem> {
     let mut keys = KeyHashes::default();
-    for policy in settings.applied_policies(applied) {
-        if policy.key == KeyKind::Tenant || keys.get(policy.key).is_some() {
+    let counted = settings
+        .applied_policies(applied)
+        .map(|policy| (policy.key, policy.on_missing, policy.name.as_str()))
+        .chain(
+            settings
+                .in_flight
+                .iter()
+                .map(|cap| (cap.key, cap.on_missing, cap.name.as_str())),
+        );
+    for (kind, on_missing, name) in counted {
+        if kind == KeyKind::Tenant || keys.get(kind).is_some() {
             continue;
         }
-        let (value, source) = key_value(config, policy.key, request, claims);
+        let (value, source) = key_value(config, kind, request, claims);
         match value.map(trim_ows).filter(|value| !value.is_empty()) {
             Some(value) => {
                 if value.len() > MAX_KEY_VALUE || headers::printable_ascii(value).is_none() {
                     return Err(Problem::new(
                         ProblemKind::InvalidRateLimitKey,
                         format!(
-                            "{source} (what limit `{}` counts by) must be at most {MAX_KEY_VALUE} visible ASCII characters",
-                            policy.name
+                            "{source} (what limit `{name}` counts by) must be at most {MAX_KEY_VALUE} visible ASCII characters",
                         ),
                     ));
                 }
-                keys.set(policy.key, value);
+                keys.set(kind, value);
             }
-            None if policy.on_missing == OnMissingKey::Reject => {
-                return Err(missing_key(policy, &source));
+            None if on_missing == OnMissingKey::Reject => {
+                return Err(missing_key(name, &source));
             }
             None => {}
         }
@@ -342,13 +378,10 @@ fn key_value<'r>(
     }
 }
 
-fn missing_key(policy: &LimitPolicy, source: &str) -> Problem {
+fn missing_key(name: &str, source: &str) -> Problem {
     Problem::new(
         ProblemKind::RateLimitKeyMissing,
-        format!(
-            "limit `{}` counts requests per {source}: send it",
-            policy.name
-        ),
+        format!("limit `{name}` counts requests per {source}: send it"),
     )
 }
 
@@ -367,17 +400,45 @@ pub fn admit(
         mut response_headers,
         idempotency,
         applied,
+        keys,
         now_unix_ns,
+        token,
         ..
     } = screened;
     let mut outcome = Outcome::Allowed;
     let mut log = None;
+    let entered = matches!(
+        checked,
+        Some(Ok(Admitted {
+            in_flight: Entered::Held,
+            ..
+        }))
+    );
     let limited = tenant
         .as_deref()
         .and_then(|tenant| Some((tenant, config.tenant_settings(tenant)?)));
     if let (Some((tenant, settings)), Some(checked)) = (limited, checked) {
         let mode = settings.mode;
         match checked {
+            Ok(Admitted {
+                in_flight: Entered::Full { cap, max },
+                ..
+            }) if mode == Mode::Enforce => {
+                let problem = Problem::new(
+                    ProblemKind::Concurrency,
+                    format!(
+                        "tenant `{tenant}` has {max} requests in flight (cap `{cap}`); retry when one is done"
+                    ),
+                )
+                .for_tenant(tenant);
+                return reject(config, problem, correlation_id, response_headers, Some(1));
+            }
+            Ok(Admitted {
+                in_flight: Entered::Full { .. },
+                ..
+            }) => {
+                outcome = Outcome::ShadowOverLimit;
+            }
             Ok(admitted) => {
                 let rejects = !admitted.allowed && mode == Mode::Enforce;
                 if rejects || config.headers.rate_limit == RateLimitHeaders::Always {
@@ -439,6 +500,15 @@ pub fn admit(
     if !config.correlation.echo {
         response_headers.retain(|(name, _)| name != &config.correlation.header);
     }
+    let spent = spent(
+        config,
+        tenant.as_ref(),
+        applied,
+        keys,
+        now_unix_ns,
+        token,
+        entered,
+    );
     Evaluation {
         tenant: tenant.as_ref().map(|tenant| tenant.to_string()),
         decision: Decision::Forward(Forward {
@@ -448,10 +518,43 @@ pub fn admit(
             removed_upstream_headers,
             response_headers,
             idempotency,
+            spent,
         }),
         outcome,
         log,
     }
+}
+
+/// What a forwarded request must settle later, if anything (built only
+/// then: most requests hold no slot and report no usage).
+fn spent(
+    config: &CompiledConfig,
+    tenant: Option<&TenantId>,
+    applied: Applied,
+    keys: KeyHashes,
+    now_unix_ns: u64,
+    token: u64,
+    entered: bool,
+) -> Option<Box<Spent>> {
+    let tenant = tenant?;
+    let reports_usage = !config.usage_headers.is_empty()
+        && config
+            .tenant_settings(tenant)?
+            .applied_policies(applied)
+            .any(|policy| policy.usage.is_some());
+    (entered || reports_usage).then(|| {
+        Box::new(Spent {
+            admission: Admission {
+                tenant: tenant.clone(),
+                applied,
+                keys,
+                now_unix_ns,
+                token,
+            },
+            entered,
+            reports_usage,
+        })
+    })
 }
 
 /// Why a request was refused, naming the limit that refused it.

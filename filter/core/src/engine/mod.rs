@@ -18,7 +18,7 @@ mod reply;
 
 pub use decision::{
     Decision, Evaluation, Forward, Headers, HostInputs, LocalReply, Outcome, PendingIdempotency,
-    RequestView, METHOD_OVERRIDE_HEADERS, REVISION_HEADER,
+    RequestView, Spent, METHOD_OVERRIDE_HEADERS, REVISION_HEADER,
 };
 pub use evaluate::{admit, evaluate, screen, Screened};
 pub use idempotent::{

@@ -7,6 +7,8 @@ use crate::ratelimit::{CheckError, RateKey, Verdict};
 use crate::store::{self, CasOutcome, Located, SharedStore, StoreError};
 use crate::tenant::TenantId;
 
+use super::in_flight::{self, Departure, Entered};
+
 use super::state::{self, Entry};
 
 /// The hashes of the key values a request's limits count by (user, org,
@@ -72,17 +74,33 @@ pub struct Admission {
     pub applied: Applied,
     pub keys: KeyHashes,
     pub now_unix_ns: u64,
+    /// Names this request's slots in the tenant's in-flight caps.
+    pub token: u64,
+}
+
+impl Admission {
+    /// What the request gives back to the in-flight caps when it ends.
+    pub fn departure(&self) -> Departure {
+        Departure {
+            tenant: self.tenant.clone(),
+            keys: self.keys,
+            token: self.token,
+        }
+    }
 }
 
 /// The decision: admitted or not, the limit the `RateLimit` header reports
 /// (the closest to exhaustion, or, when refused, the refusing one with the
 /// longest wait) by its position among the applied limits, and when every
 /// refusing limit admits again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admitted {
     pub allowed: bool,
     pub headline: Option<(usize, Verdict)>,
     pub retry_after_seconds: u64,
+    /// The request holds slots of its tenant's in-flight caps (give them
+    /// back at its end), or was refused by the full cap named here.
+    pub in_flight: Entered,
 }
 
 impl Admitted {
@@ -92,6 +110,17 @@ impl Admitted {
             allowed: true,
             headline: None,
             retry_after_seconds: 0,
+            in_flight: Entered::Free,
+        }
+    }
+
+    /// Refused by a full in-flight cap, before any limit was decided.
+    pub fn cap_full(entered: Entered) -> Self {
+        Self {
+            allowed: false,
+            headline: None,
+            retry_after_seconds: 1,
+            in_flight: entered,
         }
     }
 
@@ -180,15 +209,49 @@ struct Read {
     entries: Vec<Entry>,
 }
 
-/// Decides `admission` on shared data: every applicable limit admits, and
-/// then each group is written, or none is (a refused request consumes
-/// nothing). `store.max_cas_retries` bounds the attempts.
+/// Decides `admission` on shared data: the tenant's in-flight caps are
+/// entered, every applicable limit admits, and then each group is written,
+/// or none is (a refused request consumes nothing and holds no slot).
+/// `store.max_cas_retries` bounds the attempts.
 pub fn admit_local(
     config: &CompiledConfig,
     store: &dyn SharedStore,
     admission: &Admission,
 ) -> Result<Admitted, CheckError> {
-    admit_share(config, store, admission, 100)
+    admit_entering(config, store, admission, |config, store, admission| {
+        admit_share(config, store, admission, 100)
+    })
+}
+
+/// Enters the in-flight caps of `admission`'s tenant, then decides its
+/// limits with `decide`; the slots go back unless the request is admitted.
+pub fn admit_entering(
+    config: &CompiledConfig,
+    store: &dyn SharedStore,
+    admission: &Admission,
+    decide: impl FnOnce(&CompiledConfig, &dyn SharedStore, &Admission) -> Result<Admitted, CheckError>,
+) -> Result<Admitted, CheckError> {
+    let Some(settings) = config.tenant_settings(&admission.tenant) else {
+        return Ok(Admitted::unlimited());
+    };
+    let departure = admission.departure();
+    let entered = in_flight::enter(config, store, settings, &departure, admission.now_unix_ns)?;
+    if matches!(entered, Entered::Full { .. }) {
+        return Ok(Admitted::cap_full(entered));
+    }
+    let decided = decide(config, store, admission);
+    match decided {
+        Ok(mut admitted) if admitted.allowed => {
+            admitted.in_flight = entered;
+            Ok(admitted)
+        }
+        other => {
+            if entered == Entered::Held {
+                in_flight::leave(config, store, &departure, admission.now_unix_ns)?;
+            }
+            other
+        }
+    }
 }
 
 /// [`admit_local`] with every limit at `percent` of its size: what one
@@ -209,7 +272,7 @@ pub fn admit_share(
         let mut reads: [Option<Read>; MAX_GROUPS] = Default::default();
         for (slot, group) in reads.iter_mut().zip(groups.iter().flatten()) {
             let key = group_key(config, &admission.tenant, *group);
-            let located = locate(store, &key, now)?;
+            let located = locate_group(store, &key, now)?;
             let mut entries = located
                 .payload()
                 .and_then(state::decode)
@@ -219,7 +282,8 @@ pub fn admit_share(
                     continue;
                 }
                 let stored = entries.iter().find(|entry| entry.id == policy.id).copied();
-                let (verdict, entry) = state::decide(policy, stored, now, percent);
+                let cost = admission.applied.cost_of(policy);
+                let (verdict, entry) = state::decide(policy, stored, now, percent, cost);
                 admitted.add(position, verdict);
                 if !state::upsert(&mut entries, entry, now) {
                     return Err(CheckError::Store(StoreError(format!(
@@ -287,7 +351,7 @@ fn undo(
     let key = group_key(config, &admission.tenant, group);
     let now = admission.now_unix_ns;
     for _ in 0..config.store.max_cas_retries {
-        let located = locate(store, &key, now)?;
+        let located = locate_group(store, &key, now)?;
         let Some(mut entries) = located.payload().and_then(state::decode) else {
             return Ok(());
         };
@@ -296,7 +360,7 @@ fn undo(
                 continue;
             }
             if let Some(entry) = entries.iter_mut().find(|entry| entry.id == policy.id) {
-                state::undo(policy, entry);
+                state::undo(policy, entry, admission.applied.cost_of(policy));
             }
         }
         if located.write(store, &state::encode(&entries))? == CasOutcome::Written {
@@ -310,7 +374,11 @@ fn undo(
 
 /// Where a group's value lives; a keyed group whose table has no room is
 /// [`CheckError::KeysExhausted`].
-fn locate(store: &dyn SharedStore, key: &RateKey, now_ns: u64) -> Result<Located, CheckError> {
+pub(super) fn locate_group(
+    store: &dyn SharedStore,
+    key: &RateKey,
+    now_ns: u64,
+) -> Result<Located, CheckError> {
     let idle = |payload: &[u8]| {
         state::decode(payload).is_none_or(|entries| entries.iter().all(|e| e.idle(now_ns)))
     };

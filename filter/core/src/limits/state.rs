@@ -96,13 +96,15 @@ pub fn share(window: Window, percent: u8) -> Window {
     }
 }
 
-/// Decides one request against `policy` (at `percent` of its size) given
-/// its stored entry; the verdict and the entry to store if it is admitted.
+/// Decides one request taking `cost` from `policy` (at `percent` of its
+/// size) given its stored entry; the verdict and the entry to store if it
+/// is admitted.
 pub fn decide(
     policy: &LimitPolicy,
     stored: Option<Entry>,
     now_ns: u64,
     percent: u8,
+    cost: u64,
 ) -> (Verdict, Entry) {
     match share(policy.window, percent) {
         Window::Rate(rate) => {
@@ -110,7 +112,7 @@ pub fn decide(
                 tat_ns: entry.first,
                 emission_ns: entry.second,
             });
-            let (verdict, tat) = ratelimit::decide(&rate, state, now_ns);
+            let (verdict, tat) = ratelimit::decide_cost(&rate, state, now_ns, cost);
             let entry = Entry {
                 id: policy.id,
                 first: tat,
@@ -126,10 +128,11 @@ pub fn decide(
                 .filter(|entry| entry.first == end_ns)
                 .map_or(0, |entry| entry.second);
             let left = span.seconds_left(now);
-            let verdict = if used < requests {
+            let after = used.saturating_add(cost.max(1));
+            let verdict = if after <= requests {
                 Verdict {
                     allowed: true,
-                    remaining: requests - used - 1,
+                    remaining: requests - after,
                     reset_seconds: left,
                     retry_after_seconds: 0,
                 }
@@ -144,19 +147,59 @@ pub fn decide(
             let entry = Entry {
                 id: policy.id,
                 first: end_ns,
-                second: used.saturating_add(1),
+                second: after,
             };
             (verdict, entry)
         }
     }
 }
 
-/// Gives back what an admitted entry took (a request refused by a limit
-/// stored elsewhere, after this one was written).
-pub fn undo(policy: &LimitPolicy, entry: &mut Entry) {
+/// Gives back what an admitted entry took (`cost`; a request refused by a
+/// limit stored elsewhere, after this one was written).
+pub fn undo(policy: &LimitPolicy, entry: &mut Entry, cost: u64) {
     match policy.window {
-        Window::Rate(_) => entry.first = entry.first.saturating_sub(entry.second),
-        Window::Calendar { .. } => entry.second = entry.second.saturating_sub(1),
+        Window::Rate(_) => {
+            entry.first = entry
+                .first
+                .saturating_sub(entry.second.saturating_mul(cost.max(1)))
+        }
+        Window::Calendar { .. } => entry.second = entry.second.saturating_sub(cost.max(1)),
+    }
+}
+
+/// Takes `units` more from `policy` after the fact (usage the upstream
+/// reported), whatever is left: a rate's backlog grows past its burst (the
+/// next requests wait), a quota's count past its requests (refused until
+/// the window ends). The entry to store.
+pub fn debit(policy: &LimitPolicy, stored: Option<Entry>, now_ns: u64, units: u64) -> Entry {
+    match policy.window {
+        Window::Rate(rate) => {
+            let state = stored.map(|entry| State {
+                tat_ns: entry.first,
+                emission_ns: entry.second,
+            });
+            let tat = state
+                .map(|state| ratelimit::rescaled_tat(&rate, state, now_ns))
+                .unwrap_or(0)
+                .max(now_ns);
+            Entry {
+                id: policy.id,
+                first: tat.saturating_add(rate.emission_ns().saturating_mul(units)),
+                second: rate.emission_ns(),
+            }
+        }
+        Window::Calendar { period, .. } => {
+            let span = calendar::span(period, now_ns / NANOS_PER_SECOND);
+            let end_ns = span.end.saturating_mul(NANOS_PER_SECOND);
+            let used = stored
+                .filter(|entry| entry.first == end_ns)
+                .map_or(0, |entry| entry.second);
+            Entry {
+                id: policy.id,
+                first: end_ns,
+                second: used.saturating_add(units),
+            }
+        }
     }
 }
 
