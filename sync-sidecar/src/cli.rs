@@ -67,6 +67,27 @@ pub enum Command {
     /// Serve only the store endpoint (rate limits and idempotency records in
     /// Redis for `store.backend: cluster`); needs no PostgreSQL.
     Store(StoreArgs),
+    /// What tenants used of their limits in cluster mode, per limit and key,
+    /// read from Redis without changing it.
+    Usage(UsageArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// One tenant (default: every tenant of the document).
+    pub tenant: Option<String>,
+    /// Print JSON (one object per limit and key) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// The plugin document to read the limits from (default: the newest
+    /// revision delivered to --gateway, from PostgreSQL).
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// Whose delivered revision holds the limits (without --config).
+    #[arg(long, value_enum, default_value = "envoy")]
+    pub gateway: Gateway,
+    #[command(flatten)]
+    pub redis: RedisArgs,
 }
 
 /// Where the store endpoint's Redis is (one of the two).
@@ -356,6 +377,10 @@ pub enum CliError {
     Settings(#[from] SettingsCliError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    ReadOut(#[from] crate::usage::UsageError),
+    #[error("{0}")]
+    Document(String),
 }
 
 impl CliError {
@@ -388,9 +413,49 @@ impl Cli {
             Command::Sync(args) => args.dry_run,
             Command::Run(_) | Command::Rollback(_) | Command::Migrate => false,
             Command::Settings(args) => args.read_only(),
-            Command::Store(_) => true,
+            Command::Store(_) | Command::Usage(_) => true,
         };
         Ok(config)
+    }
+}
+
+/// `usage`: the document from PostgreSQL (the newest delivered revision).
+async fn usage(args: &UsageArgs, db_config: &DbConfig) -> Result<(), CliError> {
+    let client = db_config.connect_spawned().await?;
+    db::check_schema(&client, db_config).await?;
+    let target = match args.gateway {
+        Gateway::Envoy => crate::delivery::envoy::TARGET_ENVOY,
+        Gateway::Kong => crate::delivery::kong::TARGET_KONG,
+    };
+    let revision = db::latest_revision(&client, target, true).await?;
+    let document = revision
+        .and_then(|revision| revision.document)
+        .ok_or_else(|| {
+            CliError::Document(format!(
+                "no revision was delivered to {target} yet: run the sidecar, or pass --config FILE"
+            ))
+        })?;
+    usage_of(args, Some(document)).await
+}
+
+/// `usage` on `document` (else `--config`).
+async fn usage_of(args: &UsageArgs, document: Option<String>) -> Result<(), CliError> {
+    let text = match (document, &args.config) {
+        (Some(text), _) => text,
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|err| CliError::Usage(format!("cannot read {}: {err}", path.display())))?,
+        (None, None) => return Err(CliError::Usage("no plugin document".to_owned())),
+    };
+    let config = tenant_guard_core::config::parse(text.as_bytes())
+        .map_err(|err| CliError::Document(format!("the plugin document is invalid: {err}")))?;
+    let store = RedisStore::new(&args.redis.target()?)?;
+    let rows = crate::usage::read(&store, &config, args.tenant.as_deref()).await?;
+    if args.json {
+        let json = serde_json::to_string_pretty(&rows)
+            .map_err(|err| CliError::Document(err.to_string()))?;
+        emit(&format!("{json}\n"))
+    } else {
+        emit(&crate::usage::table(&rows))
     }
 }
 
@@ -458,6 +523,15 @@ pub async fn execute(
     if let Command::Store(args) = &cli.command {
         let store = bind_store(args.store_addr, &args.redis).await?;
         return Ok(store.serve(shutdown).await?);
+    }
+    if let Command::Usage(
+        args @ UsageArgs {
+            config: Some(_), ..
+        },
+    ) = &cli.command
+    {
+        // A document from a file needs no PostgreSQL.
+        return usage_of(args, None).await;
     }
     let db_config = cli.db_config()?;
     let max_value_bytes = cli.max_value_bytes;
@@ -596,6 +670,7 @@ pub async fn execute(
         Command::Settings(args) => {
             settings_cli::execute(args, &db_config, max_value_bytes).await?;
         }
+        Command::Usage(args) => usage(args, &db_config).await?,
         Command::Migrate => {
             let mut client = db_config.connect_spawned().await?;
             db::migrate(&mut client, &db_config.schema).await?;

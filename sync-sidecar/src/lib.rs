@@ -30,6 +30,7 @@ pub mod settings_cli;
 pub mod store;
 pub mod sync;
 pub mod text;
+pub mod usage;
 
 pub use delivery::{envoy, kong};
 

@@ -707,6 +707,89 @@ async fn several_limits_are_granted_all_or_none() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reported_usage_is_taken_whatever_is_left() {
+    let redis = RedisServer::start();
+    let endpoint = Endpoint::standalone(&redis).await;
+    let window_end = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let item = |limit: &str, quota: Option<u64>, units: u64| {
+        let lease = leases_item(limit, quota, 1, 1);
+        wire::DebitItem {
+            limit: lease.limit,
+            rate: lease.rate,
+            quota: lease.quota,
+            units,
+        }
+    };
+    let debit = |items| wire::DebitRequest {
+        scope: "acme".to_owned(),
+        items,
+    };
+    // 4 of the quota's 5 and 8 of the rate's 10 reported at once…
+    let answer: wire::UpdateAnswer = endpoint
+        .post_json(
+            wire::DEBIT_PATH,
+            &debit(vec![
+                item("month", Some(window_end), 4),
+                item("burst", None, 8),
+            ]),
+        )
+        .await
+        .ok();
+    assert!(answer.updated);
+    // …leave 1 of the quota and about 2 of the rate.
+    let leases = |items| wire::LeasesRequest {
+        scope: "acme".to_owned(),
+        items,
+        lease_ttl_ms: 0,
+    };
+    let answer: wire::LeasesAnswer = endpoint
+        .post_json(
+            wire::LEASES_PATH,
+            &leases(vec![leases_item("month", Some(window_end), 5, 1)]),
+        )
+        .await
+        .ok();
+    assert_eq!(answer.items[0].granted, 1, "{answer:?}");
+    let answer: wire::LeasesAnswer = endpoint
+        .post_json(
+            wire::LEASES_PATH,
+            &leases(vec![leases_item("burst", None, 10, 1)]),
+        )
+        .await
+        .ok();
+    assert!((2..=3).contains(&answer.items[0].granted), "{answer:?}");
+    // Usage past what is left is still taken: the quota is overdrawn.
+    let _: wire::UpdateAnswer = endpoint
+        .post_json(
+            wire::DEBIT_PATH,
+            &debit(vec![item("month", Some(window_end), 50)]),
+        )
+        .await
+        .ok();
+    let overdrawn = redis
+        .command(&format!("GET tg:{{acme}}:q:month:{window_end}"))
+        .unwrap_or_default();
+    assert!(overdrawn.contains("55"), "{overdrawn:?}");
+    // Malformed: zero units, no window, no items.
+    let mut neither = item("x", None, 1);
+    neither.rate = None;
+    for bad in [
+        debit(vec![item("x", None, 0)]),
+        debit(vec![neither]),
+        debit(vec![]),
+    ] {
+        endpoint
+            .post_json(wire::DEBIT_PATH, &bad)
+            .await
+            .problem(400);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_complete_after_the_in_flight_time_still_records_unless_claimed_again() {
     let redis = RedisServer::start();
     let endpoint = Endpoint::standalone(&redis).await;

@@ -32,6 +32,11 @@ pub struct Route {
     pub pad_to: usize,
     /// Read the request, then close the connection without answering.
     pub drop: bool,
+    /// Extra response header lines, as given (a name twice is two lines).
+    pub headers: Vec<(String, String)>,
+    /// `(request header, response header)`: the request's value answered
+    /// back under the response name (e.g. the usage a test wants reported).
+    pub echo: Vec<(String, String)>,
 }
 
 impl Default for Route {
@@ -41,6 +46,8 @@ impl Default for Route {
             delay: Duration::ZERO,
             pad_to: 0,
             drop: false,
+            headers: Vec::new(),
+            echo: Vec::new(),
         }
     }
 }
@@ -258,8 +265,17 @@ fn serve(stream: TcpStream, shared: &BackendShared) -> std::io::Result<()> {
             );
         }
         let response_body = response.to_string();
+        let mut extra = String::new();
+        for (name, value) in &route.headers {
+            extra.push_str(&format!("{name}: {value}\r\n"));
+        }
+        for (from, to) in &route.echo {
+            for (_, value) in header_list.iter().filter(|(name, _)| name == from) {
+                extra.push_str(&format!("{to}: {value}\r\n"));
+            }
+        }
         let mut message = format!(
-            "HTTP/1.1 {} Backend\r\ncontent-type: application/json\r\n{MARKER}: {path}#{hit}\r\ncontent-length: {}\r\n\r\n",
+            "HTTP/1.1 {} Backend\r\ncontent-type: application/json\r\n{MARKER}: {path}#{hit}\r\n{extra}content-length: {}\r\n\r\n",
             route.status,
             response_body.len()
         );

@@ -9,6 +9,7 @@
 pub mod artifacts;
 pub mod backend;
 pub mod config;
+pub mod costs;
 pub mod envoy;
 pub mod expect;
 pub mod failure;

@@ -209,6 +209,27 @@ fn the_limit_model_holds_across_workers_plans_windows_users_and_key_tables() {
 }
 
 #[test]
+fn costs_reported_usage_and_in_flight_caps_hold_on_the_engine() {
+    let Some(bin) = nginx_or_skip(SUITE) else {
+        return;
+    };
+    let backend = Backend::start();
+    tenant_guard_e2e::costs::prepare(&backend);
+    let config = tenant_guard_e2e::costs::config(json!({}));
+    let nginx = nginx(&bin, &config, &backend);
+    let ports = [nginx.port()];
+    tenant_guard_e2e::costs::costly_route(&ports, &backend);
+    tenant_guard_e2e::costs::reported_usage(&ports, &backend);
+    tenant_guard_e2e::costs::garbage_usage_is_ignored(&ports, &backend);
+    tenant_guard_e2e::costs::in_flight_cap(nginx.port(), &backend);
+    assert!(
+        nginx.wait_for_log("held no valid usage", 1, Duration::from_secs(10)),
+        "the malformed usage is logged: {}",
+        nginx.error_log_tail(20)
+    );
+}
+
+#[test]
 fn over_limit_is_429_with_ratelimit_headers_exactly_once() {
     let Some(bin) = nginx_or_skip(SUITE) else {
         return;

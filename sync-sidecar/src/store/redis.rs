@@ -49,6 +49,7 @@ struct Scripts {
     complete: Script,
     release: Script,
     debit: Script,
+    usage: Script,
 }
 
 impl Scripts {
@@ -60,6 +61,7 @@ impl Scripts {
             complete: Script::new(include_str!("scripts/complete.lua")),
             release: Script::new(include_str!("scripts/release.lua")),
             debit: Script::new(include_str!("scripts/debit.lua")),
+            usage: Script::new(include_str!("scripts/usage.lua")),
         }
     }
 }
@@ -288,6 +290,28 @@ impl RedisStore {
         }
     }
 
+    /// What Redis holds for `scope`'s limits (`tenant-guard-sidecar usage`),
+    /// read without changing it: Redis's time (s, µs), then per item the
+    /// `(key, value)` pairs found (at most `most` per keyed item).
+    pub async fn read_usage(
+        &self,
+        scope: &str,
+        items: &[UsageItem],
+        most: u64,
+    ) -> Result<RawUsage, StoreError> {
+        let mut invocation = self.scripts.usage.key(key(scope, "rl:tenant"));
+        invocation.arg(key(scope, "")).arg(most);
+        for item in items {
+            invocation
+                .arg(if item.quota { "quota" } else { "rate" })
+                .arg(&item.name)
+                .arg(if item.keyed { "1" } else { "0" })
+                .arg(item.window_end_s);
+        }
+        let reply = self.invoke(&invocation).await?;
+        raw_usage(&reply, items.len()).ok_or(StoreError::Reply("usage"))
+    }
+
     /// `POST /v1/claim`.
     pub async fn claim(&self, request: &ClaimRequest) -> Result<ClaimAnswer, StoreError> {
         let mut invocation = self
@@ -462,6 +486,62 @@ fn int(value: &Value) -> Option<u64> {
         Value::Int(n) => u64::try_from(*n).ok(),
         _ => None,
     }
+}
+
+/// One limit [`RedisStore::read_usage`] reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageItem {
+    pub name: String,
+    pub quota: bool,
+    /// Counted per user, org or header value: every `name~<hash>` key.
+    pub keyed: bool,
+    /// A quota's current window end (Unix s); 0 for a rate.
+    pub window_end_s: u64,
+}
+
+/// What [`RedisStore::read_usage`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawUsage {
+    pub now_s: u64,
+    pub now_us: u64,
+    /// Per item: `(key, value)`.
+    pub found: Vec<Vec<(String, String)>>,
+}
+
+fn owned_text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(text) => Some(text.clone()),
+        Value::Int(number) => Some(number.to_string()),
+        _ => None,
+    }
+}
+
+fn raw_usage(value: &Value, items: usize) -> Option<RawUsage> {
+    let Value::Array(parts) = value else {
+        return None;
+    };
+    let (head, rest) = parts.split_first()?;
+    let times = ints(head)?;
+    let (&now_s, &now_us) = (times.first()?, times.get(1)?);
+    if rest.len() != items {
+        return None;
+    }
+    let found = rest
+        .iter()
+        .map(|item| match item {
+            Value::Array(flat) => flat
+                .chunks_exact(2)
+                .map(|pair| Some((owned_text(pair.first()?)?, owned_text(pair.get(1)?)?)))
+                .collect::<Option<Vec<_>>>(),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(RawUsage {
+        now_s,
+        now_us,
+        found,
+    })
 }
 
 fn ints(value: &Value) -> Option<Vec<u64>> {
