@@ -47,6 +47,25 @@ fn local_mode_enforces_plans_windows_user_counters_and_key_tables() {
         counted && full() == 1,
         "the full key table has its own counter"
     );
+    // The quota gauges of configured tenants: used and size, per limit and plan.
+    let gauge = |name: &str| {
+        envoy
+            .stats(&format!("^wasmcustom\\.{name}$"))
+            .first()
+            .map(|(_, value)| *value)
+    };
+    assert_eq!(
+        gauge("tenant_guard_quota_used.limit.day.plan.gold.tenant.trial"),
+        Some(3)
+    );
+    assert_eq!(
+        gauge("tenant_guard_quota_limit.limit.day.plan.gold.tenant.trial"),
+        Some(3)
+    );
+    assert_eq!(
+        gauge("tenant_guard_quota_used.limit.month.plan.gold.tenant.acme"),
+        Some(4)
+    );
     // Envoy writes its log file asynchronously: polled.
     wait_until(SETTLE, || envoy.log().contains("calendar quotas"));
     let log = envoy.log();

@@ -82,6 +82,8 @@ pub enum Effect {
     Leave(Departure),
     /// Usage headers that were malformed or over their maximum: counted.
     UsageIgnored(u8),
+    /// A configured tenant's use of one of its calendar quotas (a gauge).
+    QuotaUsed(crate::engine::QuotaUse),
 }
 
 /// What the exchange waits for after the effects.
@@ -618,6 +620,7 @@ impl Exchange {
             Decision::Reject(reply) => return self.reply(effects, reply),
         };
         self.spent = forward.spent.take();
+        effects.extend(forward.quota_use.drain(..).map(Effect::QuotaUsed));
         effects.extend(
             forward
                 .upstream_headers

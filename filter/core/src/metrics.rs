@@ -68,6 +68,27 @@ pub fn counter_name(config: &CompiledConfig, key: CounterKey) -> String {
     }
 }
 
+/// The gauges of a configured tenant's calendar quota: what it used and its
+/// size, labelled with the limit, the tenant's plan (`_none_` without one)
+/// and the tenant (`tenant_guard_quota_used.limit.month.plan.gold.tenant.acme`).
+/// Only configured tenants have them, so the label set is the configuration's.
+pub fn quota_gauge_names(config: &CompiledConfig, tenant: &str, limit: &str) -> [String; 2] {
+    let plan = config
+        .tenant_plans
+        .get(tenant)
+        .map_or("_none_", String::as_str);
+    let label = |value: &str| value.replace('.', "_");
+    let labels = format!(
+        "limit.{}.plan.{}.tenant.{tenant}",
+        label(limit),
+        label(plan)
+    );
+    [
+        format!("tenant_guard_quota_used.{labels}"),
+        format!("tenant_guard_quota_limit.{labels}"),
+    ]
+}
+
 /// Every outcome a request can have: the glue defines their `_other_`
 /// counters up front, so every series a dashboard names exists from the start.
 pub fn every_outcome() -> impl Iterator<Item = Outcome> {

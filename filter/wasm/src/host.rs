@@ -16,7 +16,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
 use tenant_guard_core::cluster::{wire, Call, CallOutcome, StoreEvent};
 use tenant_guard_core::config::CompiledConfig;
-use tenant_guard_core::engine::{HostInputs, LocalReply, Outcome};
+use tenant_guard_core::engine::{HostInputs, LocalReply, Outcome, QuotaUse};
 use tenant_guard_core::metrics::{self, CounterKey};
 use tenant_guard_core::store::{self, CasOutcome, HostSemantics, SharedStore, StoreError};
 
@@ -298,6 +298,8 @@ pub struct Metrics {
     evicted: Option<u32>,
     /// Usage headers ignored (malformed, repeated, over `usage_max`).
     usage_ignored: Option<u32>,
+    /// The quota gauges defined so far: (tenant, limit) → the `used` gauge.
+    quota_gauges: RefCell<HashMap<(String, String), Option<u32>>>,
     store: Option<StoreCounters>,
 }
 
@@ -329,6 +331,7 @@ impl Metrics {
             config_rejected: counter("tenant_guard_config_rejected"),
             reclaimed: counter("tenant_guard_idempotency_reclaimed"),
             evicted: counter("tenant_guard_store_evicted"),
+            quota_gauges: RefCell::default(),
             usage_ignored: reports_usage
                 .then(|| counter("tenant_guard_usage_ignored"))
                 .flatten(),
@@ -406,6 +409,32 @@ impl Metrics {
 
     pub fn count_reclaimed(&self, count: u32) {
         increment(self.reclaimed, i64::from(count));
+    }
+
+    /// Sets a configured tenant's quota gauges (defined, with the quota's
+    /// size, the first time): one host call per quota and request.
+    pub fn quota_used(&self, tenant: Option<&str>, quota: &QuotaUse) {
+        let (Some(config), Some(tenant)) = (self.config.as_deref(), tenant) else {
+            return;
+        };
+        if self.config_rejected.is_none() {
+            return;
+        }
+        let Ok(mut gauges) = self.quota_gauges.try_borrow_mut() else {
+            return;
+        };
+        let used = *gauges
+            .entry((tenant.to_owned(), quota.limit.clone()))
+            .or_insert_with(|| {
+                let [used, limit] = metrics::quota_gauge_names(config, tenant, &quota.limit);
+                if let Ok(id) = hostcalls::define_metric(MetricType::Gauge, &limit) {
+                    let _ = hostcalls::record_metric(id, quota.requests);
+                }
+                hostcalls::define_metric(MetricType::Gauge, &used).ok()
+            });
+        if let Some(id) = used {
+            let _ = hostcalls::record_metric(id, quota.used);
+        }
     }
 
     pub fn count_usage_ignored(&self, count: u8) {

@@ -386,6 +386,7 @@ impl Request {
                 }
             }
             Effect::UsageIgnored(count) => self.metrics.count_usage_ignored(count),
+            Effect::QuotaUsed(quota) => self.metrics.quota_used(self.exchange.tenant(), &quota),
         }
     }
 }

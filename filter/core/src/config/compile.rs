@@ -193,6 +193,11 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
     Ok(CompiledConfig {
         tenant_ids,
         plan_names: plans.keys().cloned().collect(),
+        tenant_plans: document
+            .tenants
+            .iter()
+            .filter_map(|(id, settings)| Some((id.clone(), settings.plan.clone()?)))
+            .collect(),
         jwt: compiled_jwt,
         token_cache: Arc::new(Mutex::new(token_cache)),
         revision,

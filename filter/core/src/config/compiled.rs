@@ -196,6 +196,8 @@ pub struct CompiledConfig {
     pub tenant_ids: Vec<String>,
     /// The configured plan names, sorted.
     pub plan_names: Vec<String>,
+    /// The plan each configured tenant names, if any (the quota gauges' label).
+    pub tenant_plans: HashMap<String, String>,
     /// The request headers limits count by (`KeyKind::Header(i)` is the
     /// `i`-th; `user`/`org` in header mode are among them).
     pub key_headers: Vec<String>,

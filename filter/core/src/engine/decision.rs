@@ -98,6 +98,17 @@ pub struct Forward {
     /// slots to give back at its end, usage to take when its response
     /// reports it (`None`: neither).
     pub spent: Option<Box<Spent>>,
+    /// How much of each calendar quota the tenant (a configured one) has
+    /// used, for the quota gauges; empty for most requests.
+    pub quota_use: Vec<QuotaUse>,
+}
+
+/// One quota's use as of this request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaUse {
+    pub limit: String,
+    pub used: u64,
+    pub requests: u64,
 }
 
 /// A forwarded request's limits, kept for its response and its end.

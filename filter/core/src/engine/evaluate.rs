@@ -21,8 +21,8 @@ use crate::tenant::TenantId;
 
 use super::decision::{method_text, METHOD_OVERRIDE_HEADERS};
 use super::decision::{
-    Decision, Evaluation, Forward, Headers, HostInputs, Outcome, PendingIdempotency, RequestView,
-    Spent, REVISION_HEADER,
+    Decision, Evaluation, Forward, Headers, HostInputs, Outcome, PendingIdempotency, QuotaUse,
+    RequestView, Spent, REVISION_HEADER,
 };
 use super::reply::{rate_limit_headers, reject};
 
@@ -407,6 +407,7 @@ pub fn admit(
     } = screened;
     let mut outcome = Outcome::Allowed;
     let mut log = None;
+    let mut quota_use = Vec::new();
     let entered = matches!(
         checked,
         Some(Ok(Admitted {
@@ -440,6 +441,9 @@ pub fn admit(
                 outcome = Outcome::ShadowOverLimit;
             }
             Ok(admitted) => {
+                if admitted.allowed && config.tenants.contains_key(tenant) {
+                    quota_use = quotas_used(settings, applied, &admitted);
+                }
                 let rejects = !admitted.allowed && mode == Mode::Enforce;
                 if rejects || config.headers.rate_limit == RateLimitHeaders::Always {
                     response_headers.extend(rate_limit_headers(
@@ -519,10 +523,34 @@ pub fn admit(
             response_headers,
             idempotency,
             spent,
+            quota_use,
         }),
         outcome,
         log,
     }
+}
+
+/// The use of every calendar quota among `applied` (what each had left
+/// after this request, subtracted from its requests).
+fn quotas_used(
+    settings: &crate::config::CompiledTenant,
+    applied: Applied,
+    admitted: &Admitted,
+) -> Vec<QuotaUse> {
+    settings
+        .applied_policies(applied)
+        .zip(admitted.remaining.iter())
+        .filter_map(|(policy, remaining)| match policy.window {
+            crate::config::Window::Calendar { requests, .. } if *remaining != u64::MAX => {
+                Some(QuotaUse {
+                    limit: policy.name.clone(),
+                    used: requests.saturating_sub(*remaining),
+                    requests,
+                })
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// What a forwarded request must settle later, if anything (built only

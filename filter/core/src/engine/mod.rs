@@ -18,7 +18,7 @@ mod reply;
 
 pub use decision::{
     Decision, Evaluation, Forward, Headers, HostInputs, LocalReply, Outcome, PendingIdempotency,
-    RequestView, Spent, METHOD_OVERRIDE_HEADERS, REVISION_HEADER,
+    QuotaUse, RequestView, Spent, METHOD_OVERRIDE_HEADERS, REVISION_HEADER,
 };
 pub use evaluate::{admit, evaluate, screen, Screened};
 pub use idempotent::{

@@ -101,7 +101,14 @@ pub struct Admitted {
     /// The request holds slots of its tenant's in-flight caps (give them
     /// back at its end), or was refused by the full cap named here.
     pub in_flight: Entered,
+    /// What each applied limit had left after this request, by position
+    /// (`u64::MAX`: not decided; the first [`REPORTED_LIMITS`] limits only):
+    /// what the quota gauges report.
+    pub remaining: [u64; REPORTED_LIMITS],
 }
+
+/// Applied limits whose remaining count an [`Admitted`] keeps.
+pub const REPORTED_LIMITS: usize = 16;
 
 impl Admitted {
     /// Nothing to decide: no limit applies.
@@ -111,6 +118,7 @@ impl Admitted {
             headline: None,
             retry_after_seconds: 0,
             in_flight: Entered::Free,
+            remaining: [u64::MAX; REPORTED_LIMITS],
         }
     }
 
@@ -121,11 +129,15 @@ impl Admitted {
             headline: None,
             retry_after_seconds: 1,
             in_flight: entered,
+            remaining: [u64::MAX; REPORTED_LIMITS],
         }
     }
 
     /// Takes one limit's verdict into account.
     pub fn add(&mut self, position: usize, verdict: Verdict) {
+        if let Some(slot) = self.remaining.get_mut(position) {
+            *slot = verdict.remaining;
+        }
         let replaces = match (self.headline, verdict.allowed) {
             (None, _) => true,
             (Some((_, current)), false) => {
