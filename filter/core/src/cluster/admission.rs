@@ -377,14 +377,14 @@ impl ClusterStore {
                 "a rate-limit key names no tenant and limit".to_owned(),
             )))));
         };
-        self.waiting = Some(Waiting::Admission(Pending {
+        self.waiting = Some(Waiting::Admission(Box::new(Pending {
             admission,
             asked,
             taken,
             admitted,
             single,
             entered: Entered::Free,
-        }));
+        })));
         Route::Await(call)
     }
 

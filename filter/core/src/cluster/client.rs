@@ -139,7 +139,7 @@ enum Held {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Waiting {
     /// The request's rate limits.
-    Admission(Pending),
+    Admission(Box<Pending>),
     Claim {
         op: StoreOp,
         scope: String,
@@ -404,7 +404,7 @@ impl ClusterStore {
             Waiting::Admission(pending) => {
                 let (entered, departure) = (pending.entered.clone(), pending.departure());
                 let answer =
-                    self.admission_answered(config, cluster, store, pending, outcome, now_ns);
+                    self.admission_answered(config, cluster, store, *pending, outcome, now_ns);
                 settle_entered(config, store, answer, entered, &departure, now_ns)
             }
             Waiting::Claim {
