@@ -25,7 +25,7 @@ UPSTREAM_PORT="${UPSTREAM_PORT:-$(tg_free_port)}"
 WORK_DIR="$(mktemp -d -t tenant-guard-fleet.XXXXXX)"
 REPLICAS=(A B)
 declare -A ADMIN LISTENER STORE
-CONFIG='{"version":1,"revision":"fleet-demo","tenant":{"trust_header_without_jwt":true},"store":{"backend":"cluster","cluster":{"fallback_share_percent":50}},"tenants":{"acme":{"rate_limit":{"requests":5,"per_seconds":60}},"initech":{"rate_limits":[{"name":"month","requests":6,"per":"month"}]},"globex":{"idempotency":{"methods":["POST"],"ttl_seconds":600,"max_body_bytes":4096}}}}'
+CONFIG='{"version":1,"revision":"fleet-demo","tenant":{"trust_header_without_jwt":true},"store":{"backend":"cluster","cluster":{"fallback_share_percent":50}},"tenants":{"acme":{"rate_limit":{"requests":5,"per_seconds":60}},"initech":{"rate_limits":[{"name":"month","requests":6,"per":"month"}]},"umbrella":{"rate_limits":[{"name":"tokens","requests":100,"per":"month","usage_header":"x-tokens"}]},"globex":{"idempotency":{"methods":["POST"],"ttl_seconds":600,"max_body_bytes":4096}}}}'
 SCENARIO_HINT="an Envoy or a store sidecar misbehaved: their logs are printed above and kept in the work dir"
 PIDS=()
 FAILED=0
@@ -250,6 +250,29 @@ one_quota() {
     eq "$(redis-cli -u "$REDIS_URL" GET "$key")" "6"
 }
 
+# A request of umbrella on replica B answered 429 (the usage A's upstream
+# reported reached Redis).
+umbrella_spent() {
+  send B -H 'x-tenant-id: umbrella'
+  [[ "$STATUS" == 429 ]]
+}
+
+reported_usage() {
+  phase "4. Usage reported on one replica spends the quota on the other: umbrella has 100 tokens a month" "$SCENARIO_HINT"
+  send A -H 'x-tenant-id: umbrella' -H 'x-demo-usage: 98'
+  info "replica A → $STATUS; its upstream reports x-tokens: 98 (the filter takes 97 beyond the request itself and removes the header)"
+  check "A admits it and the client never sees x-tokens" eq "$STATUS [$(hdr x-tokens)]" "200 []"
+  send B -H 'x-tenant-id: umbrella'
+  info "replica B → $STATUS (1 token was left)"
+  check "B admits the last token" eq "$STATUS" "200"
+  tg_wait_for 10 "replica B to refuse umbrella" umbrella_spent || true
+  info "replica B → $STATUS  $(hdr ratelimit | sed 's/^/RateLimit: /')"
+  check "then B refuses: the month's 100 tokens are spent across both replicas" eq "$STATUS" "429"
+  local key
+  key="$(redis-cli -u "$REDIS_URL" --scan --pattern 'tg:{umbrella}:q:tokens:*' | head -n1)"
+  info "Redis: $key = $(redis-cli -u "$REDIS_URL" GET "$key")"
+}
+
 main() {
   start_redis
   build
@@ -257,6 +280,7 @@ main() {
   one_limit
   replay_elsewhere
   one_quota
+  reported_usage
   phase "Redis holds the fleet's state (keys tg:{tenant}:…)" "$SCENARIO_HINT"
   redis-cli -u "$REDIS_URL" --scan --pattern 'tg:*' | sort | sed 's/^/   /'
   TG_STEP=""

@@ -442,8 +442,70 @@ demo_plan() {
     envoy_warned_about_quotas
 }
 
+costs_delivered() {
+  [[ "$(sql "SELECT count(*) FROM tg_revisions WHERE status = 'delivered'
+              AND 'hooli/gateway.max_in_flight' = ANY (changed_keys)")" != 0 ]]
+}
+# A quick hooli request answered 429 `concurrency` (its slow one is in flight).
+hooli_refused() {
+  send "hooli, while its slow request is in flight" -H 'x-tenant-id: hooli'
+  [[ "$STATUS" == 429 && "$(body_field type)" == *concurrency ]]
+}
+
+demo_costs() {
+  phase "9. What a request costs: a costly route, usage the upstream reports, requests in flight" \
+    "the sidecar log above says why the settings were not delivered (e.g. a rejected setting)"
+  local limits='[{"name": "hour", "requests": 30, "per": "hour"}, {"name": "tokens", "requests": 100, "per": "month", "usage_header": "x-tokens", "cost": 1}]'
+  local row
+  for row in "umbrella gateway.rate_limits $limits" \
+    'umbrella/reports gateway.route.prefix "/reports"' \
+    'umbrella/reports gateway.route.method "POST"' \
+    'umbrella/reports gateway.route.cost 20' \
+    'hooli gateway.max_in_flight 1'; do
+    read -r target key value <<<"$row"
+    printf "   \$ tenant-guard-sidecar settings set %s %s '%s'\n" "$target" "$key" "$value"
+    sidecar settings set "$target" "$key" "$value" --actor platform-team >/dev/null
+  done
+  tg_wait_for 15 "the sidecar to deliver the new settings" costs_delivered ||
+    die "the sidecar did not deliver the new settings"
+  read -r COSTS_ID COSTS_REV <<<"$(sidecar_revision)"
+  tg_wait_for 10 "Envoy to apply $COSTS_REV" envoy_serves "$COSTS_REV" ||
+    die "Envoy did not apply $COSTS_REV"
+  info "Envoy serves revision $COSTS_REV"
+
+  REQ_PATH=/reports send "umbrella: POST /reports (costs 20 of the hour's 30)" -X POST -H 'x-tenant-id: umbrella'
+  check "a report passes; 10 of the hour are left" eq "$STATUS $(hdr ratelimit | cut -d';' -f1,2)" '200 "hour";r=10'
+  REQ_PATH=/reports send "umbrella: another report (20 do not fit in 10)" -X POST -H 'x-tenant-id: umbrella'
+  local refused="$STATUS"
+  send "umbrella: a GET (costs 1)" -H 'x-tenant-id: umbrella'
+  check "the second report is refused (429) and took nothing: the GET leaves 9" \
+    eq "$refused $STATUS $(hdr ratelimit | cut -d';' -f1,2)" '429 200 "hour";r=9'
+
+  REQ_PATH=/llm send "umbrella: POST /llm, the upstream reports x-tokens: 60" -X POST \
+    -H 'x-tenant-id: umbrella' -H 'x-demo-usage: 60'
+  check "200, and x-tokens is removed before the client sees it" eq "$STATUS [$(hdr x-tokens)]" "200 []"
+  REQ_PATH=/llm send "umbrella: reports 30 (92 of the month's 100 tokens used)" -X POST \
+    -H 'x-tenant-id: umbrella' -H 'x-demo-usage: 30'
+  REQ_PATH=/llm send "umbrella: 8 left, admitted; reports 20" -X POST \
+    -H 'x-tenant-id: umbrella' -H 'x-demo-usage: 20'
+  check "admitted with what was left" eq "$STATUS" "200"
+  REQ_PATH=/llm send "umbrella: the month's tokens are spent" -X POST -H 'x-tenant-id: umbrella'
+  check "429, refused by the tokens quota" eq "$STATUS $(hdr ratelimit | cut -d';' -f1)" '429 "tokens"'
+
+  info "hooli may have 1 request in flight: a slow one (3 s) starts in the background"
+  curl -sS -o /dev/null -H 'x-tenant-id: hooli' -H 'x-demo-delay-ms: 3000' \
+    "http://127.0.0.1:$LISTENER_PORT/slow" &
+  local slow=$!
+  tg_wait_for 5 "a quick hooli request to be refused" hooli_refused || true
+  check "a second request while it is in flight: 429 concurrency, Retry-After: 1" \
+    eq "$STATUS $(body_field type) $(hdr retry-after)" "429 urn:tenant-guard:problem:concurrency 1"
+  wait "$slow" || true
+  send "hooli, once the slow request is done" -H 'x-tenant-id: hooli'
+  check "its slot came back at the stream's end: 200" eq "$STATUS" "200"
+}
+
 demo_metrics() {
-  phase "9. Sidecar metrics (http://$SIDECAR_ADDR/metrics, excerpt)" "$SCENARIO_HINT"
+  phase "10. Sidecar metrics (http://$SIDECAR_ADDR/metrics, excerpt)" "$SCENARIO_HINT"
   curl -fsS "http://$SIDECAR_ADDR/metrics" |
     grep -E '^settings_(current_revision|sync_success_total|sync_errors_total)|^settings_sync_duration_seconds_(sum|count)' |
     sed 's/^/   /' || true
@@ -462,6 +524,7 @@ main() {
   demo_idempotency
   demo_live_change
   demo_plan
+  demo_costs
   demo_metrics
   TG_STEP=""
   if ((FAILED)); then

@@ -3,10 +3,16 @@
 echoing the request headers it received (so the demo shows the forwarded
 x-tenant-id / x-correlation-id / x-tenant-guard-revision). Stdlib only.
 
+Two demo knobs, as an API behind the gateway would behave:
+  x-demo-usage: N   answered as `x-tokens: N` (usage the upstream reports, as
+                    LLM APIs report tokens);
+  x-demo-delay-ms: N  answers after N ms (at most 10 000; a slow request).
+
 Usage: echo_upstream.py [PORT]   (default 18080, binds 127.0.0.1)
 """
 import json
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -25,7 +31,13 @@ class EchoHandler(BaseHTTPRequestHandler):
         body = json.dumps(
             {"method": self.command, "path": self.path, "headers": headers}, indent=2
         ).encode()
+        delay = self.headers.get("x-demo-delay-ms", "")
+        if delay.isdigit():
+            time.sleep(min(int(delay), 10_000) / 1000)
         self.send_response(200)
+        usage = self.headers.get("x-demo-usage")
+        if usage is not None:
+            self.send_header("x-tokens", usage)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
         self.end_headers()
