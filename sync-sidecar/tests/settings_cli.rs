@@ -27,7 +27,7 @@ async fn every_kind_of_invalid_value_is_refused_by_set_and_apply() {
     let db = TestDb::new().await;
     invalid_settings::write_base(&db).await;
     let cases = invalid_settings::cases();
-    assert_eq!(cases.len(), 27);
+    assert_eq!(cases.len(), 29);
     let before = snapshot(&db).await;
     let file = db.ecds_dir().join("base.json");
     let base = export_json(&db, &file);

@@ -61,7 +61,7 @@ fn case(
     }
 }
 
-/// All kinds (27).
+/// All kinds (29).
 pub fn cases() -> Vec<InvalidCase> {
     let acme = |key: &str| format!("tenant `acme` setting `{key}` (updated by {ACTOR})");
     let orders =
@@ -332,6 +332,26 @@ pub fn cases() -> Vec<InvalidCase> {
                 "gateway.rate_limits",
                 json!([{"name": "m", "requests": 5, "per": "month", "burst": 9}]),
                 &["`defaults.rate_limits.0"],
+            ),
+            global("gateway.rate_limits"),
+        ),
+        with(
+            case(
+                "no requests may be in flight",
+                "acme",
+                "gateway.max_in_flight",
+                json!(0),
+                &["`tenants.acme.max_in_flight`"],
+            ),
+            acme("gateway.max_in_flight"),
+        ),
+        with(
+            case(
+                "usage reported in a header the filter trusts",
+                "@global",
+                "gateway.rate_limits",
+                json!([{"name": "t", "requests": 9, "per": "day", "usage_header": "x-correlation-id"}]),
+                &["`defaults.rate_limits.0.usage_header`", "trusts or sets"],
             ),
             global("gateway.rate_limits"),
         ),
