@@ -449,23 +449,18 @@ fn calendar_quotas_reset_at_the_utc_boundary() {
     );
 }
 
-mod under_ngx_wasm {
-    //! The same tests with the store modelling ngx_wasm_module.
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
-
-    macro_rules! under_ngx {
-        ($($name:ident),* $(,)?) => {
-            $(
-                #[test]
-                fn $name() {
-                    super::super::under_host(crate::store::HostSemantics::NgxWasm, super::$name);
-                }
-            )*
-        };
-    }
-
-    under_ngx!(
+mod under_hosts {
+    //! The tests above with the store modelling each host.
+    under_host_models!(envoy: Envoy:
+        several_windows_apply_together_and_report_the_closest,
+        a_refused_request_consumes_nothing_from_any_limit,
+        keys_inside_a_tenant_are_bounded_and_checked,
+        plans_give_tenants_their_limits_and_tenants_override_by_name,
+        shadow_mode_reports_every_limit_and_refuses_none,
+        routes_replace_the_tenant_limit_or_add_their_own,
+        method_overrides_are_refused_or_honoured_never_unseen,
+    );
+    under_host_models!(ngx_wasm: NgxWasm:
         several_windows_apply_together_and_report_the_closest,
         a_refused_request_consumes_nothing_from_any_limit,
         keys_inside_a_tenant_are_bounded_and_checked,
@@ -475,38 +470,11 @@ mod under_ngx_wasm {
         method_overrides_are_refused_or_honoured_never_unseen,
     );
 
+    // Threads: native only.
     #[cfg(not(target_arch = "wasm32"))]
-    under_ngx!(no_interleaving_over_admits_across_workers);
-}
-
-mod under_envoy {
-    //! The same tests with the store modelling Envoy.
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
-
-    macro_rules! under_envoy {
-        ($($name:ident),* $(,)?) => {
-            $(
-                #[test]
-                fn $name() {
-                    super::super::under_host(crate::store::HostSemantics::Envoy, super::$name);
-                }
-            )*
-        };
-    }
-
-    under_envoy!(
-        several_windows_apply_together_and_report_the_closest,
-        a_refused_request_consumes_nothing_from_any_limit,
-        keys_inside_a_tenant_are_bounded_and_checked,
-        plans_give_tenants_their_limits_and_tenants_override_by_name,
-        shadow_mode_reports_every_limit_and_refuses_none,
-        routes_replace_the_tenant_limit_or_add_their_own,
-        method_overrides_are_refused_or_honoured_never_unseen,
-    );
-
+    under_host_models!(envoy_threads: Envoy: no_interleaving_over_admits_across_workers);
     #[cfg(not(target_arch = "wasm32"))]
-    under_envoy!(no_interleaving_over_admits_across_workers);
+    under_host_models!(ngx_wasm_threads: NgxWasm: no_interleaving_over_admits_across_workers);
 }
 
 #[test]

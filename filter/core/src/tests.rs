@@ -1304,6 +1304,27 @@ fn metrics_switch_and_store_namespace() {
     assert_eq!(parse_error(bad).path, "store.namespace");
 }
 
+/// Runs each named test function of the invoking module's parent under
+/// one host model: `under_host_models!(envoy: Envoy: test_a, test_b);`
+/// inside a `mod under_hosts` of the test file.
+macro_rules! under_host_models {
+    ($module:ident: $host:ident: $($name:ident),* $(,)?) => {
+        mod $module {
+            #[cfg(target_arch = "wasm32")]
+            use wasm_bindgen_test::wasm_bindgen_test as test;
+            $(
+                #[test]
+                fn $name() {
+                    crate::tests::under_host(
+                        crate::store::HostSemantics::$host,
+                        super::super::$name,
+                    );
+                }
+            )*
+        }
+    };
+}
+
 #[path = "host_model_tests.rs"]
 mod host_model;
 

@@ -314,35 +314,14 @@ pub(super) fn a_limit_refusal_gives_the_in_flight_slot_back() {
 
 mod under_hosts {
     //! The tests above on both host models.
-    #[cfg(target_arch = "wasm32")]
-    use wasm_bindgen_test::wasm_bindgen_test as test;
-
-    macro_rules! under {
-        ($module:ident: $host:ident: $($name:ident),* $(,)?) => {
-            mod $module {
-                #[cfg(target_arch = "wasm32")]
-                use wasm_bindgen_test::wasm_bindgen_test as test;
-                $(
-                    #[test]
-                    fn $name() {
-                        super::super::super::under_host(
-                            crate::store::HostSemantics::$host,
-                            super::super::$name,
-                        );
-                    }
-                )*
-            }
-        };
-    }
-
-    under!(envoy: Envoy:
+    under_host_models!(envoy: Envoy:
         a_cost_takes_that_many_from_each_limit,
         reported_usage_is_taken_after_the_response,
         malformed_usage_takes_nothing_and_is_counted_once_logged,
         in_flight_caps_refuse_beyond_the_cap_and_free_at_the_end,
         a_limit_refusal_gives_the_in_flight_slot_back,
     );
-    under!(ngx_wasm: NgxWasm:
+    under_host_models!(ngx_wasm: NgxWasm:
         a_cost_takes_that_many_from_each_limit,
         reported_usage_is_taken_after_the_response,
         malformed_usage_takes_nothing_and_is_counted_once_logged,

@@ -20,7 +20,7 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Script, ScriptInvocation, Value};
 use tenant_guard_core::cluster::wire::{
-    ClaimAnswer, ClaimRequest, CompleteRequest, DebitRequest, LeaseAnswer, LeaseRequest,
+    self, ClaimAnswer, ClaimRequest, CompleteRequest, DebitRequest, LeaseAnswer, LeaseRequest,
     LeasesAnswer, LeasesRequest, ReleaseRequest, UpdateAnswer, WireResponse,
 };
 use tokio::sync::Mutex;
@@ -55,12 +55,21 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Self {
-            lease: Script::new(include_str!("scripts/lease.lua")),
-            leases: Script::new(include_str!("scripts/leases.lua")),
+            lease: Script::new(concat!(
+                include_str!("scripts/tat.lua"),
+                include_str!("scripts/lease.lua")
+            )),
+            leases: Script::new(concat!(
+                include_str!("scripts/tat.lua"),
+                include_str!("scripts/leases.lua")
+            )),
             claim: Script::new(include_str!("scripts/claim.lua")),
             complete: Script::new(include_str!("scripts/complete.lua")),
             release: Script::new(include_str!("scripts/release.lua")),
-            debit: Script::new(include_str!("scripts/debit.lua")),
+            debit: Script::new(concat!(
+                include_str!("scripts/tat.lua"),
+                include_str!("scripts/debit.lua")
+            )),
             usage: Script::new(include_str!("scripts/usage.lua")),
         }
     }
@@ -206,26 +215,8 @@ impl RedisStore {
         };
         invocation.arg(&self.holder).arg(window_ms);
         for item in &request.items {
-            match (&item.rate, &item.quota) {
-                (Some(rate), _) => {
-                    invocation
-                        .key(key(&request.scope, &format!("rl:{}", item.limit)))
-                        .arg("rate")
-                        .arg(rate.emission_us)
-                        .arg(rate.capacity_us);
-                }
-                (None, Some(quota)) => {
-                    invocation
-                        .key(key(
-                            &request.scope,
-                            &format!("q:{}:{}", item.limit, quota.window_end_s),
-                        ))
-                        .arg("quota")
-                        .arg(quota.requests)
-                        .arg(quota.window_end_s);
-                }
-                (None, None) => return Err(StoreError::Reply("leases item")),
-            }
+            let window = (item.rate.as_ref(), item.quota.as_ref());
+            push_window(&mut invocation, &request.scope, &item.limit, window)?;
             invocation
                 .key(key(&request.scope, &format!("lh:{}", item.limit)))
                 .arg(item.want)
@@ -261,26 +252,8 @@ impl RedisStore {
     pub async fn debit(&self, request: &DebitRequest) -> Result<UpdateAnswer, StoreError> {
         let mut invocation = self.scripts.debit.prepare_invoke();
         for item in &request.items {
-            match (&item.rate, &item.quota) {
-                (Some(rate), _) => {
-                    invocation
-                        .key(key(&request.scope, &format!("rl:{}", item.limit)))
-                        .arg("rate")
-                        .arg(rate.emission_us)
-                        .arg(rate.capacity_us);
-                }
-                (None, Some(quota)) => {
-                    invocation
-                        .key(key(
-                            &request.scope,
-                            &format!("q:{}:{}", item.limit, quota.window_end_s),
-                        ))
-                        .arg("quota")
-                        .arg(quota.requests)
-                        .arg(quota.window_end_s);
-                }
-                (None, None) => return Err(StoreError::Reply("debit item")),
-            }
+            let window = (item.rate.as_ref(), item.quota.as_ref());
+            push_window(&mut invocation, &request.scope, &item.limit, window)?;
             invocation.arg(item.units);
         }
         let reply = self.invoke(&invocation).await?;
@@ -486,6 +459,35 @@ fn int(value: &Value) -> Option<u64> {
         Value::Int(n) => u64::try_from(*n).ok(),
         _ => None,
     }
+}
+
+/// A limit's counter key and its window's three arguments (`rate`,
+/// emission, capacity, or `quota`, requests, window end), as the lease,
+/// leases and debit scripts read them.
+fn push_window(
+    invocation: &mut ScriptInvocation<'_>,
+    scope: &str,
+    limit: &str,
+    window: (Option<&wire::RateWindow>, Option<&wire::QuotaWindow>),
+) -> Result<(), StoreError> {
+    match window {
+        (Some(rate), _) => {
+            invocation
+                .key(key(scope, &format!("rl:{limit}")))
+                .arg("rate")
+                .arg(rate.emission_us)
+                .arg(rate.capacity_us);
+        }
+        (None, Some(quota)) => {
+            invocation
+                .key(key(scope, &format!("q:{limit}:{}", quota.window_end_s)))
+                .arg("quota")
+                .arg(quota.requests)
+                .arg(quota.window_end_s);
+        }
+        (None, None) => return Err(StoreError::Reply("an item without a window")),
+    }
+    Ok(())
 }
 
 /// One limit [`RedisStore::read_usage`] reads.

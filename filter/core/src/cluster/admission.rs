@@ -119,10 +119,9 @@ impl LimitLease {
         }
     }
 
-    /// The item of a `/v1/leases` call asking `ask`.
-    fn item(&self, ask: LeaseAsk) -> Option<wire::LeaseItem> {
-        let (_, limit) = self.key.parts()?;
-        let (rate, quota) = match self.window {
+    /// How the store names its window: a rate or a quota, exactly one.
+    fn wire_window(&self) -> (Option<wire::RateWindow>, Option<wire::QuotaWindow>) {
+        match self.window {
             LeaseWindow::Rate(rate) => (Some(LeaseWindow::rate_window(&rate)), None),
             LeaseWindow::Quota {
                 requests,
@@ -134,7 +133,13 @@ impl LimitLease {
                     window_end_s,
                 }),
             ),
-        };
+        }
+    }
+
+    /// The item of a `/v1/leases` call asking `ask`.
+    fn item(&self, ask: LeaseAsk) -> Option<wire::LeaseItem> {
+        let (_, limit) = self.key.parts()?;
+        let (rate, quota) = self.wire_window();
         Some(wire::LeaseItem {
             limit: limit.to_owned(),
             rate,
@@ -561,19 +566,7 @@ impl ClusterStore {
             let Some((_, limit)) = lease.key.parts() else {
                 continue;
             };
-            let (rate, quota) = match lease.window {
-                LeaseWindow::Rate(rate) => (Some(LeaseWindow::rate_window(&rate)), None),
-                LeaseWindow::Quota {
-                    requests,
-                    window_end_s,
-                } => (
-                    None,
-                    Some(wire::QuotaWindow {
-                        requests,
-                        window_end_s,
-                    }),
-                ),
-            };
+            let (rate, quota) = lease.wire_window();
             items.push(wire::DebitItem {
                 limit: limit.to_owned(),
                 rate,

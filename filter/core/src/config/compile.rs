@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::limits::{
-    self, compile_in_flight, compile_plans, compile_scope, merge, replaceable, Context, KeyHeaders,
-    Plans, UsageHeaders,
+    self, compile_in_flight, compile_plans, compile_scope, merge, replaceable, Context,
+    HeaderNames, Plans,
 };
 use super::*;
 use crate::idempotency::IdempotencyConfig;
@@ -123,8 +123,8 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
         ));
     }
 
-    let mut key_headers = KeyHeaders::default();
-    let mut usage_headers = UsageHeaders::default();
+    let mut key_headers = HeaderNames::keys();
+    let mut usage_headers = HeaderNames::usage();
     let mut context = Context {
         tenant: &document.tenant,
         correlation_header: &document.correlation.header,
@@ -212,8 +212,8 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
         },
         defaults,
         tenants,
-        key_headers: key_headers.0,
-        usage_headers: usage_headers.0,
+        key_headers: key_headers.names,
+        usage_headers: usage_headers.names,
         usage_ignored_logged: Arc::default(),
         if_match: document.if_match.clone(),
         idempotency_enabled,

@@ -23,23 +23,50 @@ pub const MAX_KEY_HEADERS: usize = 8;
 /// `rate_limit` replaces).
 pub const TENANT_LIMIT: &str = "tenant";
 
-/// The request headers limits count by, collected while compiling.
-#[derive(Debug, Default)]
-pub(super) struct KeyHeaders(pub Vec<String>);
+/// Distinct header names collected while compiling, each known by its
+/// index: the request headers limits count by, the response headers usage
+/// is reported in.
+#[derive(Debug)]
+pub(super) struct HeaderNames {
+    pub names: Vec<String>,
+    most: usize,
+    what: &'static str,
+}
 
-impl KeyHeaders {
+impl HeaderNames {
+    /// The request headers limits count by (at most [`MAX_KEY_HEADERS`]).
+    pub fn keys() -> Self {
+        Self {
+            names: Vec::new(),
+            most: MAX_KEY_HEADERS,
+            what: "limits may count by at most",
+        }
+    }
+
+    /// The response headers usage is reported in (at most [`MAX_USAGE_HEADERS`]).
+    pub fn usage() -> Self {
+        Self {
+            names: Vec::new(),
+            most: MAX_USAGE_HEADERS,
+            what: "usage may be reported in at most",
+        }
+    }
+
     fn index_of(&mut self, path: &str, name: &str) -> Result<u8, ConfigError> {
-        if let Some(index) = self.0.iter().position(|known| known == name) {
-            return u8::try_from(index).map_err(|_| invalid(path, "too many key headers"));
-        }
-        if self.0.len() >= MAX_KEY_HEADERS {
-            return Err(invalid(
-                path,
-                format!("limits may count by at most {MAX_KEY_HEADERS} distinct headers"),
-            ));
-        }
-        self.0.push(name.to_owned());
-        u8::try_from(self.0.len() - 1).map_err(|_| invalid(path, "too many key headers"))
+        let index = match self.names.iter().position(|known| known == name) {
+            Some(index) => index,
+            None if self.names.len() >= self.most => {
+                return Err(invalid(
+                    path,
+                    format!("{} {} distinct headers", self.what, self.most),
+                ))
+            }
+            None => {
+                self.names.push(name.to_owned());
+                self.names.len() - 1
+            }
+        };
+        u8::try_from(index).map_err(|_| invalid(path, "too many headers"))
     }
 }
 
@@ -57,37 +84,12 @@ pub const MAX_IN_FLIGHT_CAPS: usize = 4;
 pub const DEFAULT_IN_FLIGHT_TIMEOUT_SECONDS: u64 = 300;
 pub const MAX_IN_FLIGHT_TIMEOUT_SECONDS: u64 = 86_400;
 
-/// The response headers usage is reported in, collected while compiling.
-#[derive(Debug, Default)]
-pub(super) struct UsageHeaders(pub Vec<String>);
-
-impl UsageHeaders {
-    fn index_of(&mut self, path: &str, name: &str) -> Result<u8, ConfigError> {
-        let index = match self.0.iter().position(|known| known == name) {
-            Some(index) => index,
-            None if self.0.len() >= MAX_USAGE_HEADERS => {
-                return Err(invalid(
-                    path,
-                    format!(
-                        "usage may be reported in at most {MAX_USAGE_HEADERS} distinct headers"
-                    ),
-                ))
-            }
-            None => {
-                self.0.push(name.to_owned());
-                self.0.len() - 1
-            }
-        };
-        u8::try_from(index).map_err(|_| invalid(path, "too many usage headers"))
-    }
-}
-
 /// What a compiled limit needs to know of the document beyond itself.
 pub(super) struct Context<'a> {
     pub tenant: &'a TenantConfig,
     pub correlation_header: &'a str,
-    pub key_headers: &'a mut KeyHeaders,
-    pub usage_headers: &'a mut UsageHeaders,
+    pub key_headers: &'a mut HeaderNames,
+    pub usage_headers: &'a mut HeaderNames,
 }
 
 /// A `rate_limit`: the limit named [`TENANT_LIMIT`] (or a route's name),
@@ -296,7 +298,7 @@ pub(super) fn compile_in_flight(
                 "in-flight per `{}`",
                 context
                     .key_headers
-                    .0
+                    .names
                     .get(usize::from(index))
                     .map_or("", String::as_str)
             ),
@@ -633,8 +635,8 @@ mod tests {
             trust_header_without_jwt: true,
             ..TenantConfig::default()
         };
-        let mut headers = KeyHeaders::default();
-        let mut usage = UsageHeaders::default();
+        let mut headers = HeaderNames::keys();
+        let mut usage = HeaderNames::usage();
         let mut context = Context {
             tenant: &tenant,
             correlation_header: "x-correlation-id",

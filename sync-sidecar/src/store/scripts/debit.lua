@@ -18,24 +18,7 @@ for i = 1, #KEYS do
   local units = tonumber(ARGV[base + 4])
   if kind == 'rate' then
     local emission = a
-    local tat = now
-    local stored = redis.call('GET', KEYS[i])
-    if stored then
-      local sep = string.find(stored, ':', 1, true)
-      if sep then
-        local stored_tat = tonumber(string.sub(stored, 1, sep - 1))
-        local stored_emission = tonumber(string.sub(stored, sep + 1))
-        if stored_tat and stored_emission and stored_emission >= 1 then
-          if stored_emission ~= emission and stored_tat > now then
-            stored_tat = now + math.ceil((stored_tat - now) / stored_emission * emission)
-          end
-          if stored_tat > tat then
-            tat = stored_tat
-          end
-        end
-      end
-    end
-    tat = tat + units * emission
+    local tat = current_tat(KEYS[i], emission, now) + units * emission
     local ttl_ms = math.ceil((tat - now) / 1000)
     redis.call('SET', KEYS[i], string.format('%.0f:%.0f', tat, emission), 'PX', ttl_ms)
   else

@@ -18,24 +18,8 @@ local returned = tonumber(ARGV[5])
 local holder = ARGV[6]
 local window_ms = tonumber(ARGV[7])
 
-local tat = now
-local stored = redis.call('GET', KEYS[1])
-if stored then
-  local sep = string.find(stored, ':', 1, true)
-  if sep then
-    local stored_tat = tonumber(string.sub(stored, 1, sep - 1))
-    local stored_emission = tonumber(string.sub(stored, sep + 1))
-    if stored_tat and stored_emission and stored_emission >= 1 then
-      if stored_emission ~= emission and stored_tat > now then
-        -- The limit changed: keep the backlog (in slots) in the new unit.
-        stored_tat = now + math.ceil((stored_tat - now) / stored_emission * emission)
-      end
-      if stored_tat > tat then
-        tat = stored_tat
-      end
-    end
-  end
-end
+-- current_tat: tat.lua (prepended). A changed limit keeps its backlog.
+local tat = current_tat(KEYS[1], emission, now)
 
 local function store_tat()
   if tat > now then

@@ -37,23 +37,7 @@ for i = 1, count do
   }
   if item.kind == 'rate' then
     local emission = item.a
-    local tat = now
-    local stored = redis.call('GET', item.key)
-    if stored then
-      local sep = string.find(stored, ':', 1, true)
-      if sep then
-        local stored_tat = tonumber(string.sub(stored, 1, sep - 1))
-        local stored_emission = tonumber(string.sub(stored, sep + 1))
-        if stored_tat and stored_emission and stored_emission >= 1 then
-          if stored_emission ~= emission and stored_tat > now then
-            stored_tat = now + math.ceil((stored_tat - now) / stored_emission * emission)
-          end
-          if stored_tat > tat then
-            tat = stored_tat
-          end
-        end
-      end
-    end
+    local tat = current_tat(item.key, emission, now)
     if item.returned > 0 and tat > now then
       tat = math.max(now, tat - item.returned * emission)
       item.changed = true
