@@ -89,7 +89,11 @@ const KONG_NYI_IMPORTED_NOT_CALLED: &[(&str, &str)] = &[
 /// Called by the filter; ngx_wasm_module implements them only since the
 /// version bundled with Kong 3.9 ("Added support for Proxy-Wasm metrics",
 /// Kong 3.9 changelog, Kong/kong#13681). On Kong 3.4–3.8 they trap.
-const KONG_3_9_METRICS: &[&str] = &["proxy_define_metric", "proxy_increment_metric"];
+const KONG_3_9_METRICS: &[&str] = &[
+    "proxy_define_metric",
+    "proxy_increment_metric",
+    "proxy_record_metric",
+];
 
 /// WASI preview 1 functions ngx_wasm_module provides.
 const KONG_WASI: &[&str] = &[
@@ -291,7 +295,6 @@ fn filter_source_avoids_what_kong_cannot_do() {
         "resolve_shared_queue",
         "close_stream",
         "get_log_level",
-        "record_metric",
         "get_metric",
         "done()",
     ] {
@@ -353,6 +356,10 @@ const SDK_CALLS_ALLOWED: &[(&str, &str)] = &[
     ),
 
     ("increment_metric", "ids from define_metric"),
+    (
+        "record_metric",
+        "gauge ids from define_metric(Gauge) only (the quota gauges): Ok; ngx_wasm_module traps only for an unknown id or a counter",
+    ),
 ];
 
 /// SDK calls that unwrap host bytes as UTF-8 (`0xff` in a header traps the VM).
