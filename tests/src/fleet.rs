@@ -42,20 +42,27 @@ pub struct StoreSidecar {
     child: Option<Child>,
     port: u16,
     redis: RedisTarget,
+    binary: std::path::PathBuf,
 }
 
 impl StoreSidecar {
-    /// Starts on a free port.
+    /// Starts the harness's sidecar build on a free port.
     pub fn start(redis: &RedisTarget) -> Self {
+        Self::start_binary(&sidecar_binary(), redis)
+    }
+
+    /// Starts the sidecar `binary` (another build, for benchmarks) on a free port.
+    pub fn start_binary(binary: &std::path::Path, redis: &RedisTarget) -> Self {
         let mut last = String::new();
         for _ in 0..3 {
             let port = free_port();
-            match Self::try_start(port, redis) {
+            match Self::try_start(binary, port, redis) {
                 Ok(child) => {
                     return Self {
                         child: Some(child),
                         port,
                         redis: redis.clone(),
+                        binary: binary.to_owned(),
                     }
                 }
                 Err(err) => last = err,
@@ -64,8 +71,13 @@ impl StoreSidecar {
         fail(format!("the store sidecar did not start: {last}"))
     }
 
-    fn try_start(port: u16, redis: &RedisTarget) -> Result<Child, String> {
-        let mut child = Command::new(sidecar_binary())
+    /// Its process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn try_start(binary: &std::path::Path, port: u16, redis: &RedisTarget) -> Result<Child, String> {
+        let mut child = Command::new(binary)
             .arg("store")
             .arg("--store-addr")
             .arg(format!("127.0.0.1:{port}"))
@@ -134,7 +146,7 @@ impl StoreSidecar {
         self.stop();
         let mut last = String::new();
         for _ in 0..5 {
-            match Self::try_start(self.port, &self.redis) {
+            match Self::try_start(&self.binary, self.port, &self.redis) {
                 Ok(child) => {
                     self.child = Some(child);
                     return;

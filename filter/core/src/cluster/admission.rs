@@ -64,6 +64,10 @@ pub struct LimitLease {
     pub window: LeaseWindow,
     /// The slots the request takes from it (its cost).
     pub cost: u64,
+    /// Its usage is reported after the response: leased one request's
+    /// cost at a time, so no gateway holds slots that reported usage, once
+    /// in Redis, could no longer take back.
+    pub exact: bool,
 }
 
 impl LimitLease {
@@ -89,21 +93,23 @@ impl LimitLease {
             key,
             window,
             cost: cost.max(1),
+            exact: policy.usage.is_some(),
         }
     }
 
     fn sizing(&self, cluster: &ClusterStoreConfig) -> Sizing {
         let timeout_ns = cluster.timeout_ms.saturating_mul(NANOS_PER_MS);
         let ttl_ns = cluster.lease_ttl_ms.saturating_mul(NANOS_PER_MS);
+        let lease_max = if self.exact { 1 } else { cluster.lease_max };
         match self.window {
-            LeaseWindow::Rate(rate) => Sizing::new(&rate, cluster.lease_max, timeout_ns, ttl_ns),
+            LeaseWindow::Rate(rate) => Sizing::new(&rate, lease_max, timeout_ns, ttl_ns),
             LeaseWindow::Quota {
                 requests,
                 window_end_s,
             } => Sizing::quota(
                 requests,
                 window_end_s.saturating_mul(NANOS_PER_SECOND),
-                cluster.lease_max,
+                lease_max,
                 timeout_ns,
                 ttl_ns,
             ),

@@ -284,6 +284,7 @@ mod tests {
                 key: key.clone(),
                 window: crate::cluster::admission::LeaseWindow::Rate(rate),
                 cost: 1,
+                exact: false,
             },
         };
         assert!(matches!(
