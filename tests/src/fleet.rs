@@ -76,7 +76,11 @@ impl StoreSidecar {
         self.child.as_ref().map(Child::id)
     }
 
-    fn try_start(binary: &std::path::Path, port: u16, redis: &RedisTarget) -> Result<Child, String> {
+    fn try_start(
+        binary: &std::path::Path,
+        port: u16,
+        redis: &RedisTarget,
+    ) -> Result<Child, String> {
         let mut child = Command::new(binary)
             .arg("store")
             .arg("--store-addr")

@@ -24,7 +24,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tenant_guard_bench::{self as bench, clock_ticks_per_second, file_label, median, CpuTime, Flags};
+use tenant_guard_bench::{
+    self as bench, clock_ticks_per_second, file_label, median, CpuTime, Flags,
+};
 use tenant_guard_e2e::fleet::{RedisTarget, StoreSidecar};
 use tenant_guard_e2e::Conn;
 use tenant_guard_sidecar::test_support::RedisServer;
@@ -165,8 +167,12 @@ fn main() -> ExitCode {
             };
             let before = CpuTime::of(pid);
             let started = Instant::now();
-            let (latencies, errors) =
-                round(one.store.port(), per_round, args.connections, &format!("l{index}"));
+            let (latencies, errors) = round(
+                one.store.port(),
+                per_round,
+                args.connections,
+                &format!("l{index}"),
+            );
             one.wall += started.elapsed();
             if let (Ok(before), Ok(after)) = (before, CpuTime::of(pid)) {
                 let (stat, ns) = after.us_per_request_since(&before, ticks, latencies.len() as f64);
