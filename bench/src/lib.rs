@@ -17,7 +17,7 @@ pub use cli::{file_label, parse_command_line, Flags};
 pub use configs::{
     es256_token, filter_config, rs256_token, with_jwt, SignedToken, JWT_AUDIENCE, JWT_ISSUER,
 };
-pub use envoy::{BenchEnvoy, Bootstrap};
+pub use envoy::{native_envoy_binary, BenchEnvoy, Bootstrap, Launch};
 pub use process::{clock_ticks_per_second, rss_kib, CpuTime};
 pub use report::{command_output, file_size};
 pub use stats::{median, min_max};
