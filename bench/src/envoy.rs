@@ -14,6 +14,9 @@ use tenant_guard_e2e::{envoy_binary, http, repo_root, wait_until, wasm_path};
 
 /// How long a bench Envoy may take to become ready.
 const BENCH_STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
+/// Under callgrind Envoy starts 20–50× slower (V8 compiles the module inside
+/// the emulator), more so while the machine is busy.
+const CALLGRIND_STARTUP_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Which bootstrap a [`BenchEnvoy`] runs.
 #[derive(Debug, Clone)]
@@ -209,7 +212,11 @@ impl BenchEnvoy {
             startup: Duration::ZERO,
             _dir: dir,
         };
-        let ready = wait_until(BENCH_STARTUP_TIMEOUT, || {
+        let timeout = match launch {
+            Launch::Native => BENCH_STARTUP_TIMEOUT,
+            Launch::Callgrind => CALLGRIND_STARTUP_TIMEOUT,
+        };
+        let ready = wait_until(timeout, || {
             matches!(envoy.child.try_wait(), Ok(None))
                 && http::try_get(admin_port, "/ready").is_some_and(|r| r.status == 200)
         });
@@ -277,6 +284,25 @@ impl BenchEnvoy {
                     .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
             })
             .ok_or_else(|| format!("{}: no summary line", newest.display()))
+    }
+
+    /// Under [`Launch::Callgrind`]: copies the newest dump to `dest` (for
+    /// `callgrind_annotate`).
+    pub fn copy_last_dump(&self, dest: &std::path::Path) -> Result<(), String> {
+        let prefix = format!("callgrind.{}.", self.pid());
+        let newest = fs::read_dir(self._dir.path())
+            .map_err(|e| e.to_string())?
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let n: u32 = name.strip_prefix(&prefix)?.parse().ok()?;
+                Some((n, entry.path()))
+            })
+            .max()
+            .ok_or_else(|| "callgrind wrote no dump".to_owned())?;
+        fs::copy(&newest.1, dest)
+            .map(|_| ())
+            .map_err(|e| format!("{}: {e}", dest.display()))
     }
 
     /// From spawning the process to admin `/ready`.

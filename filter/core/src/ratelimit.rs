@@ -138,6 +138,14 @@ pub fn encode_state(state: State) -> [u8; 16] {
     out
 }
 
+/// `store::key_tag(logical)`, through the worker's cache.
+fn cached_tag(config: &CompiledConfig, logical: &str) -> store::Tag {
+    match config.tag_cache.lock() {
+        Ok(mut cache) => cache.tag(logical),
+        Err(_) => store::key_tag(logical),
+    }
+}
+
 /// The storage key for one tenant's limit.
 pub fn state_key(tenant: &str, policy_name: &str) -> String {
     format!("tg:rl:{tenant}:{policy_name}")
@@ -151,6 +159,8 @@ pub fn state_key(tenant: &str, policy_name: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateKey {
     logical: String,
+    /// `logical`'s tag, computed once (`store::key_tag`).
+    tag: store::Tag,
     table: Option<String>,
     /// Tenant and limit name, for the cluster store (`None` for a raw key).
     parts: Option<(String, String)>,
@@ -163,18 +173,20 @@ impl RateKey {
     pub fn new(config: &CompiledConfig, tenant: &str, policy_name: &str) -> Self {
         let logical = state_key(tenant, policy_name);
         let parts = Some((tenant.to_owned(), policy_name.to_owned()));
+        let tag = cached_tag(config, &logical);
         if config.tenants.contains_key(tenant) {
             return Self {
                 logical,
+                tag,
                 table: None,
                 parts,
                 keyed: false,
             };
         }
-        let tag = store::key_tag(&logical);
         let slot = u64::from_le_bytes(tag) % u64::from(config.store.unknown_tenant_slots.max(1));
         Self {
             logical,
+            tag,
             table: Some(format!("tg:rl:u:{slot}")),
             parts,
             keyed: false,
@@ -195,13 +207,14 @@ impl RateKey {
         let configured = config.tenants.contains_key(tenant);
         let Some(hash) = hash else {
             let logical = format!("tg:rl:{tenant}");
+            let tag = cached_tag(config, &logical);
             let table = (!configured).then(|| {
-                let tag = store::key_tag(&logical);
                 let slots = u64::from(config.store.unknown_tenant_slots.max(1));
                 format!("tg:rl:u:{}", u64::from_le_bytes(tag) % slots)
             });
             return Self {
                 logical,
+                tag,
                 table,
                 parts: None,
                 keyed: false,
@@ -215,8 +228,8 @@ impl RateKey {
         };
         let hex = crate::cluster::wire::to_hex(&hash);
         let logical = format!("tg:rk:{tenant}:{kind}:{hex}");
-        let slot =
-            u64::from_le_bytes(store::key_tag(&logical)) % u64::from(config.store.key_slots.max(1));
+        let tag = cached_tag(config, &logical);
+        let slot = u64::from_le_bytes(tag) % u64::from(config.store.key_slots.max(1));
         let table = if configured {
             format!("tg:rk:{tenant}:{slot}")
         } else {
@@ -224,6 +237,7 @@ impl RateKey {
         };
         Self {
             logical,
+            tag,
             table: Some(table),
             parts: None,
             keyed: true,
@@ -245,8 +259,8 @@ impl RateKey {
         };
         let name = format!("{policy}~{}", crate::cluster::wire::to_hex(&hash));
         let logical = state_key(tenant, &name);
-        let slot =
-            u64::from_le_bytes(store::key_tag(&logical)) % u64::from(config.store.key_slots.max(1));
+        let tag = cached_tag(config, &logical);
+        let slot = u64::from_le_bytes(tag) % u64::from(config.store.key_slots.max(1));
         let table = if config.tenants.contains_key(tenant) {
             format!("tg:rl:k:{tenant}:{slot}")
         } else {
@@ -254,6 +268,7 @@ impl RateKey {
         };
         Self {
             logical,
+            tag,
             table: Some(table),
             parts: Some((tenant.to_owned(), name)),
             keyed: true,
@@ -279,8 +294,10 @@ impl RateKey {
             Some(rest) => format!("tg:{family}:{rest}"),
             None => format!("tg:{family}:{key}"),
         };
+        let logical = rename(&self.logical);
         RateKey {
-            logical: rename(&self.logical),
+            tag: store::key_tag(&logical),
+            logical,
             table: self.table.as_deref().map(rename),
             parts: self.parts.clone(),
             keyed: self.keyed,
@@ -290,6 +307,20 @@ impl RateKey {
     /// The logical key (what a stored value is tagged with).
     pub fn logical(&self) -> &str {
         &self.logical
+    }
+
+    /// Where this key's value lives right now (`store::locate`, or
+    /// `store::locate_reusable` in its table, where `idle` says which of
+    /// another key's values may be taken over); the tag is not computed again.
+    pub fn locate(
+        &self,
+        store: &dyn SharedStore,
+        idle: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<Option<store::Located>, StoreError> {
+        match &self.table {
+            None => store::locate_tagged(store, &self.logical, self.tag),
+            Some(table) => store::locate_reusable_tagged(store, table, self.tag, idle),
+        }
     }
 
     /// The bounded table slot unknown tenants share, if this key is one.
@@ -306,6 +337,7 @@ impl RateKey {
 impl From<&str> for RateKey {
     fn from(key: &str) -> Self {
         Self {
+            tag: store::key_tag(key),
             logical: key.to_owned(),
             table: None,
             parts: None,
@@ -375,10 +407,7 @@ pub fn check_and_consume(
     let key: RateKey = key.into();
     let idle = |payload: &[u8]| decode_state(payload).is_none_or(|state| state.tat_ns <= now_ns);
     for _ in 0..options.max_cas_retries {
-        let located = match &key.table {
-            None => store::locate(store, &key.logical)?,
-            Some(table) => store::locate_reusable(store, table, &key.logical, &idle)?,
-        };
+        let located = key.locate(store, &idle)?;
         let Some(located) = located else {
             return Err(CheckError::Store(StoreError(format!(
                 "`{}` and its {} alternates hold other keys' values",

@@ -127,9 +127,14 @@ pub fn probe(store: &dyn SharedStore) -> Result<HostSemantics, StoreError> {
 pub const KEY_ATTEMPTS: u32 = 4;
 const TAG_LEN: usize = 8;
 
+/// What every stored value starts with: see [`key_tag`].
+pub type Tag = [u8; TAG_LEN];
+
 /// The tag every stored value starts with: the first 8 bytes of SHA-256 of its
 /// full logical key (independent of the CRC32 a host may look keys up by).
-pub fn key_tag(key: &str) -> [u8; TAG_LEN] {
+/// Computed once per key and request (a SHA-256 is a large part of a
+/// request's cost in the VM): [`locate_tagged`] takes it precomputed.
+pub fn key_tag(key: &str) -> Tag {
     let digest = Sha256::digest(key.as_bytes());
     let mut tag = [0u8; TAG_LEN];
     for (slot, byte) in tag.iter_mut().zip(digest.iter()) {
@@ -147,6 +152,56 @@ pub fn alternate_key(key: &str, attempt: u32) -> String {
     }
 }
 
+/// The key tags of the keys a worker used last: a request reads the same
+/// few keys again and again, and a SHA-256 per key and request is a large part
+/// of a request's cost in the VM. Direct-mapped and fixed in size (whatever
+/// keys clients make us build, it holds [`TAG_CACHE_SLOTS`] entries), exact (a
+/// hit needs the whole key).
+#[derive(Debug)]
+pub struct TagCache {
+    slots: Vec<Option<(String, Tag)>>,
+}
+
+/// Entries of a [`TagCache`].
+pub const TAG_CACHE_SLOTS: usize = 256;
+/// Keys longer than this are not cached (their tag is computed each time).
+const TAG_CACHE_KEY_MAX: usize = 160;
+
+impl Default for TagCache {
+    fn default() -> Self {
+        Self {
+            slots: vec![None; TAG_CACHE_SLOTS],
+        }
+    }
+}
+
+impl TagCache {
+    /// `key_tag(key)`, from the cache when `key` was seen last in its slot.
+    pub fn tag(&mut self, key: &str) -> Tag {
+        if key.len() > TAG_CACHE_KEY_MAX {
+            return key_tag(key);
+        }
+        // FNV-1a picks the slot: cheap, and a collision only costs a SHA-256.
+        let slot = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        }) % TAG_CACHE_SLOTS as u64;
+        let Some(entry) = usize::try_from(slot)
+            .ok()
+            .and_then(|slot| self.slots.get_mut(slot))
+        else {
+            return key_tag(key);
+        };
+        match entry {
+            Some((cached, tag)) if cached == key => *tag,
+            _ => {
+                let tag = key_tag(key);
+                *entry = Some((key.to_owned(), tag));
+                tag
+            }
+        }
+    }
+}
+
 /// `payload` prefixed with the tag of `key`.
 pub fn tagged(key: &str, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(TAG_LEN + payload.len());
@@ -157,8 +212,13 @@ pub fn tagged(key: &str, payload: &[u8]) -> Vec<u8> {
 
 /// The payload of a value stored under `key`, `None` when the value is another key's.
 pub fn untag<'v>(key: &str, value: &'v [u8]) -> Option<&'v [u8]> {
-    let (tag, payload) = value.split_at_checked(TAG_LEN)?;
-    (tag == key_tag(key)).then_some(payload)
+    untag_with(&key_tag(key), value)
+}
+
+/// [`untag`] with the key's tag already computed.
+fn untag_with<'v>(tag: &Tag, value: &'v [u8]) -> Option<&'v [u8]> {
+    let (found, payload) = value.split_at_checked(TAG_LEN)?;
+    (found == tag).then_some(payload)
 }
 
 /// Where a logical key lives right now.
@@ -166,8 +226,8 @@ pub fn untag<'v>(key: &str, value: &'v [u8]) -> Option<&'v [u8]> {
 pub struct Located {
     /// The storage key (the logical key or one of its alternates).
     pub key: String,
-    /// The tag is computed over the logical key, whichever storage key holds it.
-    logical: String,
+    /// The logical key's tag, whichever storage key holds it.
+    tag: Tag,
     current: Current,
 }
 
@@ -190,7 +250,10 @@ impl Located {
 
     /// Writes `payload` if nobody changed the key since it was located.
     pub fn write(&self, store: &dyn SharedStore, payload: &[u8]) -> Result<CasOutcome, StoreError> {
-        self.write_value(store, &tagged(&self.logical, payload))
+        let mut value = Vec::with_capacity(TAG_LEN + payload.len());
+        value.extend_from_slice(&self.tag);
+        value.extend_from_slice(payload);
+        self.write_value(store, &value)
     }
 
     /// [`Self::write`] of a payload built in place: `fill` appends it to the
@@ -202,7 +265,7 @@ impl Located {
         fill: impl FnOnce(&mut Vec<u8>),
     ) -> Result<CasOutcome, StoreError> {
         let mut value = Vec::with_capacity(TAG_LEN + len);
-        value.extend_from_slice(&key_tag(&self.logical));
+        value.extend_from_slice(&self.tag);
         fill(&mut value);
         self.write_value(store, &value)
     }
@@ -227,19 +290,28 @@ impl Located {
 /// Values carrying another key's tag (a hash collision on the host, or garbage)
 /// are skipped, never used. `None` when every alternate belongs to someone else.
 pub fn locate(store: &dyn SharedStore, key: &str) -> Result<Option<Located>, StoreError> {
+    locate_tagged(store, key, key_tag(key))
+}
+
+/// [`locate`] with `key`'s tag already computed.
+pub fn locate_tagged(
+    store: &dyn SharedStore,
+    key: &str,
+    tag: Tag,
+) -> Result<Option<Located>, StoreError> {
     for attempt in 0..KEY_ATTEMPTS {
         let storage_key = alternate_key(key, attempt);
         let current = match store.get(&storage_key)? {
             None => Current::Missing,
             Some((value, cas)) if value.is_empty() => Current::Empty(cas),
-            Some((value, cas)) => match untag(key, &value) {
+            Some((value, cas)) => match untag_with(&tag, &value) {
                 Some(payload) => Current::Ours(payload.to_vec(), cas),
                 None => continue,
             },
         };
         return Ok(Some(Located {
             key: storage_key,
-            logical: key.to_owned(),
+            tag,
             current,
         }));
     }
@@ -257,17 +329,27 @@ pub fn locate_reusable(
     logical: &str,
     idle: &dyn Fn(&[u8]) -> bool,
 ) -> Result<Option<Located>, StoreError> {
+    locate_reusable_tagged(store, storage_key, key_tag(logical), idle)
+}
+
+/// [`locate_reusable`] with the logical key's tag already computed.
+pub fn locate_reusable_tagged(
+    store: &dyn SharedStore,
+    storage_key: &str,
+    tag: Tag,
+    idle: &dyn Fn(&[u8]) -> bool,
+) -> Result<Option<Located>, StoreError> {
     let mut free: Option<Located> = None;
     for attempt in 0..KEY_ATTEMPTS {
         let key = alternate_key(storage_key, attempt);
         let found = |current| Located {
             key: key.clone(),
-            logical: logical.to_owned(),
+            tag,
             current,
         };
         match store.get(&key)? {
             None => return Ok(Some(free.unwrap_or_else(|| found(Current::Missing)))),
-            Some((value, cas)) => match untag(logical, &value) {
+            Some((value, cas)) => match untag_with(&tag, &value) {
                 Some(payload) => return Ok(Some(found(Current::Ours(payload.to_vec(), cas)))),
                 None if free.is_none()
                     && (value.is_empty() || idle(value.get(TAG_LEN..).unwrap_or_default())) =>

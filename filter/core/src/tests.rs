@@ -419,6 +419,27 @@ fn corrupted_state_is_treated_as_absent() {
 // ---- store semantics and CAS loop ----
 
 #[test]
+fn tag_cache_answers_what_key_tag_computes() {
+    let mut cache = crate::store::TagCache::default();
+    let long = "k".repeat(400);
+    // Far more keys than slots, each asked twice (a miss, then a hit or a
+    // miss after its slot was taken over), a long key that is never cached.
+    let keys: Vec<String> = (0..3 * crate::store::TAG_CACHE_SLOTS)
+        .map(|i| format!("tg:rl:tenant-{i}"))
+        .chain([long, String::new()])
+        .collect();
+    for round in 0..2 {
+        for key in &keys {
+            assert_eq!(
+                cache.tag(key),
+                crate::store::key_tag(key),
+                "{key} (round {round})"
+            );
+        }
+    }
+}
+
+#[test]
 fn memory_store_follows_envoy_semantics() {
     let store = MemoryStore::new();
     assert_eq!(store.get("k").unwrap(), None);

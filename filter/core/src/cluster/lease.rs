@@ -22,7 +22,7 @@
 //! the store caps each grant at a fair share of what is left.
 
 use crate::ratelimit::{RateKey, RateParams};
-use crate::store::{self, CasOutcome, Located, SharedStore, StoreError};
+use crate::store::{CasOutcome, Located, SharedStore, StoreError};
 
 use super::wire::LeaseAnswer;
 
@@ -273,10 +273,7 @@ fn locate(
     now_ns: u64,
 ) -> Result<Option<Located>, StoreError> {
     let idle = |payload: &[u8]| Lease::decode(payload).is_none_or(|lease| lease.idle(now_ns));
-    match key.table() {
-        None => store::locate(store, key.logical()),
-        Some(table) => store::locate_reusable(store, table, key.logical(), &idle),
-    }
+    key.locate(store, &idle)
 }
 
 fn no_room(key: &RateKey) -> StoreError {

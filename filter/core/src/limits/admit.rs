@@ -394,10 +394,7 @@ pub(super) fn locate_group(
     let idle = |payload: &[u8]| {
         state::decode(payload).is_none_or(|entries| entries.iter().all(|e| e.idle(now_ns)))
     };
-    let located = match key.table() {
-        None => store::locate(store, key.logical())?,
-        Some(table) => store::locate_reusable(store, table, key.logical(), &idle)?,
-    };
+    let located = key.locate(store, &idle)?;
     located.ok_or_else(|| {
         if key.is_keyed() {
             CheckError::KeysExhausted

@@ -11,7 +11,7 @@
 
 use crate::config::{CompiledConfig, CompiledTenant, InFlightPolicy, KeyKind};
 use crate::ratelimit::{CheckError, RateKey};
-use crate::store::{self, CasOutcome, Located, SharedStore, StoreError};
+use crate::store::{CasOutcome, Located, SharedStore, StoreError};
 use crate::tenant::TenantId;
 
 use super::admit::KeyHashes;
@@ -89,10 +89,7 @@ fn locate(store: &dyn SharedStore, key: &RateKey, now_ns: u64) -> Result<Located
     let idle = |payload: &[u8]| {
         decode(payload).is_none_or(|slots| slots.iter().all(|slot| slot.deadline_ns <= now_ns))
     };
-    let located = match key.table() {
-        None => store::locate(store, key.logical())?,
-        Some(table) => store::locate_reusable(store, table, key.logical(), &idle)?,
-    };
+    let located = key.locate(store, &idle)?;
     located.ok_or(CheckError::KeysExhausted)
 }
 

@@ -18,6 +18,8 @@
 //! the spread (the goal is ±2 %). All of Envoy's threads are counted; the
 //! client and the upstream run outside valgrind.
 
+mod memory;
+
 use std::process::ExitCode;
 
 use serde_json::{json, Value};
@@ -27,24 +29,36 @@ use tenant_guard_e2e::{probe_wasm_path, Conn};
 
 const TENANT: &str = "x-tenant-id";
 const WARMUP: usize = 300;
+const USAGE: &str =
+    "usage: instr-bench [--requests N (100)] [--runs R (3; 0: memory only)] [--only TEXT]... [--keep-dumps DIR] [--skip-memory]";
 
 struct Args {
     requests: usize,
     runs: usize,
+    /// Only the scenarios whose name contains one of these.
+    only: Vec<String>,
+    /// Keep each scenario's last callgrind dump here (for `callgrind_annotate`).
+    keep_dumps: Option<std::path::PathBuf>,
+    /// No memory table.
+    skip_memory: bool,
 }
 
 fn parse_args(flags: &mut Flags) -> Result<Args, String> {
     let mut args = Args {
         requests: 100,
         runs: 3,
+        only: Vec::new(),
+        keep_dumps: None,
+        skip_memory: false,
     };
     while let Some(flag) = flags.next_flag() {
         match flag.as_str() {
             "--requests" => args.requests = flags.value::<usize>()?.clamp(10, 100_000),
-            "--runs" => args.runs = flags.value::<usize>()?.clamp(1, 20),
-            "-h" | "--help" => {
-                return Err("usage: instr-bench [--requests N (100)] [--runs R (3)]".to_owned())
-            }
+            "--runs" => args.runs = flags.value::<usize>()?.min(20),
+            "--only" => args.only.push(flags.value::<String>()?),
+            "--skip-memory" => args.skip_memory = true,
+            "--keep-dumps" => args.keep_dumps = Some(flags.value::<std::path::PathBuf>()?),
+            "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument `{other}` (see --help)")),
         }
     }
@@ -56,6 +70,10 @@ struct Scenario {
     name: &'static str,
     bootstrap: Bootstrap,
     headers: Vec<(&'static str, &'static str)>,
+    /// The minimal probe filter: the floor the memory table compares with.
+    is_probe: bool,
+    /// Also in the memory table.
+    memory: bool,
 }
 
 /// tenant-guard with header tenants; `limits`: the defaults' `rate_limits`.
@@ -99,54 +117,76 @@ fn scenarios() -> Vec<Scenario> {
         ]);
     }
     let tenant = vec![(TENANT, "acme")];
+    let scenario = |name, bootstrap, headers| Scenario {
+        name,
+        bootstrap,
+        headers,
+        is_probe: false,
+        memory: false,
+    };
+    let in_memory_table = |scenario: Scenario| Scenario {
+        memory: true,
+        ..scenario
+    };
+    let mut ten_thousand = filter_config("instr", None);
+    set_json(&mut ten_thousand, &["defaults", "rate_limits"], one.clone());
+    let ten_thousand = memory::with_tenants(ten_thousand, 10_000);
     vec![
+        in_memory_table(scenario(
+            "plain Envoy (no filter)",
+            Bootstrap::Plain,
+            tenant.clone(),
+        )),
         Scenario {
-            name: "plain Envoy (no filter)",
-            bootstrap: Bootstrap::Plain,
-            headers: tenant.clone(),
+            is_probe: true,
+            ..in_memory_table(scenario(
+                "minimal probe filter",
+                Bootstrap::OtherWasm {
+                    wasm: probe_wasm_path(),
+                    config: "{}".to_owned(),
+                },
+                tenant.clone(),
+            ))
         },
-        Scenario {
-            name: "minimal probe filter",
-            bootstrap: Bootstrap::OtherWasm {
-                wasm: probe_wasm_path(),
-                config: "{}".to_owned(),
-            },
-            headers: tenant.clone(),
-        },
-        Scenario {
-            name: "tenant-guard: correlation + header tenant, no limit",
-            bootstrap: tenant_guard(None),
-            headers: tenant.clone(),
-        },
-        Scenario {
-            name: "tenant-guard: + one rate limit (the default configuration)",
-            bootstrap: tenant_guard(Some(one.clone())),
-            headers: tenant.clone(),
-        },
-        Scenario {
-            name: "tenant-guard: + lean headers (RateLimit on 429 only, no revision upstream)",
-            bootstrap: lean(tenant_guard(Some(one))),
-            headers: tenant.clone(),
-        },
-        Scenario {
-            name: "tenant-guard: + 3 limits of the tenant",
-            bootstrap: tenant_guard(Some(three.clone())),
-            headers: tenant.clone(),
-        },
-        Scenario {
-            name: "tenant-guard: + 6 limits (3 of the tenant, 2 per user, 1 per API key)",
-            bootstrap: tenant_guard(Some(six)),
-            headers: vec![(TENANT, "acme"), ("x-user-id", "u-1"), ("x-api-key", "k-1")],
-        },
-        Scenario {
-            name: "Lua correlation id + native local_ratelimit",
-            bootstrap: Bootstrap::Lua {
+        scenario(
+            "tenant-guard: correlation + header tenant, no limit",
+            tenant_guard(None),
+            tenant.clone(),
+        ),
+        in_memory_table(scenario(
+            "tenant-guard: + one rate limit (the default configuration)",
+            tenant_guard(Some(one.clone())),
+            tenant.clone(),
+        )),
+        scenario(
+            "tenant-guard: + lean headers (RateLimit on 429 only, no revision upstream)",
+            lean(tenant_guard(Some(one))),
+            tenant.clone(),
+        ),
+        scenario(
+            "tenant-guard: + 3 limits of the tenant",
+            tenant_guard(Some(three.clone())),
+            tenant.clone(),
+        ),
+        scenario(
+            "tenant-guard: + 6 limits (3 of the tenant, 2 per user, 1 per API key)",
+            tenant_guard(Some(six)),
+            vec![(TENANT, "acme"), ("x-user-id", "u-1"), ("x-api-key", "k-1")],
+        ),
+        in_memory_table(scenario(
+            "tenant-guard: default configuration, 10 000 configured tenants",
+            Bootstrap::Filter(ten_thousand.to_string()),
+            vec![(TENANT, "t00042")],
+        )),
+        in_memory_table(scenario(
+            "Lua correlation id + native local_ratelimit",
+            Bootstrap::Lua {
                 tenant: "acme".to_owned(),
                 tokens: most,
                 fill_seconds: 60,
             },
-            headers: tenant,
-        },
+            tenant,
+        )),
     ]
 }
 
@@ -200,7 +240,19 @@ fn main() -> ExitCode {
     );
     println!("|---|---|---:|---:|---:|---:|");
     let mut plain = None;
-    for scenario in scenarios() {
+    let chosen: Vec<(usize, Scenario)> = scenarios()
+        .into_iter()
+        .enumerate()
+        .filter(|(_, scenario)| {
+            args.only.is_empty()
+                || args
+                    .only
+                    .iter()
+                    .any(|text| scenario.name.contains(text.as_str()))
+        })
+        .collect();
+    // `--runs 0`: the memory table only.
+    for (index, scenario) in chosen.iter().filter(|_| args.runs > 0) {
         let envoy = match BenchEnvoy::launch(&scenario.bootstrap, 1, upstream, &Launch::Callgrind) {
             Ok(envoy) => envoy,
             Err(e) => {
@@ -214,12 +266,21 @@ fn main() -> ExitCode {
         }
         let mut runs = Vec::with_capacity(args.runs);
         for _ in 0..args.runs {
-            match one_run(&envoy, &mut conn, &scenario, args.requests) {
+            match one_run(&envoy, &mut conn, scenario, args.requests) {
                 Ok(per_request) => runs.push(per_request),
                 Err(e) => {
                     eprintln!("{}: {e}", scenario.name);
                     return ExitCode::FAILURE;
                 }
+            }
+        }
+        if let Some(dir) = &args.keep_dumps {
+            let dest = dir.join(format!("callgrind.scenario-{index}"));
+            if let Err(e) = std::fs::create_dir_all(dir)
+                .map_err(|e| e.to_string())
+                .and_then(|()| envoy.copy_last_dump(&dest))
+            {
+                eprintln!("{}: {e}", scenario.name);
             }
         }
         let median = bench::median(&runs);
@@ -237,6 +298,17 @@ fn main() -> ExitCode {
             median / base.max(1.0),
             median - base
         );
+    }
+    if !args.skip_memory {
+        let measured: Vec<&Scenario> = chosen
+            .iter()
+            .map(|(_, scenario)| scenario)
+            .filter(|scenario| scenario.memory)
+            .collect();
+        if let Err(e) = memory::report(&measured, upstream) {
+            eprintln!("memory: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     ExitCode::SUCCESS
 }
