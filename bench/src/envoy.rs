@@ -1,6 +1,6 @@
 //! The bench Envoy ([`BenchEnvoy`]): one process per scenario with a chosen
-//! `--concurrency`, running plain Envoy, the filter (or another `.wasm`) or the
-//! Lua + `local_ratelimit` baseline ([`Bootstrap`]), rendered from the same
+//! `--concurrency`, running plain Envoy, the filter (or another `.wasm`), the
+//! Lua + `local_ratelimit` baseline or a peer ([`Bootstrap`]), rendered from the same
 //! `envoy/*.yaml` templates users run; its start-up time and admin stats.
 
 use std::fs;
@@ -35,6 +35,12 @@ pub enum Bootstrap {
         tokens: u64,
         fill_seconds: u64,
     },
+    /// `envoy/baseline-ratelimit.yaml`: Envoy's native `ratelimit` filter
+    /// asking the rate limit service on `rls_port` (limitador, [`crate::peers`]).
+    NativeRateLimit { rls_port: u16 },
+    /// `envoy/baseline-wasm-shim.yaml`: Kuadrant's wasm-shim (`wasm`) asking
+    /// the rate limit service on `rls_port`.
+    WasmShim { wasm: PathBuf, rls_port: u16 },
 }
 
 /// Adds the `.wasm` path and the plugin config (embedded in the bootstrap as a
@@ -172,6 +178,16 @@ impl BenchEnvoy {
                 values.push(("TENANT_TOKENS", tokens.to_string()));
                 values.push(("TENANT_FILL_SECONDS", fill_seconds.to_string()));
                 read_template("baseline-lua.yaml")?
+            }
+            Bootstrap::NativeRateLimit { rls_port } => {
+                values.push(("RLS_PORT", rls_port.to_string()));
+                values.push(("RLS_DOMAIN", crate::peers::NAMESPACE.to_owned()));
+                read_template("baseline-ratelimit.yaml")?
+            }
+            Bootstrap::WasmShim { wasm, rls_port } => {
+                values.push(("RLS_PORT", rls_port.to_string()));
+                with_wasm(&mut values, wasm, &crate::peers::wasm_shim_config())?;
+                read_template("baseline-wasm-shim.yaml")?
             }
         };
         let path = dir.path().join("bootstrap.yaml");

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod configs;
 pub mod envoy;
+pub mod peers;
 pub mod process;
 pub mod report;
 pub mod stats;

@@ -1,36 +1,53 @@
-//! Instructions per proxied request, counted by callgrind: a figure that
-//! does not move with the machine's load, for plain Envoy, the minimal probe
-//! filter, tenant-guard's configurations and the Lua + native
-//! `local_ratelimit` setup users run today, side by side in one run.
+//! Cost per request, side by side in one run: tenant-guard's configurations,
+//! plain Envoy, the minimal probe filter, the Lua + native `local_ratelimit`
+//! setup users run today, and the peers (Kuadrant's wasm-shim and Envoy's
+//! `ratelimit` filter, both asking limitador-server, in memory or on Redis).
 //!
 //! ```text
 //! apt-get install -y valgrind                     # Debian's valgrind (callgrind, callgrind_control)
-//! cargo run --release -p tenant-guard-bench --bin instr-bench -- [--requests N (100)] [--runs R (3)]
+//! cargo run --release -p tenant-guard-bench --bin instr-bench -- \
+//!     [--requests N (100)] [--runs R (3; 0: no instruction counts)] [--only TEXT]... \
+//!     [--limitador PATH] [--wasm-shim PATH] [--skip-compare] [--skip-memory] [--keep-dumps DIR]
 //! ```
 //!
-//! Each scenario is one Envoy (`--concurrency 1`) under `valgrind
-//! --tool=callgrind`, in front of the in-process upstream, warmed up with 300
-//! requests (V8 compiles the filter's hot code by then). A run counts the
-//! instructions of N requests and of 2 N requests (callgrind's counters
-//! dumped and zeroed around each batch, one keep-alive connection) and
-//! reports (I(2N) − I(N)) / N: what one more request costs, with start-up,
-//! warm-up and the batch's fixed costs cancelled. R runs per scenario show
-//! the spread (the goal is ±2 %). All of Envoy's threads are counted; the
-//! client and the upstream run outside valgrind.
+//! Three tables, in this order:
+//! 1. natively (`compare.rs`): CPU per request of Envoy and of the rate limit
+//!    service beside it, latency p50/p99, admitted ÷ allowed under a storm
+//!    across 2 workers, Redis commands per 100 requests — first, because CPU
+//!    time is the one figure that moves with the machine's load;
+//! 2. instructions per proxied request, counted by callgrind: a figure that
+//!    does not move with the load. Each scenario is one Envoy
+//!    (`--concurrency 1`) under `valgrind --tool=callgrind`, warmed up with
+//!    300 requests (V8 compiles the hot code by then). A run counts the
+//!    instructions of N requests and of 2 N requests (callgrind's counters
+//!    dumped and zeroed around each batch, one keep-alive connection) and
+//!    reports (I(2N) − I(N)) / N: what one more request costs, with start-up,
+//!    warm-up and the batch's fixed costs cancelled. R runs per scenario show
+//!    the spread (the goal is ±2 %). All of Envoy's threads are counted; the
+//!    client, the upstream and a peer's limitador run outside valgrind;
+//! 3. memory (`memory.rs`): Envoy's RSS at 1, 2 and 4 workers against the
+//!    probe's, and with a 10 000-tenant config.
+//!
+//! The peers are built by the user from their public sources (BENCHMARKS.md
+//! §11); without `--limitador` / `--wasm-shim` one line says they were not
+//! measured.
 
+mod compare;
 mod memory;
 
 use std::process::ExitCode;
 
 use serde_json::{json, Value};
+use tenant_guard_bench::peers::{Limitador, PeerPaths, Storage};
 use tenant_guard_bench::{self as bench, filter_config, BenchEnvoy, Bootstrap, Flags, Launch};
 use tenant_guard_e2e::config::set_json;
 use tenant_guard_e2e::{probe_wasm_path, Conn};
+use tenant_guard_sidecar::test_support::RedisServer;
 
 const TENANT: &str = "x-tenant-id";
 const WARMUP: usize = 300;
 const USAGE: &str =
-    "usage: instr-bench [--requests N (100)] [--runs R (3; 0: memory only)] [--only TEXT]... [--keep-dumps DIR] [--skip-memory]";
+    "usage: instr-bench [--requests N (100)] [--runs R (3; 0: memory only)] [--only TEXT]... [--keep-dumps DIR] [--skip-memory] [--skip-compare] [--limitador PATH] [--wasm-shim PATH]";
 
 struct Args {
     requests: usize,
@@ -41,6 +58,9 @@ struct Args {
     keep_dumps: Option<std::path::PathBuf>,
     /// No memory table.
     skip_memory: bool,
+    /// No native comparison table.
+    skip_compare: bool,
+    peers: PeerPaths,
 }
 
 fn parse_args(flags: &mut Flags) -> Result<Args, String> {
@@ -50,6 +70,8 @@ fn parse_args(flags: &mut Flags) -> Result<Args, String> {
         only: Vec::new(),
         keep_dumps: None,
         skip_memory: false,
+        skip_compare: false,
+        peers: PeerPaths::default(),
     };
     while let Some(flag) = flags.next_flag() {
         match flag.as_str() {
@@ -57,6 +79,9 @@ fn parse_args(flags: &mut Flags) -> Result<Args, String> {
             "--runs" => args.runs = flags.value::<usize>()?.min(20),
             "--only" => args.only.push(flags.value::<String>()?),
             "--skip-memory" => args.skip_memory = true,
+            "--skip-compare" => args.skip_compare = true,
+            "--limitador" => args.peers.limitador = Some(flags.existing_file()?),
+            "--wasm-shim" => args.peers.wasm_shim = Some(flags.existing_file()?),
             "--keep-dumps" => args.keep_dumps = Some(flags.value::<std::path::PathBuf>()?),
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other => return Err(format!("unknown argument `{other}` (see --help)")),
@@ -98,6 +123,75 @@ fn lean(bootstrap: Bootstrap) -> Bootstrap {
             Bootstrap::Filter(config.to_string())
         }
         other => other,
+    }
+}
+
+/// The peers' rate limit services while the instruction counts run (the
+/// Redis one with its own Redis), and the wasm-shim module.
+struct RunningPeers {
+    memory: Limitador,
+    redis: Option<(Limitador, RedisServer)>,
+    wasm_shim: Option<std::path::PathBuf>,
+}
+
+impl RunningPeers {
+    fn start(paths: &PeerPaths, limit: u64) -> Result<Option<Self>, String> {
+        let Some(binary) = &paths.limitador else {
+            return Ok(None);
+        };
+        let memory = Limitador::start(binary, limit, 60, &Storage::Memory)?;
+        let redis = RedisServer::try_start().map_err(|e| e.to_string())?;
+        let on_redis = Limitador::start(binary, limit, 60, &Storage::Redis(redis.url()))?;
+        Ok(Some(Self {
+            memory,
+            redis: Some((on_redis, redis)),
+            wasm_shim: paths.wasm_shim.clone(),
+        }))
+    }
+
+    /// Their scenarios (tenant limit from the header, as everywhere else).
+    fn scenarios(&self) -> Vec<Scenario> {
+        let tenant = vec![(TENANT, "acme")];
+        let scenario = |name, bootstrap, memory| Scenario {
+            name,
+            bootstrap,
+            headers: tenant.clone(),
+            is_probe: false,
+            memory,
+        };
+        let redis_port = self
+            .redis
+            .as_ref()
+            .map(|(limitador, _)| limitador.rls_port());
+        let mut list = Vec::new();
+        if let Some(wasm) = &self.wasm_shim {
+            list.push(scenario(
+                "peer: Kuadrant wasm-shim + limitador (in memory)",
+                Bootstrap::WasmShim {
+                    wasm: wasm.clone(),
+                    rls_port: self.memory.rls_port(),
+                },
+                true,
+            ));
+            if let Some(rls_port) = redis_port {
+                list.push(scenario(
+                    "peer: Kuadrant wasm-shim + limitador (Redis)",
+                    Bootstrap::WasmShim {
+                        wasm: wasm.clone(),
+                        rls_port,
+                    },
+                    false,
+                ));
+            }
+        }
+        list.push(scenario(
+            "peer: Envoy ratelimit filter (gRPC) + limitador (in memory)",
+            Bootstrap::NativeRateLimit {
+                rls_port: self.memory.rls_port(),
+            },
+            true,
+        ));
+        list
     }
 }
 
@@ -229,8 +323,28 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // First, while nothing else of this run loads the machine: CPU time is
+    // the one figure here that moves with the load.
+    if !args.skip_compare {
+        if let Err(e) = compare::report(&args.peers, upstream) {
+            eprintln!("comparison: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let peers = match RunningPeers::start(&args.peers, 1_000_000_000) {
+        Ok(peers) => peers,
+        Err(e) => {
+            eprintln!("peers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.skip_compare {
+        if let Some(line) = args.peers.missing() {
+            println!("{line}\n");
+        }
+    }
     println!(
-        "instr-bench: {}; {} runs per scenario of N = {} and 2N requests, one keep-alive connection, Envoy --concurrency 1 under callgrind\n",
+        "\nInstructions per request ({}); {} runs per scenario of N = {} and 2N requests, one keep-alive connection, Envoy --concurrency 1 under callgrind (the rate limit service of a peer runs outside callgrind)\n",
         bench::command_output("valgrind", &["--version"]),
         args.runs,
         args.requests
@@ -240,7 +354,9 @@ fn main() -> ExitCode {
     );
     println!("|---|---|---:|---:|---:|---:|");
     let mut plain = None;
-    let chosen: Vec<(usize, Scenario)> = scenarios()
+    let mut all = scenarios();
+    all.extend(peers.iter().flat_map(RunningPeers::scenarios));
+    let chosen: Vec<(usize, Scenario)> = all
         .into_iter()
         .enumerate()
         .filter(|(_, scenario)| {

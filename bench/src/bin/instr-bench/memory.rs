@@ -1,5 +1,5 @@
 //! Envoy's memory per worker for each scenario: VmRSS after start-up and
-//! traffic at 1 and at 2 workers, against the minimal probe filter at the same
+//! traffic at 1, 2 and 4 workers, against the minimal probe filter at the same
 //! worker count (the goal: tenant-guard ≤ the probe + 8 MiB per worker), and
 //! with a 10 000-tenant plugin config.
 
@@ -13,6 +13,8 @@ use super::Scenario;
 /// workers serve some) before its RSS is read.
 const REQUESTS: usize = 400;
 const CONNECTIONS: usize = 4;
+/// Worker counts measured (`--concurrency`).
+const WORKERS: [u32; 3] = [1, 2, 4];
 /// The goal of issue 24 item 6, per worker.
 const GOAL_MIB_PER_WORKER: f64 = 8.0;
 
@@ -58,31 +60,48 @@ pub fn report(scenarios: &[&Scenario], upstream: u16) -> Result<(), String> {
         "\nMemory (VmRSS after {REQUESTS} requests over {CONNECTIONS} connections; tenant-guard's module {}):\n",
         file_size(&wasm_path())
     );
-    println!("| scenario | RSS, 1 worker | RSS, 2 workers | each further worker | over the probe per worker (1 / 2 workers) |");
-    println!("|---|---:|---:|---:|---:|");
-    let mut probe: Option<(f64, f64)> = None;
+    println!(
+        "| scenario | RSS, {} | each further worker | over the probe per worker ({}) |",
+        WORKERS.map(|n| format!("{n} worker(s)")).join(" | RSS, "),
+        WORKERS.map(|n| n.to_string()).join(" / ")
+    );
+    println!("|---|{}---:|---:|", "---:|".repeat(WORKERS.len()));
+    let mut probe: Option<[f64; WORKERS.len()]> = None;
     for scenario in scenarios {
-        let one = rss_mib(scenario, 1, upstream)?;
-        let two = rss_mib(scenario, 2, upstream)?;
+        let mut rss = [0.0; WORKERS.len()];
+        for (slot, workers) in rss.iter_mut().zip(WORKERS) {
+            *slot = rss_mib(scenario, workers, upstream)?;
+        }
         if scenario.is_probe {
-            probe = Some((one, two));
+            probe = Some(rss);
         }
         let over = match probe {
-            Some((probe_one, probe_two)) if !scenario.is_probe => {
-                let (a, b) = (one - probe_one, (two - probe_two) / 2.0);
-                let verdict = if a.max(b) <= GOAL_MIB_PER_WORKER {
+            Some(probe) if !scenario.is_probe => {
+                let per_worker: Vec<f64> = rss
+                    .iter()
+                    .zip(probe)
+                    .zip(WORKERS)
+                    .map(|((own, probe), workers)| (own - probe) / f64::from(workers))
+                    .collect();
+                let worst = per_worker.iter().copied().fold(f64::MIN, f64::max);
+                let verdict = if worst <= GOAL_MIB_PER_WORKER {
                     "≤ 8 MiB"
                 } else {
-                    "> 8 MiB"
+                    "> 8 MiB somewhere"
                 };
-                format!("{a:+.1} / {b:+.1} MiB ({verdict})")
+                let figures: Vec<String> = per_worker.iter().map(|v| format!("{v:+.1}")).collect();
+                format!("{} MiB ({verdict})", figures.join(" / "))
             }
             _ => String::new(),
         };
+        let [first, .., last] = rss;
+        let [fewest, .., most] = WORKERS;
+        let further = (last - first) / f64::from(most - fewest);
+        let cells: Vec<String> = rss.iter().map(|v| format!("{v:.1} MiB")).collect();
         println!(
-            "| {} | {one:.1} MiB | {two:.1} MiB | {:+.1} MiB | {over} |",
+            "| {} | {} | {further:+.1} MiB | {over} |",
             scenario.name,
-            two - one
+            cells.join(" | ")
         );
     }
     Ok(())
