@@ -94,6 +94,8 @@ check() {
     printf '     %s %s\n' "$(tg_paint 1 32 ✓)" "$what"
   else
     printf '     %s\n' "$(tg_paint 1 31 "✗ $what")"
+    # What an `eq` check saw, so a failure says more than its name.
+    [[ "$1" == eq ]] && printf '       got:      %s\n       expected: %s\n' "$2" "$3"
     FAILED=$((FAILED + 1))
   fi
 }
@@ -446,6 +448,11 @@ costs_delivered() {
   [[ "$(sql "SELECT count(*) FROM tg_revisions WHERE status = 'delivered'
               AND 'hooli/gateway.max_in_flight' = ANY (changed_keys)")" != 0 ]]
 }
+# Requests Envoy has at the upstream right now (the slow one, once it got there).
+upstream_active() {
+  curl -fsSG --data-urlencode 'filter=^cluster\.upstream\.upstream_rq_active$' \
+    "http://127.0.0.1:$ADMIN_PORT/stats" | awk -F': ' '$2 >= 1 { found = 1 } END { exit !found }'
+}
 # A quick hooli request answered 429 `concurrency` (its slow one is in flight).
 hooli_refused() {
   send "hooli, while its slow request is in flight" -H 'x-tenant-id: hooli'
@@ -496,6 +503,9 @@ demo_costs() {
   curl -sS -o /dev/null -H 'x-tenant-id: hooli' -H 'x-demo-delay-ms: 3000' \
     "http://127.0.0.1:$LISTENER_PORT/slow" &
   local slow=$!
+  # Only once the slow request holds the slot: a quick one sent before it
+  # would take the slot itself and the slow one would be the one refused.
+  tg_wait_for 3 "the slow hooli request to reach the upstream" upstream_active || true
   tg_wait_for 5 "a quick hooli request to be refused" hooli_refused || true
   check "a second request while it is in flight: 429 concurrency, Retry-After: 1" \
     eq "$STATUS $(body_field type) $(hdr retry-after)" "429 urn:tenant-guard:problem:concurrency 1"

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tenant_guard_e2e::envoy::{counters, free_port, log_file_tail, render_template};
+use tenant_guard_e2e::envoy::{counters, free_port, is_stat_named, log_file_tail, render_template};
 use tenant_guard_e2e::tempdir::TempDir;
 use tenant_guard_e2e::{envoy_binary, http, repo_root, wait_until, wasm_path};
 
@@ -326,14 +326,15 @@ impl BenchEnvoy {
         self.startup
     }
 
-    /// The sum of all admin stats whose name ends with `suffix` (0 if the admin
-    /// port does not answer).
+    /// The sum of all admin stats named `suffix`, whatever labels follow it
+    /// (`tenant_guard_e2e::envoy::is_stat_named`; 0 if the admin port does not
+    /// answer).
     pub fn stat_suffix_sum(&self, suffix: &str) -> u64 {
         let Some(response) = http::try_get(self.admin_port, "/stats") else {
             return 0;
         };
         counters(&String::from_utf8_lossy(&response.body))
-            .filter(|(name, _)| name.ends_with(suffix))
+            .filter(|(name, _)| is_stat_named(name, suffix))
             .map(|(_, value)| value)
             .sum()
     }

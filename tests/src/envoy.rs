@@ -430,17 +430,9 @@ impl Envoy {
     /// The sum of all stats named `suffix` after a host-specific prefix (custom
     /// Wasm metrics get `wasmcustom.`), whatever labels follow it.
     pub fn stat_suffix_sum(&self, suffix: &str) -> u64 {
-        let labelled = |name: &str| {
-            name.ends_with(suffix)
-                || [".tenant.", ".reason."]
-                    .iter()
-                    .any(|label| name.contains(&format!("{suffix}{label}")))
-        };
-        // The filter's counters carry labels after their base name
-        // (`tenant_guard_allowed.tenant.acme`): all of them count.
         self.stats(&suffix.replace('.', "\\."))
             .into_iter()
-            .filter(|(n, _)| labelled(n))
+            .filter(|(n, _)| is_stat_named(n, suffix))
             .map(|(_, v)| v)
             .sum()
     }
@@ -509,9 +501,63 @@ impl Drop for Envoy {
 }
 
 /// The numeric stats of an admin `/stats` text body, as (name, value).
+/// Whether stat `name` is the one named `suffix` after a host-specific prefix
+/// (custom Wasm metrics get `wasmcustom.`), whatever labels follow it: the
+/// filter's counters carry them after their base name
+/// (`tenant_guard_allowed.tenant.acme`), and all of them count.
+pub fn is_stat_named(name: &str, suffix: &str) -> bool {
+    name.ends_with(suffix)
+        || [".tenant.", ".reason."]
+            .iter()
+            .any(|label| name.contains(&format!("{suffix}{label}")))
+}
+
 pub fn counters(text: &str) -> impl Iterator<Item = (&str, u64)> {
     text.lines().filter_map(|line| {
         let (name, value) = line.split_once(": ")?;
         Some((name.trim(), value.trim().parse().ok()?))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_stat_named;
+
+    #[test]
+    fn stats_are_named_whatever_labels_follow() {
+        for (name, suffix, expected) in [
+            (
+                "wasmcustom.tenant_guard_allowed",
+                "tenant_guard_allowed",
+                true,
+            ),
+            (
+                "wasmcustom.tenant_guard_allowed.tenant.acme",
+                "tenant_guard_allowed",
+                true,
+            ),
+            (
+                "wasmcustom.tenant_guard_rejected.reason.rate_limited.tenant._other_",
+                "tenant_guard_rejected",
+                true,
+            ),
+            (
+                "wasmcustom.tenant_guard_allowed_without_limit",
+                "tenant_guard_allowed",
+                false,
+            ),
+            (
+                "wasmcustom.tenant_guard_allowed_without_limit.tenant.acme",
+                "tenant_guard_allowed",
+                false,
+            ),
+            (
+                "tenant_rate_limit.http_local_rate_limit.ok",
+                "http_local_rate_limit.ok",
+                true,
+            ),
+        ] {
+            assert_eq!(is_stat_named(name, suffix), expected, "{name} ~ {suffix}");
+        }
+    }
 }
