@@ -138,14 +138,6 @@ pub fn encode_state(state: State) -> [u8; 16] {
     out
 }
 
-/// `store::key_tag(logical)`, through the worker's cache.
-fn cached_tag(config: &CompiledConfig, logical: &str) -> store::Tag {
-    match config.tag_cache.lock() {
-        Ok(mut cache) => cache.tag(logical),
-        Err(_) => store::key_tag(logical),
-    }
-}
-
 /// The storage key for one tenant's limit.
 pub fn state_key(tenant: &str, policy_name: &str) -> String {
     format!("tg:rl:{tenant}:{policy_name}")
@@ -159,7 +151,7 @@ pub fn state_key(tenant: &str, policy_name: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateKey {
     logical: String,
-    /// `logical`'s tag, computed once (`store::key_tag`).
+    /// `logical`'s tag, computed once (`store::cached_key_tag`).
     tag: store::Tag,
     table: Option<String>,
     /// Tenant and limit name, for the cluster store (`None` for a raw key).
@@ -173,7 +165,7 @@ impl RateKey {
     pub fn new(config: &CompiledConfig, tenant: &str, policy_name: &str) -> Self {
         let logical = state_key(tenant, policy_name);
         let parts = Some((tenant.to_owned(), policy_name.to_owned()));
-        let tag = cached_tag(config, &logical);
+        let tag = store::cached_key_tag(&logical);
         if config.tenants.contains_key(tenant) {
             return Self {
                 logical,
@@ -207,7 +199,7 @@ impl RateKey {
         let configured = config.tenants.contains_key(tenant);
         let Some(hash) = hash else {
             let logical = format!("tg:rl:{tenant}");
-            let tag = cached_tag(config, &logical);
+            let tag = store::cached_key_tag(&logical);
             let table = (!configured).then(|| {
                 let slots = u64::from(config.store.unknown_tenant_slots.max(1));
                 format!("tg:rl:u:{}", u64::from_le_bytes(tag) % slots)
@@ -228,7 +220,7 @@ impl RateKey {
         };
         let hex = crate::cluster::wire::to_hex(&hash);
         let logical = format!("tg:rk:{tenant}:{kind}:{hex}");
-        let tag = cached_tag(config, &logical);
+        let tag = store::cached_key_tag(&logical);
         let slot = u64::from_le_bytes(tag) % u64::from(config.store.key_slots.max(1));
         let table = if configured {
             format!("tg:rk:{tenant}:{slot}")
@@ -259,7 +251,7 @@ impl RateKey {
         };
         let name = format!("{policy}~{}", crate::cluster::wire::to_hex(&hash));
         let logical = state_key(tenant, &name);
-        let tag = cached_tag(config, &logical);
+        let tag = store::cached_key_tag(&logical);
         let slot = u64::from_le_bytes(tag) % u64::from(config.store.key_slots.max(1));
         let table = if config.tenants.contains_key(tenant) {
             format!("tg:rl:k:{tenant}:{slot}")
@@ -296,7 +288,7 @@ impl RateKey {
         };
         let logical = rename(&self.logical);
         RateKey {
-            tag: store::key_tag(&logical),
+            tag: store::cached_key_tag(&logical),
             logical,
             table: self.table.as_deref().map(rename),
             parts: self.parts.clone(),
@@ -309,7 +301,7 @@ impl RateKey {
         &self.logical
     }
 
-    /// Where this key's value lives right now (`store::locate`, or
+    /// Where this key's value lives right now (`store::locate_tagged`, or
     /// `store::locate_reusable` in its table, where `idle` says which of
     /// another key's values may be taken over); the tag is not computed again.
     pub fn locate(
@@ -319,13 +311,8 @@ impl RateKey {
     ) -> Result<Option<store::Located>, StoreError> {
         match &self.table {
             None => store::locate_tagged(store, &self.logical, self.tag),
-            Some(table) => store::locate_reusable_tagged(store, table, self.tag, idle),
+            Some(table) => store::locate_reusable(store, table, self.tag, idle),
         }
-    }
-
-    /// The bounded table slot unknown tenants share, if this key is one.
-    pub fn table(&self) -> Option<&str> {
-        self.table.as_deref()
     }
 
     /// The first storage key tried.
@@ -337,7 +324,7 @@ impl RateKey {
 impl From<&str> for RateKey {
     fn from(key: &str) -> Self {
         Self {
-            tag: store::key_tag(key),
+            tag: store::cached_key_tag(key),
             logical: key.to_owned(),
             table: None,
             parts: None,

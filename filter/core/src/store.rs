@@ -133,7 +133,8 @@ pub type Tag = [u8; TAG_LEN];
 /// The tag every stored value starts with: the first 8 bytes of SHA-256 of its
 /// full logical key (independent of the CRC32 a host may look keys up by).
 /// Computed once per key and request (a SHA-256 is a large part of a
-/// request's cost in the VM): [`locate_tagged`] takes it precomputed.
+/// request's cost in the VM): [`locate_tagged`] takes it precomputed, and
+/// keys a worker reads again and again take it from [`cached_key_tag`].
 pub fn key_tag(key: &str) -> Tag {
     let digest = Sha256::digest(key.as_bytes());
     let mut tag = [0u8; TAG_LEN];
@@ -160,6 +161,22 @@ pub fn alternate_key(key: &str, attempt: u32) -> String {
 #[derive(Debug)]
 pub struct TagCache {
     slots: Vec<Option<(String, Tag)>>,
+}
+
+thread_local! {
+    /// One per VM (a worker's VM runs on one thread), one per test thread.
+    static TAG_CACHE: std::cell::RefCell<TagCache> = std::cell::RefCell::new(TagCache::default());
+}
+
+/// [`key_tag`] through this thread's [`TagCache`] (computed directly should
+/// the cache be unreachable: in use further up the stack, or torn down).
+pub fn cached_key_tag(key: &str) -> Tag {
+    TAG_CACHE
+        .try_with(|cache| match cache.try_borrow_mut() {
+            Ok(mut cache) => cache.tag(key),
+            Err(_) => key_tag(key),
+        })
+        .unwrap_or_else(|_| key_tag(key))
 }
 
 /// Entries of a [`TagCache`].
@@ -210,13 +227,9 @@ pub fn tagged(key: &str, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The payload of a value stored under `key`, `None` when the value is another key's.
-pub fn untag<'v>(key: &str, value: &'v [u8]) -> Option<&'v [u8]> {
-    untag_with(&key_tag(key), value)
-}
-
-/// [`untag`] with the key's tag already computed.
-fn untag_with<'v>(tag: &Tag, value: &'v [u8]) -> Option<&'v [u8]> {
+/// The payload of a value stored under the key tagged `tag`, `None` when the
+/// value is another key's.
+fn untag<'v>(tag: &Tag, value: &'v [u8]) -> Option<&'v [u8]> {
     let (found, payload) = value.split_at_checked(TAG_LEN)?;
     (found == tag).then_some(payload)
 }
@@ -250,10 +263,9 @@ impl Located {
 
     /// Writes `payload` if nobody changed the key since it was located.
     pub fn write(&self, store: &dyn SharedStore, payload: &[u8]) -> Result<CasOutcome, StoreError> {
-        let mut value = Vec::with_capacity(TAG_LEN + payload.len());
-        value.extend_from_slice(&self.tag);
-        value.extend_from_slice(payload);
-        self.write_value(store, &value)
+        self.write_with(store, payload.len(), |value| {
+            value.extend_from_slice(payload)
+        })
     }
 
     /// [`Self::write`] of a payload built in place: `fill` appends it to the
@@ -304,7 +316,7 @@ pub fn locate_tagged(
         let current = match store.get(&storage_key)? {
             None => Current::Missing,
             Some((value, cas)) if value.is_empty() => Current::Empty(cas),
-            Some((value, cas)) => match untag_with(&tag, &value) {
+            Some((value, cas)) => match untag(&tag, &value) {
                 Some(payload) => Current::Ours(payload.to_vec(), cas),
                 None => continue,
             },
@@ -318,22 +330,12 @@ pub fn locate_tagged(
     Ok(None)
 }
 
-/// [`locate`] for keys shared by many logical keys (a fixed table, so the key
-/// count stays bounded): a value of another logical key may be taken over when
+/// [`locate_tagged`] for keys shared by many logical keys (a fixed table, so
+/// the key count stays bounded; `tag` is the logical key's): a value of another logical key may be taken over when
 /// `idle` says it no longer matters (for rate-limit state: its bucket is full
 /// again, which reads the same as no state). Our own value is preferred wherever
 /// it is among the alternates, so a key never ends up with two states.
 pub fn locate_reusable(
-    store: &dyn SharedStore,
-    storage_key: &str,
-    logical: &str,
-    idle: &dyn Fn(&[u8]) -> bool,
-) -> Result<Option<Located>, StoreError> {
-    locate_reusable_tagged(store, storage_key, key_tag(logical), idle)
-}
-
-/// [`locate_reusable`] with the logical key's tag already computed.
-pub fn locate_reusable_tagged(
     store: &dyn SharedStore,
     storage_key: &str,
     tag: Tag,
@@ -349,7 +351,7 @@ pub fn locate_reusable_tagged(
         };
         match store.get(&key)? {
             None => return Ok(Some(free.unwrap_or_else(|| found(Current::Missing)))),
-            Some((value, cas)) => match untag_with(&tag, &value) {
+            Some((value, cas)) => match untag(&tag, &value) {
                 Some(payload) => return Ok(Some(found(Current::Ours(payload.to_vec(), cas)))),
                 None if free.is_none()
                     && (value.is_empty() || idle(value.get(TAG_LEN..).unwrap_or_default())) =>

@@ -200,7 +200,6 @@ pub fn compile(document: &PluginConfig) -> Result<CompiledConfig, ConfigError> {
             .collect(),
         jwt: compiled_jwt,
         token_cache: Arc::new(Mutex::new(token_cache)),
-        tag_cache: Arc::default(),
         revision,
         tenant: document.tenant.clone(),
         correlation: document.correlation.clone(),

@@ -186,8 +186,6 @@ pub struct CompiledConfig {
     pub jwt: Option<Arc<CompiledJwt>>,
     /// Verified tokens of this worker (one VM per worker, so uncontended).
     pub token_cache: Arc<Mutex<TokenCache>>,
-    /// Key tags of the keys this worker used last (`crate::store::TagCache`).
-    pub tag_cache: Arc<Mutex<crate::store::TagCache>>,
     pub revision: String,
     pub tenant: TenantConfig,
     pub correlation: CorrelationConfig,
