@@ -261,21 +261,7 @@ impl BenchEnvoy {
     /// after dumping them (`callgrind_control -d`, then `-z`).
     pub fn instructions_since_last(&self) -> Result<u64, String> {
         let pid = self.pid().to_string();
-        let dumps = || {
-            fs::read_dir(self._dir.path())
-                .map(|entries| {
-                    entries
-                        .flatten()
-                        .filter(|entry| {
-                            entry
-                                .file_name()
-                                .to_string_lossy()
-                                .starts_with(&format!("callgrind.{pid}."))
-                        })
-                        .count()
-                })
-                .unwrap_or(0)
-        };
+        let dumps = || self.callgrind_dumps().len();
         let before = dumps();
         let control = |what: &str| {
             Command::new("callgrind_control")
@@ -305,20 +291,31 @@ impl BenchEnvoy {
     /// Under [`Launch::Callgrind`]: copies the newest dump to `dest` (for
     /// `callgrind_annotate`).
     pub fn copy_last_dump(&self, dest: &std::path::Path) -> Result<(), String> {
-        let prefix = format!("callgrind.{}.", self.pid());
-        let newest = fs::read_dir(self._dir.path())
-            .map_err(|e| e.to_string())?
-            .flatten()
-            .filter_map(|entry| {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let n: u32 = name.strip_prefix(&prefix)?.parse().ok()?;
-                Some((n, entry.path()))
-            })
+        let (_, newest) = self
+            .callgrind_dumps()
+            .into_iter()
             .max()
             .ok_or_else(|| "callgrind wrote no dump".to_owned())?;
-        fs::copy(&newest.1, dest)
+        fs::copy(&newest, dest)
             .map(|_| ())
             .map_err(|e| format!("{}: {e}", dest.display()))
+    }
+
+    /// Callgrind's dumps of this Envoy so far (`callgrind.<pid>.<n>`), by `n`.
+    fn callgrind_dumps(&self) -> Vec<(u32, PathBuf)> {
+        let prefix = format!("callgrind.{}.", self.pid());
+        fs::read_dir(self._dir.path())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|entry| {
+                        let name = entry.file_name().to_string_lossy().into_owned();
+                        let n = name.strip_prefix(&prefix)?.parse().ok()?;
+                        Some((n, entry.path()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// From spawning the process to admin `/ready`.

@@ -21,6 +21,6 @@ pub use configs::{
 pub use envoy::{native_envoy_binary, BenchEnvoy, Bootstrap, Launch};
 pub use process::{clock_ticks_per_second, rss_kib, CpuTime};
 pub use report::{command_output, file_size};
-pub use stats::{median, min_max};
+pub use stats::{median, min_max, percentile_us};
 pub use upstream::start_upstream;
 pub use wrk::{cannot_run_wrk, parse_wrk, wrk_command, wrk_output, WrkResult, STATUS_SCRIPT};

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
-use tenant_guard_e2e::envoy::free_port;
+use tenant_guard_e2e::envoy::{free_port, log_file_tail};
 use tenant_guard_e2e::tempdir::TempDir;
 use tenant_guard_e2e::{http, wait_until};
 
@@ -81,16 +81,7 @@ impl Limitador {
                 && http::try_get(http_port, "/status").is_some_and(|r| r.status == 200)
         });
         if !ready {
-            let log =
-                fs::read_to_string(limitador._dir.path().join("limitador.log")).unwrap_or_default();
-            let tail: String = log
-                .chars()
-                .rev()
-                .take(2000)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
+            let tail = log_file_tail(&limitador._dir.path().join("limitador.log"), 20);
             return Err(format!("limitador-server did not become ready:\n{tail}"));
         }
         Ok(limitador)

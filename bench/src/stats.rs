@@ -1,4 +1,6 @@
-//! The summary statistics the reports print: median and (min, max).
+//! The summary statistics the reports print: median, (min, max), percentiles.
+
+use std::time::Duration;
 
 /// The median (the mean of the middle two for an even count; 0 when empty).
 pub fn median(values: &[f64]) -> f64 {
@@ -13,6 +15,15 @@ pub fn median(values: &[f64]) -> f64 {
                 / 2.0
         }
     }
+}
+
+/// The `p`-quantile (0–1) of `sorted` latencies, in µs: the value at rank
+/// round((n − 1) p); 0 when empty.
+pub fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
+    let index = (sorted.len().saturating_sub(1) as f64 * p).round() as usize;
+    sorted
+        .get(index)
+        .map_or(0.0, |duration| duration.as_secs_f64() * 1e6)
 }
 
 /// `(min, max)`; `(∞, 0)` when empty.

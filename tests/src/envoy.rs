@@ -500,7 +500,6 @@ impl Drop for Envoy {
     }
 }
 
-/// The numeric stats of an admin `/stats` text body, as (name, value).
 /// Whether stat `name` is the one named `suffix` after a host-specific prefix
 /// (custom Wasm metrics get `wasmcustom.`), whatever labels follow it: the
 /// filter's counters carry them after their base name
@@ -512,6 +511,7 @@ pub fn is_stat_named(name: &str, suffix: &str) -> bool {
             .any(|label| name.contains(&format!("{suffix}{label}")))
 }
 
+/// The numeric stats of an admin `/stats` text body, as (name, value).
 pub fn counters(text: &str) -> impl Iterator<Item = (&str, u64)> {
     text.lines().filter_map(|line| {
         let (name, value) = line.split_once(": ")?;

@@ -316,16 +316,6 @@ fn send(conn: &mut Conn, request: &Request) -> Result<(), String> {
     Ok(())
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted
-        .get(index.min(sorted.len() - 1))
-        .map_or(0.0, |d| d.as_secs_f64() * 1e6)
-}
-
 /// One scenario's Envoy with its warmed-up client connections.
 struct Prepared {
     envoy: BenchEnvoy,
@@ -440,8 +430,8 @@ fn summarize(scenario: &Scenario, mut prepared: Prepared) -> Measurement {
         requests: prepared.latencies.len(),
         cpu_us_stat: median(&prepared.cpu_stat),
         cpu_us_ns: min_max(&prepared.cpu_ns).0,
-        p50_us: percentile(&prepared.latencies, 0.50),
-        p99_us: percentile(&prepared.latencies, 0.99),
+        p50_us: bench::percentile_us(&prepared.latencies, 0.50),
+        p99_us: bench::percentile_us(&prepared.latencies, 0.99),
         errors: prepared.errors,
         first_error: prepared.first_error,
         wall: prepared.wall,

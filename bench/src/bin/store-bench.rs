@@ -116,13 +116,6 @@ fn round(port: u16, calls: usize, connections: usize, limit: &str) -> (Vec<Durat
         })
 }
 
-fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
-    let index = ((sorted.len().saturating_sub(1)) as f64 * p).round() as usize;
-    sorted
-        .get(index)
-        .map_or(0.0, |duration| duration.as_secs_f64() * 1e6)
-}
-
 fn main() -> ExitCode {
     let Some(args) = bench::parse_command_line(parse_args) else {
         return ExitCode::from(2);
@@ -200,8 +193,8 @@ fn main() -> ExitCode {
             one.latencies.len(),
             rate,
             rate / base_rate.max(1e-9),
-            percentile_us(&one.latencies, 0.50),
-            percentile_us(&one.latencies, 0.99),
+            bench::percentile_us(&one.latencies, 0.50),
+            bench::percentile_us(&one.latencies, 0.99),
             median(&one.cpu_stat),
             cpu_ns,
             cpu_ns / base_cpu.max(1e-9),

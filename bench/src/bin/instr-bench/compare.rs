@@ -137,15 +137,6 @@ fn redis_commands(redis: &RedisServer) -> Option<u64> {
     })
 }
 
-/// Percentile `p` (0–100) of sorted `values`.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted
-        .get(rank.saturating_sub(1).min(sorted.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or(0.0)
-}
-
 struct Figures {
     envoy_us: f64,
     service_us: Option<f64>,
@@ -172,7 +163,7 @@ fn cost(setup: &Setup, upstream: u16) -> Result<Figures, String> {
         let response = conn
             .request("GET", "/compare", &headers, b"")
             .map_err(|e| e.to_string())?;
-        latencies.push(started.elapsed().as_secs_f64() * 1e6);
+        latencies.push(started.elapsed());
         if response.status != 200 {
             return Err(format!("status {}: {}", response.status, response.text()));
         }
@@ -189,12 +180,12 @@ fn cost(setup: &Setup, upstream: u16) -> Result<Figures, String> {
         (Some(after), Some(before)) => Some(after.saturating_sub(before) as f64 * 100.0 / n),
         _ => None,
     };
-    latencies.sort_by(f64::total_cmp);
+    latencies.sort();
     Ok(Figures {
         envoy_us,
         service_us,
-        p50_us: percentile(&latencies, 50.0),
-        p99_us: percentile(&latencies, 99.0),
+        p50_us: bench::percentile_us(&latencies, 0.50),
+        p99_us: bench::percentile_us(&latencies, 0.99),
         redis_per_100,
     })
 }

@@ -101,13 +101,19 @@ struct Scenario {
     memory: bool,
 }
 
-/// tenant-guard with header tenants; `limits`: the defaults' `rate_limits`.
-fn tenant_guard(limits: Option<Value>) -> Bootstrap {
+/// tenant-guard's plugin config with header tenants; `limits`: the
+/// defaults' `rate_limits`.
+fn tenant_guard_config(limits: Option<Value>) -> Value {
     let mut config = filter_config("instr", None);
     if let Some(limits) = limits {
         set_json(&mut config, &["defaults", "rate_limits"], limits);
     }
-    Bootstrap::Filter(config.to_string())
+    config
+}
+
+/// [`tenant_guard_config`] in Envoy.
+fn tenant_guard(limits: Option<Value>) -> Bootstrap {
+    Bootstrap::Filter(tenant_guard_config(limits).to_string())
 }
 
 /// `bootstrap`'s plugin config with the informational headers trimmed.
@@ -126,12 +132,19 @@ fn lean(bootstrap: Bootstrap) -> Bootstrap {
     }
 }
 
-/// The peers' rate limit services while the instruction counts run (the
-/// Redis one with its own Redis), and the wasm-shim module.
+/// The peers' rate limit services while the instruction counts run.
 struct RunningPeers {
+    /// limitador in memory (wasm-shim and Envoy's `ratelimit` filter ask it).
     memory: Limitador,
-    redis: Option<(Limitador, RedisServer)>,
-    wasm_shim: Option<std::path::PathBuf>,
+    shim: Option<Shim>,
+}
+
+/// wasm-shim's module, and the limitador on Redis (with its own Redis) that
+/// only its scenario asks.
+struct Shim {
+    wasm: std::path::PathBuf,
+    on_redis: Limitador,
+    _redis: RedisServer,
 }
 
 impl RunningPeers {
@@ -140,13 +153,19 @@ impl RunningPeers {
             return Ok(None);
         };
         let memory = Limitador::start(binary, limit, 60, &Storage::Memory)?;
-        let redis = RedisServer::try_start().map_err(|e| e.to_string())?;
-        let on_redis = Limitador::start(binary, limit, 60, &Storage::Redis(redis.url()))?;
-        Ok(Some(Self {
-            memory,
-            redis: Some((on_redis, redis)),
-            wasm_shim: paths.wasm_shim.clone(),
-        }))
+        let shim = match &paths.wasm_shim {
+            Some(wasm) => {
+                let redis = RedisServer::try_start().map_err(|e| e.to_string())?;
+                let on_redis = Limitador::start(binary, limit, 60, &Storage::Redis(redis.url()))?;
+                Some(Shim {
+                    wasm: wasm.clone(),
+                    on_redis,
+                    _redis: redis,
+                })
+            }
+            None => None,
+        };
+        Ok(Some(Self { memory, shim }))
     }
 
     /// Their scenarios (tenant limit from the header, as everywhere else).
@@ -159,28 +178,25 @@ impl RunningPeers {
             is_probe: false,
             memory,
         };
-        let redis_port = self
-            .redis
-            .as_ref()
-            .map(|(limitador, _)| limitador.rls_port());
         let mut list = Vec::new();
-        if let Some(wasm) = &self.wasm_shim {
-            list.push(scenario(
-                "peer: Kuadrant wasm-shim + limitador (in memory)",
-                Bootstrap::WasmShim {
-                    wasm: wasm.clone(),
-                    rls_port: self.memory.rls_port(),
-                },
-                true,
-            ));
-            if let Some(rls_port) = redis_port {
-                list.push(scenario(
+        if let Some(shim) = &self.shim {
+            for (name, rls_port, memory) in [
+                (
+                    "peer: Kuadrant wasm-shim + limitador (in memory)",
+                    self.memory.rls_port(),
+                    true,
+                ),
+                (
                     "peer: Kuadrant wasm-shim + limitador (Redis)",
-                    Bootstrap::WasmShim {
-                        wasm: wasm.clone(),
-                        rls_port,
-                    },
+                    shim.on_redis.rls_port(),
                     false,
+                ),
+            ] {
+                let wasm = shim.wasm.clone();
+                list.push(scenario(
+                    name,
+                    Bootstrap::WasmShim { wasm, rls_port },
+                    memory,
                 ));
             }
         }
@@ -222,9 +238,7 @@ fn scenarios() -> Vec<Scenario> {
         memory: true,
         ..scenario
     };
-    let mut ten_thousand = filter_config("instr", None);
-    set_json(&mut ten_thousand, &["defaults", "rate_limits"], one.clone());
-    let ten_thousand = memory::with_tenants(ten_thousand, 10_000);
+    let ten_thousand = memory::with_tenants(tenant_guard_config(Some(one.clone())), 10_000);
     vec![
         in_memory_table(scenario(
             "plain Envoy (no filter)",
