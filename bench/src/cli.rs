@@ -48,12 +48,35 @@ impl Flags {
     }
 }
 
-/// The file name of `path` for a table row (the whole path if it has none).
-pub fn file_label(path: &Path) -> String {
-    path.file_name().map_or_else(
-        || path.display().to_string(),
-        |name| name.to_string_lossy().into_owned(),
-    )
+/// Table-row labels for `paths`: each file's name, or, where two files share
+/// a name (`target/release/x` and `target/sidecar/x`), as many of its last
+/// path components as tell it apart from the others.
+pub fn file_labels(paths: &[PathBuf]) -> Vec<String> {
+    let tail = |path: &Path, depth: usize| {
+        let parts: Vec<String> = path
+            .components()
+            .map(|part| part.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        let from = parts.len().saturating_sub(depth);
+        parts.get(from..).unwrap_or_default().join("/")
+    };
+    paths
+        .iter()
+        .map(|path| {
+            let depth_max = path.components().count().max(1);
+            (1..=depth_max)
+                .map(|depth| tail(path, depth))
+                .find(|label| {
+                    let depth = label.matches('/').count() + 1;
+                    paths
+                        .iter()
+                        .filter(|other| tail(other, depth) == *label)
+                        .count()
+                        == 1
+                })
+                .unwrap_or_else(|| path.display().to_string())
+        })
+        .collect()
 }
 
 /// Parses the command line with `parse`; on an error (a bad flag, or the usage
@@ -66,4 +89,26 @@ pub fn parse_command_line<T>(parse: impl FnOnce(&mut Flags) -> Result<T, String>
     parse(&mut flags)
         .map_err(|message| eprintln!("{message}"))
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_file_names_made_longer_only_where_two_share_one() {
+        let cases: [(&[&str], &[&str]); 4] = [
+            (&["a/b/x.wasm", "c/y.wasm"], &["x.wasm", "y.wasm"]),
+            (
+                &["target/release/sidecar", "target/sidecar/sidecar"],
+                &["release/sidecar", "sidecar/sidecar"],
+            ),
+            (&["one/x", "two/one/x"], &["one/x", "two/one/x"]),
+            (&["/tmp/x", "/tmp/x"], &["/tmp/x", "/tmp/x"]),
+        ];
+        for (paths, labels) in cases {
+            let paths: Vec<PathBuf> = paths.iter().map(PathBuf::from).collect();
+            assert_eq!(file_labels(&paths), labels, "{paths:?}");
+        }
+    }
 }

@@ -14,7 +14,7 @@ pub mod stats;
 pub mod upstream;
 pub mod wrk;
 
-pub use cli::{file_label, parse_command_line, Flags};
+pub use cli::{file_labels, parse_command_line, Flags};
 pub use configs::{
     es256_token, filter_config, rs256_token, with_jwt, SignedToken, JWT_AUDIENCE, JWT_ISSUER,
 };

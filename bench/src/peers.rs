@@ -14,6 +14,8 @@ use tenant_guard_e2e::envoy::{free_port, log_file_tail};
 use tenant_guard_e2e::tempdir::TempDir;
 use tenant_guard_e2e::{http, wait_until};
 
+use crate::Bootstrap;
+
 /// The limits' namespace (the rate limit request's `domain`, wasm-shim's `scope`).
 pub const NAMESPACE: &str = "tenant_guard_bench";
 /// The header the tenant comes from, as in every other scenario.
@@ -146,6 +148,50 @@ pub fn wasm_shim_config() -> String {
     .to_string()
 }
 
+/// What asks limitador for every request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Front {
+    /// Kuadrant's wasm-shim (this module) in Envoy's V8.
+    WasmShim(PathBuf),
+    /// Envoy's own `ratelimit` filter, over gRPC.
+    EnvoyRateLimit,
+}
+
+/// One peer setup the benchmarks measure: what asks limitador, and where
+/// limitador keeps its counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSetup {
+    pub front: Front,
+    pub on_redis: bool,
+}
+
+impl PeerSetup {
+    /// Its row in every table.
+    pub fn name(&self) -> &'static str {
+        match (&self.front, self.on_redis) {
+            (Front::WasmShim(_), false) => "peer: Kuadrant wasm-shim + limitador (in memory)",
+            (Front::WasmShim(_), true) => "peer: Kuadrant wasm-shim + limitador (Redis)",
+            (Front::EnvoyRateLimit, false) => {
+                "peer: Envoy ratelimit filter (gRPC) + limitador (in memory)"
+            }
+            (Front::EnvoyRateLimit, true) => {
+                "peer: Envoy ratelimit filter (gRPC) + limitador (Redis)"
+            }
+        }
+    }
+
+    /// The Envoy that asks the limitador listening on `rls_port`.
+    pub fn bootstrap(&self, rls_port: u16) -> Bootstrap {
+        match &self.front {
+            Front::WasmShim(wasm) => Bootstrap::WasmShim {
+                wasm: wasm.clone(),
+                rls_port,
+            },
+            Front::EnvoyRateLimit => Bootstrap::NativeRateLimit { rls_port },
+        }
+    }
+}
+
 /// The peers' binaries, from the benchmark's flags (`None`: not measured).
 #[derive(Debug, Clone, Default)]
 pub struct PeerPaths {
@@ -154,6 +200,27 @@ pub struct PeerPaths {
 }
 
 impl PeerPaths {
+    /// The setups whose binaries were given (wasm-shim's need limitador
+    /// too), in the order the tables print them.
+    pub fn setups(&self) -> Vec<PeerSetup> {
+        if self.limitador.is_none() {
+            return Vec::new();
+        }
+        let fronts = self
+            .wasm_shim
+            .iter()
+            .map(|wasm| Front::WasmShim(wasm.clone()))
+            .chain([Front::EnvoyRateLimit]);
+        fronts
+            .flat_map(|front| {
+                [false, true].map(|on_redis| PeerSetup {
+                    front: front.clone(),
+                    on_redis,
+                })
+            })
+            .collect()
+    }
+
     /// The one line printed when a peer is not measured, `None` when all are.
     pub fn missing(&self) -> Option<String> {
         let missing: Vec<&str> = [
@@ -217,5 +284,38 @@ mod tests {
             wasm_shim: Some(PathBuf::from("w")),
         };
         assert_eq!(all.missing(), None);
+    }
+
+    #[test]
+    fn setups_are_those_whose_binaries_were_given() {
+        let names = |paths: &PeerPaths| -> Vec<&str> {
+            paths.setups().iter().map(PeerSetup::name).collect()
+        };
+        let shim_only = PeerPaths {
+            limitador: None,
+            wasm_shim: Some(PathBuf::from("w")),
+        };
+        assert!(names(&shim_only).is_empty());
+        let limitador_only = PeerPaths {
+            limitador: Some(PathBuf::from("l")),
+            wasm_shim: None,
+        };
+        assert_eq!(
+            names(&limitador_only),
+            [
+                "peer: Envoy ratelimit filter (gRPC) + limitador (in memory)",
+                "peer: Envoy ratelimit filter (gRPC) + limitador (Redis)"
+            ]
+        );
+        let both = PeerPaths {
+            wasm_shim: Some(PathBuf::from("w")),
+            ..limitador_only
+        };
+        assert_eq!(names(&both).len(), 4);
+        let bootstrap = both.setups().get(1).map(|setup| setup.bootstrap(7));
+        assert!(
+            matches!(&bootstrap, Some(Bootstrap::WasmShim { wasm, rls_port: 7 }) if wasm == Path::new("w")),
+            "{bootstrap:?}"
+        );
     }
 }

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tenant_guard_bench::{
-    self as bench, clock_ticks_per_second, file_label, file_size, filter_config, median, min_max,
+    self as bench, clock_ticks_per_second, file_labels, file_size, filter_config, median, min_max,
     with_jwt, BenchEnvoy, Bootstrap, CpuTime, Flags,
 };
 use tenant_guard_e2e::config::set_json;
@@ -279,8 +279,7 @@ fn scenarios(compare_wasm: &[PathBuf]) -> Result<Vec<Scenario>, String> {
             request: replay_body,
         },
     ];
-    for (position, wasm) in (4..).zip(compare_wasm) {
-        let name = file_label(wasm);
+    for ((position, wasm), name) in (4..).zip(compare_wasm).zip(file_labels(compare_wasm)) {
         scenarios.insert(
             position,
             Scenario {

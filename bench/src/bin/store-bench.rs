@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tenant_guard_bench::{
-    self as bench, clock_ticks_per_second, file_label, median, CpuTime, Flags,
+    self as bench, clock_ticks_per_second, file_labels, median, CpuTime, Flags,
 };
 use tenant_guard_e2e::fleet::{RedisTarget, StoreSidecar};
 use tenant_guard_e2e::Conn;
@@ -126,8 +126,9 @@ fn main() -> ExitCode {
     let mut measured: Vec<Measured> = args
         .sidecars
         .iter()
-        .map(|binary| Measured {
-            label: file_label(binary),
+        .zip(file_labels(&args.sidecars))
+        .map(|(binary, label)| Measured {
+            label,
             store: StoreSidecar::start_binary(binary, &target),
             latencies: Vec::new(),
             wall: Duration::ZERO,

@@ -64,39 +64,14 @@ fn rows(peers: &PeerPaths) -> Vec<(&'static str, Build)> {
             }),
         ),
     ];
-    if let Some(limitador) = peers.limitador.clone() {
-        if let Some(shim) = peers.wasm_shim.clone() {
-            for (name, on_redis) in [
-                ("Kuadrant wasm-shim + limitador (in memory)", false),
-                ("Kuadrant wasm-shim + limitador (Redis)", true),
-            ] {
-                let (limitador, shim) = (limitador.clone(), shim.clone());
-                rows.push((
-                    name,
-                    Box::new(move |limit| {
-                        with_limitador(&limitador, limit, on_redis, |rls_port| {
-                            Bootstrap::WasmShim {
-                                wasm: shim.clone(),
-                                rls_port,
-                            }
-                        })
-                    }),
-                ));
-            }
-        }
-        for (name, on_redis) in [
-            (
-                "Envoy ratelimit filter (gRPC) + limitador (in memory)",
-                false,
-            ),
-            ("Envoy ratelimit filter (gRPC) + limitador (Redis)", true),
-        ] {
+    if let Some(limitador) = &peers.limitador {
+        for setup in peers.setups() {
             let limitador = limitador.clone();
             rows.push((
-                name,
+                setup.name(),
                 Box::new(move |limit| {
-                    with_limitador(&limitador, limit, on_redis, |rls_port| {
-                        Bootstrap::NativeRateLimit { rls_port }
+                    with_limitador(&limitador, limit, setup.on_redis, |rls_port| {
+                        setup.bootstrap(rls_port)
                     })
                 }),
             ));

@@ -38,7 +38,7 @@ mod memory;
 use std::process::ExitCode;
 
 use serde_json::{json, Value};
-use tenant_guard_bench::peers::{Limitador, PeerPaths, Storage};
+use tenant_guard_bench::peers::{Limitador, PeerPaths, PeerSetup, Storage};
 use tenant_guard_bench::{self as bench, filter_config, BenchEnvoy, Bootstrap, Flags, Launch};
 use tenant_guard_e2e::config::set_json;
 use tenant_guard_e2e::{probe_wasm_path, Conn};
@@ -134,17 +134,11 @@ fn lean(bootstrap: Bootstrap) -> Bootstrap {
 
 /// The peers' rate limit services while the instruction counts run.
 struct RunningPeers {
-    /// limitador in memory (wasm-shim and Envoy's `ratelimit` filter ask it).
+    /// limitador in memory, and on Redis (with its own Redis).
     memory: Limitador,
-    shim: Option<Shim>,
-}
-
-/// wasm-shim's module, and the limitador on Redis (with its own Redis) that
-/// only its scenario asks.
-struct Shim {
-    wasm: std::path::PathBuf,
     on_redis: Limitador,
     _redis: RedisServer,
+    setups: Vec<PeerSetup>,
 }
 
 impl RunningPeers {
@@ -153,61 +147,36 @@ impl RunningPeers {
             return Ok(None);
         };
         let memory = Limitador::start(binary, limit, 60, &Storage::Memory)?;
-        let shim = match &paths.wasm_shim {
-            Some(wasm) => {
-                let redis = RedisServer::try_start().map_err(|e| e.to_string())?;
-                let on_redis = Limitador::start(binary, limit, 60, &Storage::Redis(redis.url()))?;
-                Some(Shim {
-                    wasm: wasm.clone(),
-                    on_redis,
-                    _redis: redis,
-                })
-            }
-            None => None,
-        };
-        Ok(Some(Self { memory, shim }))
+        let redis = RedisServer::try_start().map_err(|e| e.to_string())?;
+        let on_redis = Limitador::start(binary, limit, 60, &Storage::Redis(redis.url()))?;
+        Ok(Some(Self {
+            memory,
+            on_redis,
+            _redis: redis,
+            setups: paths.setups(),
+        }))
     }
 
-    /// Their scenarios (tenant limit from the header, as everywhere else).
+    /// Their scenarios (tenant limit from the header, as everywhere else);
+    /// the in-memory ones also in the memory table.
     fn scenarios(&self) -> Vec<Scenario> {
-        let tenant = vec![(TENANT, "acme")];
-        let scenario = |name, bootstrap, memory| Scenario {
-            name,
-            bootstrap,
-            headers: tenant.clone(),
-            is_probe: false,
-            memory,
-        };
-        let mut list = Vec::new();
-        if let Some(shim) = &self.shim {
-            for (name, rls_port, memory) in [
-                (
-                    "peer: Kuadrant wasm-shim + limitador (in memory)",
-                    self.memory.rls_port(),
-                    true,
-                ),
-                (
-                    "peer: Kuadrant wasm-shim + limitador (Redis)",
-                    shim.on_redis.rls_port(),
-                    false,
-                ),
-            ] {
-                let wasm = shim.wasm.clone();
-                list.push(scenario(
-                    name,
-                    Bootstrap::WasmShim { wasm, rls_port },
-                    memory,
-                ));
-            }
-        }
-        list.push(scenario(
-            "peer: Envoy ratelimit filter (gRPC) + limitador (in memory)",
-            Bootstrap::NativeRateLimit {
-                rls_port: self.memory.rls_port(),
-            },
-            true,
-        ));
-        list
+        self.setups
+            .iter()
+            .map(|setup| {
+                let service = if setup.on_redis {
+                    &self.on_redis
+                } else {
+                    &self.memory
+                };
+                Scenario {
+                    name: setup.name(),
+                    bootstrap: setup.bootstrap(service.rls_port()),
+                    headers: vec![(TENANT, "acme")],
+                    is_probe: false,
+                    memory: !setup.on_redis,
+                }
+            })
+            .collect()
     }
 }
 

@@ -35,7 +35,7 @@ use std::time::Instant;
 
 use serde_json::json;
 use tenant_guard_bench::{
-    self as bench, clock_ticks_per_second, command_output, file_label, file_size, filter_config,
+    self as bench, clock_ticks_per_second, command_output, file_labels, file_size, filter_config,
     median, min_max, rss_kib, with_jwt, BenchEnvoy, Bootstrap, CpuTime, Flags, STATUS_SCRIPT,
 };
 use tenant_guard_core::config;
@@ -200,8 +200,7 @@ fn scenarios(compare_wasm: &[PathBuf]) -> Res<Vec<Scenario>> {
         },
     ];
     let rate_limited = filter_config("load-compare", Some((1_000_000_000, 60))).to_string();
-    for wasm in compare_wasm {
-        let file = file_label(wasm);
+    for (wasm, file) in compare_wasm.iter().zip(file_labels(compare_wasm)) {
         scenarios.push(Scenario {
             name: format!("--compare-wasm {file} (rate-limit config)"),
             bootstrap: Bootstrap::OtherWasm {
