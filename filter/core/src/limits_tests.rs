@@ -516,3 +516,32 @@ fn local_calendar_quotas_are_warned_about_once_per_document() {
         }
     }
 }
+
+#[test]
+fn key_value_hashes_stay_what_stored_state_is_keyed_by() {
+    use sha2::{Digest, Sha256};
+    // Per-key state (shared data, Redis) is named by these hashes: the
+    // worker's cache must give what SHA-256 of the kind's byte and the value
+    // gives, first time and after, or counters would restart on an upgrade.
+    let cases: [(config::KeyKind, u8, &[u8]); 4] = [
+        (config::KeyKind::User, 1, b"alice"),
+        (config::KeyKind::Org, 2, b"org-7"),
+        (config::KeyKind::Header(0), 3, b"key-\xff"),
+        (config::KeyKind::Header(2), 5, &[b'x'; 300]),
+    ];
+    for round in 0..2 {
+        for (kind, kind_byte, value) in cases {
+            let digest = Sha256::new()
+                .chain_update([kind_byte])
+                .chain_update(value)
+                .finalize();
+            let mut keys = crate::limits::KeyHashes::default();
+            keys.set(kind, value);
+            assert_eq!(
+                keys.get(kind).map(|hash| hash.to_vec()),
+                Some(digest.get(..8).unwrap_or_default().to_vec()),
+                "{kind:?} (round {round})"
+            );
+        }
+    }
+}

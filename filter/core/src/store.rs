@@ -136,7 +136,16 @@ pub type Tag = [u8; TAG_LEN];
 /// request's cost in the VM): [`locate_tagged`] takes it precomputed, and
 /// keys a worker reads again and again take it from [`cached_key_tag`].
 pub fn key_tag(key: &str) -> Tag {
-    let digest = Sha256::digest(key.as_bytes());
+    tag_of(key.as_bytes(), &[])
+}
+
+/// The tag of the bytes `head ‖ rest`, as [`key_tag`] computes it for them as
+/// one key (a hashed key value is its kind's byte and the value, unjoined).
+pub fn tag_of(head: &[u8], rest: &[u8]) -> Tag {
+    let digest = Sha256::new()
+        .chain_update(head)
+        .chain_update(rest)
+        .finalize();
     let mut tag = [0u8; TAG_LEN];
     for (slot, byte) in tag.iter_mut().zip(digest.iter()) {
         *slot = *byte;
@@ -160,7 +169,7 @@ pub fn alternate_key(key: &str, attempt: u32) -> String {
 /// hit needs the whole key).
 #[derive(Debug)]
 pub struct TagCache {
-    slots: Vec<Option<(String, Tag)>>,
+    slots: Vec<Option<(Vec<u8>, Tag)>>,
 }
 
 thread_local! {
@@ -171,12 +180,18 @@ thread_local! {
 /// [`key_tag`] through this thread's [`TagCache`] (computed directly should
 /// the cache be unreachable: in use further up the stack, or torn down).
 pub fn cached_key_tag(key: &str) -> Tag {
+    cached_tag_of(key.as_bytes(), &[])
+}
+
+/// [`tag_of`] through this thread's [`TagCache`] (the same fallback as
+/// [`cached_key_tag`]).
+pub fn cached_tag_of(head: &[u8], rest: &[u8]) -> Tag {
     TAG_CACHE
         .try_with(|cache| match cache.try_borrow_mut() {
-            Ok(mut cache) => cache.tag(key),
-            Err(_) => key_tag(key),
+            Ok(mut cache) => cache.tag_of(head, rest),
+            Err(_) => tag_of(head, rest),
         })
-        .unwrap_or_else(|_| key_tag(key))
+        .unwrap_or_else(|_| tag_of(head, rest))
 }
 
 /// Entries of a [`TagCache`].
@@ -195,24 +210,42 @@ impl Default for TagCache {
 impl TagCache {
     /// `key_tag(key)`, from the cache when `key` was seen last in its slot.
     pub fn tag(&mut self, key: &str) -> Tag {
-        if key.len() > TAG_CACHE_KEY_MAX {
-            return key_tag(key);
+        self.tag_of(key.as_bytes(), &[])
+    }
+
+    /// `tag_of(head, rest)`, from the cache when those bytes were seen last
+    /// in their slot.
+    pub fn tag_of(&mut self, head: &[u8], rest: &[u8]) -> Tag {
+        let len = head.len().saturating_add(rest.len());
+        if len > TAG_CACHE_KEY_MAX {
+            return tag_of(head, rest);
         }
         // FNV-1a picks the slot: cheap, and a collision only costs a SHA-256.
-        let slot = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-        }) % TAG_CACHE_SLOTS as u64;
+        let slot = head
+            .iter()
+            .chain(rest)
+            .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+                (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+            })
+            % TAG_CACHE_SLOTS as u64;
         let Some(entry) = usize::try_from(slot)
             .ok()
             .and_then(|slot| self.slots.get_mut(slot))
         else {
-            return key_tag(key);
+            return tag_of(head, rest);
         };
         match entry {
-            Some((cached, tag)) if cached == key => *tag,
+            Some((cached, tag))
+                if cached.len() == len && cached.starts_with(head) && cached.ends_with(rest) =>
+            {
+                *tag
+            }
             _ => {
-                let tag = key_tag(key);
-                *entry = Some((key.to_owned(), tag));
+                let tag = tag_of(head, rest);
+                let mut bytes = Vec::with_capacity(len);
+                bytes.extend_from_slice(head);
+                bytes.extend_from_slice(rest);
+                *entry = Some((bytes, tag));
                 tag
             }
         }

@@ -432,6 +432,13 @@ fn tag_cache_answers_what_key_tag_computes() {
         for key in &keys {
             let expected = crate::store::key_tag(key);
             assert_eq!(cache.tag(key), expected, "{key} (round {round})");
+            // The same bytes given in two parts are the same key.
+            let (head, rest) = key.as_bytes().split_at(key.len() / 2);
+            assert_eq!(
+                cache.tag_of(head, rest),
+                expected,
+                "{key} in two parts (round {round})"
+            );
             // The thread's cache, which the request path uses, the same.
             assert_eq!(
                 crate::store::cached_key_tag(key),

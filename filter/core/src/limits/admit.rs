@@ -46,23 +46,16 @@ impl KeyHashes {
     }
 }
 
+/// SHA-256 of the kind's byte and the value (first 8 bytes), through the
+/// worker's tag cache: the same users and keys come back request after request.
 fn hash_key(kind: KeyKind, value: &[u8]) -> [u8; 8] {
-    use sha2::{Digest, Sha256};
     let kind_tag = match kind {
         KeyKind::Tenant => 0,
         KeyKind::User => 1,
         KeyKind::Org => 2,
         KeyKind::Header(index) => 3u8.saturating_add(index),
     };
-    let digest = Sha256::new()
-        .chain_update([kind_tag])
-        .chain_update(value)
-        .finalize();
-    let mut hash = [0u8; 8];
-    for (slot, byte) in hash.iter_mut().zip(digest.iter()) {
-        *slot = *byte;
-    }
-    hash
+    crate::store::cached_tag_of(&[kind_tag], value)
 }
 
 /// What one request needs decided, resolved against the config when it is
