@@ -52,29 +52,27 @@ impl Flags {
 /// a name (`target/release/x` and `target/sidecar/x`), as many of its last
 /// path components as tell it apart from the others.
 pub fn file_labels(paths: &[PathBuf]) -> Vec<String> {
-    let tail = |path: &Path, depth: usize| {
-        let parts: Vec<String> = path
-            .components()
-            .map(|part| part.as_os_str().to_string_lossy().into_owned())
-            .collect();
+    // The last `depth` components of `path`, as a path (a root stays `/x`).
+    let tail = |path: &Path, depth: usize| -> PathBuf {
+        let parts: Vec<_> = path.components().collect();
         let from = parts.len().saturating_sub(depth);
-        parts.get(from..).unwrap_or_default().join("/")
+        parts.get(from..).unwrap_or_default().iter().collect()
     };
     paths
         .iter()
         .map(|path| {
-            let depth_max = path.components().count().max(1);
-            (1..=depth_max)
-                .map(|depth| tail(path, depth))
-                .find(|label| {
-                    let depth = label.matches('/').count() + 1;
+            (1..=path.components().count())
+                .find(|&depth| {
+                    let label = tail(path, depth);
                     paths
                         .iter()
-                        .filter(|other| tail(other, depth) == *label)
+                        .filter(|other| tail(other, depth) == label)
                         .count()
                         == 1
                 })
-                .unwrap_or_else(|| path.display().to_string())
+                .map_or_else(|| path.clone(), |depth| tail(path, depth))
+                .display()
+                .to_string()
         })
         .collect()
 }
@@ -97,8 +95,9 @@ mod tests {
 
     #[test]
     fn labels_are_file_names_made_longer_only_where_two_share_one() {
-        let cases: [(&[&str], &[&str]); 4] = [
+        let cases: [(&[&str], &[&str]); 5] = [
             (&["a/b/x.wasm", "c/y.wasm"], &["x.wasm", "y.wasm"]),
+            (&["/x", "/y/x"], &["/x", "y/x"]),
             (
                 &["target/release/sidecar", "target/sidecar/sidecar"],
                 &["release/sidecar", "sidecar/sidecar"],
