@@ -208,11 +208,6 @@ impl Default for TagCache {
 }
 
 impl TagCache {
-    /// `key_tag(key)`, from the cache when `key` was seen last in its slot.
-    pub fn tag(&mut self, key: &str) -> Tag {
-        self.tag_of(key.as_bytes(), &[])
-    }
-
     /// `tag_of(head, rest)`, from the cache when those bytes were seen last
     /// in their slot.
     pub fn tag_of(&mut self, head: &[u8], rest: &[u8]) -> Tag {
