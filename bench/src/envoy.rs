@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tenant_guard_e2e::envoy::{counters, free_port, is_stat_named, log_file_tail, render_template};
+use tenant_guard_e2e::bound_ports::{ephemeral_port_values, wait_until_ready};
+use tenant_guard_e2e::envoy::{counters, is_stat_named, log_file_tail, render_template};
 use tenant_guard_e2e::tempdir::TempDir;
 use tenant_guard_e2e::{envoy_binary, http, repo_root, wait_until, wasm_path};
 
@@ -152,13 +153,8 @@ impl BenchEnvoy {
         launch: &Launch,
     ) -> Result<Self, String> {
         let dir = TempDir::new("bench").map_err(|e| format!("temp dir: {e}"))?;
-        let admin_port = free_port();
-        let port = free_port();
-        let mut values = vec![
-            ("ADMIN_PORT", admin_port.to_string()),
-            ("LISTENER_PORT", port.to_string()),
-            ("UPSTREAM_PORT", upstream_port.to_string()),
-        ];
+        let mut values = Vec::from(ephemeral_port_values());
+        values.push(("UPSTREAM_PORT", upstream_port.to_string()));
         let template = match bootstrap {
             Bootstrap::Plain => without_filter(&read_template("static.yaml")?)?,
             Bootstrap::Filter(config) => {
@@ -193,6 +189,7 @@ impl BenchEnvoy {
         let path = dir.path().join("bootstrap.yaml");
         fs::write(&path, render_template(&template, &values)).map_err(|e| e.to_string())?;
         let log = dir.path().join("envoy.log");
+        let admin_address = dir.path().join("admin.address");
         let out = fs::File::create(dir.path().join("envoy.stdout")).map_err(|e| e.to_string())?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
         let started = Instant::now();
@@ -210,40 +207,38 @@ impl BenchEnvoy {
                 valgrind
             }
         };
-        let child = command
+        let mut child = command
             .arg("-c")
             .arg(&path)
             .args(["--concurrency", &concurrency.to_string()])
-            .args(["--disable-hot-restart", "--log-level", "warn", "--log-path"])
+            .args(["--disable-hot-restart", "--log-level", "warn"])
+            .arg("--admin-address-path")
+            .arg(&admin_address)
+            .arg("--log-path")
             .arg(&log)
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .spawn()
             .map_err(|e| format!("cannot start Envoy: {e}"))?;
-        let mut envoy = Self {
-            child,
-            port,
-            admin_port,
-            startup: Duration::ZERO,
-            _dir: dir,
-        };
         let timeout = match launch {
             Launch::Native => BENCH_STARTUP_TIMEOUT,
             Launch::Callgrind => CALLGRIND_STARTUP_TIMEOUT,
         };
-        let ready = wait_until(timeout, || {
-            matches!(envoy.child.try_wait(), Ok(None))
-                && http::try_get(admin_port, "/ready").is_some_and(|r| r.status == 200)
-        });
-        envoy.startup = started.elapsed();
-        if !ready {
-            return Err(format!(
-                "Envoy did not become ready:\n{}",
-                log_file_tail(&log, 20)
-            ));
+        match wait_until_ready(&mut child, &admin_address, timeout) {
+            Ok(ports) => Ok(Self {
+                child,
+                port: ports.listener,
+                admin_port: ports.admin,
+                startup: started.elapsed(),
+                _dir: dir,
+            }),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(format!("{e}:\n{}", log_file_tail(&log, 20)))
+            }
         }
-        Ok(envoy)
     }
 
     /// The HTTP listener port.

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tenant_guard_sidecar::envoy::{render_ecds_resource, write_atomically, ECDS_FILE_NAME};
 
 use crate::artifacts::{envoy_binary, repo_root, wasm_path};
+use crate::bound_ports::{ephemeral_port_values, wait_until_ready};
 use crate::failure::fail;
 use crate::http::{self, Conn, Response};
 use crate::tempdir::TempDir;
@@ -143,7 +144,7 @@ impl Envoy {
         Self::start_with(EnvoyMode::Ecds, "", upstream_port, Some(ecds_dir))
     }
 
-    /// Starts Envoy in `mode`; retries with new ports if one was taken meanwhile.
+    /// Starts Envoy in `mode` on ports it binds itself (`bound_ports`).
     pub fn start(mode: EnvoyMode, plugin_config: &str, upstream_port: u16) -> Self {
         Self::start_with(mode, plugin_config, upstream_port, None)
     }
@@ -180,23 +181,14 @@ impl Envoy {
         external_ecds: Option<&Path>,
         store_port: Option<u16>,
     ) -> Self {
-        let mut last_error = String::new();
-        for _attempt in 0..3 {
-            match Self::try_start(
-                mode,
-                plugin_config,
-                upstream_port,
-                external_ecds,
-                store_port,
-            ) {
-                Ok(envoy) => return envoy,
-                Err(e) if e.contains("Address already in use") || e.contains("bind") => {
-                    last_error = e;
-                }
-                Err(e) => fail(e),
-            }
-        }
-        fail(format!("Envoy could not bind its ports:\n{last_error}"));
+        Self::try_start(
+            mode,
+            plugin_config,
+            upstream_port,
+            external_ecds,
+            store_port,
+        )
+        .unwrap_or_else(|e| fail(e))
     }
 
     fn try_start(
@@ -209,8 +201,6 @@ impl Envoy {
         let wasm = wasm_path();
         let envoy = envoy_binary();
         let dir = TempDir::new("envoy").map_err(|e| format!("temp dir: {e}"))?;
-        let admin_port = free_port();
-        let listener_port = free_port();
         let ecds_dir = match external_ecds {
             Some(path) => {
                 if !path.is_dir() {
@@ -225,15 +215,14 @@ impl Envoy {
             }
         };
 
-        let mut values = vec![
-            ("ADMIN_PORT", admin_port.to_string()),
-            ("LISTENER_PORT", listener_port.to_string()),
+        let mut values = Vec::from(ephemeral_port_values());
+        values.extend([
             ("UPSTREAM_PORT", upstream_port.to_string()),
             (
                 "STORE_PORT",
                 store_port.unwrap_or(DEFAULT_STORE_PORT).to_string(),
             ),
-        ];
+        ]);
         let template_name = match mode {
             EnvoyMode::Static => {
                 values.push(("WASM_PATH", wasm.display().to_string()));
@@ -260,9 +249,10 @@ impl Envoy {
 
         let log_path = dir.path().join("envoy.log");
         let stdout_path = dir.path().join("envoy.stdout");
+        let admin_address_path = dir.path().join("admin.address");
         let stdout = fs::File::create(&stdout_path).map_err(|e| e.to_string())?;
         let stderr = stdout.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(&envoy)
+        let mut child = Command::new(&envoy)
             .arg("-c")
             .arg(&bootstrap)
             .args([
@@ -271,50 +261,39 @@ impl Envoy {
                 "--disable-hot-restart",
                 "--log-level",
                 "info",
-                "--log-path",
+                "--admin-address-path",
             ])
+            .arg(&admin_address_path)
+            .arg("--log-path")
             .arg(&log_path)
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(stderr))
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", envoy.display()))?;
-        let mut envoy = Self {
-            child,
-            mode,
-            admin_port,
-            listener_port,
-            wasm,
-            log_path,
-            stdout_path,
-            ecds_dir,
-            external_ecds: external_ecds.is_some(),
-            _dir: dir,
-        };
-
-        let mut exited = None;
-        let ready = wait_until(STARTUP_TIMEOUT, || {
-            if let Ok(Some(status)) = envoy.child.try_wait() {
-                exited = Some(status);
-                return true;
+        match wait_until_ready(&mut child, &admin_address_path, STARTUP_TIMEOUT) {
+            Ok(ports) => Ok(Self {
+                child,
+                mode,
+                admin_port: ports.admin,
+                listener_port: ports.listener,
+                wasm,
+                log_path,
+                stdout_path,
+                ecds_dir,
+                external_ecds: external_ecds.is_some(),
+                _dir: dir,
+            }),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(format!(
+                    "{e}:\n{}\n{}",
+                    log_file_tail(&log_path, 60),
+                    log_file_tail(&stdout_path, 20)
+                ))
             }
-            http::try_get(admin_port, "/ready").is_some_and(|r| r.status == 200)
-        });
-        if let Some(status) = exited {
-            return Err(format!(
-                "Envoy exited during startup ({status}):\n{}\n{}",
-                envoy.log_tail(40),
-                log_file_tail(&envoy.stdout_path, 20)
-            ));
         }
-        if !ready {
-            let log = envoy.log_tail(60);
-            let _ = envoy.child.kill();
-            return Err(format!(
-                "Envoy not ready within {STARTUP_TIMEOUT:?}:\n{log}"
-            ));
-        }
-        Ok(envoy)
     }
 
     /// Which bootstrap this Envoy runs.

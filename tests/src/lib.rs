@@ -8,6 +8,7 @@
 
 pub mod artifacts;
 pub mod backend;
+pub mod bound_ports;
 pub mod config;
 pub mod costs;
 pub mod envoy;

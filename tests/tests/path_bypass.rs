@@ -18,10 +18,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tenant_guard_e2e::envoy::{free_port, render_template};
+use tenant_guard_e2e::bound_ports::{ephemeral_port_values, wait_until_ready};
+use tenant_guard_e2e::envoy::render_template;
 use tenant_guard_e2e::raw_http::{Outcome, RawH1, RawResponse};
 use tenant_guard_e2e::tempdir::TempDir;
-use tenant_guard_e2e::{envoy_binary, http, repo_root, wait_until, wasm_path, Upstream};
+use tenant_guard_e2e::{envoy_binary, repo_root, wasm_path, Upstream};
 
 const CORRELATION: &str = "x-correlation-id";
 
@@ -36,11 +37,11 @@ struct BootstrapEnvoy {
 impl BootstrapEnvoy {
     fn start(template: &str, plugin_config: &str, upstream_port: u16) -> Self {
         let dir = TempDir::new("path-bypass").unwrap();
-        let (admin, port) = (free_port(), free_port());
         let bootstrap = dir.path().join("bootstrap.yaml");
+        let [admin_port, listener_port] = ephemeral_port_values();
         let values = [
-            ("ADMIN_PORT", admin.to_string()),
-            ("LISTENER_PORT", port.to_string()),
+            admin_port,
+            listener_port,
             ("UPSTREAM_PORT", upstream_port.to_string()),
             ("WASM_PATH", wasm_path().display().to_string()),
             (
@@ -50,28 +51,31 @@ impl BootstrapEnvoy {
         ];
         fs::write(&bootstrap, render_template(template, &values)).unwrap();
         let log = dir.path().join("envoy.log");
+        let admin_address = dir.path().join("admin.address");
         let out = fs::File::create(dir.path().join("envoy.stdout")).unwrap();
-        let child = Command::new(envoy_binary())
+        let mut child = Command::new(envoy_binary())
             .arg("-c")
             .arg(&bootstrap)
-            .args(["--concurrency", "2", "--disable-hot-restart", "--log-path"])
+            .args(["--concurrency", "2", "--disable-hot-restart"])
+            .arg("--admin-address-path")
+            .arg(&admin_address)
+            .arg("--log-path")
             .arg(&log)
             .stdin(Stdio::null())
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out))
             .spawn()
             .unwrap();
-        let mut envoy = Self {
+        let ready = wait_until_ready(&mut child, &admin_address, Duration::from_secs(30));
+        let envoy = Self {
             child,
-            port,
+            port: ready.as_ref().map_or(0, |ports| ports.listener),
             log,
             _dir: dir,
         };
-        let ready = wait_until(Duration::from_secs(30), || {
-            http::try_get(admin, "/ready").is_some_and(|r| r.status == 200)
-        });
-        assert!(ready, "Envoy not ready: {}", envoy.log_text());
-        assert!(envoy.child.try_wait().unwrap().is_none());
+        if let Err(e) = ready {
+            panic!("{e}: {}", envoy.log_text());
+        }
         envoy
     }
 
