@@ -466,7 +466,10 @@ impl RedisServer {
             })?;
         let deadline = std::time::Instant::now() + REDIS_STARTUP;
         loop {
-            if redis_command(self.port, "PING").is_some_and(|reply| reply.starts_with("+PONG")) {
+            // Ours, not another test's server that took the port we picked:
+            // then ours exits, and a PING alone would still be answered.
+            let ours = format!("process_id:{}\r\n", child.id());
+            if redis_command(self.port, "INFO server").is_some_and(|reply| reply.contains(&ours)) {
                 self.child = Some(child);
                 return Ok(());
             }
