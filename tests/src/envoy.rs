@@ -57,15 +57,32 @@ pub struct Envoy {
     _dir: TempDir,
 }
 
-/// A free TCP port on 127.0.0.1 (bind to port 0 and release it).
 /// The store sidecar's port when a test does not name one (`envoy/lib.sh` too).
 pub const DEFAULT_STORE_PORT: u16 = 9912;
 
+/// Ports [`free_port`] handed out in this process.
+static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// A free TCP port on 127.0.0.1 (bind to port 0 and release it), never one
+/// handed out before in this process: once released, the kernel may give the
+/// same port to the next caller, and two servers of parallel tests would
+/// then race for it (with `reuseport`, even share it without an error).
+/// Envoys do not need one: they bind port 0 themselves (`bound_ports`).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| fail(format!("cannot pick a free port: {e}")))
+    for _ in 0..64 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| fail(format!("cannot pick a free port: {e}")));
+        let mut handed_out = HANDED_OUT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
+    fail("cannot pick a free port: the kernel keeps offering ports already handed out")
 }
 
 /// Renders a template by plain string substitution of `__KEY__` placeholders and
@@ -500,7 +517,16 @@ pub fn counters(text: &str) -> impl Iterator<Item = (&str, u64)> {
 
 #[cfg(test)]
 mod tests {
-    use super::is_stat_named;
+    use super::{free_port, is_stat_named};
+
+    #[test]
+    fn free_ports_are_never_handed_out_twice() {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..2000 {
+            let port = free_port();
+            assert!(seen.insert(port), "port {port} handed out twice");
+        }
+    }
 
     #[test]
     fn stats_are_named_whatever_labels_follow() {
