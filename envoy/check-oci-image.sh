@@ -36,7 +36,7 @@ deb_binary() {
     chmod 0777 "$download" # apt-get download writes it as the unprivileged _apt user
     [[ "$(id -u)" -eq 0 ]] || sudo=(sudo)
     (cd "$download" && apt-get download -qq "$1" >&2) || {
-      "${sudo[@]}" apt-get update -qq >&2
+      "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update -qq >&2
       (cd "$download" && apt-get download -qq "$1" >&2)
     }
     mkdir -p "$dir"

@@ -112,9 +112,12 @@ tg_ensure_command() {
   local sudo=()
   [[ "$(id -u)" -eq 0 ]] || sudo=(sudo)
   tg_note "$1 not found: installing Debian package $2"
+  # Waits for another apt/dpkg run (an unattended upgrade, a second setup)
+  # instead of failing on its lock.
+  local wait_for_lock=(-o DPkg::Lock::Timeout=600)
   {
-    "${sudo[@]}" apt-get update -qq &&
-      DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "$2"
+    "${sudo[@]}" apt-get "${wait_for_lock[@]}" update -qq &&
+      DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get "${wait_for_lock[@]}" install -y -qq "$2"
   } >&2 || return 1
 }
 

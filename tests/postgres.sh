@@ -35,8 +35,9 @@ if ! find_bin initdb >/dev/null; then
     log "installing PostgreSQL (Debian package)"
     if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
     {
-        $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql
+        # DPkg::Lock::Timeout: wait for another apt/dpkg run instead of failing on its lock.
+        $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq postgresql
     } >&2
 fi
 initdb="$(find_bin initdb)"

@@ -37,7 +37,7 @@ find_promtool() {
     (cd "$download" && apt-get download -qq prometheus >&2) || {
       local sudo=()
       [[ "$(id -u)" -eq 0 ]] || sudo=(sudo)
-      "${sudo[@]}" apt-get update -qq >&2
+      "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update -qq >&2
       (cd "$download" && apt-get download -qq prometheus >&2)
     }
     mkdir -p "$dir"
