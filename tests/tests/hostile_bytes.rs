@@ -701,4 +701,8 @@ fn duplicate_idempotency_keys_are_refused() {
         };
         assert_eq!(response.status, 200, "{protocol}: {response:?}");
     }
+    // The duplicates were counted in the whole map this config reads its
+    // headers from (`reads_whole_request_map`), never the one-by-one fallback.
+    let log = envoy.log();
+    assert!(!log.contains("the request header map"), "{log}");
 }

@@ -460,6 +460,10 @@ fn idempotent_replay_in_flight_409_and_reuse_422() {
     assert_eq!(after.header_once(REPLAYED), "true", "{after:?}");
     assert_eq!(after.text(), original.text());
     assert_eq!(backend.completed("/slow"), 1);
+    // This config reads its headers as one map (`reads_whole_request_map`),
+    // which the engine serves: never the one-by-one fallback.
+    let log = nginx.error_log();
+    assert!(!log.contains("the request header map"), "{log}");
 }
 
 #[test]

@@ -327,10 +327,6 @@ const SDK_CALLS_ALLOWED: &[(&str, &str)] = &[
     ("log", "text in, status out"),
     ("get_buffer", "bytes out (plugin configuration, bodies)"),
     ("get_map_value_bytes", "header value as bytes, never UTF-8-unwrapped"),
-    (
-        "get_map_bytes",
-        "values as bytes; names are UTF-8-unwrapped, but Envoy's codecs reject non-token names and nginx drops them (ignore_invalid_headers)",
-    ),
     ("set_map_value", "only values the filter produced (ASCII)"),
     ("send_http_response", "only headers the filter produced or stored as text"),
     ("set_tick_period", "no input"),
@@ -363,7 +359,14 @@ const SDK_CALLS_ALLOWED: &[(&str, &str)] = &[
 ];
 
 /// SDK calls that unwrap host bytes as UTF-8 (`0xff` in a header traps the VM).
-const SDK_CALLS_PANICKING: &[&str] = &["get_map_value", "get_map", "get_grpc_status"];
+/// `get_map_bytes` unwraps the names (a whole map is read with the raw import
+/// in `host.rs` and parsed by the core's `HeaderMap`).
+const SDK_CALLS_PANICKING: &[&str] = &[
+    "get_map_value",
+    "get_map",
+    "get_map_bytes",
+    "get_grpc_status",
+];
 
 /// `Context`/`HttpContext`/`RootContext` helper methods of proxy-wasm 0.2.5:
 /// each wraps a hostcall in `.unwrap()`, so the glue calls `hostcalls` instead.

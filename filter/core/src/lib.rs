@@ -8,6 +8,7 @@ pub mod config;
 pub mod correlation;
 pub mod engine;
 pub mod exchange;
+pub mod header_map;
 pub mod headers;
 pub mod idempotency;
 pub mod jwt;

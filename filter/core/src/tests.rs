@@ -163,6 +163,42 @@ fn config_parses_and_compiles() {
 }
 
 #[test]
+fn a_config_reading_several_request_headers_reads_the_whole_map() {
+    let limit = r#""rate_limit":{"requests":5,"per_seconds":60}"#;
+    let header_mode = r#""tenant":{"trust_header_without_jwt":true}"#;
+    let cases = [
+        // Tenant and correlation headers only: two single reads are cheaper.
+        (
+            format!(r#"{{"version":1,{header_mode},"defaults":{{{limit}}}}}"#),
+            2,
+            false,
+        ),
+        // Plus a user and an API-key header that limits count by.
+        (
+            r#"{"version":1,"tenant":{"trust_header_without_jwt":true,"user_header":"x-user-id"},
+                "defaults":{"rate_limits":[{"name":"u","requests":5,"per":"second","key":"user"},
+                {"name":"k","requests":5,"per":"second","key":{"header":"x-api-key"}}]}}"#
+                .to_owned(),
+            4,
+            true,
+        ),
+        // A route: the method, the path and the three method overrides.
+        (
+            format!(
+                r#"{{"version":1,{header_mode},"tenants":{{"acme":{{{limit},"routes":[{{"prefix":"/o",{limit}}}]}}}}}}"#
+            ),
+            7,
+            true,
+        ),
+    ];
+    for (document, reads, whole) in cases {
+        let config = parsed(&document);
+        assert_eq!(config.request_header_reads(), reads, "{document}");
+        assert_eq!(config.reads_whole_request_map(), whole, "{document}");
+    }
+}
+
+#[test]
 fn config_errors_name_the_field() {
     let cases: &[(&str, &str)] = &[
         ("", ""),

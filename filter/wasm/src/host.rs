@@ -7,6 +7,7 @@
 //! so only the `_bytes` variants are used and the core decides what a value
 //! means. `tests/tests/wasm_imports.rs` keeps the list of SDK calls allowed here.
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -17,6 +18,7 @@ use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
 use tenant_guard_core::cluster::{wire, Call, CallOutcome, StoreEvent};
 use tenant_guard_core::config::CompiledConfig;
 use tenant_guard_core::engine::{HostInputs, LocalReply, Outcome, QuotaUse};
+use tenant_guard_core::header_map::HeaderMap;
 use tenant_guard_core::metrics::{self, CounterKey};
 use tenant_guard_core::store::{self, CasOutcome, HostSemantics, SharedStore, StoreError};
 
@@ -42,15 +44,115 @@ pub fn request_header(name: &str) -> Option<Vec<u8>> {
         .flatten()
 }
 
-/// How many `name` lines the request carries (the single-value read shows the first only).
-///
-/// The map's names are `String`s that the SDK unwraps; both hosts only hand over
-/// token names (Envoy's codecs reject others, nginx drops them by default), and
-/// it is read only when a duplicate would matter.
-pub fn request_header_count(name: &str) -> usize {
-    hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
-        .map(|headers| headers.iter().filter(|(n, _)| n == name).count())
+/// The request's whole header map, read in one host call when `whole`
+/// (`CompiledConfig::reads_whole_request_map`); `None` when not asked for or
+/// when the host cannot answer (logged once per worker): the headers are then
+/// read one by one, which answers the same.
+pub fn request_header_map(whole: bool) -> Option<Vec<u8>> {
+    if !whole {
+        return None;
+    }
+    raw::header_map_pairs(MapType::HttpRequestHeaders)
+        .map_err(|status| log_whole_map_problem(&format!("cannot be read ({status:?})")))
+        .ok()
+}
+
+/// A request's headers: looked up in its whole map, or read one host call each.
+pub enum RequestHeaders<'a> {
+    Whole(HeaderMap<'a>),
+    OneByOne,
+}
+
+impl<'a> RequestHeaders<'a> {
+    /// Over `map` (from [`request_header_map`]), checked once here; a map that
+    /// does not parse (no host has sent one) is logged once per worker and
+    /// the headers are read one by one instead.
+    pub fn over(map: Option<&'a [u8]>) -> Self {
+        let Some(bytes) = map else {
+            return Self::OneByOne;
+        };
+        match HeaderMap::parse(bytes) {
+            Some(map) => Self::Whole(map),
+            None => {
+                log_whole_map_problem(&format!("is not a proxy-wasm map ({} bytes)", bytes.len()));
+                Self::OneByOne
+            }
+        }
+    }
+
+    /// The first value of `name`, as the client sent it.
+    pub fn get(&self, name: &str) -> Option<Cow<'a, [u8]>> {
+        match self {
+            Self::Whole(map) => map.get(name).map(Cow::Borrowed),
+            Self::OneByOne => request_header(name).map(Cow::Owned),
+        }
+    }
+
+    /// How many `name` lines the request carries (the single-value read shows the first only).
+    pub fn count(&self, name: &str) -> usize {
+        match self {
+            Self::Whole(map) => map.count(name),
+            Self::OneByOne => header_count(MapType::HttpRequestHeaders, name),
+        }
+    }
+}
+
+fn log_whole_map_problem(problem: &str) {
+    if !WHOLE_MAP_PROBLEM_LOGGED.with(|logged| logged.replace(true)) {
+        log(
+            LogLevel::Warn,
+            &format!("the request header map {problem}: reading headers one by one"),
+        );
+    }
+}
+
+thread_local! {
+    static WHOLE_MAP_PROBLEM_LOGGED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// How many `name` lines the host's map `map_type` holds (0 when it cannot be read).
+fn header_count(map_type: MapType, name: &str) -> usize {
+    raw::header_map_pairs(map_type)
+        .ok()
+        .and_then(|bytes| HeaderMap::parse(&bytes).map(|map| map.count(name)))
         .unwrap_or(0)
+}
+
+/// The one host call the SDK wraps with panics: its `get_map_bytes`
+/// panics on a status other than `Ok` and on a name that is not UTF-8 (a
+/// client's byte through a host that passes it on), so the map is read here
+/// and parsed by the core (`HeaderMap`), which keeps names as bytes.
+#[allow(unsafe_code)]
+mod raw {
+    use proxy_wasm::types::{MapType, Status};
+
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        fn proxy_get_header_map_pairs(
+            map_type: MapType,
+            return_map_data: *mut *mut u8,
+            return_map_size: *mut usize,
+        ) -> Status;
+    }
+
+    /// The serialized map `map_type` (empty when the host has no buffer for
+    /// it), or the status of a host that answers otherwise than `Ok`.
+    pub fn header_map_pairs(map_type: MapType) -> Result<Vec<u8>, Status> {
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        // SAFETY: the import is the one the SDK declares. On `Ok` the host has
+        // written `size` bytes into memory it allocated through this module's
+        // `proxy_on_memory_allocate`, which the SDK serves with a `Vec<u8>` of
+        // exactly that capacity, so the buffer is owned here (as the SDK's
+        // `get_map_bytes` takes it).
+        unsafe {
+            match proxy_get_header_map_pairs(map_type, &mut data, &mut size) {
+                Status::Ok if data.is_null() => Ok(Vec::new()),
+                Status::Ok => Ok(Vec::from_raw_parts(data, size, size)),
+                status => Err(status),
+            }
+        }
+    }
 }
 
 pub fn set_request_header(name: &str, value: &str) {
@@ -80,9 +182,7 @@ pub fn response_header(name: &str) -> Option<Vec<u8>> {
 
 /// How many `name` lines the response carries (read only when one is there).
 pub fn response_header_count(name: &str) -> usize {
-    hostcalls::get_map_bytes(MapType::HttpResponseHeaders)
-        .map(|headers| headers.iter().filter(|(n, _)| n == name).count())
-        .unwrap_or(0)
+    header_count(MapType::HttpResponseHeaders, name)
 }
 
 pub fn remove_response_header(name: &str) {
@@ -147,9 +247,22 @@ pub fn response_status() -> u16 {
         .unwrap_or(0)
 }
 
-/// Upstream's response headers with their values as bytes (any byte the host let through).
+/// Upstream's response headers with their values as bytes (any byte the host
+/// let through); a name that is not UTF-8 (no host passes one on) is kept
+/// with U+FFFD where its bytes were, never a panic as in the SDK's reader.
 pub fn response_headers() -> Vec<(String, Vec<u8>)> {
-    hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default()
+    let bytes = raw::header_map_pairs(MapType::HttpResponseHeaders).unwrap_or_else(|status| {
+        log(
+            LogLevel::Warn,
+            &format!("cannot read the response headers ({status:?}): none recorded"),
+        );
+        Vec::new()
+    });
+    HeaderMap::parse(&bytes).map_or_else(Vec::new, |map| {
+        map.iter()
+            .map(|(name, value)| (String::from_utf8_lossy(name).into_owned(), value.to_vec()))
+            .collect()
+    })
 }
 
 pub fn set_tick_period(period: Duration) {

@@ -10,6 +10,7 @@ mod fault;
 mod host;
 mod settle;
 
+use std::borrow::Cow;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -447,42 +448,44 @@ impl HttpContext for Request {
             fault::inject(&command);
         }
         let config = Rc::clone(&self.config);
+        // One host call for the whole map when this config reads several headers.
+        let whole_map = host::request_header_map(config.reads_whole_request_map());
+        let headers = host::RequestHeaders::over(whole_map.as_deref());
         let (method, path) = if config.reads_method_and_path {
             (
-                host::request_header(":method").unwrap_or_default(),
-                host::request_header(":path").unwrap_or_default(),
+                headers.get(":method").unwrap_or_default(),
+                headers.get(":path").unwrap_or_default(),
             )
         } else {
-            (Vec::new(), Vec::new())
+            (Cow::default(), Cow::default())
         };
-        let tenant_header = host::request_header(&config.tenant.header);
-        let correlation_header = host::request_header(&config.correlation.header);
+        let tenant_header = headers.get(&config.tenant.header);
+        let correlation_header = headers.get(&config.correlation.header);
         // Headers nothing in this config looks at are not read (each read is a host call).
         let idempotency_key = config
             .uses_idempotency()
-            .then(|| host::request_header(KEY_HEADER))
+            .then(|| headers.get(KEY_HEADER))
             .flatten();
-        // Only a present key can be repeated: the whole-map read stays off the common path.
-        let idempotency_key_repeated =
-            idempotency_key.is_some() && host::request_header_count(KEY_HEADER) > 1;
+        // Only a present key can be repeated (read one by one, counting reads the whole map).
+        let idempotency_key_repeated = idempotency_key.is_some() && headers.count(KEY_HEADER) > 1;
         let authorization = config
             .jwt
             .as_ref()
-            .and_then(|_| host::request_header("authorization"));
+            .and_then(|_| headers.get("authorization"));
         let if_match = (!config.if_match.is_empty())
-            .then(|| host::request_header("if-match"))
+            .then(|| headers.get("if-match"))
             .flatten();
         // Method overrides matter only where a rule looks at the method.
         let overrides = if config.reads_method_and_path {
-            METHOD_OVERRIDE_HEADERS.map(host::request_header)
+            METHOD_OVERRIDE_HEADERS.map(|name| headers.get(name))
         } else {
             [None, None, None]
         };
         // What per-key limits count by (nothing is read without such limits).
-        let key_values: Vec<Option<Vec<u8>>> = config
+        let key_values: Vec<Option<Cow<'_, [u8]>>> = config
             .key_headers
             .iter()
-            .map(|name| host::request_header(name))
+            .map(|name| headers.get(name))
             .collect();
         let key_headers: Vec<Option<&[u8]>> = key_values.iter().map(Option::as_deref).collect();
         let request = RequestView {

@@ -116,6 +116,23 @@ fn tenant_guard(limits: Option<Value>) -> Bootstrap {
     Bootstrap::Filter(tenant_guard_config(limits).to_string())
 }
 
+/// `config` with idempotency for POSTs and If-Match for PUTs under `/instr`:
+/// a GET then reads the method, the path, the three method overrides, the
+/// Idempotency-Key and If-Match besides the tenant and the correlation id.
+fn idempotent_and_if_match(mut config: Value) -> Bootstrap {
+    set_json(
+        &mut config,
+        &["defaults", "idempotency"],
+        json!({"required": false, "methods": ["POST"]}),
+    );
+    set_json(
+        &mut config,
+        &["if_match"],
+        json!([{"prefix": "/instr", "methods": ["PUT"]}]),
+    );
+    Bootstrap::Filter(config.to_string())
+}
+
 /// `bootstrap`'s plugin config with the informational headers trimmed.
 fn lean(bootstrap: Bootstrap) -> Bootstrap {
     match bootstrap {
@@ -237,7 +254,12 @@ fn scenarios() -> Vec<Scenario> {
         )),
         scenario(
             "tenant-guard: + lean headers (RateLimit on 429 only, no revision upstream)",
-            lean(tenant_guard(Some(one))),
+            lean(tenant_guard(Some(one.clone()))),
+            tenant.clone(),
+        ),
+        scenario(
+            "tenant-guard: + idempotency (POST) and If-Match (PUT) configured, a GET (9 headers read)",
+            idempotent_and_if_match(tenant_guard_config(Some(one.clone()))),
             tenant.clone(),
         ),
         scenario(

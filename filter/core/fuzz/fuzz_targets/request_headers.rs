@@ -1,14 +1,15 @@
 //! Header parsers and the whole request decision on arbitrary header bytes
 //! (never assumed UTF-8, as the host hands them over): correlation id, tenant,
 //! Idempotency-Key, If-Match, Authorization, the path, a method override and
-//! the user and API-key values per-key limits count by.
+//! the user and API-key values per-key limits count by; and the bytes as a
+//! serialized header map (`HeaderMap`), as the host hands a whole map over.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tenant_guard_core::config;
 use tenant_guard_core::engine::{self, HostInputs, RequestView};
 use tenant_guard_core::store::MemoryStore;
-use tenant_guard_core::{correlation, headers, idempotency, jwt, path};
+use tenant_guard_core::{correlation, header_map, headers, idempotency, jwt, path};
 
 const CONFIG: &str = r#"{"version":1,"tenant":{"trust_header_without_jwt":true},
   "defaults":{"rate_limit":{"requests":5,"per_seconds":60},"idempotency":{"required":false}},
@@ -26,6 +27,12 @@ fuzz_target!(|data: &[u8]| {
         (next(), next(), next(), next(), next(), next());
     let (method_override, user, api_key) = (next(), next(), next());
 
+    if let Some(map) = header_map::HeaderMap::parse(data) {
+        // A map that parses walks to its end, entry by entry, inside the bytes.
+        assert_eq!(map.iter().count(), map.len());
+        let _ = map.get("x-tenant-id");
+        let _ = map.count("idempotency-key");
+    }
     let _ = correlation::is_valid_id(data);
     let _ = idempotency::parse_key(data);
     let _ = headers::is_valid_if_match(data);

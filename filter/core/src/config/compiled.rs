@@ -315,6 +315,31 @@ impl CompiledConfig {
     pub fn uses_idempotency(&self) -> bool {
         self.idempotency_enabled
     }
+
+    /// How many request headers the glue reads for each request under this
+    /// config: the tenant and correlation headers, the method, path and the
+    /// method overrides where a rule looks at them, and each header only a
+    /// configured feature needs (Idempotency-Key, Authorization, If-Match,
+    /// the headers per-key limits count by).
+    pub fn request_header_reads(&self) -> usize {
+        let method_and_path = if self.reads_method_and_path {
+            2 + crate::engine::METHOD_OVERRIDE_HEADERS.len()
+        } else {
+            0
+        };
+        2 + method_and_path
+            + usize::from(self.idempotency_enabled)
+            + usize::from(self.jwt.is_some())
+            + usize::from(!self.if_match.is_empty())
+            + self.key_headers.len()
+    }
+
+    /// Whether the glue reads a request's headers in one host call (the
+    /// whole map) rather than one call per header: from
+    /// [`crate::header_map::WHOLE_MAP_FROM_READS`] reads on.
+    pub fn reads_whole_request_map(&self) -> bool {
+        self.request_header_reads() >= crate::header_map::WHOLE_MAP_FROM_READS
+    }
 }
 
 impl CompiledTenant {
