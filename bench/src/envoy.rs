@@ -233,11 +233,7 @@ impl BenchEnvoy {
                 startup: started.elapsed(),
                 _dir: dir,
             }),
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err(format!("{e}:\n{}", log_file_tail(&log, 20)))
-            }
+            Err(e) => Err(format!("{e}:\n{}", log_file_tail(&log, 20))),
         }
     }
 

@@ -42,7 +42,8 @@ pub const LISTENER_NAME: &str = "ingress";
 /// Waits up to `timeout` until the Envoy `child` (started with
 /// `--admin-address-path admin_address_path` on [`ephemeral_port_values`]) has
 /// written its admin address, bound its listener and answers `/ready` with 200;
-/// the ports. The error says whether it exited (with its status) or timed out.
+/// the ports. The error says whether it exited (with its status) or timed out;
+/// an Envoy that is not ready is killed and reaped before it is returned.
 pub fn wait_until_ready(
     child: &mut Child,
     admin_address_path: &Path,
@@ -62,7 +63,7 @@ pub fn wait_until_ready(
             http::try_get(ports.admin, "/ready").is_some_and(|r| r.status == 200)
         })
     });
-    match (exited, ports) {
+    let outcome = match (exited, ports) {
         (Some(status), _) => Err(format!("Envoy exited during startup ({status})")),
         (None, Some(ports)) if ready => Ok(ports),
         (None, Some(ports)) => Err(format!(
@@ -73,7 +74,12 @@ pub fn wait_until_ready(
             "Envoy did not report its ports within {timeout:?} ({} never named a bound listener)",
             admin_address_path.display()
         )),
+    };
+    if outcome.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
     }
+    outcome
 }
 
 /// The admin port from `admin_address_path` and the listener's from its

@@ -301,15 +301,11 @@ impl Envoy {
                 external_ecds: external_ecds.is_some(),
                 _dir: dir,
             }),
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err(format!(
-                    "{e}:\n{}\n{}",
-                    log_file_tail(&log_path, 60),
-                    log_file_tail(&stdout_path, 20)
-                ))
-            }
+            Err(e) => Err(format!(
+                "{e}:\n{}\n{}",
+                log_file_tail(&log_path, 60),
+                log_file_tail(&stdout_path, 20)
+            )),
         }
     }
 
