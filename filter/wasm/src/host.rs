@@ -258,11 +258,19 @@ pub fn response_headers() -> Vec<(String, Vec<u8>)> {
         );
         Vec::new()
     });
-    HeaderMap::parse(&bytes).map_or_else(Vec::new, |map| {
-        map.iter()
-            .map(|(name, value)| (String::from_utf8_lossy(name).into_owned(), value.to_vec()))
-            .collect()
-    })
+    let Some(map) = HeaderMap::parse(&bytes) else {
+        log(
+            LogLevel::Warn,
+            &format!(
+                "the response header map is not a proxy-wasm map ({} bytes): none recorded",
+                bytes.len()
+            ),
+        );
+        return Vec::new();
+    };
+    map.iter()
+        .map(|(name, value)| (String::from_utf8_lossy(name).into_owned(), value.to_vec()))
+        .collect()
 }
 
 pub fn set_tick_period(period: Duration) {
