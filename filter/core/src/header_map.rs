@@ -201,7 +201,7 @@ mod tests {
         long_name.splice(4..8, 1000u32.to_le_bytes());
         let mut wrapping = good.clone();
         wrapping.splice(4..8, u32::MAX.to_le_bytes());
-        let cases: [(&str, Vec<u8>); 7] = [
+        let cases: [(&str, Vec<u8>); 8] = [
             ("truncated count", vec![1, 0]),
             ("count without lengths", 1u32.to_le_bytes().to_vec()),
             ("huge count", u32::MAX.to_le_bytes().to_vec()),
@@ -212,11 +212,11 @@ mod tests {
             ("a value without its NUL", without_nul),
             ("bytes left over", left_over),
             ("a name past the end", long_name),
+            ("a length near u32::MAX", wrapping),
         ];
         for (what, bytes) in cases {
             assert_eq!(HeaderMap::parse(&bytes), None, "{what}");
         }
-        assert_eq!(HeaderMap::parse(&wrapping), None, "a length near u32::MAX");
         assert!(HeaderMap::parse(&good).is_some());
     }
 }
